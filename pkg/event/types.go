@@ -1,0 +1,148 @@
+package event
+
+import "time"
+
+// Step statuses, shared by events, run state and the CLI.
+const (
+	StatusPending   = "pending"
+	StatusQueued    = "queued"
+	StatusRunning   = "running"
+	StatusSucceeded = "succeeded"
+	StatusFailed    = "failed"
+	StatusSkipped   = "skipped"
+	StatusCancelled = "cancelled"
+)
+
+// StepRequested asks a runner to execute one attempt of one step. Every
+// template is already resolved. It never carries credentials: a registry or
+// cluster is named, and the runner serving it holds the secrets.
+type StepRequested struct {
+	RunID        string            `json:"run_id"`
+	StepID       string            `json:"step_id"`
+	StepName     string            `json:"step_name"`
+	Pipeline     string            `json:"pipeline"`
+	Attempt      int               `json:"attempt"`
+	Type         string            `json:"type"`
+	Kind         string            `json:"kind"`
+	Target       string            `json:"target"`
+	Image        string            `json:"docker_image,omitempty"`
+	Tag          string            `json:"docker_tag,omitempty"`
+	Registry     *Registry         `json:"docker_registry,omitempty"`
+	DockerConfig map[string]any    `json:"docker_config,omitempty"`
+	Cluster      string            `json:"k8s_cluster,omitempty"`
+	Namespace    string            `json:"k8s_namespace,omitempty"`
+	ResourceName string            `json:"k8s_resource_name,omitempty"`
+	K8sConfig    map[string]any    `json:"k8s_config,omitempty"`
+	Command      any               `json:"command,omitempty"`
+	Env          map[string]string `json:"env,omitempty"`
+	Source       *Source           `json:"source,omitempty"`
+	// TimeoutSeconds bounds the attempt at the runner; 0 means the runner's
+	// default.
+	TimeoutSeconds float64   `json:"timeout_seconds,omitempty"`
+	RequestedAt    time.Time `json:"requested_at"`
+}
+
+// Registry names a container registry of the catalogue. Credentials are held
+// by the runner under Name (or URL), never sent.
+type Registry struct {
+	ID   string `json:"id,omitempty"`
+	Name string `json:"name"`
+	URL  string `json:"url"`
+}
+
+// Source tells a runner where the run's source tree is: an archive in the
+// JetStream object store, or a Git repository and commit to clone.
+type Source struct {
+	ObjectStore string `json:"object_store,omitempty"`
+	Object      string `json:"object,omitempty"`
+	RepoURL     string `json:"repo_url,omitempty"`
+	Commit      string `json:"commit,omitempty"`
+}
+
+// StepStarted reports that a runner began an attempt.
+type StepStarted struct {
+	RunID     string    `json:"run_id"`
+	StepID    string    `json:"step_id"`
+	Attempt   int       `json:"attempt"`
+	Runner    string    `json:"runner"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// StepLog is one chunk of a step's output.
+type StepLog struct {
+	RunID   string    `json:"run_id"`
+	StepID  string    `json:"step_id"`
+	Attempt int       `json:"attempt"`
+	Stream  string    `json:"stream"` // "stdout" or "stderr"
+	Seq     int       `json:"seq"`
+	Text    string    `json:"text"`
+	Time    time.Time `json:"time"`
+}
+
+// Log stream names.
+const (
+	Stdout = "stdout"
+	Stderr = "stderr"
+)
+
+// StepCompleted reports the end of an attempt.
+type StepCompleted struct {
+	RunID      string            `json:"run_id"`
+	StepID     string            `json:"step_id"`
+	Attempt    int               `json:"attempt"`
+	Status     string            `json:"status"` // succeeded, failed or cancelled
+	ExitCode   *int              `json:"exit_code,omitempty"`
+	Outputs    map[string]string `json:"outputs,omitempty"`
+	Error      string            `json:"error,omitempty"`
+	Runner     string            `json:"runner"`
+	StartedAt  time.Time         `json:"started_at"`
+	FinishedAt time.Time         `json:"finished_at"`
+	StdoutTail string            `json:"stdout_tail,omitempty"`
+	StderrTail string            `json:"stderr_tail,omitempty"`
+}
+
+// StepCancel tells runners to stop an in-flight step (StepID empty: every
+// step of the run).
+type StepCancel struct {
+	RunID  string `json:"run_id"`
+	StepID string `json:"step_id,omitempty"`
+	Reason string `json:"reason"`
+}
+
+// RunCreated announces a new run.
+type RunCreated struct {
+	RunID       string            `json:"run_id"`
+	Pipeline    string            `json:"pipeline"`
+	Version     int               `json:"pipeline_version"`
+	BuildNumber int               `json:"build_number"`
+	Trigger     string            `json:"trigger"`
+	Actor       string            `json:"actor,omitempty"`
+	Vars        map[string]string `json:"vars,omitempty"`
+}
+
+// RunCompleted announces the end of a run.
+type RunCompleted struct {
+	RunID      string    `json:"run_id"`
+	Pipeline   string    `json:"pipeline"`
+	Status     string    `json:"status"`
+	Error      string    `json:"error,omitempty"`
+	FinishedAt time.Time `json:"finished_at"`
+}
+
+// PipelineUpdated announces a new version (or the deletion) of a pipeline.
+type PipelineUpdated struct {
+	Pipeline string `json:"pipeline"`
+	Version  int    `json:"version"`
+	Deleted  bool   `json:"deleted,omitempty"`
+	Actor    string `json:"actor,omitempty"`
+}
+
+// Action records an API or webhook action for the audit trail.
+type Action struct {
+	Actor    string `json:"actor"`
+	SourceIP string `json:"source_ip,omitempty"`
+	Action   string `json:"action"`
+	Target   string `json:"target"`
+	Outcome  string `json:"outcome"`
+	Detail   string `json:"detail,omitempty"`
+}

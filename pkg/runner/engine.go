@@ -1,0 +1,83 @@
+// Package runner is the loop every AnsFlow runner shares: it consumes
+// step.requested events for its pools, claims each (run, step, attempt) once,
+// heartbeats, executes the step through an [Engine], streams its stdout and
+// stderr as log events, and publishes step.started and step.completed.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/ansflow/ansflow/pkg/event"
+)
+
+// Engine executes step attempts of one kind (Docker, Kubernetes).
+//
+// Execute is called concurrently for different attempts, up to the runner's
+// configured concurrency. It must return when ctx is done (step timeout or
+// run cancellation), stopping whatever it started. It returns the step's
+// named outputs; an error fails the attempt, and an [*ExitError] in the chain
+// records the process exit code. Execute is never called twice for the same
+// (run, step, attempt): the loop claims each attempt first.
+type Engine interface {
+	// Types lists the step types the engine executes, e.g. "docker_build".
+	Types() []string
+	Execute(ctx context.Context, req *event.StepRequested, task *Task) (map[string]string, error)
+}
+
+// Reaper is implemented by engines that can clean up after an attempt whose
+// runner died mid-step (containers, builds). Reap must be idempotent.
+type Reaper interface {
+	Reap(ctx context.Context, runID, stepID string, attempt int) error
+}
+
+// ExitError reports that the step's process ran and exited non-zero.
+type ExitError struct {
+	Code int
+	Msg  string
+}
+
+func (e *ExitError) Error() string {
+	if e.Msg != "" {
+		return fmt.Sprintf("exit code %d: %s", e.Code, e.Msg)
+	}
+	return fmt.Sprintf("exit code %d", e.Code)
+}
+
+// ExitCode returns the exit code recorded in err's chain, if any.
+func ExitCode(err error) (int, bool) {
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return ee.Code, true
+	}
+	return 0, false
+}
+
+// SourceFetcher materialises a run's source tree in dir.
+type SourceFetcher interface {
+	Fetch(ctx context.Context, src *event.Source, dir string) error
+}
+
+// Task is what an engine gets besides the request: the step's output
+// streams, secret masking, and its source tree.
+type Task struct {
+	stdout, stderr *logWriter
+	masker         *Masker
+	source         func(ctx context.Context) (string, error)
+}
+
+// Stdout is the step's standard output log stream.
+func (t *Task) Stdout() io.Writer { return t.stdout }
+
+// Stderr is the step's standard error log stream.
+func (t *Task) Stderr() io.Writer { return t.stderr }
+
+// Mask registers a secret value: it is replaced by "****" in logs, outputs
+// and error messages of this attempt.
+func (t *Task) Mask(secret string) { t.masker.Add(secret) }
+
+// SourceDir returns a directory holding the run's source tree, fetching it on
+// first use. It fails when the run has no source.
+func (t *Task) SourceDir(ctx context.Context) (string, error) { return t.source(ctx) }
