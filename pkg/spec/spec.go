@@ -1,0 +1,264 @@
+// Package spec is AnsFlow's pipeline specification: the YAML format (a
+// superset of the original report's example), its typed form, and validation
+// whose errors name the file, line and field.
+package spec
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// File is a pipeline file: a single top-level "pipeline" key.
+type File struct {
+	Pipeline Pipeline `yaml:"pipeline" json:"pipeline"`
+}
+
+// Pipeline is a named list of steps with its variables, limits and triggers.
+type Pipeline struct {
+	Name          string            `yaml:"name" json:"name"`
+	Description   string            `yaml:"description,omitempty" json:"description,omitempty"`
+	ExecutionMode string            `yaml:"execution_mode,omitempty" json:"execution_mode,omitempty"`
+	Variables     map[string]string `yaml:"variables,omitempty" json:"variables,omitempty"`
+	Timeout       Duration          `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+	Triggers      []Trigger         `yaml:"triggers,omitempty" json:"triggers,omitempty"`
+	Steps         []Step            `yaml:"steps" json:"steps"`
+}
+
+// Step is one unit of work executed by a runner.
+type Step struct {
+	Name              string         `yaml:"name" json:"name"`
+	Type              string         `yaml:"type" json:"type"`
+	Order             int            `yaml:"order,omitempty" json:"order,omitempty"`
+	Needs             []string       `yaml:"needs,omitempty" json:"needs,omitempty"`
+	RunsOn            string         `yaml:"runs_on,omitempty" json:"runs_on,omitempty"`
+	DockerImage       string         `yaml:"docker_image,omitempty" json:"docker_image,omitempty"`
+	DockerTag         string         `yaml:"docker_tag,omitempty" json:"docker_tag,omitempty"`
+	DockerRegistry    Ref            `yaml:"docker_registry,omitempty" json:"docker_registry,omitempty"`
+	DockerConfig      map[string]any `yaml:"docker_config,omitempty" json:"docker_config,omitempty"`
+	K8sCluster        Ref            `yaml:"k8s_cluster,omitempty" json:"k8s_cluster,omitempty"`
+	K8sNamespace      string         `yaml:"k8s_namespace,omitempty" json:"k8s_namespace,omitempty"`
+	K8sResourceName   string         `yaml:"k8s_resource_name,omitempty" json:"k8s_resource_name,omitempty"`
+	K8sConfig         map[string]any `yaml:"k8s_config,omitempty" json:"k8s_config,omitempty"`
+	Command           any            `yaml:"command,omitempty" json:"command,omitempty"`
+	Conditions        []Condition    `yaml:"conditions,omitempty" json:"conditions,omitempty"`
+	When              string         `yaml:"when,omitempty" json:"when,omitempty"`
+	Timeout           Duration       `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+	RetryPolicy       *RetryPolicy   `yaml:"retry_policy,omitempty" json:"retry_policy,omitempty"`
+	ContinueOnFailure bool           `yaml:"continue_on_failure,omitempty" json:"continue_on_failure,omitempty"`
+}
+
+// ID is the step's identifier in subjects, URLs and events: its name as a
+// lower-case slug.
+func (s *Step) ID() string { return Slug(s.Name) }
+
+// Kind is the runner kind executing the step ("docker" or "k8s").
+func (s *Step) Kind() string { return KindOf(s.Type) }
+
+// AllowsFailure reports whether a failure of this step leaves the run
+// successful.
+func (s *Step) AllowsFailure() bool {
+	return s.ContinueOnFailure || (s.RetryPolicy != nil && s.RetryPolicy.ContinueOnFailure)
+}
+
+// MaxAttempts is 1 plus the retry policy's max_retries.
+func (s *Step) MaxAttempts() int {
+	if s.RetryPolicy == nil {
+		return 1
+	}
+	return 1 + s.RetryPolicy.MaxRetries
+}
+
+// RetryDelay is the wait before attempt n+1 after attempt n failed.
+func (s *Step) RetryDelay(n int) time.Duration {
+	if s.RetryPolicy == nil {
+		return 0
+	}
+	d := time.Duration(s.RetryPolicy.RetryDelaySeconds * float64(time.Second))
+	if s.RetryPolicy.Backoff == BackoffExponential {
+		for i := 1; i < n && d < time.Hour; i++ {
+			d *= 2
+		}
+	}
+	return d
+}
+
+// Condition gates a step; all conditions of a step must hold.
+type Condition struct {
+	Type  string `yaml:"type" json:"type"`
+	Value string `yaml:"value,omitempty" json:"value,omitempty"`
+	// Name is the variable (variable_equals) or environment variable
+	// (env_equals) compared.
+	Name string `yaml:"name,omitempty" json:"name,omitempty"`
+}
+
+// Condition types.
+const (
+	CondBranchEquals   = "branch_equals"
+	CondBranchMatches  = "branch_matches"
+	CondEnvEquals      = "env_equals"
+	CondVariableEquals = "variable_equals"
+)
+
+// RetryPolicy says how often and how fast a failed step is retried.
+type RetryPolicy struct {
+	MaxRetries        int     `yaml:"max_retries" json:"max_retries"`
+	RetryDelaySeconds float64 `yaml:"retry_delay_seconds,omitempty" json:"retry_delay_seconds,omitempty"`
+	Backoff           string  `yaml:"backoff,omitempty" json:"backoff,omitempty"`
+	ContinueOnFailure bool    `yaml:"continue_on_failure,omitempty" json:"continue_on_failure,omitempty"`
+}
+
+// Backoff kinds.
+const (
+	BackoffExponential = "exponential"
+	BackoffFixed       = "fixed"
+)
+
+// When values.
+const (
+	WhenOnSuccess = "on_success"
+	WhenOnFailure = "on_failure"
+	WhenAlways    = "always"
+)
+
+// Trigger starts the pipeline from a Git webhook or a schedule.
+type Trigger struct {
+	Type      string   `yaml:"type" json:"type"` // webhook or cron
+	Provider  string   `yaml:"provider,omitempty" json:"provider,omitempty"`
+	SecretEnv string   `yaml:"secret_env,omitempty" json:"secret_env,omitempty"`
+	Events    []string `yaml:"events,omitempty" json:"events,omitempty"`
+	Branches  []string `yaml:"branches,omitempty" json:"branches,omitempty"`
+	Tags      []string `yaml:"tags,omitempty" json:"tags,omitempty"`
+	Paths     []string `yaml:"paths,omitempty" json:"paths,omitempty"`
+	Schedule  string   `yaml:"schedule,omitempty" json:"schedule,omitempty"`
+	Branch    string   `yaml:"branch,omitempty" json:"branch,omitempty"`
+}
+
+// Ref names a catalogue entry (registry or cluster) by numeric id or name.
+type Ref string
+
+// UnmarshalYAML accepts a number or a string.
+func (r *Ref) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: want an id or a name, got a %s", n.Line, kindName(n.Kind))
+	}
+	*r = Ref(n.Value)
+	return nil
+}
+
+// Duration is a time.Duration written as "90s", "5m" or a number of seconds.
+type Duration time.Duration
+
+// UnmarshalYAML parses "90s" or 90.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: want a duration such as 90s, got a %s", n.Line, kindName(n.Kind))
+	}
+	v, err := ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as Go's string form.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return []byte(strconv.Quote(time.Duration(d).String())), nil }
+
+// UnmarshalJSON reads "90s" or 90.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	v, err := ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ParseDuration reads "90s", "1h30m" or a plain number of seconds.
+func ParseDuration(s string) (time.Duration, error) {
+	if s == "" || s == "0" {
+		return 0, nil
+	}
+	if f, err := strconv.ParseFloat(s, 64); err == nil {
+		if f < 0 {
+			return 0, fmt.Errorf("duration %q is negative", s)
+		}
+		return time.Duration(f * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("duration %q: want e.g. 90s, 5m or a number of seconds", s)
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("duration %q is negative", s)
+	}
+	return d, nil
+}
+
+// Step types.
+var (
+	DockerTypes = []string{"docker_build", "docker_run", "docker_push", "docker_pull"}
+	K8sTypes    = []string{"k8s_deploy", "k8s_scale", "k8s_delete", "k8s_wait", "k8s_exec", "k8s_logs"}
+)
+
+// KindOf returns "docker" or "k8s" for a step type, "" for an unknown one.
+func KindOf(stepType string) string {
+	switch {
+	case strings.HasPrefix(stepType, "docker_") && contains(DockerTypes, stepType):
+		return "docker"
+	case strings.HasPrefix(stepType, "k8s_") && contains(K8sTypes, stepType):
+		return "k8s"
+	}
+	return ""
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Slug turns a step name into a lower-case identifier of letters, digits and
+// dashes.
+func Slug(name string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(name) {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '_':
+			b.WriteRune(r)
+			dash = false
+		default:
+			if !dash && b.Len() > 0 {
+				b.WriteByte('-')
+				dash = true
+			}
+		}
+	}
+	return strings.TrimSuffix(b.String(), "-")
+}
+
+func kindName(k yaml.Kind) string {
+	switch k {
+	case yaml.MappingNode:
+		return "mapping"
+	case yaml.SequenceNode:
+		return "list"
+	case yaml.ScalarNode:
+		return "scalar"
+	case yaml.AliasNode:
+		return "alias"
+	}
+	return "document"
+}
