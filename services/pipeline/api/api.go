@@ -1,0 +1,518 @@
+// Package api serves the pipeline service's REST API under /api/v1:
+// pipelines (CRUD, YAML import and export, clone, versions), runs (trigger,
+// get, list, cancel, re-run, live logs as server-sent events), registries,
+// clusters and source uploads.
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/source"
+	"github.com/ansflow/ansflow/pkg/spec"
+	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
+	"github.com/ansflow/ansflow/services/pipeline/store"
+)
+
+// Server is the HTTP API. Create it with [New].
+type Server struct {
+	st  *store.Store
+	orc *orchestrator.Orchestrator
+	js  jetstream.JetStream
+	log *zap.Logger
+	mux *http.ServeMux
+}
+
+// New returns the API over the store and orchestrator.
+func New(st *store.Store, orc *orchestrator.Orchestrator, js jetstream.JetStream, log *zap.Logger) *Server {
+	s := &Server{st: st, orc: orc, js: js, log: log, mux: http.NewServeMux()}
+	m := s.mux
+	m.HandleFunc("GET /api/v1/pipelines", s.listPipelines)
+	m.HandleFunc("POST /api/v1/pipelines", s.applyPipeline)
+	m.HandleFunc("GET /api/v1/pipelines/{name}", s.getPipeline)
+	m.HandleFunc("PUT /api/v1/pipelines/{name}", s.applyPipeline)
+	m.HandleFunc("DELETE /api/v1/pipelines/{name}", s.deletePipeline)
+	m.HandleFunc("GET /api/v1/pipelines/{name}/export", s.exportPipeline)
+	m.HandleFunc("GET /api/v1/pipelines/{name}/versions", s.pipelineVersions)
+	m.HandleFunc("POST /api/v1/pipelines/{name}/clone", s.clonePipeline)
+	m.HandleFunc("POST /api/v1/pipelines/{name}/runs", s.triggerRun)
+	m.HandleFunc("POST /api/v1/validate", s.validate)
+	m.HandleFunc("GET /api/v1/runs", s.listRuns)
+	m.HandleFunc("GET /api/v1/runs/{id}", s.getRun)
+	m.HandleFunc("POST /api/v1/runs/{id}/cancel", s.cancelRun)
+	m.HandleFunc("POST /api/v1/runs/{id}/rerun", s.rerun)
+	m.HandleFunc("GET /api/v1/runs/{id}/logs", s.logs)
+	m.HandleFunc("POST /api/v1/sources", s.uploadSource)
+	m.HandleFunc("GET /api/v1/registries", s.listRegistries)
+	m.HandleFunc("POST /api/v1/registries", s.putRegistry)
+	m.HandleFunc("DELETE /api/v1/registries/{id}", s.deleteRegistry)
+	m.HandleFunc("GET /api/v1/clusters", s.listClusters)
+	m.HandleFunc("POST /api/v1/clusters", s.putCluster)
+	m.HandleFunc("DELETE /api/v1/clusters/{id}", s.deleteCluster)
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	return s
+}
+
+// Handle mounts another handler (e.g. the audit API) on the same server.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+const maxBody = 1 << 20
+
+// ErrorBody is the JSON of every error response.
+type ErrorBody struct {
+	Error  string        `json:"error"`
+	Errors []ErrorDetail `json:"errors,omitempty"`
+}
+
+// ErrorDetail locates one validation problem.
+type ErrorDetail struct {
+	File    string `json:"file,omitempty"`
+	Line    int    `json:"line,omitempty"`
+	Field   string `json:"field,omitempty"`
+	Message string `json:"message"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func (s *Server) fail(w http.ResponseWriter, err error) {
+	body := ErrorBody{Error: err.Error()}
+	code := http.StatusInternalServerError
+	var se spec.Errors
+	switch {
+	case errors.As(err, &se):
+		code = http.StatusBadRequest
+		for _, e := range se {
+			body.Errors = append(body.Errors, ErrorDetail{File: e.File, Line: e.Line, Field: e.Field, Message: e.Msg})
+		}
+	case errors.Is(err, store.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, orchestrator.ErrInvalid), errors.Is(err, errBadRequest):
+		code = http.StatusBadRequest
+	case errors.Is(err, orchestrator.ErrFinished):
+		code = http.StatusConflict
+	}
+	if code == http.StatusInternalServerError {
+		s.log.Error("request failed", zap.Error(err))
+	}
+	writeJSON(w, code, body)
+}
+
+var errBadRequest = errors.New("bad request")
+
+func readBody(r *http.Request, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, limit))
+	if err != nil {
+		return nil, fmt.Errorf("%w: body: %v", errBadRequest, err)
+	}
+	return b, nil
+}
+
+func actor(r *http.Request) string {
+	if a := r.Header.Get("X-Ansflow-Actor"); a != "" {
+		return a
+	}
+	return "anonymous@" + clientIP(r)
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// audit publishes an API action for the audit trail.
+func (s *Server) audit(r *http.Request, action, target string, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error: " + err.Error()
+	}
+	e, eerr := event.New(orchestrator.Source, event.TypeAPIAction, event.Meta{}, event.Action{
+		Actor: actor(r), SourceIP: clientIP(r), Action: action, Target: target, Outcome: outcome})
+	if eerr != nil {
+		return
+	}
+	e.SetSubject(target)
+	m, eerr := event.ToMsg("ansflow.events.api.action._", e)
+	if eerr == nil {
+		_, _ = s.js.PublishMsgAsync(m)
+	}
+}
+
+// ApplyRequest is the JSON form of a pipeline upload.
+type ApplyRequest struct {
+	YAML string `json:"yaml"`
+	File string `json:"file,omitempty"`
+}
+
+func (s *Server) parseUpload(r *http.Request) (*spec.Pipeline, string, error) {
+	b, err := readBody(r, spec.MaxFileBytes)
+	if err != nil {
+		return nil, "", err
+	}
+	text, file := string(b), "request"
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
+		var ar ApplyRequest
+		if err := json.Unmarshal(b, &ar); err != nil {
+			return nil, "", fmt.Errorf("%w: JSON body: %v", errBadRequest, err)
+		}
+		text = ar.YAML
+		if ar.File != "" {
+			file = ar.File
+		}
+	}
+	p, err := spec.Parse(file, []byte(text))
+	return p, text, err
+}
+
+func (s *Server) applyPipeline(w http.ResponseWriter, r *http.Request) {
+	p, text, err := s.parseUpload(r)
+	if err == nil && r.PathValue("name") != "" && spec.Slug(r.PathValue("name")) != spec.Slug(p.Name) {
+		err = fmt.Errorf("%w: URL names pipeline %q but the file names %q", errBadRequest, r.PathValue("name"), p.Name)
+	}
+	var rec *store.PipelineRecord
+	if err == nil {
+		rec, err = s.st.PutPipeline(r.Context(), p, text, actor(r))
+	}
+	target := "pipeline/"
+	if p != nil {
+		target += p.Name
+	}
+	s.audit(r, "pipeline.apply", target, err)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	e, _ := event.New(orchestrator.Source, event.TypePipelineUpdated, event.Meta{}, event.PipelineUpdated{Pipeline: rec.Name, Version: rec.Version, Actor: actor(r)})
+	if m, err := event.ToMsg("ansflow.events.pipeline.updated."+event.Token(spec.Slug(rec.Name)), e); err == nil {
+		_, _ = s.js.PublishMsgAsync(m)
+	}
+	writeJSON(w, http.StatusOK, rec)
+}
+
+func (s *Server) validate(w http.ResponseWriter, r *http.Request) {
+	p, _, err := s.parseUpload(r)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+func (s *Server) listPipelines(w http.ResponseWriter, r *http.Request) {
+	ps, err := s.st.ListPipelines(r.Context())
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ps)
+}
+
+func (s *Server) getPipeline(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.pipelineVersion(r)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rec)
+}
+
+func (s *Server) pipelineVersion(r *http.Request) (*store.PipelineRecord, error) {
+	if v := r.URL.Query().Get("version"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return nil, fmt.Errorf("%w: version %q", errBadRequest, v)
+		}
+		return s.st.GetPipelineVersion(r.Context(), r.PathValue("name"), n)
+	}
+	return s.st.GetPipeline(r.Context(), r.PathValue("name"))
+}
+
+func (s *Server) exportPipeline(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.pipelineVersion(r)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/yaml")
+	io.WriteString(w, rec.YAML)
+}
+
+func (s *Server) pipelineVersions(w http.ResponseWriter, r *http.Request) {
+	vs, err := s.st.PipelineVersions(r.Context(), r.PathValue("name"))
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, vs)
+}
+
+func (s *Server) deletePipeline(w http.ResponseWriter, r *http.Request) {
+	err := s.st.DeletePipeline(r.Context(), r.PathValue("name"))
+	s.audit(r, "pipeline.delete", "pipeline/"+r.PathValue("name"), err)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// CloneRequest names the copy.
+type CloneRequest struct {
+	Name string `json:"name"`
+}
+
+func (s *Server) clonePipeline(w http.ResponseWriter, r *http.Request) {
+	var cr CloneRequest
+	b, err := readBody(r, maxBody)
+	if err == nil {
+		if err = json.Unmarshal(b, &cr); err != nil || cr.Name == "" {
+			err = fmt.Errorf("%w: want {\"name\": \"new name\"}", errBadRequest)
+		}
+	}
+	var rec *store.PipelineRecord
+	if err == nil {
+		rec, err = s.st.GetPipeline(r.Context(), r.PathValue("name"))
+	}
+	if err == nil {
+		if _, gerr := s.st.GetPipeline(r.Context(), cr.Name); gerr == nil {
+			err = fmt.Errorf("%w: pipeline %q already exists", errBadRequest, cr.Name)
+		}
+	}
+	if err == nil {
+		text := strings.Replace(rec.YAML, rec.Name, cr.Name, 1)
+		var p *spec.Pipeline
+		if p, err = spec.Parse("clone", []byte(text)); err == nil && p.Name != cr.Name {
+			err = fmt.Errorf("%w: could not rename the pipeline in its YAML", errBadRequest)
+		}
+		if err == nil {
+			rec, err = s.st.PutPipeline(r.Context(), p, text, actor(r))
+		}
+	}
+	s.audit(r, "pipeline.clone", "pipeline/"+r.PathValue("name"), err)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, rec)
+}
+
+// TriggerBody is the JSON body of a run trigger.
+type TriggerBody struct {
+	Vars    map[string]string `json:"vars,omitempty"`
+	Branch  string            `json:"branch,omitempty"`
+	Commit  string            `json:"commit,omitempty"`
+	Tag     string            `json:"tag,omitempty"`
+	RepoURL string            `json:"repo_url,omitempty"`
+	// SourceObject is an object returned by POST /api/v1/sources.
+	SourceObject string `json:"source_object,omitempty"`
+}
+
+func (s *Server) triggerRun(w http.ResponseWriter, r *http.Request) {
+	var tb TriggerBody
+	b, err := readBody(r, maxBody)
+	if err == nil && len(bytes.TrimSpace(b)) > 0 {
+		if jerr := json.Unmarshal(b, &tb); jerr != nil {
+			err = fmt.Errorf("%w: JSON body: %v", errBadRequest, jerr)
+		}
+	}
+	var run *store.Run
+	if err == nil {
+		req := orchestrator.TriggerRequest{Pipeline: r.PathValue("name"), Vars: tb.Vars,
+			Git:     orchestrator.GitInfo{Branch: tb.Branch, Commit: tb.Commit, Tag: tb.Tag, RepoURL: tb.RepoURL},
+			Trigger: store.Trigger{Kind: "api", Actor: actor(r)}}
+		if r.Header.Get("X-Ansflow-Trigger") == "cli" {
+			req.Trigger.Kind = "cli"
+		}
+		switch {
+		case tb.SourceObject != "":
+			req.Source = &store.Source{Object: tb.SourceObject}
+		case tb.RepoURL != "":
+			req.Source = &store.Source{RepoURL: tb.RepoURL, Commit: tb.Commit}
+		}
+		run, err = s.orc.Trigger(r.Context(), req)
+	}
+	s.audit(r, "run.trigger", "pipeline/"+r.PathValue("name"), err)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, run)
+}
+
+func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit, _ := strconv.Atoi(q.Get("limit"))
+	if limit <= 0 {
+		limit = 50
+	}
+	runs, err := s.st.ListRuns(r.Context(), store.RunFilter{Pipeline: q.Get("pipeline"), Status: q.Get("status"), Limit: limit})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, runs)
+}
+
+func (s *Server) getRun(w http.ResponseWriter, r *http.Request) {
+	run, err := s.st.GetRun(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, run)
+}
+
+func (s *Server) cancelRun(w http.ResponseWriter, r *http.Request) {
+	run, err := s.orc.Cancel(r.Context(), r.PathValue("id"), "cancelled by "+actor(r))
+	s.audit(r, "run.cancel", "run/"+r.PathValue("id"), err)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, run)
+}
+
+func (s *Server) rerun(w http.ResponseWriter, r *http.Request) {
+	run, err := s.orc.Rerun(r.Context(), r.PathValue("id"), store.Trigger{Kind: "rerun", Actor: actor(r)})
+	s.audit(r, "run.rerun", "run/"+r.PathValue("id"), err)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, run)
+}
+
+// SourceBody answers a source upload.
+type SourceBody struct {
+	Object string `json:"object"`
+}
+
+func (s *Server) uploadSource(w http.ResponseWriter, r *http.Request) {
+	b, err := readBody(r, source.MaxArchiveBytes)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	store, err := source.Store(r.Context(), s.js)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	name := uuid.NewString() + ".tar.gz"
+	if _, err := store.PutBytes(r.Context(), name, b); err != nil {
+		s.fail(w, fmt.Errorf("store source: %w", err))
+		return
+	}
+	writeJSON(w, http.StatusCreated, SourceBody{Object: name})
+}
+
+func (s *Server) listRegistries(w http.ResponseWriter, r *http.Request) {
+	rs, err := s.st.Registries(r.Context())
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rs)
+}
+
+func (s *Server) putRegistry(w http.ResponseWriter, r *http.Request) {
+	var reg store.Registry
+	b, err := readBody(r, maxBody)
+	if err == nil {
+		if jerr := json.Unmarshal(b, &reg); jerr != nil {
+			err = fmt.Errorf("%w: JSON body: %v", errBadRequest, jerr)
+		} else if err = s.st.PutRegistry(r.Context(), &reg); err != nil {
+			err = fmt.Errorf("%w: %v", errBadRequest, err)
+		}
+	}
+	s.audit(r, "registry.put", "registry/"+reg.ID, err)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, reg)
+}
+
+func (s *Server) deleteRegistry(w http.ResponseWriter, r *http.Request) {
+	err := s.st.DeleteRegistry(r.Context(), r.PathValue("id"))
+	s.audit(r, "registry.delete", "registry/"+r.PathValue("id"), err)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) listClusters(w http.ResponseWriter, r *http.Request) {
+	cs, err := s.st.Clusters(r.Context())
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, cs)
+}
+
+func (s *Server) putCluster(w http.ResponseWriter, r *http.Request) {
+	var c store.Cluster
+	b, err := readBody(r, maxBody)
+	if err == nil {
+		if jerr := json.Unmarshal(b, &c); jerr != nil {
+			err = fmt.Errorf("%w: JSON body: %v", errBadRequest, jerr)
+		} else if err = s.st.PutCluster(r.Context(), &c); err != nil {
+			err = fmt.Errorf("%w: %v", errBadRequest, err)
+		}
+	}
+	s.audit(r, "cluster.put", "cluster/"+c.ID, err)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, c)
+}
+
+func (s *Server) deleteCluster(w http.ResponseWriter, r *http.Request) {
+	err := s.st.DeleteCluster(r.Context(), r.PathValue("id"))
+	s.audit(r, "cluster.delete", "cluster/"+r.PathValue("id"), err)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// LogLine is one server-sent event of GET /api/v1/runs/{id}/logs: a log
+// chunk (Kind "log") or a step or run status change (Kind "step", "run").
+type LogLine struct {
+	Kind    string    `json:"kind"`
+	Step    string    `json:"step,omitempty"`
+	Attempt int       `json:"attempt,omitempty"`
+	Stream  string    `json:"stream,omitempty"`
+	Text    string    `json:"text,omitempty"`
+	Status  string    `json:"status,omitempty"`
+	Error   string    `json:"error,omitempty"`
+	Time    time.Time `json:"time"`
+}

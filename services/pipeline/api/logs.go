@@ -1,0 +1,134 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ansflow/ansflow/pkg/event"
+)
+
+// logs streams a run's log chunks and status changes as server-sent events.
+// With follow=false (the default when the run is over) it ends once the
+// history is sent; otherwise it ends after the run completes.
+func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	run, err := s.st.GetRun(r.Context(), id)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	follow := r.URL.Query().Get("follow") != "false" && !run.Terminal()
+	stepFilter := r.URL.Query().Get("step")
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	lines := make(chan LogLine, 256)
+	logSubj := event.LogSubject(id, "*")
+	if stepFilter != "" {
+		logSubj = event.LogSubject(id, stepFilter)
+	}
+	feeds := []struct {
+		stream, subject string
+	}{
+		{event.StreamLogs, logSubj},
+		{event.StreamEvents, "ansflow.events.*.*." + event.Token(id)},
+	}
+	for _, f := range feeds {
+		cons, err := s.js.OrderedConsumer(ctx, f.stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{f.subject}})
+		if err != nil {
+			s.fail(w, fmt.Errorf("follow %s: %w", f.stream, err))
+			return
+		}
+		it, err := cons.Messages()
+		if err != nil {
+			s.fail(w, fmt.Errorf("follow %s: %w", f.stream, err))
+			return
+		}
+		stop := context.AfterFunc(ctx, it.Stop)
+		defer stop()
+		go func() {
+			for {
+				m, err := it.Next()
+				if err != nil {
+					return
+				}
+				if l, ok := toLine(m); ok && (stepFilter == "" || l.Step == "" || l.Step == stepFilter) {
+					select {
+					case lines <- l:
+					case <-ctx.Done():
+						return
+					}
+				}
+			}
+		}()
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	idle := 300 * time.Millisecond
+	done := !follow
+	timer := time.NewTimer(idle)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case l := <-lines:
+			b, _ := json.Marshal(l)
+			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", l.Kind, b)
+			if flusher != nil {
+				flusher.Flush()
+			}
+			if l.Kind == "run" && l.Status != event.StatusRunning {
+				done = true
+			}
+			timer.Reset(idle)
+		case <-timer.C:
+			if done {
+				fmt.Fprint(w, "event: end\ndata: {}\n\n")
+				return
+			}
+			timer.Reset(idle)
+		}
+	}
+}
+
+func toLine(m jetstream.Msg) (LogLine, bool) {
+	e, err := event.FromMsg(&nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
+	if err != nil {
+		return LogLine{}, false
+	}
+	switch e.Type() {
+	case event.TypeStepLog:
+		var d event.StepLog
+		if event.DecodeData(e, &d) != nil {
+			return LogLine{}, false
+		}
+		return LogLine{Kind: "log", Step: d.StepID, Attempt: d.Attempt, Stream: d.Stream, Text: d.Text, Time: d.Time}, true
+	case event.TypeStepStarted:
+		var d event.StepStarted
+		if event.DecodeData(e, &d) != nil {
+			return LogLine{}, false
+		}
+		return LogLine{Kind: "step", Step: d.StepID, Attempt: d.Attempt, Status: event.StatusRunning, Time: d.StartedAt}, true
+	case event.TypeStepCompleted:
+		var d event.StepCompleted
+		if event.DecodeData(e, &d) != nil {
+			return LogLine{}, false
+		}
+		return LogLine{Kind: "step", Step: d.StepID, Attempt: d.Attempt, Status: d.Status, Error: d.Error, Time: d.FinishedAt}, true
+	case event.TypeRunCompleted:
+		var d event.RunCompleted
+		if event.DecodeData(e, &d) != nil {
+			return LogLine{}, false
+		}
+		return LogLine{Kind: "run", Status: d.Status, Error: d.Error, Time: d.FinishedAt}, true
+	}
+	return LogLine{}, false
+}

@@ -1,0 +1,65 @@
+// Command pipeline runs the AnsFlow pipeline service alone against an
+// external NATS cluster: it stores pipelines, orchestrates runs and serves the
+// REST API.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/ansflow/ansflow/pkg/logging"
+	"github.com/ansflow/ansflow/pkg/natsutil"
+	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
+	"github.com/ansflow/ansflow/services/pipeline/service"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "pipeline:", err)
+		os.Exit(1)
+	}
+}
+
+func env(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func run(ctx context.Context) error {
+	natsURL := flag.String("nats", env("ANSFLOW_NATS_URL", "nats://127.0.0.1:4222"), "NATS URL (env ANSFLOW_NATS_URL)")
+	creds := flag.String("nats-creds", os.Getenv("ANSFLOW_NATS_CREDS"), "NATS credentials file (env ANSFLOW_NATS_CREDS)")
+	httpAddr := flag.String("http", env("ANSFLOW_HTTP", "127.0.0.1:8080"), "API listen address (env ANSFLOW_HTTP)")
+	replicas := flag.Int("replicas", 1, "stream and bucket replicas (3 on a NATS cluster)")
+	dispatch := flag.Duration("dispatch-timeout", 30*time.Second, "fail a step no runner starts within this time")
+	level := flag.String("log-level", env("ANSFLOW_LOG_LEVEL", "info"), "log level")
+	flag.Parse()
+	log, err := logging.New(*level, true)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	nc, err := natsutil.Connect(*natsURL, "ansflow-pipeline", *creds)
+	if err != nil {
+		return err
+	}
+	defer nc.Drain()
+	js, err := natsutil.JetStream(nc)
+	if err != nil {
+		return err
+	}
+	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas,
+		Orchestrator: orchestrator.Config{DispatchTimeout: *dispatch}}, js, log)
+	if err != nil {
+		return err
+	}
+	return svc.Run(ctx)
+}

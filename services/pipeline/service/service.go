@@ -1,0 +1,86 @@
+// Package service assembles the pipeline service: its store, orchestrator
+// and HTTP API, over a JetStream connection.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ansflow/ansflow/pkg/bus"
+	"github.com/ansflow/ansflow/services/pipeline/api"
+	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
+	"github.com/ansflow/ansflow/services/pipeline/store"
+)
+
+// Config configures the pipeline service.
+type Config struct {
+	// HTTPAddr is where the API listens (default 127.0.0.1:8080); "" with
+	// Listener set uses that listener.
+	HTTPAddr     string
+	Listener     net.Listener
+	Replicas     int
+	Orchestrator orchestrator.Config
+}
+
+// Service is the running pipeline service.
+type Service struct {
+	cfg   Config
+	js    jetstream.JetStream
+	log   *zap.Logger
+	Store *store.Store
+	Orc   *orchestrator.Orchestrator
+	API   *api.Server
+}
+
+// New opens the streams and buckets and builds the service.
+func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logger) (*Service, error) {
+	if cfg.HTTPAddr == "" && cfg.Listener == nil {
+		cfg.HTTPAddr = "127.0.0.1:8080"
+	}
+	if err := bus.EnsureStreams(ctx, js, cfg.Replicas); err != nil {
+		return nil, err
+	}
+	st, err := store.Open(ctx, js, cfg.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	log = log.With(zap.String("service", "pipeline"))
+	orc := orchestrator.New(cfg.Orchestrator, js, st, log)
+	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: api.New(st, orc, js, log)}, nil
+}
+
+// Run serves the orchestrator and the HTTP API until ctx is done.
+func (s *Service) Run(ctx context.Context) error {
+	ln := s.cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("pipeline API listen on %s: %w", s.cfg.HTTPAddr, err)
+		}
+	}
+	srv := &http.Server{Handler: s.API, ReadHeaderTimeout: 10 * time.Second}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.Orc.Run(ctx) })
+	g.Go(func() error {
+		s.log.Info("API listening", zap.String("addr", ln.Addr().String()))
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("pipeline API: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	return g.Wait()
+}

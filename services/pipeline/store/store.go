@@ -1,0 +1,382 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ansflow/ansflow/pkg/spec"
+)
+
+// Bucket names.
+const (
+	BucketPipelines = "ansflow_pipelines"
+	BucketVersions  = "ansflow_pipeline_versions"
+	BucketRuns      = "ansflow_runs"
+	BucketCatalog   = "ansflow_catalog"
+	BucketCounters  = "ansflow_counters"
+)
+
+// ErrNotFound is returned when a pipeline, run, registry or cluster does not
+// exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrConflict is returned by [Store.UpdateRun] when the run changed since it
+// was read; the caller re-reads and retries.
+var ErrConflict = errors.New("run changed concurrently")
+
+// Store is the pipeline service's state. It is safe for concurrent use.
+type Store struct {
+	pipelines, versions, runs, catalog, counters jetstream.KeyValue
+}
+
+// Open creates or opens the buckets. replicas is the KV replication factor.
+func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, error) {
+	if replicas < 1 {
+		replicas = 1
+	}
+	open := func(name string, history uint8) (jetstream.KeyValue, error) {
+		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: name, History: history, Replicas: replicas})
+		if err != nil {
+			return nil, fmt.Errorf("open bucket %s: %w", name, err)
+		}
+		return kv, nil
+	}
+	var s Store
+	var err error
+	for _, b := range []struct {
+		kv   *jetstream.KeyValue
+		name string
+	}{{&s.pipelines, BucketPipelines}, {&s.versions, BucketVersions}, {&s.runs, BucketRuns}, {&s.catalog, BucketCatalog}, {&s.counters, BucketCounters}} {
+		if *b.kv, err = open(b.name, 1); err != nil {
+			return nil, err
+		}
+	}
+	return &s, nil
+}
+
+// Runs exposes the runs bucket for watching.
+func (s *Store) Runs() jetstream.KeyValue { return s.runs }
+
+// PutPipeline stores a new version of the pipeline described by yamlText.
+func (s *Store) PutPipeline(ctx context.Context, p *spec.Pipeline, yamlText, actor string) (*PipelineRecord, error) {
+	key := spec.Slug(p.Name)
+	for {
+		now := time.Now().UTC()
+		rec := &PipelineRecord{Name: p.Name, Version: 1, YAML: yamlText, Spec: p, CreatedAt: now, UpdatedAt: now, UpdatedBy: actor}
+		var rev uint64
+		if e, err := s.pipelines.Get(ctx, key); err == nil {
+			var old PipelineRecord
+			if err := json.Unmarshal(e.Value(), &old); err != nil {
+				return nil, fmt.Errorf("decode pipeline %q: %w", p.Name, err)
+			}
+			if old.YAML == yamlText {
+				return &old, nil
+			}
+			rec.Version, rec.CreatedAt, rev = old.Version+1, old.CreatedAt, e.Revision()
+		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, fmt.Errorf("read pipeline %q: %w", p.Name, err)
+		}
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return nil, err
+		}
+		if rev == 0 {
+			_, err = s.pipelines.Create(ctx, key, b)
+		} else {
+			_, err = s.pipelines.Update(ctx, key, b, rev)
+		}
+		if isConflict(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store pipeline %q: %w", p.Name, err)
+		}
+		if _, err := s.versions.Put(ctx, key+"."+strconv.Itoa(rec.Version), b); err != nil {
+			return nil, fmt.Errorf("store pipeline %q version %d: %w", p.Name, rec.Version, err)
+		}
+		return rec, nil
+	}
+}
+
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) || (errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence)
+}
+
+// GetPipeline returns the latest version of a pipeline by name or slug.
+func (s *Store) GetPipeline(ctx context.Context, name string) (*PipelineRecord, error) {
+	return getJSON[PipelineRecord](ctx, s.pipelines, spec.Slug(name), "pipeline "+strconv.Quote(name))
+}
+
+// GetPipelineVersion returns one stored version.
+func (s *Store) GetPipelineVersion(ctx context.Context, name string, version int) (*PipelineRecord, error) {
+	return getJSON[PipelineRecord](ctx, s.versions, spec.Slug(name)+"."+strconv.Itoa(version),
+		fmt.Sprintf("pipeline %q version %d", name, version))
+}
+
+// PipelineVersions lists the stored versions of a pipeline, oldest first.
+func (s *Store) PipelineVersions(ctx context.Context, name string) ([]*PipelineRecord, error) {
+	cur, err := s.GetPipeline(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	var out []*PipelineRecord
+	for v := 1; v <= cur.Version; v++ {
+		if r, err := s.GetPipelineVersion(ctx, name, v); err == nil {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// ListPipelines returns the latest version of every pipeline, by name.
+func (s *Store) ListPipelines(ctx context.Context) ([]*PipelineRecord, error) {
+	return listJSON[PipelineRecord](ctx, s.pipelines, "")
+}
+
+// DeletePipeline removes a pipeline; its versions and runs stay.
+func (s *Store) DeletePipeline(ctx context.Context, name string) error {
+	if _, err := s.GetPipeline(ctx, name); err != nil {
+		return err
+	}
+	if err := s.pipelines.Delete(ctx, spec.Slug(name)); err != nil {
+		return fmt.Errorf("delete pipeline %q: %w", name, err)
+	}
+	return nil
+}
+
+// NextBuildNumber increments and returns the pipeline's build counter.
+func (s *Store) NextBuildNumber(ctx context.Context, pipeline string) (int, error) {
+	key := spec.Slug(pipeline)
+	for {
+		e, err := s.counters.Get(ctx, key)
+		n, rev := 0, uint64(0)
+		switch {
+		case err == nil:
+			n, _ = strconv.Atoi(string(e.Value()))
+			rev = e.Revision()
+		case !errors.Is(err, jetstream.ErrKeyNotFound):
+			return 0, fmt.Errorf("read build counter of %q: %w", pipeline, err)
+		}
+		n++
+		if rev == 0 {
+			_, err = s.counters.Create(ctx, key, []byte(strconv.Itoa(n)))
+		} else {
+			_, err = s.counters.Update(ctx, key, []byte(strconv.Itoa(n)), rev)
+		}
+		if isConflict(err) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("bump build counter of %q: %w", pipeline, err)
+		}
+		return n, nil
+	}
+}
+
+// CreateRun stores a new run.
+func (s *Store) CreateRun(ctx context.Context, r *Run) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode run %s: %w", r.ID, err)
+	}
+	rev, err := s.runs.Create(ctx, r.ID, b)
+	if err != nil {
+		return fmt.Errorf("create run %s: %w", r.ID, err)
+	}
+	r.Revision = rev
+	return nil
+}
+
+// GetRun reads a run with its revision.
+func (s *Store) GetRun(ctx context.Context, id string) (*Run, error) {
+	e, err := s.runs.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {
+		return nil, fmt.Errorf("run %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read run %s: %w", id, err)
+	}
+	return DecodeRun(e)
+}
+
+// DecodeRun decodes a runs bucket entry.
+func DecodeRun(e jetstream.KeyValueEntry) (*Run, error) {
+	var r Run
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return nil, fmt.Errorf("decode run %s: %w", e.Key(), err)
+	}
+	r.Revision = e.Revision()
+	return &r, nil
+}
+
+// UpdateRun writes r if nobody changed it since r.Revision was read, and
+// returns [ErrConflict] otherwise.
+func (s *Store) UpdateRun(ctx context.Context, r *Run) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode run %s: %w", r.ID, err)
+	}
+	rev, err := s.runs.Update(ctx, r.ID, b, r.Revision)
+	if isConflict(err) {
+		return ErrConflict
+	}
+	if err != nil {
+		return fmt.Errorf("update run %s: %w", r.ID, err)
+	}
+	r.Revision = rev
+	return nil
+}
+
+// RunFilter selects runs for [Store.ListRuns].
+type RunFilter struct {
+	Pipeline string
+	Status   string
+	Limit    int
+}
+
+// ListRuns returns runs newest first.
+func (s *Store) ListRuns(ctx context.Context, f RunFilter) ([]*Run, error) {
+	runs, err := listJSON[Run](ctx, s.runs, "")
+	if err != nil {
+		return nil, err
+	}
+	out := runs[:0]
+	for _, r := range runs {
+		if (f.Pipeline == "" || spec.Slug(r.Pipeline) == spec.Slug(f.Pipeline)) && (f.Status == "" || r.Status == f.Status) {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
+	if f.Limit > 0 && len(out) > f.Limit {
+		out = out[:f.Limit]
+	}
+	return out, nil
+}
+
+// PutRegistry stores a catalogue registry.
+func (s *Store) PutRegistry(ctx context.Context, r *Registry) error {
+	return s.putCatalog(ctx, "registry", r.ID, r.Name, r)
+}
+
+// PutCluster stores a catalogue cluster.
+func (s *Store) PutCluster(ctx context.Context, c *Cluster) error {
+	return s.putCatalog(ctx, "cluster", c.ID, c.Name, c)
+}
+
+func (s *Store) putCatalog(ctx context.Context, kind, id, name string, v any) error {
+	if id == "" || name == "" {
+		return fmt.Errorf("%s needs an id and a name", kind)
+	}
+	if strings.ContainsAny(id, ". *>") {
+		return fmt.Errorf("%s id %q: use letters, digits, - and _", kind, id)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if _, err := s.catalog.Put(ctx, kind+"."+id, b); err != nil {
+		return fmt.Errorf("store %s %q: %w", kind, id, err)
+	}
+	return nil
+}
+
+// DeleteRegistry removes a catalogue registry.
+func (s *Store) DeleteRegistry(ctx context.Context, id string) error { return s.deleteCatalog(ctx, "registry", id) }
+
+// DeleteCluster removes a catalogue cluster.
+func (s *Store) DeleteCluster(ctx context.Context, id string) error { return s.deleteCatalog(ctx, "cluster", id) }
+
+func (s *Store) deleteCatalog(ctx context.Context, kind, id string) error {
+	if _, err := s.catalog.Get(ctx, kind+"."+id); err != nil {
+		return fmt.Errorf("%s %q: %w", kind, id, ErrNotFound)
+	}
+	return s.catalog.Delete(ctx, kind+"."+id)
+}
+
+// Registries lists the catalogue's registries.
+func (s *Store) Registries(ctx context.Context) ([]*Registry, error) {
+	return listJSON[Registry](ctx, s.catalog, "registry.")
+}
+
+// Clusters lists the catalogue's clusters.
+func (s *Store) Clusters(ctx context.Context) ([]*Cluster, error) {
+	return listJSON[Cluster](ctx, s.catalog, "cluster.")
+}
+
+// FindRegistry resolves a registry by id or name.
+func (s *Store) FindRegistry(ctx context.Context, ref string) (*Registry, error) {
+	all, err := s.Registries(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range all {
+		if r.ID == ref || r.Name == ref {
+			return r, nil
+		}
+	}
+	return nil, fmt.Errorf("registry %q: %w in the catalogue", ref, ErrNotFound)
+}
+
+// FindCluster resolves a cluster by id or name.
+func (s *Store) FindCluster(ctx context.Context, ref string) (*Cluster, error) {
+	all, err := s.Clusters(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range all {
+		if c.ID == ref || c.Name == ref {
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("cluster %q: %w in the catalogue", ref, ErrNotFound)
+}
+
+func getJSON[T any](ctx context.Context, kv jetstream.KeyValue, key, what string) (*T, error) {
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {
+		return nil, fmt.Errorf("%s: %w", what, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	var v T
+	if err := json.Unmarshal(e.Value(), &v); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", what, err)
+	}
+	return &v, nil
+}
+
+func listJSON[T any](ctx context.Context, kv jetstream.KeyValue, prefix string) ([]*T, error) {
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", kv.Bucket(), err)
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		if strings.HasPrefix(k, prefix) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	out := make([]*T, 0, len(keys))
+	for _, k := range keys {
+		v, err := getJSON[T](ctx, kv, k, k)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}

@@ -1,0 +1,142 @@
+// Package store keeps the pipeline service's state in JetStream key-value
+// buckets: pipelines with their version history, the registries and clusters
+// catalogue, build-number counters, and runs, updated with compare-and-swap
+// so that several pipeline service instances can share them.
+package store
+
+import (
+	"time"
+
+	"github.com/ansflow/ansflow/pkg/spec"
+)
+
+// PipelineRecord is one stored pipeline version.
+type PipelineRecord struct {
+	Name      string         `json:"name"`
+	Version   int            `json:"version"`
+	YAML      string         `json:"yaml"`
+	Spec      *spec.Pipeline `json:"spec"`
+	CreatedAt time.Time      `json:"created_at"`
+	UpdatedAt time.Time      `json:"updated_at"`
+	UpdatedBy string         `json:"updated_by,omitempty"`
+}
+
+// Registry is a container registry of the catalogue. Credentials are not
+// stored here: the runner serving the registry holds them.
+type Registry struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	URL  string `json:"url"`
+}
+
+// Cluster is a Kubernetes cluster of the catalogue; k8s runners serving it
+// subscribe by Name and hold its credentials.
+type Cluster struct {
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Context string `json:"context,omitempty"`
+}
+
+// Var is a run variable; Untrusted marks values from webhook payloads.
+type Var struct {
+	Value     string `json:"value"`
+	Untrusted bool   `json:"untrusted,omitempty"`
+}
+
+// Logs holds the tails of a step's output streams.
+type Logs struct {
+	Stdout string `json:"stdout"`
+	Stderr string `json:"stderr"`
+}
+
+// StepState is the record of one step within a run.
+type StepState struct {
+	Name       string            `json:"name"`
+	ID         string            `json:"id"`
+	Type       string            `json:"type"`
+	Status     string            `json:"status"`
+	Attempts   int               `json:"attempts"`
+	ExitCode   *int              `json:"exit_code"`
+	Outputs    map[string]string `json:"outputs"`
+	Error      string            `json:"error,omitempty"`
+	StartedAt  *time.Time        `json:"started_at"`
+	FinishedAt *time.Time        `json:"finished_at"`
+	Logs       Logs              `json:"logs"`
+
+	Kind         string     `json:"kind,omitempty"`
+	Target       string     `json:"target,omitempty"`
+	Runner       string     `json:"runner,omitempty"`
+	Image        string     `json:"docker_image,omitempty"`
+	Namespace    string     `json:"k8s_namespace,omitempty"`
+	ResourceName string     `json:"k8s_resource_name,omitempty"`
+	QueuedAt     *time.Time `json:"queued_at,omitempty"`
+	NotBefore    *time.Time `json:"not_before,omitempty"`
+	SkipReason   string     `json:"skip_reason,omitempty"`
+}
+
+// Terminal reports whether the step will not change any more.
+func (s *StepState) Terminal() bool {
+	switch s.Status {
+	case "succeeded", "failed", "skipped", "cancelled":
+		return true
+	}
+	return false
+}
+
+// Trigger says what started a run.
+type Trigger struct {
+	Kind     string `json:"kind"` // cli, api, webhook, cron, rerun
+	Actor    string `json:"actor,omitempty"`
+	Provider string `json:"provider,omitempty"`
+	Delivery string `json:"delivery,omitempty"`
+}
+
+// Source locates the run's source tree for runners.
+type Source struct {
+	Object  string `json:"object,omitempty"`
+	RepoURL string `json:"repo_url,omitempty"`
+	Commit  string `json:"commit,omitempty"`
+}
+
+// Run is the state of one pipeline run. It is the document `ansflow run
+// --output json` and `ansflow runs get --output json` print.
+type Run struct {
+	ID              string         `json:"id"`
+	Pipeline        string         `json:"pipeline"`
+	PipelineVersion int            `json:"pipeline_version"`
+	BuildNumber     int            `json:"build_number"`
+	Status          string         `json:"status"`
+	Error           string         `json:"error,omitempty"`
+	CreatedAt       time.Time      `json:"created_at"`
+	StartedAt       *time.Time     `json:"started_at"`
+	FinishedAt      *time.Time     `json:"finished_at"`
+	Trigger         Trigger        `json:"trigger"`
+	Vars            map[string]Var `json:"vars"`
+	Steps           []*StepState   `json:"steps"`
+	RerunOf         string         `json:"rerun_of,omitempty"`
+	Source          *Source        `json:"source,omitempty"`
+
+	Spec            *spec.Pipeline `json:"spec"`
+	Deadline        *time.Time     `json:"deadline,omitempty"`
+	CancelRequested string         `json:"cancel_requested,omitempty"`
+	Revision        uint64         `json:"-"`
+}
+
+// Terminal reports whether the run is over.
+func (r *Run) Terminal() bool {
+	switch r.Status {
+	case "succeeded", "failed", "cancelled":
+		return true
+	}
+	return false
+}
+
+// Step returns the state of the step with id, or nil.
+func (r *Run) Step(id string) *StepState {
+	for _, s := range r.Steps {
+		if s.ID == id {
+			return s
+		}
+	}
+	return nil
+}
