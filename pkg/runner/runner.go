@@ -117,7 +117,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cancels bucket: %w", err)
 	}
-	sub, err := r.nc.Subscribe(event.LifecycleSubject(event.TypeStepCancel, "*"), r.onCancel)
+	sub, err := r.nc.Subscribe("ansflow.events.step.cancel.*", r.onCancel)
 	if err != nil {
 		return fmt.Errorf("subscribe to cancellations: %w", err)
 	}

@@ -69,7 +69,8 @@ func selectPage(f Filter, after int64, ph func(n int) string) (string, []any) {
 		q.add("step_id = ?", f.StepID)
 	}
 	if f.Actor != "" {
-		q.add("actor = ?", f.Actor)
+		// The literal "<> ''" lets the planner use the partial index.
+		q.add("actor = ? AND actor <> ''", f.Actor)
 	}
 	if f.Type != "" {
 		q.add("type = ?", f.Type)
@@ -81,7 +82,7 @@ func selectPage(f Filter, after int64, ph func(n int) string) (string, []any) {
 		q.add("time_ns < ?", toNanos(f.Until))
 	}
 	if f.Pipeline != "" {
-		q.add("(pipeline = ? OR run_id IN (SELECT run_id FROM audit_runs WHERE pipeline = ?))", f.Pipeline, f.Pipeline)
+		q.add("((pipeline = ? AND pipeline <> '') OR run_id IN (SELECT run_id FROM audit_runs WHERE pipeline = ?))", f.Pipeline, f.Pipeline)
 	}
 	sql := "SELECT " + recordColumns + " FROM audit_records WHERE " + strings.Join(q.where, " AND ") +
 		" ORDER BY seq LIMIT " + strconv.Itoa(f.limit()+1)

@@ -315,19 +315,20 @@ func registryErr(err error, reg string, haveCreds bool) error {
 		}
 		return false
 	}
-	if reg == "" {
-		reg = "of the image"
+	forReg, atReg := "", ""
+	if reg != "" {
+		forReg, atReg = " for registry "+reg, ": "+reg
 	}
 	switch {
 	case cerrdefs.IsUnauthorized(err) || has("unauthorized", "authentication required", "no basic auth credentials",
 		"requested access to the resource is denied", "401 unauthorized", "incorrect username or password"):
 		if !haveCreds {
-			return fmt.Errorf("%w for registry %s: the runner holds no credentials for it: %w", ErrAuthFailed, reg, err)
+			return fmt.Errorf("%w%s: the runner holds no credentials for it: %w", ErrAuthFailed, forReg, err)
 		}
-		return fmt.Errorf("%w for registry %s: %w", ErrAuthFailed, reg, err)
+		return fmt.Errorf("%w%s: %w", ErrAuthFailed, forReg, err)
 	case has("connection refused", "no such host", "i/o timeout", "network is unreachable", "no route to host",
 		"server gave http response to https client", "tls: ", "x509: ", "connection reset by peer", "context deadline exceeded"):
-		return fmt.Errorf("%w: %s: %w", ErrRegistryUnreachable, reg, err)
+		return fmt.Errorf("%w%s: %w", ErrRegistryUnreachable, atReg, err)
 	}
 	return err
 }

@@ -28,7 +28,7 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	lines := make(chan LogLine, 256)
-	logSubj := event.LogSubject(id, "*")
+	logSubj := "ansflow.logs." + event.Token(id) + ".*"
 	if stepFilter != "" {
 		logSubj = event.LogSubject(id, stepFilter)
 	}

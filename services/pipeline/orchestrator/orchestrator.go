@@ -97,8 +97,8 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 			Stream:  event.StreamEvents,
 			Durable: "pipeline-orchestrator",
 			FilterSubjects: []string{
-				event.LifecycleSubject(event.TypeStepStarted, "*"),
-				event.LifecycleSubject(event.TypeStepCompleted, "*"),
+				"ansflow.events.step.started.*",
+				"ansflow.events.step.completed.*",
 			},
 			Concurrency: o.cfg.Concurrency,
 			MaxDeliver:  10,

@@ -1,0 +1,286 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/pkg/stdcopy"
+	"go.uber.org/zap"
+
+	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/runner"
+)
+
+// shell runs a command given as a string.
+var shell = []string{"/bin/sh", "-c"}
+
+// run executes docker_run: create a labelled container, attach to its
+// output, start it, wait for it, and stop it when ctx ends.
+//
+// The container takes the calls the docker CLI makes for `docker run --rm`
+// (create, attach, wait, start), with the daemon removing it on exit; an
+// image missing from the engine is pulled first, as the CLI does.
+func (e *Engine) run(ctx context.Context, req *event.StepRequested, t stepIO) (map[string]string, error) {
+	img, named, err := runImage(req)
+	if err != nil {
+		return nil, fmt.Errorf("docker_run: %w", err)
+	}
+	p := params(req.DockerConfig)
+	cfg, hc, err := e.containerSpec(ctx, req, p, t, img)
+	if err != nil {
+		return nil, fmt.Errorf("docker_run %s: %w", img, err)
+	}
+	remove := hc.AutoRemove
+
+	created, err := e.cli.ContainerCreate(ctx, cfg, hc, nil, nil, "")
+	if cerrdefs.IsNotFound(err) && named != nil && ctx.Err() == nil {
+		if _, perr := e.pullImage(ctx, named, "", t); perr != nil {
+			return nil, fmt.Errorf("docker_run: image %s is not on this runner's Docker Engine, and pulling it failed: %w", img, perr)
+		}
+		created, err = e.cli.ContainerCreate(ctx, cfg, hc, nil, nil, "")
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			e.reapAfter(ctx, req)
+			return nil, stopped(ctx, "docker_run "+img)
+		}
+		return nil, fmt.Errorf("docker_run %s: create container: %w", img, err)
+	}
+	id := created.ID
+	outputs := map[string]string{"container_id": id}
+	for _, w := range created.Warnings {
+		fmt.Fprintf(t.Stderr(), "docker: %s\n", w)
+	}
+	// abort stops the container after a failure or the end of ctx.
+	abort := func() {
+		cctx, cancel := e.cleanupContext(ctx)
+		defer cancel()
+		var err error
+		if remove {
+			err = e.removeContainer(cctx, id)
+		} else if err = e.cli.ContainerKill(cctx, id, "KILL"); cerrdefs.IsNotFound(err) || cerrdefs.IsConflict(err) {
+			err = nil // gone or not running
+		}
+		if err != nil {
+			e.log.Warn("stop container", zap.String("container", shortID(id)), zap.Error(err))
+		}
+	}
+
+	att, err := e.cli.ContainerAttach(ctx, id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
+	if err != nil {
+		abort()
+		if ctx.Err() != nil {
+			return outputs, stopped(ctx, "docker_run "+img)
+		}
+		return outputs, fmt.Errorf("docker_run %s: attach to container %s: %w", img, shortID(id), err)
+	}
+	defer att.Close()
+	cond := container.WaitConditionNextExit
+	if remove {
+		cond = container.WaitConditionRemoved
+	}
+	waitC, waitErrC := e.cli.ContainerWait(ctx, id, cond)
+	copied := make(chan error, 1)
+	go func() {
+		_, err := stdcopy.StdCopy(t.Stdout(), t.Stderr(), att.Reader)
+		copied <- err
+	}()
+	if err := e.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		abort()
+		if ctx.Err() != nil {
+			return outputs, stopped(ctx, "docker_run "+img)
+		}
+		if code := startFailureCode(err); code != 0 {
+			outputs["exit_code"] = strconv.Itoa(code)
+			return outputs, &runner.ExitError{Code: code, Msg: fmt.Sprintf("docker_run %s: cannot start the command: %v", img, err)}
+		}
+		return outputs, fmt.Errorf("docker_run %s: start container %s: %w", img, shortID(id), err)
+	}
+
+	select {
+	case res := <-waitC:
+		// the attach stream ends when the container exits; let it drain
+		select {
+		case <-copied:
+		case <-time.After(10 * time.Second):
+			e.log.Warn("container output did not end after exit", zap.String("container", shortID(id)))
+		}
+		if res.Error != nil && res.Error.Message != "" {
+			return outputs, fmt.Errorf("docker_run %s: wait for container %s: %s", img, shortID(id), res.Error.Message)
+		}
+		code := int(res.StatusCode)
+		outputs["exit_code"] = strconv.Itoa(code)
+		if code != 0 {
+			return outputs, &runner.ExitError{Code: code, Msg: "docker_run " + img}
+		}
+		return outputs, nil
+	case err := <-waitErrC:
+		abort()
+		if ctx.Err() != nil {
+			return outputs, stopped(ctx, "docker_run "+img)
+		}
+		return outputs, fmt.Errorf("docker_run %s: wait for container %s: %w", img, shortID(id), err)
+	case <-ctx.Done():
+		abort()
+		return outputs, stopped(ctx, "docker_run "+img)
+	}
+}
+
+// reapAfter removes any container of the step's attempt once its context
+// ended during creation, when the engine may not have learnt its id.
+func (e *Engine) reapAfter(ctx context.Context, req *event.StepRequested) {
+	cctx, cancel := e.cleanupContext(ctx)
+	defer cancel()
+	if err := e.Reap(cctx, req.RunID, req.StepID, req.Attempt); err != nil {
+		e.log.Warn("remove container of a stopped step", zap.Error(err))
+	}
+}
+
+// runImage returns the image docker_run starts: a reference (with its parsed
+// form, for pulling) or an image id.
+func runImage(req *event.StepRequested) (string, reference.Named, error) {
+	if req.Image == "" {
+		return "", nil, fmt.Errorf("%w: the step names no docker_image and no earlier step built or pulled one", ErrInvalidStep)
+	}
+	if req.Tag == "" {
+		if _, err := reference.ParseAnyReference(req.Image); err == nil && !strings.ContainsAny(req.Image, "/:") && len(req.Image) == 64 {
+			return req.Image, nil, nil // a bare image id
+		}
+		if strings.HasPrefix(req.Image, "sha256:") {
+			return req.Image, nil, nil
+		}
+	}
+	named, err := namedRef(req.Image, req.Tag)
+	if err != nil {
+		return "", nil, err
+	}
+	return reference.FamiliarString(named), named, nil
+}
+
+// containerSpec maps the step onto the container's configuration.
+func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p params, t stepIO, img string) (*container.Config, *container.HostConfig, error) {
+	cfg := &container.Config{
+		Image:        img,
+		Labels:       AttemptLabels(req.RunID, req.StepID, req.Attempt),
+		AttachStdout: true,
+		AttachStderr: true,
+	}
+	hc := &container.HostConfig{}
+
+	list, script, err := argv(req.Command)
+	if err != nil {
+		return nil, nil, err
+	}
+	entrypoint, err := p.list("entrypoint")
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case script != "" && entrypoint != nil:
+		// a wrapper entrypoint (tini, docker-entrypoint.sh) runs the shell
+		cfg.Entrypoint, cfg.Cmd = entrypoint, append(append([]string{}, shell...), script)
+	case script != "":
+		cfg.Entrypoint, cfg.Cmd = shell, []string{script}
+	default:
+		cfg.Entrypoint, cfg.Cmd = entrypoint, list
+	}
+
+	stepEnv, err := p.strMap("environment")
+	if err != nil {
+		return nil, nil, err
+	}
+	// req.Env last: the pipeline service passes values from outside
+	// (webhook payloads) there, and commands refer to them as variables.
+	if cfg.Env, err = envList(stepEnv, req.Env); err != nil {
+		return nil, nil, err
+	}
+	if cfg.WorkingDir, err = p.str("workdir"); err != nil {
+		return nil, nil, err
+	}
+	if cfg.WorkingDir != "" && !strings.HasPrefix(cfg.WorkingDir, "/") {
+		return nil, nil, fmt.Errorf("%w: workdir %q is not an absolute container path", ErrInvalidStep, cfg.WorkingDir)
+	}
+	if cfg.User, err = p.str("user"); err != nil {
+		return nil, nil, err
+	}
+	network, err := p.str("network")
+	if err != nil {
+		return nil, nil, err
+	}
+	if network == "" {
+		network = e.cfg.Network
+	}
+	hc.NetworkMode = container.NetworkMode(network)
+	if hc.AutoRemove, err = p.boolean("remove", true); err != nil {
+		return nil, nil, err
+	}
+
+	mountSource, err := p.boolean("mount_source", false)
+	if err != nil {
+		return nil, nil, err
+	}
+	volumes, err := p.list("volumes")
+	if err != nil {
+		return nil, nil, err
+	}
+	var src string
+	source := func() (string, error) {
+		if src != "" {
+			return src, nil
+		}
+		s, err := t.SourceDir(ctx)
+		if err != nil {
+			return "", fmt.Errorf("source: %w", err)
+		}
+		src = s
+		return s, nil
+	}
+	if mountSource {
+		s, err := source()
+		if err != nil {
+			return nil, nil, err
+		}
+		if cfg.WorkingDir == "" {
+			cfg.WorkingDir = e.cfg.SourceMount
+		}
+		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: s, Target: cfg.WorkingDir})
+	}
+	for _, v := range volumes {
+		host, rest, ok := strings.Cut(v, ":")
+		if !ok || host == "" || rest == "" {
+			return nil, nil, fmt.Errorf("%w: volume %q is not SOURCE:TARGET[:OPTIONS]", ErrInvalidStep, v)
+		}
+		if host == "." || strings.HasPrefix(host, "./") || strings.HasPrefix(host, "../") {
+			s, err := source()
+			if err != nil {
+				return nil, nil, err
+			}
+			if host, err = within(s, host, "volume"); err != nil {
+				return nil, nil, err
+			}
+		}
+		hc.Binds = append(hc.Binds, host+":"+rest)
+	}
+	return cfg, hc, nil
+}
+
+// startFailureCode maps a failure to start the command to the exit code a
+// shell would give, as the docker CLI does: 127 for a command not found, 126
+// for one that cannot be executed; 0 for other failures.
+func startFailureCode(err error) int {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "executable file not found"), strings.Contains(msg, "no such file or directory"):
+		return 127
+	case strings.Contains(msg, "permission denied"), strings.Contains(msg, "is a directory"):
+		return 126
+	}
+	return 0
+}
