@@ -35,7 +35,9 @@ type Engine struct {
 }
 
 // Types returns every step type.
-func (e *Engine) Types() []string { return append(append([]string{}, spec.DockerTypes...), spec.K8sTypes...) }
+func (e *Engine) Types() []string {
+	return append(append([]string{}, spec.DockerTypes...), spec.K8sTypes...)
+}
 
 // Script returns the command script of a request.
 func Script(req *event.StepRequested) string {

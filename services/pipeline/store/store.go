@@ -290,10 +290,14 @@ func (s *Store) putCatalog(ctx context.Context, kind, id, name string, v any) er
 }
 
 // DeleteRegistry removes a catalogue registry.
-func (s *Store) DeleteRegistry(ctx context.Context, id string) error { return s.deleteCatalog(ctx, "registry", id) }
+func (s *Store) DeleteRegistry(ctx context.Context, id string) error {
+	return s.deleteCatalog(ctx, "registry", id)
+}
 
 // DeleteCluster removes a catalogue cluster.
-func (s *Store) DeleteCluster(ctx context.Context, id string) error { return s.deleteCatalog(ctx, "cluster", id) }
+func (s *Store) DeleteCluster(ctx context.Context, id string) error {
+	return s.deleteCatalog(ctx, "cluster", id)
+}
 
 func (s *Store) deleteCatalog(ctx context.Context, kind, id string) error {
 	if _, err := s.catalog.Get(ctx, kind+"."+id); err != nil {

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/ansflow/ansflow/services/pipeline/api"
+	"github.com/ansflow/ansflow/services/pipeline/store"
+)
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
+
+// client talks to the pipeline service's REST API.
+type client struct {
+	base string
+	http *http.Client
+}
+
+func newClient(base string) *client {
+	return &client{base: strings.TrimSuffix(base, "/"), http: &http.Client{}}
+}
+
+// apiError is an error response of the API.
+type apiError struct {
+	Status int
+	Body   api.ErrorBody
+}
+
+func (e *apiError) Error() string {
+	if len(e.Body.Errors) > 0 {
+		var lines []string
+		for _, d := range e.Body.Errors {
+			loc := d.File
+			if d.Line > 0 {
+				loc += fmt.Sprintf(":%d", d.Line)
+			}
+			if d.Field != "" {
+				loc += ": " + d.Field
+			}
+			lines = append(lines, loc+": "+d.Message)
+		}
+		return strings.Join(lines, "\n")
+	}
+	return fmt.Sprintf("%s (HTTP %d)", e.Body.Error, e.Status)
+}
+
+func (c *client) do(ctx context.Context, method, path, ctype string, body io.Reader, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	req.Header.Set("X-Ansflow-Trigger", "cli")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		ae := &apiError{Status: resp.StatusCode}
+		if json.Unmarshal(b, &ae.Body) != nil {
+			ae.Body.Error = strings.TrimSpace(string(b))
+		}
+		return ae
+	}
+	switch o := out.(type) {
+	case nil:
+	case *[]byte:
+		*o = b
+	default:
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: decode: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+func (c *client) applyPipeline(ctx context.Context, file string, yamlText []byte) (*store.PipelineRecord, error) {
+	body, _ := json.Marshal(api.ApplyRequest{YAML: string(yamlText), File: file})
+	var rec store.PipelineRecord
+	return &rec, c.do(ctx, http.MethodPost, "/api/v1/pipelines", "application/json", bytes.NewReader(body), &rec)
+}
+
+func (c *client) trigger(ctx context.Context, pipeline string, tb api.TriggerBody) (*store.Run, error) {
+	body, _ := json.Marshal(tb)
+	var run store.Run
+	return &run, c.do(ctx, http.MethodPost, "/api/v1/pipelines/"+url.PathEscape(pipeline)+"/runs", "application/json", bytes.NewReader(body), &run)
+}
+
+func (c *client) getRun(ctx context.Context, id string) (*store.Run, error) {
+	var run store.Run
+	return &run, c.do(ctx, http.MethodGet, "/api/v1/runs/"+url.PathEscape(id), "", nil, &run)
+}
+
+func (c *client) uploadSource(ctx context.Context, archive []byte) (string, error) {
+	var sb api.SourceBody
+	err := c.do(ctx, http.MethodPost, "/api/v1/sources", "application/gzip", bytes.NewReader(archive), &sb)
+	return sb.Object, err
+}
+
+// follow streams a run's log and status lines to fn until the run ends.
+func (c *client) follow(ctx context.Context, id string, fn func(api.LogLine)) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/api/v1/runs/"+url.PathEscape(id)+"/logs", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("follow run %s: %w", id, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("follow run %s: HTTP %d", id, resp.StatusCode)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 4<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "data: ") {
+			continue
+		}
+		var l api.LogLine
+		if err := json.Unmarshal([]byte(line[len("data: "):]), &l); err != nil || l.Kind == "" {
+			continue
+		}
+		fn(l)
+	}
+	if err := sc.Err(); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("follow run %s: %w", id, err)
+	}
+	return nil
+}

@@ -1,0 +1,274 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"text/tabwriter"
+
+	"github.com/ansflow/ansflow/pkg/spec"
+	"github.com/ansflow/ansflow/services/pipeline/api"
+	"github.com/ansflow/ansflow/services/pipeline/store"
+)
+
+func cmdValidate(_ context.Context, args []string) error {
+	if len(args) != 1 {
+		return invalid("usage: ansflow validate FILE")
+	}
+	text, err := os.ReadFile(args[0])
+	if err != nil {
+		return invalid("%v", err)
+	}
+	p, err := spec.Parse(args[0], text)
+	if err != nil {
+		return &usageError{err}
+	}
+	fmt.Printf("%s: pipeline %q is valid (%d steps)\n", args[0], p.Name, len(p.Steps))
+	return nil
+}
+
+// clientFlags parses --server and --output for a client subcommand.
+func clientFlags(name string, args []string, extra func(*flag.FlagSet)) (*client, string, *flag.FlagSet, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	server := fs.String("server", serverDefault(), "AnsFlow server URL")
+	output := fs.String("output", "text", "text or json")
+	if extra != nil {
+		extra(fs)
+	}
+	pos, rest := splitFirstArg(args)
+	if err := fs.Parse(rest); err != nil {
+		return nil, "", nil, &usageError{err}
+	}
+	if pos != "" {
+		fs = withPositional(fs, pos)
+	}
+	if *server == "" {
+		*server = "http://127.0.0.1:8080"
+	}
+	return newClient(*server), *output, fs, nil
+}
+
+// withPositional re-parses so that fs.Arg(0) is the positional argument.
+func withPositional(fs *flag.FlagSet, pos string) *flag.FlagSet {
+	args := append([]string{pos}, fs.Args()...)
+	nfs := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+	_ = nfs.Parse(append([]string{"--"}, args...))
+	return nfs
+}
+
+func cmdPipelines(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return invalid("usage: ansflow pipelines apply|list|get|export|delete|versions ...")
+	}
+	c, output, fs, err := clientFlags("pipelines "+args[0], args[1:], nil)
+	if err != nil {
+		return err
+	}
+	name := fs.Arg(0)
+	need := func() error {
+		if name == "" {
+			return invalid("ansflow pipelines %s needs a pipeline name or file", args[0])
+		}
+		return nil
+	}
+	switch args[0] {
+	case "apply":
+		if err := need(); err != nil {
+			return err
+		}
+		text, err := os.ReadFile(name)
+		if err != nil {
+			return invalid("%v", err)
+		}
+		rec, err := c.applyPipeline(ctx, name, text)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("pipeline %q version %d\n", rec.Name, rec.Version)
+	case "list":
+		var ps []*store.PipelineRecord
+		if err := c.do(ctx, http.MethodGet, "/api/v1/pipelines", "", nil, &ps); err != nil {
+			return err
+		}
+		if output == "json" {
+			return printJSON(os.Stdout, ps)
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tVERSION\tSTEPS\tUPDATED")
+		for _, p := range ps {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", p.Name, p.Version, len(p.Spec.Steps), p.UpdatedAt.Format("2006-01-02 15:04:05"))
+		}
+		return tw.Flush()
+	case "get", "versions":
+		if err := need(); err != nil {
+			return err
+		}
+		path := "/api/v1/pipelines/" + url.PathEscape(name)
+		if args[0] == "versions" {
+			path += "/versions"
+		}
+		var v any
+		if err := c.do(ctx, http.MethodGet, path, "", nil, &v); err != nil {
+			return err
+		}
+		return printJSON(os.Stdout, v)
+	case "export":
+		if err := need(); err != nil {
+			return err
+		}
+		var b []byte
+		if err := c.do(ctx, http.MethodGet, "/api/v1/pipelines/"+url.PathEscape(name)+"/export", "", nil, &b); err != nil {
+			return err
+		}
+		_, err := os.Stdout.Write(b)
+		return err
+	case "delete":
+		if err := need(); err != nil {
+			return err
+		}
+		return c.do(ctx, http.MethodDelete, "/api/v1/pipelines/"+url.PathEscape(name), "", nil, nil)
+	default:
+		return invalid("unknown pipelines command %q", args[0])
+	}
+	return nil
+}
+
+func cmdRuns(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return invalid("usage: ansflow runs list|get|cancel|rerun|logs ...")
+	}
+	var pipeline, status string
+	c, output, fs, err := clientFlags("runs "+args[0], args[1:], func(fs *flag.FlagSet) {
+		fs.StringVar(&pipeline, "pipeline", "", "only runs of this pipeline")
+		fs.StringVar(&status, "status", "", "only runs with this status")
+	})
+	if err != nil {
+		return err
+	}
+	id := fs.Arg(0)
+	if args[0] != "list" && id == "" {
+		return invalid("ansflow runs %s needs a run id", args[0])
+	}
+	switch args[0] {
+	case "list":
+		q := url.Values{}
+		if pipeline != "" {
+			q.Set("pipeline", pipeline)
+		}
+		if status != "" {
+			q.Set("status", status)
+		}
+		var runs []*store.Run
+		if err := c.do(ctx, http.MethodGet, "/api/v1/runs?"+q.Encode(), "", nil, &runs); err != nil {
+			return err
+		}
+		if output == "json" {
+			return printJSON(os.Stdout, runs)
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tPIPELINE\tBUILD\tSTATUS\tCREATED")
+		for _, r := range runs {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", r.ID, r.Pipeline, r.BuildNumber, r.Status, r.CreatedAt.Format("2006-01-02 15:04:05"))
+		}
+		return tw.Flush()
+	case "get":
+		run, err := c.getRun(ctx, id)
+		if err != nil {
+			return err
+		}
+		if output == "json" {
+			return printJSON(os.Stdout, run)
+		}
+		printSummary(os.Stdout, run)
+	case "cancel":
+		var run store.Run
+		if err := c.do(ctx, http.MethodPost, "/api/v1/runs/"+url.PathEscape(id)+"/cancel", "", nil, &run); err != nil {
+			return err
+		}
+		fmt.Printf("run %s: cancel requested\n", id)
+	case "rerun":
+		var run store.Run
+		if err := c.do(ctx, http.MethodPost, "/api/v1/runs/"+url.PathEscape(id)+"/rerun", "", nil, &run); err != nil {
+			return err
+		}
+		return finish(ctx, c, run.ID, os.Stdout, output)
+	case "logs":
+		p := &printer{w: os.Stdout, color: isTerminal(os.Stdout)}
+		return c.follow(ctx, id, p.line)
+	default:
+		return invalid("unknown runs command %q", args[0])
+	}
+	return nil
+}
+
+func cmdTrigger(ctx context.Context, args []string) error {
+	vars := varsFlag{}
+	var branch, commit string
+	var wait bool
+	c, output, fs, err := clientFlags("trigger", args, func(fs *flag.FlagSet) {
+		fs.Var(vars, "var", "set a declared variable (name=value, repeatable)")
+		fs.StringVar(&branch, "branch", "", "git branch")
+		fs.StringVar(&commit, "commit", "", "git commit")
+		fs.BoolVar(&wait, "wait", true, "follow the run to its end")
+	})
+	if err != nil {
+		return err
+	}
+	if fs.Arg(0) == "" {
+		return invalid("usage: ansflow trigger PIPELINE [--branch B] [--commit C] [--var k=v]")
+	}
+	run, err := c.trigger(ctx, fs.Arg(0), api.TriggerBody{Vars: vars, Branch: branch, Commit: commit})
+	if err != nil {
+		return err
+	}
+	if !wait {
+		fmt.Println(run.ID)
+		return nil
+	}
+	return finish(ctx, c, run.ID, os.Stdout, output)
+}
+
+func cmdCatalog(kind string) func(context.Context, []string) error {
+	return func(ctx context.Context, args []string) error {
+		if len(args) == 0 {
+			return invalid("usage: ansflow %s list|add|delete", kind)
+		}
+		var id, name, u, kctx string
+		c, _, fs, err := clientFlags(kind+" "+args[0], args[1:], func(fs *flag.FlagSet) {
+			fs.StringVar(&id, "id", "", "id")
+			fs.StringVar(&name, "name", "", "name")
+			fs.StringVar(&u, "url", "", "registry URL (registries)")
+			fs.StringVar(&kctx, "context", "", "kubeconfig context (clusters)")
+		})
+		if err != nil {
+			return err
+		}
+		path := "/api/v1/" + kind
+		switch args[0] {
+		case "list":
+			var v any
+			if err := c.do(ctx, http.MethodGet, path, "", nil, &v); err != nil {
+				return err
+			}
+			return printJSON(os.Stdout, v)
+		case "add":
+			var body any = store.Registry{ID: id, Name: name, URL: u}
+			if kind == "clusters" {
+				body = store.Cluster{ID: id, Name: name, Context: kctx}
+			}
+			b, _ := json.Marshal(body)
+			return c.do(ctx, http.MethodPost, path, "application/json", bytes.NewReader(b), nil)
+		case "delete":
+			if fs.Arg(0) == "" {
+				return invalid("ansflow %s delete ID", kind)
+			}
+			return c.do(ctx, http.MethodDelete, path+"/"+url.PathEscape(fs.Arg(0)), "", nil, nil)
+		}
+		return invalid("unknown %s command %q", kind, args[0])
+	}
+}

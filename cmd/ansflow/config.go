@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/ansflow/ansflow/services/pipeline/service"
+	"github.com/ansflow/ansflow/services/pipeline/store"
+)
+
+// fileConfig is the embedded mode's --config file: the registries and
+// clusters catalogue, with credentials by reference for the local runners.
+type fileConfig struct {
+	Registries []registryConfig `yaml:"registries"`
+	Clusters   []clusterConfig  `yaml:"clusters"`
+}
+
+type registryConfig struct {
+	ID           string `yaml:"id"`
+	Name         string `yaml:"name"`
+	URL          string `yaml:"url"`
+	Username     string `yaml:"username"`
+	PasswordEnv  string `yaml:"password_env"`
+	PasswordFile string `yaml:"password_file"`
+}
+
+type clusterConfig struct {
+	ID         string `yaml:"id"`
+	Name       string `yaml:"name"`
+	Kubeconfig string `yaml:"kubeconfig"`
+	Context    string `yaml:"context"`
+}
+
+func loadFileConfig(path string) (*fileConfig, error) {
+	fc := &fileConfig{}
+	if path == "" {
+		return fc, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytesReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(fc); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	for i, r := range fc.Registries {
+		if r.ID == "" || r.Name == "" || r.URL == "" {
+			return nil, fmt.Errorf("config %s: registries[%d]: id, name and url are required", path, i)
+		}
+	}
+	for i, c := range fc.Clusters {
+		if c.ID == "" || c.Name == "" {
+			return nil, fmt.Errorf("config %s: clusters[%d]: id and name are required", path, i)
+		}
+	}
+	return fc, nil
+}
+
+// applyCatalog stores the file's registries and clusters (without
+// credentials) in the pipeline service's catalogue.
+func applyCatalog(ctx context.Context, svc *service.Service, fc *fileConfig) error {
+	for _, r := range fc.Registries {
+		if err := svc.Store.PutRegistry(ctx, &store.Registry{ID: r.ID, Name: r.Name, URL: r.URL}); err != nil {
+			return err
+		}
+	}
+	for _, c := range fc.Clusters {
+		if err := svc.Store.PutCluster(ctx, &store.Cluster{ID: c.ID, Name: c.Name, Context: c.Context}); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/natsutil"
+	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/source"
+	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
+	"github.com/ansflow/ansflow/services/pipeline/service"
+)
+
+// stackConfig selects what the embedded stack runs.
+type stackConfig struct {
+	DataDir      string
+	HTTPAddr     string // "" picks a free loopback port
+	NATSAddr     string // "off" for in-process only
+	DockerRunner bool
+	K8sRunner    bool
+	Audit        bool
+	Pipeline     bool
+	ConfigFile   string
+	Concurrency  int
+}
+
+// stack is the embedded AnsFlow: a nats-server and the services in one
+// process.
+type stack struct {
+	ns      *server.Server
+	nc      *nats.Conn
+	URL     string // API base URL
+	done    chan error
+	cancel  context.CancelFunc
+	cleanup []func()
+}
+
+// engineFactory builds a runner engine of one kind for the embedded stack.
+type engineFactory func(ctx context.Context, cfg *fileConfig, log *zap.Logger) (runner.Engine, []string, error)
+
+// engines registers the engines compiled into this binary, by kind.
+var engines = map[string]engineFactory{}
+
+func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = defaultDataDir()
+	}
+	fc, err := loadFileConfig(cfg.ConfigFile)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
+	}
+	ns, err := natsutil.StartEmbedded(natsutil.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Listen: cfg.NATSAddr}, log)
+	if err != nil {
+		return nil, err
+	}
+	st := &stack{ns: ns, done: make(chan error, 1)}
+	fail := func(err error) (*stack, error) { st.stop(); return nil, err }
+	conn := func(name string) (*nats.Conn, error) { return natsutil.ConnectInProcess(ns, name) }
+	st.nc, err = conn("ansflow-cli")
+	if err != nil {
+		return fail(err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	st.cancel = cancel
+	g, gctx := errgroup.WithContext(ctx)
+
+	for _, kind := range []string{event.KindDocker, event.KindK8s} {
+		if (kind == event.KindDocker && !cfg.DockerRunner) || (kind == event.KindK8s && !cfg.K8sRunner) {
+			continue
+		}
+		factory, ok := engines[kind]
+		if !ok {
+			continue
+		}
+		eng, targets, err := factory(ctx, fc, log)
+		if err != nil {
+			log.Warn("runner not started", zap.String("kind", kind), zap.Error(err))
+			continue
+		}
+		nc, err := conn("ansflow-" + kind + "-runner")
+		if err != nil {
+			return fail(err)
+		}
+		js, err := natsutil.JetStream(nc)
+		if err != nil {
+			return fail(err)
+		}
+		rc := runner.Config{Kind: kind, Targets: targets, Concurrency: cfg.Concurrency,
+			WorkDir: filepath.Join(cfg.DataDir, "work")}
+		if err := rc.Validate(); err != nil {
+			return fail(err)
+		}
+		_ = os.MkdirAll(rc.WorkDir, 0o700)
+		r := runner.New(rc, nc, js, eng, &source.Fetcher{JS: js}, log.With(zap.String("service", kind+"-runner")))
+		g.Go(func() error { return r.Run(gctx) })
+		// wait until its consumers exist so the first dispatch finds them
+		for _, t := range targets {
+			if err := waitConsumer(ctx, js, kind, t); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if cfg.Audit {
+		if err := startAudit(gctx, g, conn, cfg, log); err != nil {
+			return fail(err)
+		}
+	}
+	if cfg.Pipeline {
+		nc, err := conn("ansflow-pipeline")
+		if err != nil {
+			return fail(err)
+		}
+		js, err := natsutil.JetStream(nc)
+		if err != nil {
+			return fail(err)
+		}
+		addr := cfg.HTTPAddr
+		if addr == "" {
+			addr = "127.0.0.1:0"
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fail(fmt.Errorf("listen on %s: %w", addr, err))
+		}
+		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: orchestrator.Config{DispatchTimeout: 30 * time.Second}},
+			js, log)
+		if err != nil {
+			ln.Close()
+			return fail(err)
+		}
+		if err := applyCatalog(ctx, svc, fc); err != nil {
+			ln.Close()
+			return fail(err)
+		}
+		if h := auditHandler(); h != nil {
+			svc.API.Handle("/api/v1/audit", h)
+			svc.API.Handle("/api/v1/audit/", h)
+		}
+		st.URL = "http://" + ln.Addr().String()
+		g.Go(func() error { return svc.Run(gctx) })
+	}
+	go func() { st.done <- g.Wait() }()
+	return st, nil
+}
+
+// waitConsumer waits until the runner's durable consumer for target exists.
+func waitConsumer(ctx context.Context, js jetstream.JetStream, kind, target string) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := js.Consumer(ctx, event.StreamSteps, runner.DurableName(kind, target))
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s runner for %q did not start: %w", kind, target, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (s *stack) stop() {
+	if s.cancel != nil {
+		s.cancel()
+		select {
+		case <-s.done:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	if s.nc != nil {
+		s.nc.Close()
+	}
+	natsutil.Shutdown(s.ns)
+}
+
+func defaultDataDir() string {
+	if d := os.Getenv("ANSFLOW_DATA_DIR"); d != "" {
+		return d
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "ansflow")
+	}
+	return ".ansflow"
+}

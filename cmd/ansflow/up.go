@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/ansflow/ansflow/pkg/logging"
+)
+
+func cmdUp(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	dataDir := fs.String("data-dir", defaultDataDir(), "where JetStream and the audit database keep their files")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "API listen address")
+	natsAddr := fs.String("nats", "127.0.0.1:4222", `NATS listen address for outside clients ("off" for none)`)
+	config := fs.String("config", "", "registries and clusters file")
+	noRunners := fs.Bool("no-runners", false, "start no runner in this process")
+	noDocker := fs.Bool("no-docker-runner", false, "do not start the docker runner")
+	noK8s := fs.Bool("no-k8s-runner", false, "do not start the k8s runner")
+	noAudit := fs.Bool("no-audit", false, "do not start the audit service")
+	noPipeline := fs.Bool("no-pipeline", false, "do not start the pipeline service")
+	concurrency := fs.Int("concurrency", 4, "steps each runner executes at once")
+	level := fs.String("log-level", "info", "log level")
+	if err := fs.Parse(args); err != nil {
+		return &usageError{err}
+	}
+	log, err := logging.New(*level, false)
+	if err != nil {
+		return &usageError{err}
+	}
+	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config,
+		DockerRunner: !*noRunners && !*noDocker, K8sRunner: !*noRunners && !*noK8s, Audit: !*noAudit, Pipeline: !*noPipeline,
+		Concurrency: *concurrency}, log)
+	if err != nil {
+		return err
+	}
+	defer st.stop()
+	fmt.Fprintf(os.Stderr, "ansflow up: API %s, NATS %s, data %s\n", st.URL, st.ns.ClientURL(), *dataDir)
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-st.done:
+		return err
+	}
+}
