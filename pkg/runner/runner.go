@@ -233,7 +233,7 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts, canc
 		return bus.Permanent(err)
 	}
 	started.SetID(fmt.Sprintf("started-%s", key))
-	if err := bus.Publish(ctx, r.js, event.LifecycleSubject(event.TypeStepStarted, req.RunID), started); err != nil {
+	if err := bus.PublishAsync(r.js, event.LifecycleSubject(event.TypeStepStarted, req.RunID), started); err != nil {
 		log.Warn("publish step.started", zap.Error(err))
 	}
 

@@ -64,7 +64,7 @@ func Parse(file string, data []byte) (*Pipeline, error) {
 		return nil, Errors{{File: file, Line: 1, Msg: "file is empty; want a top-level `pipeline:` mapping"}}
 	}
 	doc := root.Content[0]
-	p.check(doc, reflect.TypeOf(File{}), "")
+	p.check(doc, reflect.TypeOf(File{}), "", 0)
 	var f File
 	if err := doc.Decode(&f); err != nil {
 		p.yamlErr(err)
@@ -82,10 +82,14 @@ func Parse(file string, data []byte) (*Pipeline, error) {
 	return &f.Pipeline, nil
 }
 
+// maxAliases bounds YAML alias expansion (against "billion laughs").
+const maxAliases = 1000
+
 type parser struct {
-	file string
-	pos  map[string]int
-	errs Errors
+	aliases int
+	file    string
+	pos     map[string]int
+	errs    Errors
 }
 
 func (p *parser) add(line int, field, format string, args ...any) {
@@ -133,12 +137,23 @@ var (
 
 // check walks n against type t, recording each field's line and reporting
 // fields the type does not have, so typos never pass silently.
-func (p *parser) check(n *yaml.Node, t reflect.Type, path string) {
+func (p *parser) check(n *yaml.Node, t reflect.Type, path string, depth int) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
+	if depth > 32 {
+		p.add(n.Line, path, "nested too deeply")
+		return
+	}
 	if n.Kind == yaml.AliasNode {
-		n = n.Alias
+		if p.aliases++; p.aliases > maxAliases {
+			if p.aliases == maxAliases+1 {
+				p.add(n.Line, path, "more than %d alias expansions", maxAliases)
+			}
+			return
+		}
+		p.check(n.Alias, t, path, depth+1)
+		return
 	}
 	if t == refType || t == durationType {
 		return
@@ -172,7 +187,7 @@ func (p *parser) check(n *yaml.Node, t reflect.Type, path string) {
 				continue
 			}
 			p.pos[fp] = k.Line
-			p.check(v, f.Type, fp)
+			p.check(v, f.Type, fp, depth+1)
 		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
@@ -185,7 +200,7 @@ func (p *parser) check(n *yaml.Node, t reflect.Type, path string) {
 		for i, e := range n.Content {
 			ep := fmt.Sprintf("%s[%d]", path, i)
 			p.pos[ep] = e.Line
-			p.check(e, t.Elem(), ep)
+			p.check(e, t.Elem(), ep, depth+1)
 		}
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
@@ -227,6 +242,9 @@ func keys[V any](m map[string]V) []string {
 
 // suggest returns " (did you mean X?)" for the closest candidate, if close.
 func suggest(word string, candidates []string) string {
+	if len(word) > 64 {
+		return ""
+	}
 	best, bestD := "", 4
 	for _, c := range candidates {
 		if d := distance(word, c); d < bestD {

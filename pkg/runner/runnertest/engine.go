@@ -12,6 +12,7 @@
 //	flaky K        fail with exit code 1 while the attempt is <= K
 //	output K=V     set output K
 //	env NAME       write the value of request env NAME to stdout
+//	needfile PATH  fail with exit code 1 unless PATH exists
 //
 // An empty script succeeds. docker_build steps output image=<name>:<tag>.
 package runnertest
@@ -19,6 +20,7 @@ package runnertest
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -92,6 +94,10 @@ func (e *Engine) Execute(ctx context.Context, req *event.StepRequested, task *ru
 			k, _ := strconv.Atoi(arg)
 			if req.Attempt <= k {
 				return out, &runner.ExitError{Code: 1, Msg: fmt.Sprintf("flaky attempt %d", req.Attempt)}
+			}
+		case "needfile":
+			if _, err := os.Stat(arg); err != nil {
+				return out, &runner.ExitError{Code: 1, Msg: err.Error()}
 			}
 		case "output":
 			k, v, _ := strings.Cut(arg, "=")

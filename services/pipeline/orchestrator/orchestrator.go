@@ -235,22 +235,18 @@ func (o *Orchestrator) Cancel(ctx context.Context, id, reason string) (*store.Ru
 	if reason == "" {
 		reason = "cancelled by request"
 	}
+	if r, err := o.store.GetRun(ctx, id); err != nil {
+		return nil, err
+	} else if r.Terminal() {
+		return r, fmt.Errorf("%w: run %s is %s", ErrFinished, id, r.Status)
+	}
 	if kv, err := o.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: runner.CancelsBucket, TTL: 14 * 24 * time.Hour}); err == nil {
 		_, _ = kv.Put(ctx, event.Token(id), []byte(reason))
 	}
-	var finished bool
-	r, err := o.update(ctx, id, func(r *store.Run) bool {
-		if r.Terminal() {
-			finished = true
-			return false
-		}
+	return o.update(ctx, id, func(r *store.Run) bool {
 		r.CancelRequested = reason
 		return true
 	})
-	if err == nil && finished {
-		err = fmt.Errorf("%w: run %s is %s", ErrFinished, id, r.Status)
-	}
-	return r, err
 }
 
 func (o *Orchestrator) handle(ctx context.Context, e cloudevents.Event) error {

@@ -40,20 +40,31 @@ type expectedStep struct {
 
 // env is a pipeline service and scripted runners on a real JetStream server.
 type env struct {
-	ns  *natstest.Server
-	svc *service.Service
-	eng *runnertest.Engine
+	ns   *natstest.Server
+	svc  *service.Service
+	eng  *runnertest.Engine
+	stop func()
 }
 
 func startEnv(t *testing.T, ns *natstest.Server, runners bool) *env {
+	eng := &runnertest.Engine{}
+	if !runners {
+		return startEnvTB(t, ns, nil)
+	}
+	e := startEnvTB(t, ns, eng)
+	e.eng = eng
+	return e
+}
+
+func startEnvTB(t testing.TB, ns *natstest.Server, eng runner.Engine) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	log := zap.NewNop()
-	e := &env{ns: ns, eng: &runnertest.Engine{}}
-	if runners {
-		startRunner(ctx, t, ns, e.eng, event.KindDocker)
-		startRunner(ctx, t, ns, e.eng, event.KindK8s)
+	e := &env{ns: ns}
+	if eng != nil {
+		startRunner(ctx, t, ns, eng, event.KindDocker)
+		startRunner(ctx, t, ns, eng, event.KindK8s)
 	}
 	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0",
 		Orchestrator: orchestrator.Config{DispatchTimeout: 5 * time.Second}}, ns.JS, log)
@@ -63,14 +74,15 @@ func startEnv(t *testing.T, ns *natstest.Server, runners bool) *env {
 	e.svc = svc
 	done := make(chan struct{})
 	go func() { defer close(done); _ = svc.Orc.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	e.stop = func() { cancel(); <-done }
+	t.Cleanup(e.stop)
 	return e
 }
 
-func startRunner(ctx context.Context, t *testing.T, ns *natstest.Server, eng runner.Engine, kind string) {
+func startRunner(ctx context.Context, t testing.TB, ns *natstest.Server, eng runner.Engine, kind string) {
 	t.Helper()
 	nc, js := ns.Connect(t)
-	cfg := runner.Config{Kind: kind, Targets: []string{"default"}, Concurrency: 8, AckWait: 2 * time.Second}
+	cfg := runner.Config{Kind: kind, Targets: []string{"default"}, Concurrency: 16, AckWait: 2 * time.Second}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +98,7 @@ func startRunner(ctx context.Context, t *testing.T, ns *natstest.Server, eng run
 	})
 }
 
-func waitFor(t *testing.T, d time.Duration, cond func() bool) {
+func waitFor(t testing.TB, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -97,7 +109,9 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 	}
 }
 
-func (e *env) apply(t *testing.T, file string) *spec.Pipeline {
+func (e *env) apply(t testing.TB, file string) *spec.Pipeline { return e.applyTB(t, file) }
+
+func (e *env) applyTB(t testing.TB, file string) *spec.Pipeline {
 	t.Helper()
 	b, err := os.ReadFile(file)
 	if err != nil {
@@ -113,7 +127,9 @@ func (e *env) apply(t *testing.T, file string) *spec.Pipeline {
 	return p
 }
 
-func (e *env) waitRun(t *testing.T, id string, d time.Duration) *store.Run {
+func (e *env) waitRun(t testing.TB, id string, d time.Duration) *store.Run { return e.waitRunTB(t, id, d) }
+
+func (e *env) waitRunTB(t testing.TB, id string, d time.Duration) *store.Run {
 	t.Helper()
 	var r *store.Run
 	waitFor(t, d, func() bool {

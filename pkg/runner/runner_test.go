@@ -1,0 +1,160 @@
+package runner_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/ansflow/ansflow/pkg/bus"
+	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/natsutil"
+	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
+	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/runner/runnertest"
+)
+
+type reapingEngine struct {
+	runnertest.Engine
+	reaped atomic.Int64
+}
+
+func (e *reapingEngine) Reap(context.Context, string, string, int) error { e.reaped.Add(1); return nil }
+
+func startRunner(t *testing.T, s *natstest.Server, eng runner.Engine, id string) (*nats.Conn, context.CancelFunc) {
+	t.Helper()
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := natsutil.JetStream(nc)
+	cfg := runner.Config{Kind: event.KindDocker, Targets: []string{"default"}, ID: id, AckWait: time.Second, Concurrency: 2}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _ = runner.New(cfg, nc, js, eng, nil, zap.NewNop()).Run(ctx) }()
+	t.Cleanup(func() { cancel(); nc.Close() })
+	return nc, cancel
+}
+
+// completions collects step.completed events.
+type completions struct {
+	mu  sync.Mutex
+	got []event.StepCompleted
+}
+
+func (c *completions) list() []event.StepCompleted {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]event.StepCompleted(nil), c.got...)
+}
+
+func watchCompleted(t *testing.T, s *natstest.Server) *completions {
+	c := &completions{}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() {
+		_ = bus.Consume(ctx, s.JS, bus.ConsumerConfig{Stream: event.StreamEvents, Durable: "watch", FilterSubjects: []string{"ansflow.events.step.completed.*"}},
+			func(_ context.Context, e cloudevents.Event) error {
+				var d event.StepCompleted
+				if err := event.DecodeData(e, &d); err != nil {
+					return err
+				}
+				c.mu.Lock()
+				c.got = append(c.got, d)
+				c.mu.Unlock()
+				return nil
+			}, zap.NewNop())
+	}()
+	return c
+}
+
+func request(t *testing.T, s *natstest.Server, run, script string) {
+	t.Helper()
+	req := event.StepRequested{RunID: run, StepID: "step", Attempt: 1, Type: "docker_run", Kind: event.KindDocker, Target: "default", Command: script}
+	e, err := event.New("test", event.TypeStepRequested, event.Meta{RunID: run, StepID: "step", Attempt: 1}, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Publish(context.Background(), s.JS, event.StepRequestedSubject(event.KindDocker, "default"), e); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestKilledRunnerAttemptIsAbandonedNotRerun(t *testing.T) {
+	s := natstest.Run(t)
+	if err := bus.EnsureStreams(context.Background(), s.JS, 1); err != nil {
+		t.Fatal(err)
+	}
+	done := watchCompleted(t, s)
+	first := &reapingEngine{}
+	nc1, _ := startRunner(t, s, first, "first")
+	waitFor(t, 5*time.Second, func() bool {
+		_, err := s.JS.Consumer(context.Background(), event.StreamSteps, runner.DurableName(event.KindDocker, "default"))
+		return err == nil
+	})
+	request(t, s, "run-kill", "sleep 3s; echo finished")
+	waitFor(t, 5*time.Second, func() bool { return first.Executed.Load() == 1 })
+	nc1.Close() // the runner's process dies: no ack, no completion
+
+	second := &reapingEngine{}
+	startRunner(t, s, second, "second")
+	waitFor(t, 15*time.Second, func() bool { return len(done.list()) >= 1 })
+	got := done.list()[0]
+	if got.Status != event.StatusFailed || got.Runner != "second" || second.Executed.Load() != 0 || second.reaped.Load() != 1 {
+		t.Fatalf("completion = %+v, second executed %d, reaped %d; want an abandoned attempt reaped by the second runner, not re-executed",
+			got, second.Executed.Load(), second.reaped.Load())
+	}
+}
+
+func TestRedeliveredFinishedAttemptReplaysItsCompletion(t *testing.T) {
+	s := natstest.Run(t)
+	if err := bus.EnsureStreams(context.Background(), s.JS, 1); err != nil {
+		t.Fatal(err)
+	}
+	done := watchCompleted(t, s)
+	eng := &reapingEngine{}
+	startRunner(t, s, eng, "r")
+	waitFor(t, 5*time.Second, func() bool {
+		_, err := s.JS.Consumer(context.Background(), event.StreamSteps, runner.DurableName(event.KindDocker, "default"))
+		return err == nil
+	})
+	request(t, s, "run-replay", "echo once; output k=v")
+	waitFor(t, 5*time.Second, func() bool { return len(done.list()) == 1 })
+	// the same attempt requested again (a new event id, as after a lost ack)
+	request(t, s, "run-replay", "echo once; output k=v")
+	time.Sleep(500 * time.Millisecond)
+	if n := eng.Executed.Load(); n != 1 {
+		t.Fatalf("attempt executed %d times, want once", n)
+	}
+	c := done.list()[0]
+	if c.Status != event.StatusSucceeded || c.Outputs["k"] != "v" || c.StdoutTail != "once\n" {
+		t.Errorf("completion = %+v", c)
+	}
+}
+
+func TestMaskerHidesSecretsInLogs(t *testing.T) {
+	m := &runner.Masker{}
+	m.Add("s3cr3t-pass")
+	m.Add("ab") // too short to mask
+	if got := m.Mask("login with s3cr3t-pass ab"); got != "login with **** ab" {
+		t.Errorf("Mask = %q", got)
+	}
+}

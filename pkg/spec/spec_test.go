@@ -1,0 +1,128 @@
+package spec
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestSeedExampleValidatesAsIs(t *testing.T) {
+	b, err := os.ReadFile("testdata/seed.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// When the original report sits beside the checkout, the copy must be
+	// verbatim.
+	if seeds, _ := filepath.Glob("../../../shared/seed/*.txt"); len(seeds) > 0 {
+		orig, _ := os.ReadFile(seeds[0])
+		if !strings.Contains(string(orig), string(b)) {
+			t.Fatal("testdata/seed.yaml is not a verbatim copy of the seed's example")
+		}
+	}
+	p, err := Parse("seed.yaml", b)
+	if err != nil {
+		t.Fatalf("seed example does not validate: %v", err)
+	}
+	if len(p.Steps) != 7 || p.Steps[2].DockerRegistry != "1" || p.Steps[3].K8sCluster != "1" {
+		t.Fatalf("unexpected parse: %d steps, registry %q, cluster %q", len(p.Steps), p.Steps[2].DockerRegistry, p.Steps[3].K8sCluster)
+	}
+	if got := p.Steps[6].Conditions[0]; got.Type != CondBranchEquals || got.Value != "main" {
+		t.Errorf("scale condition = %+v", got)
+	}
+	deps := p.Deps()
+	if len(deps[6]) != 6 || len(deps[0]) != 0 {
+		t.Errorf("order deps = %v", deps)
+	}
+}
+
+func TestErrorsNameFileLineAndField(t *testing.T) {
+	cases := []struct {
+		name, yaml string
+		want       []string // substrings, each expected in one error line
+	}{
+		{"malformed yaml", "pipeline:\n  name: x\n  steps: [\n", []string{"f.yaml:"}},
+		{"empty", "", []string{"f.yaml:1: file is empty"}},
+		{"no pipeline key", "name: x\n", []string{"f.yaml:1: name: unknown field"}},
+		{"unknown step type", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_bild\n",
+			[]string{`f.yaml:5: pipeline.steps[0].type: unknown step type "docker_bild"`, `did you mean "docker_build"`}},
+		{"typo field", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      comand: ls\n",
+			[]string{`f.yaml:6: pipeline.steps[0].comand: unknown field (did you mean "command"?)`}},
+		{"unknown variable", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      command: echo {{nope}}\n",
+			[]string{`f.yaml:6: pipeline.steps[0].command: unknown variable {{nope}}`}},
+		{"docker_image before a build", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: k8s_deploy\n      k8s_config:\n        deployment_spec:\n          image: \"{{docker_image}}\"\n",
+			[]string{`pipeline.steps[0].k8s_config: unknown variable {{docker_image}}: no earlier step sets it`}},
+		{"cycle", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      needs: [b]\n    - name: b\n      type: docker_run\n      needs: [a]\n",
+			[]string{"dependency cycle: "}},
+		{"order and needs cycle", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      order: 1\n      needs: [b]\n    - name: b\n      type: docker_run\n      order: 2\n",
+			[]string{"dependency cycle"}},
+		{"unknown need", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      needs: [zz]\n", []string{`f.yaml:6: pipeline.steps[0].needs: unknown step "zz"`}},
+		{"bad config key", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_build\n      docker_image: x\n      docker_config:\n        dockerfil: D\n",
+			[]string{`f.yaml:8: pipeline.steps[0].docker_config.dockerfil: unknown key for docker_build (did you mean "dockerfile"?)`}},
+		{"output of a later step", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      command: echo {{steps.b.outputs.x}}\n    - name: b\n      type: docker_run\n",
+			[]string{`step "b" does not run before this step`}},
+		{"bad retry and when", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      when: sometimes\n      retry_policy: {max_retries: -1, backoff: linear}\n",
+			[]string{"f.yaml:6: pipeline.steps[0].when", "retry_policy.max_retries", "retry_policy.backoff"}},
+		{"bad timeout", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      timeout: soon\n", []string{`f.yaml:6:`, `duration "soon"`}},
+		{"duplicate names", "pipeline:\n  name: x\n  steps:\n    - name: Build it\n      type: docker_run\n    - name: build-it\n      type: docker_run\n", []string{"collides with step"}},
+		{"unknown condition", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      conditions:\n        - type: branch_equal\n          value: main\n",
+			[]string{`did you mean "branch_equals"`}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse("f.yaml", []byte(c.yaml))
+			var errs Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("want Errors, got %v", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("errors\n%v\nlack %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestEveryErrorIsReported(t *testing.T) {
+	_, err := Parse("f.yaml", []byte("pipeline:\n  name: x\n  steps:\n    - name: a\n      type: nope\n    - name: b\n      type: docker_run\n      colour: red\n"))
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) != 2 {
+		t.Fatalf("want 2 errors, got %v", err)
+	}
+}
+
+func TestRetryDelay(t *testing.T) {
+	s := Step{RetryPolicy: &RetryPolicy{MaxRetries: 3, RetryDelaySeconds: 2, Backoff: BackoffExponential}}
+	for n, want := range map[int]float64{1: 2, 2: 4, 3: 8} {
+		if got := s.RetryDelay(n).Seconds(); got != want {
+			t.Errorf("delay after attempt %d = %v, want %v", n, got, want)
+		}
+	}
+	s.RetryPolicy.Backoff = BackoffFixed
+	if s.RetryDelay(3).Seconds() != 2 || s.MaxAttempts() != 4 {
+		t.Error("fixed backoff or max attempts wrong")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	seed, _ := os.ReadFile("testdata/seed.yaml")
+	f.Add(seed)
+	f.Add([]byte("pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      needs: [a]\n"))
+	f.Add([]byte("pipeline: [1, 2"))
+	f.Add([]byte("pipeline:\n  steps:\n    - &a {name: x, type: docker_run}\n    - *a\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := Parse("fuzz.yaml", data)
+		if err == nil {
+			if p == nil || p.Name == "" || len(p.Steps) == 0 {
+				t.Fatalf("accepted a pipeline without name or steps: %+v", p)
+			}
+			return
+		}
+		var errs Errors
+		if !errors.As(err, &errs) || len(errs) == 0 {
+			t.Fatalf("error is not a non-empty Errors: %v", err)
+		}
+	})
+}

@@ -1,0 +1,120 @@
+package orchestrator_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
+	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
+	"github.com/ansflow/ansflow/services/pipeline/store"
+)
+
+// timingEngine is a no-op engine that records when each step reached it
+// and when it returned, to measure the orchestration between steps.
+type timingEngine struct {
+	mu    sync.Mutex
+	start map[string]time.Time
+	end   map[string]time.Time
+}
+
+func (e *timingEngine) Types() []string { return []string{"docker_run"} }
+
+func (e *timingEngine) Execute(_ context.Context, req *event.StepRequested, _ *runner.Task) (map[string]string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	k := req.RunID + "/" + req.StepID
+	e.start[k] = time.Now()
+	e.end[k] = time.Now()
+	return nil, nil
+}
+
+func chainPipeline(b *testing.B, name string, steps int) string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "pipeline:\n  name: %s\n  steps:\n", name)
+	for i := 0; i < steps; i++ {
+		fmt.Fprintf(&sb, "    - name: s%d\n      type: docker_run\n", i)
+	}
+	f := filepath.Join(b.TempDir(), name+".yaml")
+	if err := os.WriteFile(f, []byte(sb.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return f
+}
+
+func benchEnv(b *testing.B) (*env, *timingEngine) {
+	ns := natstest.Run(b)
+	eng := &timingEngine{start: map[string]time.Time{}, end: map[string]time.Time{}}
+	e := startEnvTB(b, ns, eng)
+	return e, eng
+}
+
+// BenchmarkDispatch measures the time from a step's end at a runner to the
+// next step's arrival at a runner, through step.completed, the orchestrator's
+// compare-and-swap update and step.requested, on an embedded JetStream.
+func BenchmarkDispatch(b *testing.B) {
+	e, eng := benchEnv(b)
+	const steps = 40
+	e.applyTB(b, chainPipeline(b, "chain", steps))
+	var gaps []time.Duration
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: "chain", Trigger: store.Trigger{Kind: "bench"}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := e.waitRunTB(b, run.ID, time.Minute)
+		if r.Status != event.StatusSucceeded {
+			b.Fatalf("run %s: %s", r.Status, r.Error)
+		}
+		eng.mu.Lock()
+		for i := 1; i < steps; i++ {
+			prev, cur := fmt.Sprintf("%s/s%d", run.ID, i-1), fmt.Sprintf("%s/s%d", run.ID, i)
+			gaps = append(gaps, eng.start[cur].Sub(eng.end[prev]))
+		}
+		eng.mu.Unlock()
+	}
+	b.StopTimer()
+	sort.Slice(gaps, func(i, j int) bool { return gaps[i] < gaps[j] })
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	b.ReportMetric(ms(gaps[len(gaps)/2]), "p50-ms")
+	b.ReportMetric(ms(gaps[len(gaps)*99/100]), "p99-ms")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkThroughput runs 100 concurrent runs of no-op steps and reports
+// step transitions per second.
+func BenchmarkThroughput(b *testing.B) {
+	e, _ := benchEnv(b)
+	const runs, steps = 100, 10
+	e.applyTB(b, chainPipeline(b, "wide", steps))
+	b.ResetTimer()
+	start := time.Now()
+	total := 0
+	for n := 0; n < b.N; n++ {
+		ids := make([]string, runs)
+		for i := range ids {
+			run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: "wide", Trigger: store.Trigger{Kind: "bench"}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids[i] = run.ID
+		}
+		for _, id := range ids {
+			if r := e.waitRunTB(b, id, 5*time.Minute); r.Status != event.StatusSucceeded {
+				b.Fatalf("run %s: %s", r.Status, r.Error)
+			}
+		}
+		total += runs * steps
+	}
+	b.ReportMetric(float64(total)/time.Since(start).Seconds(), "steps/s")
+	b.ReportMetric(0, "ns/op")
+}

@@ -1,0 +1,184 @@
+package orchestrator_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
+	"github.com/ansflow/ansflow/pkg/runner/runnertest"
+	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
+	"github.com/ansflow/ansflow/services/pipeline/store"
+)
+
+func writePipeline(t *testing.T, text string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "p.yaml")
+	if err := os.WriteFile(f, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func trigger(t *testing.T, e *env, name string, git orchestrator.GitInfo) *store.Run {
+	t.Helper()
+	run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: name, Git: git, Trigger: store.Trigger{Kind: "test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return run
+}
+
+func TestCancelStopsInFlightStepsAndSkipsTheRest(t *testing.T) {
+	ns := natstest.Run(t)
+	e := startEnv(t, ns, true)
+	e.apply(t, writePipeline(t, "pipeline:\n  name: cancel-me\n  steps:\n    - name: long\n      type: docker_run\n      command: sleep 60s\n    - name: after\n      type: docker_run\n"))
+	run := trigger(t, e, "cancel-me", orchestrator.GitInfo{})
+	waitFor(t, 10*time.Second, func() bool {
+		r, _ := e.svc.Store.GetRun(context.Background(), run.ID)
+		return r.Steps[0].Status == event.StatusRunning
+	})
+	start := time.Now()
+	if _, err := e.svc.Orc.Cancel(context.Background(), run.ID, "test says stop"); err != nil {
+		t.Fatal(err)
+	}
+	r := e.waitRun(t, run.ID, 10*time.Second)
+	if r.Status != event.StatusCancelled || r.Steps[0].Status != event.StatusCancelled || r.Steps[1].Status != event.StatusCancelled {
+		t.Fatalf("after cancel: run %s, steps %s/%s", r.Status, r.Steps[0].Status, r.Steps[1].Status)
+	}
+	// the runner was told: the engine's step returned long before its 60s
+	waitFor(t, 5*time.Second, func() bool {
+		_, err := ns.JS.KeyValue(context.Background(), "ansflow_attempts")
+		return err == nil
+	})
+	if time.Since(start) > 5*time.Second {
+		t.Errorf("cancel took %s", time.Since(start))
+	}
+	if _, err := e.svc.Orc.Cancel(context.Background(), run.ID, "again"); err == nil {
+		t.Error("cancelling a finished run succeeded")
+	}
+}
+
+func TestRerunContinuesFromTheFailedStep(t *testing.T) {
+	ns := natstest.Run(t)
+	e := startEnv(t, ns, true)
+	flag := filepath.Join(t.TempDir(), "fixed")
+	e.apply(t, writePipeline(t, `pipeline:
+  name: rerun-me
+  variables:
+    flag: "`+flag+`"
+  steps:
+    - name: build
+      type: docker_build
+      docker_image: app
+    - name: test
+      type: docker_run
+      command: "needfile {{flag}}; echo {{docker_image}}"
+    - name: ship
+      type: docker_run
+`))
+	run := trigger(t, e, "rerun-me", orchestrator.GitInfo{})
+	r := e.waitRun(t, run.ID, 10*time.Second)
+	if r.Status != event.StatusFailed || r.Steps[1].Status != event.StatusFailed || r.Steps[2].Status != event.StatusSkipped {
+		t.Fatalf("first run: %s %s %s", r.Status, r.Steps[1].Status, r.Steps[2].Status)
+	}
+	before := e.eng.Executed.Load()
+	os.WriteFile(flag, nil, 0o644) // someone fixed the environment
+	re, err := e.svc.Orc.Rerun(context.Background(), run.ID, store.Trigger{Kind: "rerun"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := e.waitRun(t, re.ID, 10*time.Second)
+	if r2.Status != event.StatusSucceeded || r2.RerunOf != run.ID {
+		t.Fatalf("rerun: %s (%s)", r2.Status, r2.Error)
+	}
+	// build was kept; test and ship ran
+	if got := e.eng.Executed.Load() - before; got != 2 {
+		t.Errorf("rerun executed %d steps, want 2 (test, ship)", got)
+	}
+	if r2.Steps[1].Logs.Stdout != "app:latest\n" {
+		t.Errorf("kept build output did not flow: %q", r2.Steps[1].Logs.Stdout)
+	}
+}
+
+func TestRunTimeout(t *testing.T) {
+	ns := natstest.Run(t)
+	e := startEnv(t, ns, true)
+	e.apply(t, writePipeline(t, "pipeline:\n  name: slow-run\n  timeout: 500ms\n  steps:\n    - name: long\n      type: docker_run\n      command: sleep 60s\n"))
+	r := e.waitRun(t, trigger(t, e, "slow-run", orchestrator.GitInfo{}).ID, 10*time.Second)
+	if r.Status != event.StatusFailed || !strings.Contains(r.Error, "run timed out") {
+		t.Fatalf("run = %s (%s)", r.Status, r.Error)
+	}
+}
+
+// TestPipelineServiceRestartFinishesTheRun kills the orchestrator while a
+// run is in flight, starts a new one on the same JetStream, and checks the
+// run completes with every attempt executed exactly once.
+func TestPipelineServiceRestartFinishesTheRun(t *testing.T) {
+	ns := natstest.Run(t)
+	eng := &runnertest.Engine{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	startRunner(ctx, t, ns, eng, event.KindDocker)
+
+	first := startEnvTB(t, ns, nil)
+	first.apply(t, writePipeline(t, `pipeline:
+  name: restart
+  steps:
+    - {name: a, type: docker_run, command: "sleep 300ms"}
+    - {name: b, type: docker_run, command: "sleep 300ms"}
+    - {name: c, type: docker_run, command: "sleep 300ms"}
+    - {name: d, type: docker_run, command: "echo done"}
+`))
+	run := trigger(t, first, "restart", orchestrator.GitInfo{})
+	waitFor(t, 10*time.Second, func() bool {
+		r, _ := first.svc.Store.GetRun(context.Background(), run.ID)
+		return r.Steps[1].Status == event.StatusRunning
+	})
+	first.stop()
+	time.Sleep(800 * time.Millisecond) // b completes while no orchestrator runs
+
+	second := startEnvTB(t, ns, nil)
+	r := second.waitRun(t, run.ID, 20*time.Second)
+	if r.Status != event.StatusSucceeded {
+		t.Fatalf("run after restart: %s (%s)", r.Status, r.Error)
+	}
+	for _, s := range r.Steps {
+		if s.Attempts != 1 {
+			t.Errorf("step %s attempts = %d", s.Name, s.Attempts)
+		}
+	}
+	if n := eng.Executed.Load(); n != 4 {
+		t.Errorf("engine executed %d attempts, want 4", n)
+	}
+}
+
+func TestMalformedEventsDoNotStopTheOrchestrator(t *testing.T) {
+	ns := natstest.Run(t)
+	e := startEnv(t, ns, true)
+	// garbage and a completion for a run that does not exist
+	if _, err := ns.JS.Publish(context.Background(), "ansflow.events.step.completed.nope", []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := event.New("test", event.TypeStepCompleted, event.Meta{RunID: "ghost"}, event.StepCompleted{RunID: "ghost", StepID: "x", Attempt: 1})
+	m, _ := event.ToMsg("ansflow.events.step.completed.ghost", ev)
+	if _, err := ns.JS.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	e.apply(t, writePipeline(t, "pipeline:\n  name: still-works\n  steps:\n    - name: a\n      type: docker_run\n"))
+	if r := e.waitRun(t, trigger(t, e, "still-works", orchestrator.GitInfo{}).ID, 10*time.Second); r.Status != event.StatusSucceeded {
+		t.Fatalf("run = %s", r.Status)
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		s, err := ns.JS.Stream(context.Background(), event.StreamDLQ)
+		if err != nil {
+			return false
+		}
+		info, _ := s.Info(context.Background())
+		return info.State.Msgs == 2
+	})
+}
