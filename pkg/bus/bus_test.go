@@ -85,7 +85,12 @@ func TestRoundTripBinaryModeAndDedupe(t *testing.T) {
 	var got []cloudevents.Event
 	var mu sync.Mutex
 	consume(t, s, bus.ConsumerConfig{Stream: event.StreamEvents, Durable: "t1", FilterSubjects: []string{subj}},
-		func(_ context.Context, e cloudevents.Event) error { mu.Lock(); got = append(got, e); mu.Unlock(); return nil })
+		func(_ context.Context, e cloudevents.Event) error {
+			mu.Lock()
+			got = append(got, e)
+			mu.Unlock()
+			return nil
+		})
 	waitFor(t, 5*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 1 })
 	time.Sleep(200 * time.Millisecond)
 	mu.Lock()

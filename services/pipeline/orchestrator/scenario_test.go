@@ -127,7 +127,9 @@ func (e *env) applyTB(t testing.TB, file string) *spec.Pipeline {
 	return p
 }
 
-func (e *env) waitRun(t testing.TB, id string, d time.Duration) *store.Run { return e.waitRunTB(t, id, d) }
+func (e *env) waitRun(t testing.TB, id string, d time.Duration) *store.Run {
+	return e.waitRunTB(t, id, d)
+}
 
 func (e *env) waitRunTB(t testing.TB, id string, d time.Duration) *store.Run {
 	t.Helper()
