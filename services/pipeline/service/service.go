@@ -17,7 +17,9 @@ import (
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
+	"github.com/ansflow/ansflow/services/pipeline/schedule"
 	"github.com/ansflow/ansflow/services/pipeline/store"
+	"github.com/ansflow/ansflow/services/pipeline/webhook"
 )
 
 // Config configures the pipeline service.
@@ -38,6 +40,8 @@ type Service struct {
 	Store *store.Store
 	Orc   *orchestrator.Orchestrator
 	API   *api.Server
+	Hooks *webhook.Handler
+	Cron  *schedule.Scheduler
 }
 
 // New opens the streams and buckets and builds the service.
@@ -54,7 +58,17 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 	}
 	log = log.With(zap.String("service", "pipeline"))
 	orc := orchestrator.New(cfg.Orchestrator, js, st, log)
-	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: api.New(st, orc, js, log)}, nil
+	hooks, err := webhook.New(ctx, st, orc, js, log)
+	if err != nil {
+		return nil, err
+	}
+	sched, err := schedule.New(ctx, st, orc, js, log)
+	if err != nil {
+		return nil, err
+	}
+	a := api.New(st, orc, js, log)
+	a.Handle("POST /webhooks/{provider}/{pipeline}", hooks)
+	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched}, nil
 }
 
 // Run serves the orchestrator and the HTTP API until ctx is done.
@@ -69,6 +83,7 @@ func (s *Service) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: s.API, ReadHeaderTimeout: 10 * time.Second}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.Orc.Run(ctx) })
+	g.Go(func() error { return s.Cron.Run(ctx) })
 	g.Go(func() error {
 		s.log.Info("API listening", zap.String("addr", ln.Addr().String()))
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

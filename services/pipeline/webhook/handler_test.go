@@ -1,0 +1,274 @@
+package webhook_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
+	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/runner/runnertest"
+	"github.com/ansflow/ansflow/pkg/spec"
+	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
+	"github.com/ansflow/ansflow/services/pipeline/service"
+	"github.com/ansflow/ansflow/services/pipeline/store"
+	"github.com/ansflow/ansflow/services/pipeline/webhook"
+)
+
+const pipelineYAML = `pipeline:
+  name: web
+  triggers:
+    - type: webhook
+      provider: github
+      secret_env: WEB_HOOK_SECRET
+      events: [push]
+      branches: ["main", "release/*"]
+      paths: ["src/**"]
+    - type: webhook
+      provider: gitlab
+      secret_env: WEB_HOOK_SECRET
+    - type: webhook
+      provider: gitea
+      secret_env: WEB_HOOK_SECRET
+    - type: cron
+      schedule: "*/5 * * * *"
+      branch: main
+  steps:
+    - name: show
+      type: docker_run
+      command: "echo {{git_branch}}"
+`
+
+const secret = "s3cret-hook-key"
+
+type fixture struct {
+	svc *service.Service
+	srv *httptest.Server
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	ns := natstest.Run(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	cfg := runner.Config{Kind: event.KindDocker, Targets: []string{"default"}}
+	_ = cfg.Validate()
+	nc, js := ns.Connect(t)
+	go func() { _ = runner.New(cfg, nc, js, &runnertest.Engine{}, nil, zap.NewNop()).Run(ctx) }()
+	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0", Orchestrator: orchestrator.Config{DispatchTimeout: 5 * time.Second}}, ns.JS, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Hooks.Secret = func(name string) string {
+		if name == "WEB_HOOK_SECRET" {
+			return secret
+		}
+		return ""
+	}
+	go func() { _ = svc.Orc.Run(ctx) }()
+	p, err := spec.Parse("web.yaml", []byte(pipelineYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Store.PutPipeline(ctx, p, pipelineYAML, "test"); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(svc.API)
+	t.Cleanup(srv.Close)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := js.Consumer(ctx, event.StreamSteps, runner.DurableName("docker", "default")); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	return &fixture{svc: svc, srv: srv}
+}
+
+func pushBody(branch, message string, changed ...string) []byte {
+	b, _ := json.Marshal(map[string]any{
+		"ref": "refs/heads/" + branch, "after": "0123456789abcdef0123456789abcdef01234567",
+		"repository":  map[string]any{"clone_url": "file:///nonexistent/repo.git"},
+		"head_commit": map[string]any{"message": message, "author": map[string]any{"name": "Mallory"}},
+		"commits":     []any{map[string]any{"id": "0123456789abcdef0123456789abcdef01234567", "modified": changed}},
+	})
+	return b
+}
+
+func (f *fixture) post(t *testing.T, provider string, body []byte, headers map[string]string) (int, webhook.Response) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/webhooks/"+provider+"/web", bytes.NewReader(body))
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r webhook.Response
+	_ = json.NewDecoder(resp.Body).Decode(&r)
+	return resp.StatusCode, r
+}
+
+func github(body []byte, delivery string) map[string]string {
+	return map[string]string{"X-GitHub-Event": "push", "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": "sha256=" + webhook.Sign(secret, body)}
+}
+
+func (f *fixture) runs(t *testing.T) []*store.Run {
+	t.Helper()
+	runs, err := f.svc.Store.ListRuns(context.Background(), store.RunFilter{Pipeline: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return runs
+}
+
+func (f *fixture) waitRuns(t *testing.T, n int) []*store.Run {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		runs := f.runs(t)
+		if len(runs) >= n || time.Now().After(deadline) {
+			return runs
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestGitHubPushTriggersOnceWithUntrustedVariables(t *testing.T) {
+	f := setup(t)
+	branch := `zzz";echo${IFS}"hello";#`
+	// the trigger only allows main and release/*: use release/<evil>
+	body := pushBody("release/"+branch, "$(touch /tmp/pwned)", "src/app.go")
+	code, resp := f.post(t, "github", body, github(body, "d-1"))
+	if code != http.StatusAccepted || resp.Status != "accepted" {
+		t.Fatalf("delivery: %d %+v", code, resp)
+	}
+	runs := f.waitRuns(t, 1)
+	if len(runs) != 1 {
+		t.Fatalf("%d runs, want 1", len(runs))
+	}
+	r := runs[0]
+	for _, k := range []string{"git_branch", "git_message", "git_author", "git_commit", "git_repo_url"} {
+		if !r.Vars[k].Untrusted {
+			t.Errorf("%s not marked untrusted", k)
+		}
+	}
+	if r.Vars["git_branch"].Value != "release/"+branch || r.Vars["git_message"].Value != "$(touch /tmp/pwned)" || r.Trigger.Kind != "webhook" || r.BuildNumber != 1 {
+		t.Errorf("run vars/trigger = %+v %+v", r.Vars, r.Trigger)
+	}
+	// replay: same delivery id, nothing new
+	code, resp = f.post(t, "github", body, github(body, "d-1"))
+	if code != http.StatusOK || resp.Status != "duplicate" {
+		t.Errorf("replay: %d %+v", code, resp)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := len(f.runs(t)); n != 1 {
+		t.Errorf("replay triggered: %d runs", n)
+	}
+	// the step's command got the value as an environment reference
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		got, _ := f.svc.Store.GetRun(context.Background(), r.ID)
+		if got.Terminal() {
+			if out := got.Steps[0].Logs.Stdout; out != "\"${ANSFLOW_GIT_BRANCH}\"\n" {
+				t.Errorf("command saw %q", out)
+			}
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Error("run did not finish")
+}
+
+func TestBadSignaturesAreRejected(t *testing.T) {
+	f := setup(t)
+	body := pushBody("main", "hi", "src/a.go")
+	cases := map[string]map[string]string{
+		"unsigned":      {"X-GitHub-Event": "push", "X-GitHub-Delivery": "x1"},
+		"wrong secret":  {"X-GitHub-Event": "push", "X-GitHub-Delivery": "x2", "X-Hub-Signature-256": "sha256=" + webhook.Sign("guess", body)},
+		"not hex":       {"X-GitHub-Event": "push", "X-GitHub-Delivery": "x3", "X-Hub-Signature-256": "sha256=zz"},
+		"tampered body": github(pushBody("main", "other", "src/a.go"), "x4"),
+	}
+	for name, h := range cases {
+		if code, resp := f.post(t, "github", body, h); code != http.StatusUnauthorized || resp.Status != "rejected" {
+			t.Errorf("%s: %d %+v", name, code, resp)
+		}
+	}
+	if code, _ := f.post(t, "gitlab", body, map[string]string{"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": "nope"}); code != http.StatusUnauthorized {
+		t.Errorf("gitlab bad token: %d", code)
+	}
+	big := bytes.Repeat([]byte("x"), webhook.MaxBody+10)
+	if code, _ := f.post(t, "github", big, github(big, "big")); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("oversized body: %d", code)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := len(f.runs(t)); n != 0 {
+		t.Errorf("rejected deliveries triggered %d runs", n)
+	}
+}
+
+func TestTriggerRulesAndOtherProviders(t *testing.T) {
+	f := setup(t)
+	for name, body := range map[string][]byte{
+		"branch not listed": pushBody("feature/x", "m", "src/a.go"),
+		"path not matched":  pushBody("main", "m", "docs/readme.md"),
+	} {
+		code, resp := f.post(t, "github", body, github(body, name))
+		if code != http.StatusAccepted || resp.Status != "ignored" || resp.Reason == "" {
+			t.Errorf("%s: %d %+v", name, code, resp)
+		}
+	}
+	body := pushBody("main", "from gitlab")
+	if code, resp := f.post(t, "gitlab", body, map[string]string{"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": secret, "X-Gitlab-Event-UUID": "g-1"}); code != http.StatusAccepted || resp.Status != "accepted" {
+		t.Errorf("gitlab: %d %+v", code, resp)
+	}
+	body = pushBody("main", "from gitea")
+	if code, resp := f.post(t, "gitea", body, map[string]string{"X-Gitea-Event": "push", "X-Gitea-Delivery": "t-1", "X-Gitea-Signature": webhook.Sign(secret, body)}); code != http.StatusAccepted || resp.Status != "accepted" {
+		t.Errorf("gitea: %d %+v", code, resp)
+	}
+	runs := f.waitRuns(t, 2)
+	if len(runs) != 2 {
+		t.Fatalf("%d runs, want 2", len(runs))
+	}
+	if runs[0].BuildNumber+runs[1].BuildNumber != 3 {
+		t.Errorf("build numbers %d, %d: want 1 and 2", runs[0].BuildNumber, runs[1].BuildNumber)
+	}
+	if !strings.HasPrefix(runs[0].Trigger.Actor, runs[0].Trigger.Provider+" delivery ") {
+		t.Errorf("actor = %q", runs[0].Trigger.Actor)
+	}
+}
+
+func TestCronFiresOnceAcrossInstances(t *testing.T) {
+	f := setup(t)
+	minute := time.Date(2026, 11, 26, 3, 5, 0, 0, time.UTC)
+	// a second instance's scheduler on the same store
+	other, err := service.New(context.Background(), service.Config{HTTPAddr: "127.0.0.1:0"}, f.svc.Hooks.JS(), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := f.svc.Cron.Tick(context.Background(), minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := other.Cron.Tick(context.Background(), minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a)+len(b) != 1 {
+		t.Fatalf("fired %d times, want once", len(a)+len(b))
+	}
+	if r := append(a, b...)[0]; r.Vars["git_branch"].Value != "main" || r.Trigger.Kind != "cron" {
+		t.Errorf("cron run = %+v", r.Trigger)
+	}
+	if none, _ := f.svc.Cron.Tick(context.Background(), minute.Add(time.Minute)); len(none) != 0 {
+		t.Errorf("fired off schedule")
+	}
+}

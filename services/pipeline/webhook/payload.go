@@ -1,0 +1,194 @@
+package webhook
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+
+	"github.com/ansflow/ansflow/pkg/spec"
+)
+
+// Push is what a delivery says happened, normalised across providers. All
+// of it is untrusted input.
+type Push struct {
+	Event   string // push, tag, pull_request
+	Branch  string
+	Tag     string
+	Commit  string
+	RepoURL string
+	Author  string
+	Message string
+	Changed []string
+}
+
+// Parse reads a provider payload. Events AnsFlow does not trigger on
+// (e.g. "ping") return a nil Push and no error.
+func Parse(provider string, h http.Header, body []byte) (*Push, error) {
+	kind := h.Get("X-GitHub-Event")
+	switch provider {
+	case "gitea":
+		kind = h.Get("X-Gitea-Event")
+	case "gitlab":
+		kind = map[string]string{"Push Hook": "push", "Tag Push Hook": "push", "Merge Request Hook": "pull_request"}[h.Get("X-Gitlab-Event")]
+	}
+	var p struct {
+		Ref         string `json:"ref"`
+		After       string `json:"after"`
+		CheckoutSHA string `json:"checkout_sha"`
+		Repository  struct {
+			CloneURL string `json:"clone_url"`
+			GitHTTP  string `json:"git_http_url"`
+		} `json:"repository"`
+		Project struct {
+			GitHTTP string `json:"git_http_url"`
+		} `json:"project"`
+		HeadCommit *struct {
+			Message string `json:"message"`
+			Author  struct {
+				Name string `json:"name"`
+			} `json:"author"`
+		} `json:"head_commit"`
+		Commits []struct {
+			ID      string `json:"id"`
+			Message string `json:"message"`
+			Author  struct {
+				Name string `json:"name"`
+			} `json:"author"`
+			Added    []string `json:"added"`
+			Modified []string `json:"modified"`
+			Removed  []string `json:"removed"`
+		} `json:"commits"`
+		PullRequest *struct {
+			Title string `json:"title"`
+			Head  struct {
+				Ref string `json:"ref"`
+				SHA string `json:"sha"`
+			} `json:"head"`
+		} `json:"pull_request"`
+		ObjectAttributes *struct {
+			Title        string `json:"title"`
+			SourceBranch string `json:"source_branch"`
+			LastCommit   struct {
+				ID string `json:"id"`
+			} `json:"last_commit"`
+		} `json:"object_attributes"`
+	}
+	switch kind {
+	case "push", "pull_request":
+	default:
+		return nil, nil
+	}
+	if err := json.Unmarshal(body, &p); err != nil {
+		return nil, fmt.Errorf("payload: %w", err)
+	}
+	out := &Push{Event: kind, Commit: p.After, RepoURL: p.Repository.CloneURL}
+	if out.RepoURL == "" {
+		out.RepoURL = p.Repository.GitHTTP
+	}
+	if out.RepoURL == "" {
+		out.RepoURL = p.Project.GitHTTP
+	}
+	if p.CheckoutSHA != "" {
+		out.Commit = p.CheckoutSHA
+	}
+	switch {
+	case strings.HasPrefix(p.Ref, "refs/tags/"):
+		out.Event, out.Tag = "tag", strings.TrimPrefix(p.Ref, "refs/tags/")
+	case strings.HasPrefix(p.Ref, "refs/heads/"):
+		out.Branch = strings.TrimPrefix(p.Ref, "refs/heads/")
+	}
+	if p.HeadCommit != nil {
+		out.Message, out.Author = p.HeadCommit.Message, p.HeadCommit.Author.Name
+	}
+	for _, c := range p.Commits {
+		out.Changed = append(append(append(out.Changed, c.Added...), c.Modified...), c.Removed...)
+		if out.Message == "" && c.ID == out.Commit {
+			out.Message, out.Author = c.Message, c.Author.Name
+		}
+	}
+	if pr := p.PullRequest; pr != nil {
+		out.Branch, out.Commit, out.Message = pr.Head.Ref, pr.Head.SHA, pr.Title
+	}
+	if mr := p.ObjectAttributes; mr != nil && kind == "pull_request" {
+		out.Branch, out.Commit, out.Message = mr.SourceBranch, mr.LastCommit.ID, mr.Title
+	}
+	if out.Commit == "" || strings.Trim(out.Commit, "0") == "" {
+		return nil, nil // branch deletion
+	}
+	return out, nil
+}
+
+// Match reports whether trigger t fires for push p, and why not.
+func Match(t *spec.Trigger, p *Push) (bool, string) {
+	events := t.Events
+	if len(events) == 0 {
+		events = []string{"push"}
+	}
+	ok := false
+	for _, e := range events {
+		if e == p.Event || (e == "merge_request" && p.Event == "pull_request") {
+			ok = true
+		}
+	}
+	if !ok {
+		return false, fmt.Sprintf("event %q is not in %v", p.Event, events)
+	}
+	if p.Event == "tag" {
+		if len(t.Tags) > 0 && !anyMatch(t.Tags, p.Tag) {
+			return false, fmt.Sprintf("tag %q matches none of %v", p.Tag, t.Tags)
+		}
+	} else if len(t.Branches) > 0 && !anyMatch(t.Branches, p.Branch) {
+		return false, fmt.Sprintf("branch %q matches none of %v", p.Branch, t.Branches)
+	}
+	if len(t.Paths) > 0 {
+		hit := false
+		for _, f := range p.Changed {
+			if anyMatch(t.Paths, f) {
+				hit = true
+				break
+			}
+		}
+		if !hit {
+			return false, fmt.Sprintf("no changed path matches %v", t.Paths)
+		}
+	}
+	return true, ""
+}
+
+func anyMatch(patterns []string, s string) bool {
+	for _, p := range patterns {
+		if Glob(p, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Glob matches s against a pattern where "*" and "?" stay within a path
+// segment and "**" spans segments ("src/**" matches everything under src).
+func Glob(pattern, s string) bool {
+	var b strings.Builder
+	b.WriteString("^")
+	for i := 0; i < len(pattern); i++ {
+		switch c := pattern[i]; {
+		case c == '*' && i+1 < len(pattern) && pattern[i+1] == '*':
+			b.WriteString(".*")
+			i++
+			if i+1 < len(pattern) && pattern[i+1] == '/' {
+				b.WriteString("/?")
+				i++
+			}
+		case c == '*':
+			b.WriteString("[^/]*")
+		case c == '?':
+			b.WriteString("[^/]")
+		default:
+			b.WriteString(regexp.QuoteMeta(string(c)))
+		}
+	}
+	b.WriteString("$")
+	re, err := regexp.Compile(b.String())
+	return err == nil && re.MatchString(s)
+}
