@@ -172,7 +172,8 @@ func BusyboxRootfs() ([]byte, error) {
 // HTTP.
 type Registry struct {
 	// Host is 127.0.0.1:PORT, the registry part of image references.
-	Host     string
+	Host string
+	// Username and Password are the one htpasswd user.
 	Username string
 	Password string
 	// Dir holds the registry's configuration, htpasswd file and storage.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/distribution/reference"
 	"github.com/docker/docker/api/types/build"
@@ -76,7 +77,8 @@ func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO) 
 	}
 	defer resp.Body.Close()
 	var id string
-	err = readProgress(resp.Body, t.Stdout(), func(raw json.RawMessage) {
+	steps := &stepSniffer{w: t.Stdout()}
+	err = readProgress(resp.Body, steps, func(raw json.RawMessage) {
 		var r build.Result
 		if json.Unmarshal(raw, &r) == nil && r.ID != "" {
 			id = r.ID
@@ -86,6 +88,9 @@ func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO) 
 		return nil, stopped(ctx, "docker_build "+name)
 	}
 	if err != nil {
+		if steps.last != "" {
+			return nil, fmt.Errorf("docker_build %s: %s: %w", name, steps.last, registryErr(err, "", false))
+		}
 		return nil, fmt.Errorf("docker_build %s: %w", name, registryErr(err, "", false))
 	}
 	if id == "" {
@@ -266,7 +271,10 @@ func addFile(tw *tar.Writer, path, name string, info fs.FileInfo) error {
 	if info.IsDir() {
 		hdr.Name += "/"
 	}
+	// as the CLI sends it: owned by root, whole-second times (no PAX
+	// record per file)
 	hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
+	hdr.ModTime, hdr.AccessTime, hdr.ChangeTime = hdr.ModTime.Truncate(time.Second), time.Time{}, time.Time{}
 	hdr.Format = tar.FormatPAX
 	if err := tw.WriteHeader(hdr); err != nil {
 		return err
@@ -283,4 +291,20 @@ func addFile(tw *tar.Writer, path, name string, info fs.FileInfo) error {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
+}
+
+// stepSniffer passes build output through and remembers the last
+// "Step N/M : INSTRUCTION" line, so that an error can name the instruction
+// that failed.
+type stepSniffer struct {
+	w    io.Writer
+	last string
+}
+
+func (s *stepSniffer) Write(p []byte) (int, error) {
+	if line, ok := strings.CutPrefix(string(p), "Step "); ok {
+		line, _, _ = strings.Cut(line, "\n")
+		s.last = "Step " + line
+	}
+	return s.w.Write(p)
 }

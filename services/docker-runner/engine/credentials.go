@@ -19,7 +19,8 @@ type Credential struct {
 	// Server is the registry's host[:port], when known. An entry keyed by a
 	// catalogue name sets it so that the credential is also found by host
 	// (for example for base images of a build).
-	Server   string
+	Server string
+	// Username and Password authenticate the runner to the registry.
 	Username string
 	Password string
 }

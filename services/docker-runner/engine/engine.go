@@ -150,9 +150,6 @@ func (e *Engine) Ping(ctx context.Context) (string, error) {
 	return p.APIVersion, nil
 }
 
-// Client returns the engine's Docker API client.
-func (e *Engine) Client() *client.Client { return e.cli }
-
 // Close releases the API client's connections.
 func (e *Engine) Close() error { return e.cli.Close() }
 
@@ -178,13 +175,19 @@ type stepIO interface {
 // A docker_run whose command exits non-zero returns a [*runner.ExitError]
 // with its code. Other errors wrap [ErrInvalidStep], [ErrAuthFailed] or
 // [ErrRegistryUnreachable] where they apply. When ctx ends, Execute stops
-// what it started (kills and removes the container, aborts the build) and
-// returns an error wrapping ctx's cause.
+// what it started (kills and removes the container, or only kills it when
+// the step sets remove: false; aborts the build, push or pull) and returns an
+// error wrapping ctx's cause.
 func (e *Engine) Execute(ctx context.Context, req *event.StepRequested, task *runner.Task) (map[string]string, error) {
 	return e.execute(ctx, req, task)
 }
 
 func (e *Engine) execute(ctx context.Context, req *event.StepRequested, t stepIO) (map[string]string, error) {
+	// Any password the runner holds is masked in every step's output, not
+	// only in the steps that use it: a command may print what it finds.
+	for _, c := range e.cfg.Credentials {
+		t.Mask(c.Password)
+	}
 	switch req.Type {
 	case TypeBuild:
 		return e.build(ctx, req, t)

@@ -146,7 +146,7 @@ func (e *Engine) registryAuth(t stepIO, host string, keys ...string) (auth strin
 
 // push executes docker_push: tag the step's image into the registry and push
 // it with the runner's credentials.
-func (e *Engine) push(ctx context.Context, req *event.StepRequested, t stepIO) (map[string]string, error) {
+func (e *Engine) push(ctx context.Context, req *event.StepRequested, t stepIO) (_ map[string]string, pushErr error) {
 	ref, err := namedRef(req.Image, req.Tag)
 	if err != nil {
 		return nil, fmt.Errorf("docker_push: %w", err)
@@ -177,6 +177,16 @@ func (e *Engine) push(ctx context.Context, req *event.StepRequested, t stepIO) (
 		return nil, fmt.Errorf("docker_push %s: %w", local, err)
 	}
 	if remote != local {
+		if _, err := e.cli.ImageInspect(ctx, remote); cerrdefs.IsNotFound(err) {
+			// a tag made only for this push goes again if the push fails
+			defer func() {
+				if pushErr != nil {
+					cctx, cancel := e.cleanupContext(ctx)
+					defer cancel()
+					e.cli.ImageRemove(cctx, remote, image.RemoveOptions{})
+				}
+			}()
+		}
 		if err := e.cli.ImageTag(ctx, local, remote); err != nil {
 			if cerrdefs.IsNotFound(err) {
 				return nil, fmt.Errorf("docker_push: image %s is not on this runner's Docker Engine: build or pull it first: %w", local, err)

@@ -26,7 +26,9 @@ var shell = []string{"/bin/sh", "-c"}
 //
 // The container takes the calls the docker CLI makes for `docker run --rm`
 // (create, attach, wait, start), with the daemon removing it on exit; an
-// image missing from the engine is pulled first, as the CLI does.
+// image missing from the engine is pulled first, as the CLI does. Unlike the
+// CLI, the step ends at the container's exit rather than after its removal,
+// which the daemon completes in the background.
 func (e *Engine) run(ctx context.Context, req *event.StepRequested, t stepIO) (map[string]string, error) {
 	img, named, err := runImage(req)
 	if err != nil {
@@ -82,11 +84,9 @@ func (e *Engine) run(ctx context.Context, req *event.StepRequested, t stepIO) (m
 		return outputs, fmt.Errorf("docker_run %s: attach to container %s: %w", img, shortID(id), err)
 	}
 	defer att.Close()
-	cond := container.WaitConditionNextExit
-	if remove {
-		cond = container.WaitConditionRemoved
-	}
-	waitC, waitErrC := e.cli.ContainerWait(ctx, id, cond)
+	// Wait for the exit, not the removal: with remove the daemon deletes the
+	// container on its own, and the step's result is known ~100ms sooner.
+	waitC, waitErrC := e.cli.ContainerWait(ctx, id, container.WaitConditionNextExit)
 	copied := make(chan error, 1)
 	go func() {
 		_, err := stdcopy.StdCopy(t.Stdout(), t.Stderr(), att.Reader)
@@ -174,7 +174,12 @@ func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p 
 	}
 	hc := &container.HostConfig{}
 
-	list, script, err := argv(req.Command)
+	// the seed's format puts docker_run's command in docker_config
+	cmd := req.Command
+	if cmd == nil {
+		cmd = p["command"]
+	}
+	list, script, err := argv(cmd)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -182,6 +187,7 @@ func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p 
 	if err != nil {
 		return nil, nil, err
 	}
+	list, entrypoint = expandArgv(list, req.Env), expandArgv(entrypoint, req.Env)
 	switch {
 	case script != "" && entrypoint != nil:
 		// a wrapper entrypoint (tini, docker-entrypoint.sh) runs the shell
@@ -283,4 +289,23 @@ func startFailureCode(err error) int {
 		return 126
 	}
 	return 0
+}
+
+// expandArgv replaces, in an argument vector, the "${NAME}" placeholders
+// (quotes included) that the pipeline service writes into commands for
+// values from outside, NAME being a variable of env. A shell would expand
+// them in a string command; an argv has no shell, and a value substituted
+// into one argument cannot inject anything.
+func expandArgv(args []string, env map[string]string) []string {
+	if len(env) == 0 {
+		return args
+	}
+	out := make([]string, len(args))
+	for i, a := range args {
+		for k, v := range env {
+			a = strings.ReplaceAll(a, `"${`+k+`}"`, v)
+		}
+		out[i] = a
+	}
+	return out
 }

@@ -26,9 +26,12 @@ type jsonMessage struct {
 // stream (a failed build instruction, a refused push), as opposed to an
 // error response to the request itself.
 type DaemonError struct {
+	// Message is the daemon's text, e.g. "The command '/bin/sh -c make'
+	// returned a non-zero code: 2".
 	Message string
 }
 
+// Error returns the daemon's message.
 func (e *DaemonError) Error() string { return e.Message }
 
 // readProgress decodes a daemon progress stream until its end, writing build
