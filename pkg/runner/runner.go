@@ -90,13 +90,14 @@ type Runner struct {
 	types   map[string]bool
 	source  string
 	mu      sync.Mutex
-	running map[string]context.CancelCauseFunc // run/step -> cancel
+	running   map[string]context.CancelCauseFunc // run/step -> cancel
+	cancelled map[string]bool                    // run ids (as tokens) cancelled
 }
 
 // New returns a runner; cfg must have passed Validate.
 func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, eng Engine, fetch SourceFetcher, log *zap.Logger) *Runner {
 	r := &Runner{cfg: cfg, nc: nc, js: js, eng: eng, fetch: fetch, log: log.With(zap.String("runner", cfg.ID)),
-		types: map[string]bool{}, running: map[string]context.CancelCauseFunc{},
+		types: map[string]bool{}, running: map[string]context.CancelCauseFunc{}, cancelled: map[string]bool{},
 		source: "ansflow/" + cfg.Kind + "-runner/" + cfg.ID}
 	for _, t := range eng.Types() {
 		r.types[t] = true
@@ -117,6 +118,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cancels bucket: %w", err)
 	}
+	if err := r.watchCancels(ctx, cancels); err != nil {
+		return err
+	}
 	sub, err := r.nc.Subscribe("ansflow.events.step.cancel.*", r.onCancel)
 	if err != nil {
 		return fmt.Errorf("subscribe to cancellations: %w", err)
@@ -134,7 +138,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			Concurrency:    r.cfg.Concurrency,
 			DeliverNew:     false,
 		}
-		h := func(ctx context.Context, e cloudevents.Event) error { return r.handle(ctx, e, attempts, cancels) }
+		h := func(ctx context.Context, e cloudevents.Event) error { return r.handle(ctx, e, attempts) }
 		g.Go(func() error { return bus.Consume(ctx, r.js, cc, bus.Chain(h, bus.KnownTypes()), r.log) })
 	}
 	r.log.Info("runner ready", zap.String("kind", r.cfg.Kind), zap.Strings("targets", r.cfg.Targets),
@@ -172,7 +176,50 @@ func attemptKey(req *event.StepRequested) string {
 	return event.Token(req.RunID) + "." + event.Token(req.StepID) + "." + fmt.Sprint(req.Attempt)
 }
 
-func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts, cancels jetstream.KeyValue) error {
+// watchCancels keeps the set of cancelled runs in memory, so checking a
+// request against it costs no round trip. It returns once the bucket's
+// current keys are loaded.
+func (r *Runner) watchCancels(ctx context.Context, cancels jetstream.KeyValue) error {
+	w, err := cancels.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch cancellations: %w", err)
+	}
+	loaded := make(chan struct{})
+	go func() {
+		defer w.Stop()
+		once := sync.OnceFunc(func() { close(loaded) })
+		defer once()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					once()
+					continue
+				}
+				r.mu.Lock()
+				if e.Operation() == jetstream.KeyValuePut {
+					r.cancelled[e.Key()] = true
+				} else {
+					delete(r.cancelled, e.Key())
+				}
+				r.mu.Unlock()
+			}
+		}
+	}()
+	select {
+	case <-loaded:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetstream.KeyValue) error {
 	if e.Type() != event.TypeStepRequested {
 		return bus.Permanent(fmt.Errorf("runner got %s, want %s", e.Type(), event.TypeStepRequested))
 	}
@@ -205,7 +252,10 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts, canc
 	if !r.types[req.Type] {
 		return done(event.StatusFailed, nil, nil, fmt.Sprintf("runner %s does not execute step type %q", r.cfg.ID, req.Type), nil)
 	}
-	if _, err := cancels.Get(ctx, event.Token(req.RunID)); err == nil {
+	r.mu.Lock()
+	cancelled := r.cancelled[event.Token(req.RunID)]
+	r.mu.Unlock()
+	if cancelled {
 		return done(event.StatusCancelled, nil, nil, "run was cancelled before the step started", nil)
 	}
 
@@ -322,12 +372,20 @@ func (r *Runner) redelivered(ctx context.Context, req *event.StepRequested, atte
 		attempts, key)
 }
 
+// complete publishes the attempt's completion, then records it in the
+// claim. The order keeps the next step's dispatch off the record's round
+// trip; a crash in between leaves a "running" claim whose redelivery
+// publishes an "abandoned" completion under the same event id, which the
+// stream drops as a duplicate, so the published result stands.
 func (r *Runner) complete(ctx context.Context, c *event.StepCompleted, attempts jetstream.KeyValue, key string) error {
+	if err := r.publishCompleted(ctx, c); err != nil {
+		return err
+	}
 	b, _ := json.Marshal(claim{State: "done", Runner: r.cfg.ID, Completed: c})
 	if _, err := attempts.Put(ctx, key, b); err != nil {
 		return fmt.Errorf("record completion of %s: %w", key, err)
 	}
-	return r.publishCompleted(ctx, c)
+	return nil
 }
 
 func (r *Runner) publishCompleted(ctx context.Context, c *event.StepCompleted) error {

@@ -324,11 +324,18 @@ func (o *Orchestrator) completed(r *store.Run, d *event.StepCompleted) bool {
 // concurrent changes, then publishes the resulting effects.
 func (o *Orchestrator) update(ctx context.Context, id string, mutate func(*store.Run) bool) (*store.Run, error) {
 	for try := 0; ; try++ {
-		r, err := o.store.GetRun(ctx, id)
+		get := o.store.GetRunCached
+		if try > 0 {
+			get = o.store.GetRun
+		}
+		r, err := get(ctx, id)
 		if err != nil {
 			return nil, err
 		}
 		if r.Terminal() || (mutate != nil && !mutate(r)) {
+			if try == 0 {
+				continue // decide nothing on a possibly stale cached copy
+			}
 			o.setWake(r)
 			return r, nil
 		}
@@ -432,6 +439,7 @@ func (o *Orchestrator) watch(ctx context.Context) error {
 				o.log.Warn("undecodable run", zap.String("key", e.Key()), zap.Error(err))
 				continue
 			}
+			o.store.Observe(e, r.Terminal())
 			o.setWake(r)
 			if initial && !r.Terminal() {
 				o.recover(ctx, r)

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,6 +36,14 @@ var ErrConflict = errors.New("run changed concurrently")
 // Store is the pipeline service's state. It is safe for concurrent use.
 type Store struct {
 	pipelines, versions, runs, catalog, counters jetstream.KeyValue
+
+	mu    sync.Mutex
+	cache map[string]cachedRun // active runs, as last written or seen
+}
+
+type cachedRun struct {
+	rev  uint64
+	data []byte
 }
 
 // Open creates or opens the buckets. replicas is the KV replication factor.
@@ -49,7 +58,7 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 		}
 		return kv, nil
 	}
-	var s Store
+	s := Store{cache: map[string]cachedRun{}}
 	var err error
 	for _, b := range []struct {
 		kv   *jetstream.KeyValue
@@ -193,7 +202,52 @@ func (s *Store) CreateRun(ctx context.Context, r *Run) error {
 		return fmt.Errorf("create run %s: %w", r.ID, err)
 	}
 	r.Revision = rev
+	s.remember(r.ID, rev, b, r.Terminal())
 	return nil
+}
+
+// GetRunCached returns the run as this process last wrote or observed it,
+// reading the bucket only when it has no copy. The copy may be stale; an
+// [Store.UpdateRun] based on it then fails with [ErrConflict] and the
+// caller re-reads with [Store.GetRun].
+func (s *Store) GetRunCached(ctx context.Context, id string) (*Run, error) {
+	s.mu.Lock()
+	c, ok := s.cache[id]
+	s.mu.Unlock()
+	if !ok {
+		return s.GetRun(ctx, id)
+	}
+	var r Run
+	if err := json.Unmarshal(c.data, &r); err != nil {
+		return nil, fmt.Errorf("decode run %s: %w", id, err)
+	}
+	r.Revision = c.rev
+	return &r, nil
+}
+
+// Observe records a runs bucket entry seen by a watcher in the cache.
+func (s *Store) Observe(e jetstream.KeyValueEntry, terminal bool) {
+	s.remember(e.Key(), e.Revision(), e.Value(), terminal || e.Operation() != jetstream.KeyValuePut)
+}
+
+func (s *Store) remember(id string, rev uint64, data []byte, drop bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.cache[id]
+	if ok && c.rev >= rev {
+		return
+	}
+	if drop {
+		delete(s.cache, id)
+		return
+	}
+	s.cache[id] = cachedRun{rev: rev, data: data}
+}
+
+func (s *Store) forget(id string) {
+	s.mu.Lock()
+	delete(s.cache, id)
+	s.mu.Unlock()
 }
 
 // GetRun reads a run with its revision.
@@ -227,12 +281,14 @@ func (s *Store) UpdateRun(ctx context.Context, r *Run) error {
 	}
 	rev, err := s.runs.Update(ctx, r.ID, b, r.Revision)
 	if isConflict(err) {
+		s.forget(r.ID)
 		return ErrConflict
 	}
 	if err != nil {
 		return fmt.Errorf("update run %s: %w", r.ID, err)
 	}
 	r.Revision = rev
+	s.remember(r.ID, rev, b, r.Terminal())
 	return nil
 }
 
