@@ -81,15 +81,15 @@ func DurableName(kind, target string) string { return "runner-" + kind + "-" + e
 
 // Runner executes step requests with an engine. Create it with [New].
 type Runner struct {
-	cfg     Config
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	eng     Engine
-	fetch   SourceFetcher
-	log     *zap.Logger
-	types   map[string]bool
-	source  string
-	mu      sync.Mutex
+	cfg       Config
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	eng       Engine
+	fetch     SourceFetcher
+	log       *zap.Logger
+	types     map[string]bool
+	source    string
+	mu        sync.Mutex
 	running   map[string]context.CancelCauseFunc // run/step -> cancel
 	cancelled map[string]bool                    // run ids (as tokens) cancelled
 }
