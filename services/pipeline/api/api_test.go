@@ -1,0 +1,197 @@
+package api_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
+	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/runner/runnertest"
+	"github.com/ansflow/ansflow/services/pipeline/api"
+	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
+	"github.com/ansflow/ansflow/services/pipeline/service"
+	"github.com/ansflow/ansflow/services/pipeline/store"
+)
+
+func server(t *testing.T) string {
+	t.Helper()
+	ns := natstest.Run(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	cfg := runner.Config{Kind: event.KindDocker, Targets: []string{"default"}}
+	_ = cfg.Validate()
+	nc, js := ns.Connect(t)
+	go func() { _ = runner.New(cfg, nc, js, &runnertest.Engine{}, nil, zap.NewNop()).Run(ctx) }()
+	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0", Orchestrator: orchestrator.Config{DispatchTimeout: 5 * time.Second}}, ns.JS, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = svc.Orc.Run(ctx) }()
+	srv := httptest.NewServer(svc.API)
+	t.Cleanup(srv.Close)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := js.Consumer(ctx, event.StreamSteps, runner.DurableName("docker", "default")); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return srv.URL
+}
+
+func call(t *testing.T, method, url, ctype, body string, out any) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil {
+		if p, ok := out.(*string); ok {
+			*p = string(b)
+		} else if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, url, err, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+const pipe = "pipeline:\n  name: api-demo\n  variables:\n    who: world\n  steps:\n    - name: hello\n      type: docker_run\n      command: \"echo hello {{who}}; warn careful\"\n    - name: gate\n      type: docker_run\n      command: \"exit {{code}}\"\n"
+
+func TestPipelinesAndRuns(t *testing.T) {
+	base := server(t)
+	yamlText := strings.Replace(pipe, "    who: world\n", "    who: world\n    code: \"0\"\n", 1)
+	var errBody api.ErrorBody
+	if code := call(t, "POST", base+"/api/v1/pipelines", "application/yaml", pipe, &errBody); code != 400 || len(errBody.Errors) == 0 ||
+		errBody.Errors[0].Line != 11 || !strings.Contains(errBody.Errors[0].Message, "unknown variable {{code}}") {
+		t.Fatalf("invalid pipeline: %d %+v", code, errBody)
+	}
+	var rec store.PipelineRecord
+	if code := call(t, "POST", base+"/api/v1/pipelines", "application/yaml", yamlText, &rec); code != 200 || rec.Version != 1 {
+		t.Fatalf("apply: %d %+v", code, rec)
+	}
+	v2 := strings.Replace(yamlText, "who: world", "who: api", 1)
+	if call(t, "PUT", base+"/api/v1/pipelines/api-demo", "application/yaml", v2, &rec); rec.Version != 2 {
+		t.Fatalf("second apply version %d", rec.Version)
+	}
+	var exported string
+	call(t, "GET", base+"/api/v1/pipelines/api-demo/export?version=1", "", "", &exported)
+	if exported != yamlText {
+		t.Errorf("export of version 1 differs")
+	}
+	var versions []store.PipelineRecord
+	call(t, "GET", base+"/api/v1/pipelines/api-demo/versions", "", "", &versions)
+	if len(versions) != 2 {
+		t.Errorf("%d versions", len(versions))
+	}
+	if code := call(t, "POST", base+"/api/v1/pipelines/api-demo/clone", "application/json", `{"name":"api-copy"}`, &rec); code != 201 || rec.Name != "api-copy" {
+		t.Errorf("clone: %d %+v", code, rec)
+	}
+	var list []store.PipelineRecord
+	call(t, "GET", base+"/api/v1/pipelines", "", "", &list)
+	if len(list) != 2 {
+		t.Errorf("list: %d pipelines", len(list))
+	}
+	if code := call(t, "POST", base+"/api/v1/pipelines/api-demo/runs", "application/json", `{"vars":{"nope":"1"}}`, &errBody); code != 400 {
+		t.Errorf("undeclared variable: %d", code)
+	}
+	var run store.Run
+	if code := call(t, "POST", base+"/api/v1/pipelines/api-demo/runs", "application/json", `{"vars":{"code":"3"},"branch":"main"}`, &run); code != 201 {
+		t.Fatalf("trigger: %d", code)
+	}
+	// live logs: follow until the run ends
+	resp, err := http.Get(base + "/api/v1/runs/" + run.ID + "/logs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []api.LogLine
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if l, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			var ll api.LogLine
+			_ = json.Unmarshal([]byte(l), &ll)
+			lines = append(lines, ll)
+		}
+	}
+	resp.Body.Close()
+	var sawStdout, sawStderr, sawEnd bool
+	for _, l := range lines {
+		sawStdout = sawStdout || (l.Kind == "log" && l.Stream == "stdout" && l.Text == "hello api\n")
+		sawStderr = sawStderr || (l.Kind == "log" && l.Stream == "stderr" && l.Text == "careful\n")
+		sawEnd = sawEnd || (l.Kind == "run" && l.Status == "failed")
+	}
+	if !sawStdout || !sawStderr || !sawEnd {
+		t.Errorf("log stream incomplete: %+v", lines)
+	}
+	call(t, "GET", base+"/api/v1/runs/"+run.ID, "", "", &run)
+	if run.Status != "failed" || run.Steps[1].ExitCode == nil || *run.Steps[1].ExitCode != 3 {
+		t.Fatalf("run: %s %+v", run.Status, run.Steps[1])
+	}
+	if code := call(t, "POST", base+"/api/v1/runs/"+run.ID+"/cancel", "", "", &errBody); code != 409 {
+		t.Errorf("cancel finished run: %d", code)
+	}
+	var re store.Run
+	if code := call(t, "POST", base+"/api/v1/runs/"+run.ID+"/rerun", "", "", &re); code != 201 || re.RerunOf != run.ID {
+		t.Errorf("rerun: %d", code)
+	}
+	var runs []store.Run
+	call(t, "GET", base+"/api/v1/runs?pipeline=api-demo", "", "", &runs)
+	if len(runs) != 2 {
+		for _, r := range runs {
+			t.Logf("run %s %s rerun_of=%s", r.ID, r.Status, r.RerunOf)
+		}
+		t.Errorf("runs list: %d (rerun %s)", len(runs), re.ID)
+	}
+	if code := call(t, "GET", base+"/api/v1/runs/does-not-exist", "", "", &errBody); code != 404 {
+		t.Errorf("missing run: %d", code)
+	}
+	if code := call(t, "DELETE", base+"/api/v1/pipelines/api-copy", "", "", nil); code != 204 {
+		t.Errorf("delete: %d", code)
+	}
+}
+
+func TestCatalogue(t *testing.T) {
+	base := server(t)
+	if code := call(t, "POST", base+"/api/v1/registries", "application/json", `{"id":"1","name":"local","url":"127.0.0.1:5000"}`, nil); code != 200 {
+		t.Fatalf("add registry: %d", code)
+	}
+	if code := call(t, "POST", base+"/api/v1/registries", "application/json", `{"name":"no-id"}`, nil); code != 400 {
+		t.Errorf("registry without id: %d", code)
+	}
+	if code := call(t, "POST", base+"/api/v1/clusters", "application/json", `{"id":"c1","name":"local","context":"ansflow-local"}`, nil); code != 200 {
+		t.Fatalf("add cluster: %d", code)
+	}
+	var regs []store.Registry
+	call(t, "GET", base+"/api/v1/registries", "", "", &regs)
+	if len(regs) != 1 || regs[0].URL != "127.0.0.1:5000" {
+		t.Errorf("registries: %+v", regs)
+	}
+	// a step naming a registry that is not in the catalogue fails with the reason
+	p := "pipeline:\n  name: reg\n  steps:\n    - name: push\n      type: docker_push\n      docker_image: x\n      docker_registry: 9\n"
+	call(t, "POST", base+"/api/v1/pipelines", "application/yaml", p, nil)
+	var run store.Run
+	call(t, "POST", base+"/api/v1/pipelines/reg/runs", "application/json", "", &run)
+	if run.Status != "failed" || !strings.Contains(run.Steps[0].Error, `registry "9": not found in the catalogue`) {
+		t.Errorf("run = %s %q", run.Status, run.Steps[0].Error)
+	}
+	if code := call(t, "DELETE", base+"/api/v1/registries/1", "", "", nil); code != 204 {
+		t.Errorf("delete registry: %d", code)
+	}
+	_ = bytes.MinRead
+}
