@@ -92,6 +92,10 @@ type ConsumerConfig struct {
 	DeliverNew bool
 	// RetryDelay is the Nak delay after a retryable error (default 1s).
 	RetryDelay time.Duration
+	// Grace is how long handlers still running when ctx ends may take to
+	// finish (and ack) before their context is cancelled too (default 0:
+	// at once).
+	Grace time.Duration
 }
 
 func (c *ConsumerConfig) defaults() {
@@ -161,9 +165,22 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, h 
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 
+	// Handlers run on their own context: when ctx ends, fetching stops at
+	// once, and running handlers get cfg.Grace to finish before theirs ends.
+	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHandlers()
 	sem := make(chan struct{}, cfg.Concurrency)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(cfg.Grace):
+			cancelHandlers()
+			<-done
+		}
+	}()
 	for {
 		msg, err := it.Next()
 		if err != nil {
@@ -183,7 +200,7 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, h 
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			handle(ctx, js, cfg, msg, h, log)
+			handle(hctx, js, cfg, msg, h, log)
 		}()
 	}
 }

@@ -46,6 +46,10 @@ type Config struct {
 	WorkDir string
 	// AckWait is the consumer's redelivery timeout (default 30s).
 	AckWait time.Duration
+	// Grace is how long running steps may finish after Run's context ends
+	// (a SIGTERM) before they are stopped and left to be reported abandoned
+	// (default 0).
+	Grace time.Duration
 }
 
 // Validate checks cfg and fills defaults.
@@ -136,7 +140,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			MaxDeliver:     5,
 			AckWait:        r.cfg.AckWait,
 			Concurrency:    r.cfg.Concurrency,
-			DeliverNew:     false,
+			Grace:          r.cfg.Grace,
 		}
 		h := func(ctx context.Context, e cloudevents.Event) error { return r.handle(ctx, e, attempts) }
 		g.Go(func() error { return bus.Consume(ctx, r.js, cc, bus.Chain(h, bus.KnownTypes()), r.log) })
