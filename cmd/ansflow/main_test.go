@@ -18,7 +18,7 @@ import (
 
 // useScriptedEngines replaces the real engines with the scripted one, so the
 // CLI and embedded stack are tested without Docker or Kubernetes.
-func useScriptedEngines(t *testing.T) {
+func useScriptedEngines(t testing.TB) {
 	saved := engines
 	eng := &runnertest.Engine{}
 	f := func(context.Context, *fileConfig, *zap.Logger) (runner.Engine, []string, error) {
