@@ -9,22 +9,56 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ansflow/ansflow/pkg/runner"
 	dockerengine "github.com/ansflow/ansflow/services/docker-runner/engine"
+	k8sengine "github.com/ansflow/ansflow/services/k8s-runner/engine"
 )
 
 func init() {
 	engines["docker"] = newDockerEngine
+	engines["k8s"] = newK8sEngines
+}
+
+// newK8sEngines builds one Kubernetes engine for the current kubeconfig
+// context (cluster "default") and one per cluster of the config file.
+func newK8sEngines(ctx context.Context, fc *fileConfig, log *zap.Logger) ([]servedEngine, error) {
+	type cluster struct{ name, kubeconfig, context string }
+	clusters := []cluster{{name: "default"}}
+	for _, c := range fc.Clusters {
+		clusters = append(clusters, cluster{c.Name, c.Kubeconfig, c.Context})
+	}
+	var out []servedEngine
+	var errs []string
+	for _, c := range clusters {
+		eng, err := k8sengine.New(k8sengine.Config{Kubeconfig: c.kubeconfig, Context: c.context, Cluster: c.name},
+			log.With(zap.String("service", "k8s-runner"), zap.String("cluster", c.name)))
+		if err == nil {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err = eng.Ping(pctx)
+			cancel()
+		}
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("cluster %q: %v", c.name, err))
+			continue
+		}
+		out = append(out, servedEngine{Engine: eng, Targets: []string{c.name}})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no Kubernetes cluster reachable (run `make cluster-up` and export KUBECONFIG): %s", strings.Join(errs, "; "))
+	}
+	for _, e := range errs {
+		log.Warn("k8s cluster not served", zap.String("reason", e))
+	}
+	return out, nil
 }
 
 // newDockerEngine builds the embedded docker runner's engine, holding the
 // credentials of the config file's registries.
-func newDockerEngine(ctx context.Context, fc *fileConfig, log *zap.Logger) (runner.Engine, []string, error) {
+func newDockerEngine(ctx context.Context, fc *fileConfig, log *zap.Logger) ([]servedEngine, error) {
 	creds := dockerengine.Credentials{}
 	if path := os.Getenv("ANSFLOW_DOCKER_CREDENTIALS"); path != "" {
 		loaded, err := dockerengine.LoadCredentials(path)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		creds = loaded
 	}
@@ -34,21 +68,21 @@ func newDockerEngine(ctx context.Context, fc *fileConfig, log *zap.Logger) (runn
 		}
 		pw, err := r.password()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		c := dockerengine.Credential{Server: r.URL, Username: r.Username, Password: pw}
 		creds[r.Name], creds[r.ID] = c, c
 	}
 	eng, err := dockerengine.New(dockerengine.Config{Credentials: creds}, log.With(zap.String("service", "docker-runner")))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if _, err := eng.Ping(pctx); err != nil {
-		return nil, nil, fmt.Errorf("docker engine not reachable: %w", err)
+		return nil, fmt.Errorf("docker engine not reachable: %w", err)
 	}
-	return eng, []string{"default"}, nil
+	return []servedEngine{{Engine: eng, Targets: []string{"default"}}}, nil
 }
 
 // password resolves a registry's password reference.

@@ -11,7 +11,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/runner/runnertest"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -21,8 +20,8 @@ import (
 func useScriptedEngines(t testing.TB) {
 	saved := engines
 	eng := &runnertest.Engine{}
-	f := func(context.Context, *fileConfig, *zap.Logger) (runner.Engine, []string, error) {
-		return eng, []string{"default"}, nil
+	f := func(context.Context, *fileConfig, *zap.Logger) ([]servedEngine, error) {
+		return []servedEngine{{Engine: eng, Targets: []string{"default"}}}, nil
 	}
 	engines = map[string]engineFactory{"docker": f, "k8s": f}
 	t.Cleanup(func() { engines = saved })

@@ -46,8 +46,15 @@ type stack struct {
 	cleanup []func()
 }
 
-// engineFactory builds a runner engine of one kind for the embedded stack.
-type engineFactory func(ctx context.Context, cfg *fileConfig, log *zap.Logger) (runner.Engine, []string, error)
+// servedEngine is an engine and the pools or clusters it serves.
+type servedEngine struct {
+	Engine  runner.Engine
+	Targets []string
+}
+
+// engineFactory builds the runner engines of one kind for the embedded
+// stack.
+type engineFactory func(ctx context.Context, cfg *fileConfig, log *zap.Logger) ([]servedEngine, error)
 
 // engines registers the engines compiled into this binary, by kind.
 var engines = map[string]engineFactory{}
@@ -86,30 +93,13 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 		if !ok {
 			continue
 		}
-		eng, targets, err := factory(ctx, fc, log)
+		served, err := factory(ctx, fc, log)
 		if err != nil {
 			log.Warn("runner not started", zap.String("kind", kind), zap.Error(err))
 			continue
 		}
-		nc, err := conn("ansflow-" + kind + "-runner")
-		if err != nil {
-			return fail(err)
-		}
-		js, err := natsutil.JetStream(nc)
-		if err != nil {
-			return fail(err)
-		}
-		rc := runner.Config{Kind: kind, Targets: targets, Concurrency: cfg.Concurrency,
-			WorkDir: filepath.Join(cfg.DataDir, "work")}
-		if err := rc.Validate(); err != nil {
-			return fail(err)
-		}
-		_ = os.MkdirAll(rc.WorkDir, 0o700)
-		r := runner.New(rc, nc, js, eng, &source.Fetcher{JS: js}, log.With(zap.String("service", kind+"-runner")))
-		g.Go(func() error { return r.Run(gctx) })
-		// wait until its consumers exist so the first dispatch finds them
-		for _, t := range targets {
-			if err := waitConsumer(ctx, js, kind, t); err != nil {
+		for _, se := range served {
+			if err := st.startRunner(ctx, gctx, g, conn, kind, se, cfg, log); err != nil {
 				return fail(err)
 			}
 		}
@@ -155,6 +145,35 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 	}
 	go func() { st.done <- g.Wait() }()
 	return st, nil
+}
+
+// startRunner runs one runner loop for se in the errgroup and waits until
+// its consumers exist, so the first dispatch finds them.
+func (s *stack) startRunner(ctx, gctx context.Context, g *errgroup.Group, conn func(string) (*nats.Conn, error),
+	kind string, se servedEngine, cfg stackConfig, log *zap.Logger) error {
+	nc, err := conn("ansflow-" + kind + "-runner")
+	if err != nil {
+		return err
+	}
+	js, err := natsutil.JetStream(nc)
+	if err != nil {
+		return err
+	}
+	rc := runner.Config{Kind: kind, Targets: se.Targets, Concurrency: cfg.Concurrency, WorkDir: filepath.Join(cfg.DataDir, "work")}
+	if err := rc.Validate(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(rc.WorkDir, 0o700); err != nil {
+		return err
+	}
+	r := runner.New(rc, nc, js, se.Engine, &source.Fetcher{JS: js}, log.With(zap.String("service", kind+"-runner")))
+	g.Go(func() error { return r.Run(gctx) })
+	for _, t := range se.Targets {
+		if err := waitConsumer(ctx, js, kind, t); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // waitConsumer waits until the runner's durable consumer for target exists.

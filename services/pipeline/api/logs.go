@@ -27,16 +27,18 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	stepFilter := r.URL.Query().Get("step")
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	lines := make(chan LogLine, 256)
+	logLines := make(chan seqLine, 256)
+	eventLines := make(chan seqLine, 64)
 	logSubj := "ansflow.logs." + event.Token(id) + ".*"
 	if stepFilter != "" {
 		logSubj = event.LogSubject(id, stepFilter)
 	}
 	feeds := []struct {
 		stream, subject string
+		out             chan seqLine
 	}{
-		{event.StreamLogs, logSubj},
-		{event.StreamEvents, "ansflow.events.*.*." + event.Token(id)},
+		{event.StreamLogs, logSubj, logLines},
+		{event.StreamEvents, "ansflow.events.*.*." + event.Token(id), eventLines},
 	}
 	for _, f := range feeds {
 		cons, err := s.js.OrderedConsumer(ctx, f.stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{f.subject}})
@@ -57,12 +59,18 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 				if err != nil {
 					return
 				}
-				if l, ok := toLine(m); ok && (stepFilter == "" || l.Step == "" || l.Step == stepFilter) {
-					select {
-					case lines <- l:
-					case <-ctx.Done():
-						return
-					}
+				l, ok := toLine(m)
+				if !ok || (stepFilter != "" && l.Step != "" && l.Step != stepFilter) {
+					continue
+				}
+				var seq uint64
+				if md, err := m.Metadata(); err == nil {
+					seq = md.Sequence.Stream
+				}
+				select {
+				case f.out <- seqLine{l, seq}:
+				case <-ctx.Done():
+					return
 				}
 			}
 		}()
@@ -71,6 +79,42 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
+	write := func(l LogLine) {
+		b, _ := json.Marshal(l)
+		fmt.Fprintf(w, "event: %s\ndata: %s\n\n", l.Kind, b)
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	// A step's log chunks are stored before its completion; the two feeds
+	// are separate consumers, so before a completion is sent, the logs feed
+	// is drained up to the step's last stored chunk.
+	logSeq := map[string]uint64{}
+	writeLog := func(sl seqLine) {
+		logSeq[sl.Step] = max(logSeq[sl.Step], sl.seq)
+		write(sl.LogLine)
+	}
+	catchUp := func(step string) {
+		last, err := s.js.Stream(ctx, event.StreamLogs)
+		if err != nil {
+			return
+		}
+		m, err := last.GetLastMsgForSubject(ctx, event.LogSubject(id, step))
+		if err != nil {
+			return
+		}
+		deadline := time.After(time.Second)
+		for logSeq[step] < m.Sequence {
+			select {
+			case sl := <-logLines:
+				writeLog(sl)
+			case <-deadline:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
 	idle := 300 * time.Millisecond
 	done := !follow
 	timer := time.NewTimer(idle)
@@ -79,13 +123,15 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-ctx.Done():
 			return
-		case l := <-lines:
-			b, _ := json.Marshal(l)
-			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", l.Kind, b)
-			if flusher != nil {
-				flusher.Flush()
+		case sl := <-logLines:
+			writeLog(sl)
+			timer.Reset(idle)
+		case sl := <-eventLines:
+			if sl.Kind == "step" && sl.Status != event.StatusRunning {
+				catchUp(sl.Step)
 			}
-			if l.Kind == "run" && l.Status != event.StatusRunning {
+			write(sl.LogLine)
+			if sl.Kind == "run" && sl.Status != event.StatusRunning {
 				done = true
 			}
 			timer.Reset(idle)
@@ -97,6 +143,12 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 			timer.Reset(idle)
 		}
 	}
+}
+
+// seqLine is a line with its stream sequence.
+type seqLine struct {
+	LogLine
+	seq uint64
 }
 
 func toLine(m jetstream.Msg) (LogLine, bool) {

@@ -1,0 +1,256 @@
+// Command k8s-runner is AnsFlow's Kubernetes runner: it serves one or more
+// clusters, executing k8s_deploy, k8s_scale, k8s_delete, k8s_wait, k8s_exec
+// and k8s_logs steps through client-go, and reports through NATS
+// JetStream. Each served cluster gets its own engine (one set of
+// credentials) and its own runner loop consuming only that cluster's
+// subject, ansflow.step.requested.k8s.<cluster>; every instance serving a
+// cluster shares its durable consumer, so runners scale out by starting
+// more of them. Credentials stay here: step requests only name a cluster.
+//
+// Clusters are given as --clusters name=context,...: each name is a cluster
+// of the pipeline catalogue (the step's k8s_cluster), each context a
+// kubeconfig context. A bare name uses the context of that name, except
+// "default", which uses the kubeconfig's current context (or the in-cluster
+// service account when there is no kubeconfig). The default is "default".
+//
+// Configuration comes from flags, each with an environment variable as its
+// default; run `k8s-runner -h` for the list.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/logging"
+	"github.com/ansflow/ansflow/pkg/natsutil"
+	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/source"
+	"github.com/ansflow/ansflow/services/k8s-runner/engine"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cfg, err := parseConfig(os.Args[1:], os.LookupEnv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "k8s-runner:", err)
+		os.Exit(2)
+	}
+	if err := run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "k8s-runner:", err)
+		os.Exit(1)
+	}
+}
+
+// cluster is one served cluster: its catalogue name and kubeconfig context.
+type cluster struct {
+	Name    string
+	Context string // "" for the current context
+}
+
+// config is everything main reads from flags and the environment.
+type config struct {
+	NATSURL   string
+	NATSCreds string
+	LogLevel  string
+	LogJSON   bool
+	Clusters  []cluster
+	// Runner is the template of every cluster's runner configuration: its
+	// Targets list every cluster, and each cluster's runner serves its own.
+	Runner runner.Config
+	// Engine is the template of every cluster's engine configuration;
+	// Context and Cluster are filled per cluster.
+	Engine engine.Config
+}
+
+// Validate checks c and fills defaults of its parts.
+func (c *config) Validate() error {
+	if c.NATSURL == "" {
+		return errors.New("no NATS URL: set --nats or ANSFLOW_NATS_URL")
+	}
+	if len(c.Clusters) == 0 {
+		return errors.New("no cluster to serve: set --clusters or ANSFLOW_K8S_CLUSTERS")
+	}
+	seen := map[string]bool{}
+	for _, cl := range c.Clusters {
+		if seen[cl.Name] {
+			return fmt.Errorf("cluster %q is listed twice", cl.Name)
+		}
+		seen[cl.Name] = true
+	}
+	c.Runner.Targets = nil
+	for _, cl := range c.Clusters {
+		c.Runner.Targets = append(c.Runner.Targets, cl.Name)
+	}
+	if err := c.Runner.Validate(); err != nil {
+		return err
+	}
+	return c.Engine.Validate()
+}
+
+// parseClusters reads "name=context,name,...".
+func parseClusters(s string) ([]cluster, error) {
+	var out []cluster
+	for _, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		name, ctx, explicit := strings.Cut(item, "=")
+		name, ctx = strings.TrimSpace(name), strings.TrimSpace(ctx)
+		switch {
+		case name == "":
+			return nil, fmt.Errorf("cluster %q has no name (want name=context)", item)
+		case explicit && ctx == "":
+			return nil, fmt.Errorf("cluster %q has an empty context (want name=context, or a bare name)", item)
+		case !explicit && name != "default":
+			ctx = name
+		}
+		out = append(out, cluster{Name: name, Context: ctx})
+	}
+	return out, nil
+}
+
+// parseConfig reads flags from args; each flag's default comes from the
+// environment variable named in its usage.
+func parseConfig(args []string, env func(string) (string, bool), out io.Writer) (*config, error) {
+	getenv := func(k, def string) string {
+		if v, ok := env(k); ok && v != "" {
+			return v
+		}
+		return def
+	}
+	var envErr error
+	intEnv := func(k string, def int) int {
+		v, ok := env(k)
+		if !ok || v == "" {
+			return def
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil && envErr == nil {
+			envErr = fmt.Errorf("%s=%q is not a number", k, v)
+		}
+		return n
+	}
+	durEnv := func(k string, def time.Duration) time.Duration {
+		v, ok := env(k)
+		if !ok || v == "" {
+			return def
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil && envErr == nil {
+			envErr = fmt.Errorf("%s=%q is not a duration", k, v)
+		}
+		return d
+	}
+
+	c := &config{Runner: runner.Config{Kind: event.KindK8s}}
+	fs := flag.NewFlagSet("k8s-runner", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&c.NATSURL, "nats", getenv("ANSFLOW_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated (env ANSFLOW_NATS_URL)")
+	fs.StringVar(&c.NATSCreds, "nats-creds", getenv("ANSFLOW_NATS_CREDS", ""), "NATS credentials file (env ANSFLOW_NATS_CREDS)")
+	clusters := fs.String("clusters", getenv("ANSFLOW_K8S_CLUSTERS", "default"),
+		`clusters served, comma-separated name=context; a bare name uses the context of that name, bare "default" the current context (env ANSFLOW_K8S_CLUSTERS)`)
+	fs.StringVar(&c.Engine.Kubeconfig, "kubeconfig", getenv("ANSFLOW_KUBECONFIG", ""), "kubeconfig file; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account (env ANSFLOW_KUBECONFIG)")
+	fs.StringVar(&c.Engine.FieldManager, "field-manager", getenv("ANSFLOW_FIELD_MANAGER", engine.DefaultFieldManager), "server-side apply field manager (env ANSFLOW_FIELD_MANAGER)")
+	fs.DurationVar(&c.Engine.WaitTimeout, "wait-timeout", durEnv("ANSFLOW_K8S_WAIT_TIMEOUT", engine.DefaultWaitTimeout), "bound of a wait whose step sets no timeout (env ANSFLOW_K8S_WAIT_TIMEOUT)")
+	fs.IntVar(&c.Runner.Concurrency, "concurrency", intEnv("ANSFLOW_CONCURRENCY", 4), "steps executed at once per cluster (env ANSFLOW_CONCURRENCY)")
+	fs.StringVar(&c.Runner.ID, "id", getenv("ANSFLOW_RUNNER_ID", ""), "runner instance id in events; default k8s-runner@HOST-PID (env ANSFLOW_RUNNER_ID)")
+	fs.StringVar(&c.Runner.WorkDir, "work-dir", getenv("ANSFLOW_WORK_DIR", ""), "where run sources (for manifest_file) are unpacked (env ANSFLOW_WORK_DIR)")
+	fs.DurationVar(&c.Runner.DefaultTimeout, "default-timeout", durEnv("ANSFLOW_DEFAULT_TIMEOUT", time.Hour), "timeout of a step that sets none (env ANSFLOW_DEFAULT_TIMEOUT)")
+	fs.DurationVar(&c.Runner.AckWait, "ack-wait", durEnv("ANSFLOW_ACK_WAIT", 30*time.Second), "how long a silent runner keeps a step before it is redelivered (env ANSFLOW_ACK_WAIT)")
+	fs.DurationVar(&c.Runner.Grace, "grace", durEnv("ANSFLOW_GRACE", 30*time.Second), "on SIGTERM, how long running steps may finish before they are stopped (env ANSFLOW_GRACE)")
+	fs.StringVar(&c.LogLevel, "log-level", getenv("ANSFLOW_LOG_LEVEL", "info"), "debug, info, warn or error (env ANSFLOW_LOG_LEVEL)")
+	fs.BoolVar(&c.LogJSON, "log-json", getenv("ANSFLOW_LOG_JSON", "") == "true", "log JSON instead of text (env ANSFLOW_LOG_JSON=true)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if envErr != nil {
+		return nil, envErr
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var err error
+	if c.Clusters, err = parseClusters(*clusters); err != nil {
+		return nil, err
+	}
+	if c.Runner.ID == "" {
+		host, _ := os.Hostname()
+		c.Runner.ID = fmt.Sprintf("k8s-runner@%s-%d", host, os.Getpid())
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// run serves the configured clusters until ctx is done.
+func run(ctx context.Context, cfg *config) error {
+	log, err := logging.New(cfg.LogLevel, cfg.LogJSON)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	log = log.With(zap.String("service", "k8s-runner"))
+
+	engines := make([]*engine.Engine, len(cfg.Clusters))
+	for i, cl := range cfg.Clusters {
+		ec := cfg.Engine
+		ec.Context, ec.Cluster = cl.Context, cl.Name
+		eng, err := engine.New(ec, log)
+		if err != nil {
+			return err
+		}
+		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		version, err := eng.Ping(pctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+		log.Info("cluster reachable", zap.String("cluster", cl.Name), zap.String("context", cl.Context), zap.String("version", version))
+		engines[i] = eng
+	}
+
+	nc, err := natsutil.Connect(cfg.NATSURL, cfg.Runner.ID, cfg.NATSCreds)
+	if err != nil {
+		return err
+	}
+	defer nc.Drain()
+	js, err := natsutil.JetStream(nc)
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for i, cl := range cfg.Clusters {
+		rc := cfg.Runner
+		rc.Targets = []string{cl.Name}
+		if len(cfg.Clusters) > 1 {
+			rc.ID = cfg.Runner.ID + "/" + cl.Name
+		}
+		r := runner.New(rc, nc, js, engines[i], &source.Fetcher{JS: js}, log)
+		g.Go(func() error { return r.Run(gctx) })
+	}
+	err = g.Wait()
+	if err != nil && ctx.Err() != nil {
+		log.Info("shutting down", zap.NamedError("reason", context.Cause(ctx)))
+		return nil
+	}
+	return err
+}
