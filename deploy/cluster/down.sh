@@ -6,6 +6,11 @@ set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+if [[ ! -d "$STATE_DIR" ]]; then
+  log "no cluster state in $STATE_DIR: nothing to stop"
+  exit 0
+fi
+lock_state
 if [[ ! -d "$RUN_DIR" ]]; then
   log "no cluster state in $STATE_DIR: nothing to stop"
   exit 0

@@ -1,5 +1,5 @@
 # Shared settings for up.sh, down.sh and build.sh. Sourced, not executed.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 
 K8S_VERSION="v1.37.2"
 CLUSTER_NAME="ansflow-local"
@@ -21,7 +21,22 @@ PORTS_FILE="$STATE_DIR/ports.env"
 # Start order; down.sh stops in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
+# lock_state: serialise up.sh/down.sh runs on one state dir (fd 9, closed for daemons).
+lock_state() {
+  mkdir -p "$STATE_DIR"
+  exec 9>"$STATE_DIR/.lock"
+  flock 9
+}
+
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# alive PID: the process exists and is not a zombie waiting to be reaped.
+alive() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
 
 # pid_of COMPONENT: prints the pid if the recorded process is alive and still
 # runs the recorded binary (guards against pid reuse); fails otherwise.
@@ -29,7 +44,7 @@ pid_of() {
   local f="$RUN_DIR/$1.pid" pid bin exe
   [[ -f "$f" ]] || return 1
   read -r pid bin <"$f" || return 1
-  [[ -n "$pid" && -d "/proc/$pid" ]] || return 1
+  [[ -n "$pid" ]] && alive "$pid" || return 1
   exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
   exe="${exe% (deleted)}"
   [[ "$exe" == "$bin" ]] || return 1
@@ -45,11 +60,11 @@ stop_all() {
       log "stopping $c (pid $pid)"
       kill -TERM "$pid" 2>/dev/null || true
       waited=0
-      while [[ -d "/proc/$pid" ]] && ((waited < 150)); do
+      while alive "$pid" && ((waited < 150)); do
         sleep 0.1
         waited=$((waited + 1))
       done
-      if [[ -d "/proc/$pid" ]]; then
+      if alive "$pid"; then
         log "$c (pid $pid) did not stop in 15s: SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
       fi

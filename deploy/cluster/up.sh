@@ -2,15 +2,15 @@
 # Starts a local, real Kubernetes control plane (etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler) with kwok-simulated nodes, all on 127.0.0.1.
 # Progress goes to stderr; the LAST line on stdout is `export KUBECONFIG=<path>`, so
-#   eval "$(deploy/cluster/up.sh)"
-# works. Reuses a healthy running cluster. See README.md beside this file.
+#   out="$(deploy/cluster/up.sh)" && eval "$out"
+# works (a bare eval "$(...)" would swallow a failure). Reuses a healthy running
+# cluster. See README.md beside this file.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 NODE_COUNT="${ANSFLOW_CLUSTER_NODES:-3}"
 EXEC_WORKDIR="${ANSFLOW_CLUSTER_EXEC_WORKDIR:-$STATE_DIR/exec}"
-START_TIMEOUT="${ANSFLOW_CLUSTER_TIMEOUT:-180}"
 
 STARTED=0 # set to 1 once we start processes: on failure they are stopped again
 
@@ -55,7 +55,7 @@ start() {
   bin="$(readlink -f "$BIN_DIR/$1")"
   shift
   : >"$LOG_DIR/$c.log"
-  setsid "$bin" "$@" </dev/null >>"$LOG_DIR/$c.log" 2>&1 &
+  setsid "$bin" "$@" </dev/null >>"$LOG_DIR/$c.log" 2>&1 9>&- &
   echo "$! $bin" >"$RUN_DIR/$c.pid"
   STARTED=1
   log "started $c (pid $!, log $LOG_DIR/$c.log)"
@@ -87,7 +87,7 @@ all_running() {
 
 # ---------- reuse a healthy cluster ----------
 
-mkdir -p "$STATE_DIR"
+lock_state
 if [[ -f "$PORTS_FILE" ]]; then
   # shellcheck disable=SC1090
   source "$PORTS_FILE"
@@ -104,19 +104,17 @@ fi
 
 # ---------- prerequisites and binaries ----------
 
-for tool in openssl curl setsid; do
+for tool in openssl curl; do
   if ! command -v "$tool" >/dev/null; then
     log "installing missing tool: $tool"
-    pkg="$tool"
-    [[ "$tool" == setsid ]] && pkg=util-linux
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg"; } >&2 ||
-      fail "could not install $pkg (needed for $tool)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool"; } >&2 ||
+      fail "could not install $tool"
   fi
 done
 
 mkdir -p "$LOG_DIR" "$RUN_DIR" "$PKI_DIR" "$EXEC_WORKDIR"
 if ! "$CLUSTER_HERE/build.sh" --check; then
-  log "building the control plane binaries into $BIN_DIR (cold: ~15 min on 2 cores; log $LOG_DIR/build.log)"
+  log "building the control plane binaries into $BIN_DIR (cold: 15-30 min on 2 cores; log $LOG_DIR/build.log)"
   t0=$SECONDS
   if ! "$CLUSTER_HERE/build.sh" >"$LOG_DIR/build.log" 2>&1; then
     tail -n 30 "$LOG_DIR/build.log" >&2 || true
@@ -127,15 +125,13 @@ fi
 
 # ---------- ports ----------
 
-APISERVER_PORT="$(pick_port "${ANSFLOW_CLUSTER_APISERVER_PORT:-6443}")"
-ETCD_PORT="$(pick_port "${ANSFLOW_CLUSTER_ETCD_PORT:-12379}")"
-ETCD_PEER_PORT="$(pick_port $((ETCD_PORT + 1)))"
-KCM_PORT="$(pick_port "${ANSFLOW_CLUSTER_KCM_PORT:-10257}")"
-SCHEDULER_PORT="$(pick_port "${ANSFLOW_CLUSTER_SCHEDULER_PORT:-10259}")"
-KWOK_PORT="$(pick_port "${ANSFLOW_CLUSTER_KWOK_PORT:-10247}")"
-for p in "$APISERVER_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$KCM_PORT" "$SCHEDULER_PORT" "$KWOK_PORT"; do
-  [[ -n "$p" ]] || fail "no free port found on 127.0.0.1"
-done
+nofree() { fail "no free port on 127.0.0.1 near $1"; }
+APISERVER_PORT="$(pick_port "${ANSFLOW_CLUSTER_APISERVER_PORT:-6443}")" || nofree apiserver
+ETCD_PORT="$(pick_port "${ANSFLOW_CLUSTER_ETCD_PORT:-12379}")" || nofree etcd
+ETCD_PEER_PORT="$(pick_port $((ETCD_PORT + 1)))" || nofree etcd-peer
+KCM_PORT="$(pick_port "${ANSFLOW_CLUSTER_KCM_PORT:-10257}")" || nofree kube-controller-manager
+SCHEDULER_PORT="$(pick_port "${ANSFLOW_CLUSTER_SCHEDULER_PORT:-10259}")" || nofree kube-scheduler
+KWOK_PORT="$(pick_port "${ANSFLOW_CLUSTER_KWOK_PORT:-10247}")" || nofree kwok
 cat >"$PORTS_FILE" <<EOF
 APISERVER_PORT=$APISERVER_PORT
 ETCD_PORT=$ETCD_PORT
@@ -167,7 +163,14 @@ gen_cert() { # NAME SUBJECT [SAN]: key + cert signed by the cluster CA
   rm -f "$PKI_DIR/$name.csr" "$ext"
 }
 
-if [[ ! -f "$PKI_DIR/sa.pub" ]]; then
+pki_complete() {
+  local f
+  for f in ca apiserver admin kwok front-proxy-client; do
+    [[ -f "$PKI_DIR/$f.crt" && -f "$PKI_DIR/$f.key" ]] || return 1
+  done
+  [[ -f "$PKI_DIR/sa.key" && -f "$PKI_DIR/sa.pub" ]]
+}
+if ! pki_complete; then
   log "generating certificates in $PKI_DIR"
   rm -rf "${PKI_DIR:?}"/*
   openssl req -x509 -new -newkey rsa:2048 -nodes -keyout "$PKI_DIR/ca.key" -out "$PKI_DIR/ca.crt" \
@@ -180,6 +183,9 @@ if [[ ! -f "$PKI_DIR/sa.pub" ]]; then
   gen_cert admin "/O=system:masters/CN=kubernetes-admin"
   # kwok's kubelet-like server (logs/exec); the apiserver verifies it against the CA.
   gen_cert kwok "/CN=kwok" "IP:127.0.0.1,DNS:localhost"
+  # Front proxy (aggregation layer) client; without it every component logs
+  # "missing content for CA bundle ... requestheader-client-ca-file".
+  gen_cert front-proxy-client "/CN=front-proxy-client"
   openssl genrsa -out "$PKI_DIR/sa.key" 2048 2>/dev/null
   openssl rsa -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub" 2>/dev/null
 fi
@@ -231,6 +237,13 @@ start kube-apiserver \
   --kubelet-client-key "$PKI_DIR/admin.key" \
   --kubelet-certificate-authority "$PKI_DIR/ca.crt" \
   --kubelet-preferred-address-types InternalIP \
+  --requestheader-client-ca-file "$PKI_DIR/ca.crt" \
+  --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User \
+  --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "$PKI_DIR/front-proxy-client.crt" \
+  --proxy-client-key-file "$PKI_DIR/front-proxy-client.key" \
   --allow-privileged=true \
   --profiling=false
 wait_for kube-apiserver "kube-apiserver /readyz on https://127.0.0.1:$APISERVER_PORT" 120 apiserver_ready
@@ -345,7 +358,8 @@ spec:
       phase: Running
       startTime: {{ \$now | Quote }}
 ---
-# kubectl exec runs the command on this host, in this directory.
+# kubectl exec runs the command on this host, in this directory, with a
+# pod-like PATH (not the environment of whoever started the cluster).
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: ClusterExec
 metadata:
@@ -354,6 +368,11 @@ spec:
   execs:
   - local:
       workDir: $EXEC_WORKDIR
+      envs:
+      - name: PATH
+        value: /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+      - name: HOME
+        value: $EXEC_WORKDIR
 ---
 # kubectl logs serves this CRI-format file unless a Logs object names the pod.
 apiVersion: kwok.x-k8s.io/v1alpha1
