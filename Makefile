@@ -11,9 +11,9 @@ build: ## build ansflow and every service binary into bin/
 	@for s in docker-runner k8s-runner audit; do \
 		if ls services/$$s/*.go >/dev/null 2>&1; then go build -o $(BIN)/$$s ./services/$$s || exit 1; fi; done
 
-test: ## run every test against real NATS, Docker, registry (and cluster when up)
-	go vet $(MODULES)
-	go test -count=1 -timeout 30m $(MODULES)
+test: ## install/start what the tests need (deploy/ci/setup.sh), then run every test on real parts
+	bash deploy/ci/setup.sh > .test-env
+	. ./.test-env && go vet $(MODULES) && go test -count=1 -p 1 -timeout 40m $(MODULES)
 
 images: ## one FROM-scratch image per binary (no base image or registry needed)
 	mkdir -p $(BIN)/static

@@ -62,8 +62,9 @@ type Orchestrator struct {
 	log   *zap.Logger
 	plan  planner
 
-	mu     sync.Mutex
-	wakeAt map[string]time.Time
+	mu       sync.Mutex
+	wakeAt   map[string]time.Time
+	runLocks map[string]*runLock
 
 	servedMu sync.Mutex
 	served   map[string]time.Time
@@ -83,7 +84,7 @@ func New(cfg Config, js jetstream.JetStream, st *store.Store, log *zap.Logger) *
 	if cfg.DefaultCluster == "" {
 		cfg.DefaultCluster = "default"
 	}
-	o := &Orchestrator{cfg: cfg, js: js, store: st, log: log, wakeAt: map[string]time.Time{}, served: map[string]time.Time{}}
+	o := &Orchestrator{cfg: cfg, js: js, store: st, log: log, wakeAt: map[string]time.Time{}, runLocks: map[string]*runLock{}, served: map[string]time.Time{}}
 	o.plan = planner{dispatchTimeout: cfg.DispatchTimeout, prepare: o.prepare}
 	return o
 }
@@ -323,6 +324,8 @@ func (o *Orchestrator) completed(r *store.Run, d *event.StepCompleted) bool {
 // update applies mutate to the run and reconciles it, retrying on
 // concurrent changes, then publishes the resulting effects.
 func (o *Orchestrator) update(ctx context.Context, id string, mutate func(*store.Run) bool) (*store.Run, error) {
+	unlock := o.lockRun(id)
+	defer unlock()
 	for try := 0; ; try++ {
 		get := o.store.GetRunCached
 		if try > 0 {
@@ -396,6 +399,34 @@ func (o *Orchestrator) publish(ctx context.Context, typ string, meta event.Meta,
 	}
 }
 
+// lockRun serialises this instance's updates of one run, so that its own
+// events (a step's started and completed arriving together) do not collide
+// in compare-and-swap retries. Other instances still race through CAS.
+func (o *Orchestrator) lockRun(id string) func() {
+	o.mu.Lock()
+	l, ok := o.runLocks[id]
+	if !ok {
+		l = &runLock{}
+		o.runLocks[id] = l
+	}
+	l.users++
+	o.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		o.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(o.runLocks, id)
+		}
+		o.mu.Unlock()
+	}
+}
+
+type runLock struct {
+	sync.Mutex
+	users int
+}
+
 func (o *Orchestrator) setWake(r *store.Run) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -434,12 +465,15 @@ func (o *Orchestrator) watch(ctx context.Context) error {
 				o.mu.Unlock()
 				continue
 			}
+			if !initial && o.store.Cached(e.Key()) >= e.Revision() {
+				continue // this process wrote it and already armed its timer
+			}
 			r, err := store.DecodeRun(e)
 			if err != nil {
 				o.log.Warn("undecodable run", zap.String("key", e.Key()), zap.Error(err))
 				continue
 			}
-			o.store.Observe(e, r.Terminal())
+			o.store.Observe(r)
 			o.setWake(r)
 			if initial && !r.Terminal() {
 				o.recover(ctx, r)

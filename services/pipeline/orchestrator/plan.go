@@ -85,19 +85,24 @@ func (p *planner) reconcile(r *store.Run, now time.Time) []effect {
 					changed = true
 				}
 			case s.Status == event.StatusPending:
-				ready, failedUp := true, false
-				for _, u := range spec.Upstream(deps, i) {
-					us := r.Steps[u]
-					if !us.Terminal() {
+				// A step ends only after the steps it waits for, so when its
+				// direct dependencies are over, all upstream steps are.
+				ready := true
+				for _, u := range deps[i] {
+					if !r.Steps[u].Terminal() {
 						ready = false
 						break
-					}
-					if (us.Status == event.StatusFailed && !r.Spec.Steps[u].AllowsFailure()) || us.Status == event.StatusCancelled {
-						failedUp = true
 					}
 				}
 				if !ready {
 					continue
+				}
+				failedUp := false
+				for _, u := range spec.Upstream(deps, i) {
+					us := r.Steps[u]
+					if (us.Status == event.StatusFailed && !r.Spec.Steps[u].AllowsFailure()) || us.Status == event.StatusCancelled {
+						failedUp = true
+					}
 				}
 				if s.NotBefore != nil && now.Before(*s.NotBefore) {
 					continue

@@ -42,8 +42,8 @@ type Store struct {
 }
 
 type cachedRun struct {
-	rev  uint64
-	data []byte
+	rev uint64
+	run *Run // never mutated once cached; callers get a Clone
 }
 
 // Open creates or opens the buckets. replicas is the KV replication factor.
@@ -202,14 +202,14 @@ func (s *Store) CreateRun(ctx context.Context, r *Run) error {
 		return fmt.Errorf("create run %s: %w", r.ID, err)
 	}
 	r.Revision = rev
-	s.remember(r.ID, rev, b, r.Terminal())
+	s.remember(r)
 	return nil
 }
 
-// GetRunCached returns the run as this process last wrote or observed it,
-// reading the bucket only when it has no copy. The copy may be stale; an
-// [Store.UpdateRun] based on it then fails with [ErrConflict] and the
-// caller re-reads with [Store.GetRun].
+// GetRunCached returns a copy of the run as this process last wrote or
+// observed it, reading the bucket only when it has no copy. The copy may be
+// stale; an [Store.UpdateRun] based on it then fails with [ErrConflict] and
+// the caller re-reads with [Store.GetRun].
 func (s *Store) GetRunCached(ctx context.Context, id string) (*Run, error) {
 	s.mu.Lock()
 	c, ok := s.cache[id]
@@ -217,31 +217,34 @@ func (s *Store) GetRunCached(ctx context.Context, id string) (*Run, error) {
 	if !ok {
 		return s.GetRun(ctx, id)
 	}
-	var r Run
-	if err := json.Unmarshal(c.data, &r); err != nil {
-		return nil, fmt.Errorf("decode run %s: %w", id, err)
-	}
+	r := c.run.Clone()
 	r.Revision = c.rev
-	return &r, nil
+	return r, nil
 }
 
-// Observe records a runs bucket entry seen by a watcher in the cache.
-func (s *Store) Observe(e jetstream.KeyValueEntry, terminal bool) {
-	s.remember(e.Key(), e.Revision(), e.Value(), terminal || e.Operation() != jetstream.KeyValuePut)
-}
-
-func (s *Store) remember(id string, rev uint64, data []byte, drop bool) {
+// Cached reports the revision of the cached copy of run id (0 if none), so a
+// watcher can skip decoding entries this process wrote itself.
+func (s *Store) Cached(id string) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c, ok := s.cache[id]
-	if ok && c.rev >= rev {
+	return s.cache[id].rev
+}
+
+// Observe records a run a watcher decoded from the bucket.
+func (s *Store) Observe(r *Run) { s.remember(r) }
+
+func (s *Store) remember(r *Run) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.cache[r.ID]
+	if ok && c.rev >= r.Revision {
 		return
 	}
-	if drop {
-		delete(s.cache, id)
+	if r.Terminal() {
+		delete(s.cache, r.ID)
 		return
 	}
-	s.cache[id] = cachedRun{rev: rev, data: data}
+	s.cache[r.ID] = cachedRun{rev: r.Revision, run: r.Clone()}
 }
 
 func (s *Store) forget(id string) {
@@ -288,7 +291,7 @@ func (s *Store) UpdateRun(ctx context.Context, r *Run) error {
 		return fmt.Errorf("update run %s: %w", r.ID, err)
 	}
 	r.Revision = rev
-	s.remember(r.ID, rev, b, r.Terminal())
+	s.remember(r)
 	return nil
 }
 

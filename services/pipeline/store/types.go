@@ -131,6 +131,24 @@ func (r *Run) Terminal() bool {
 	return false
 }
 
+// Clone returns a copy of r that can be changed without changing r. The
+// spec and variables are shared: they do not change during a run.
+func (r *Run) Clone() *Run {
+	c := *r
+	c.Steps = make([]*StepState, len(r.Steps))
+	for i, s := range r.Steps {
+		sc := *s
+		if s.Outputs != nil {
+			sc.Outputs = make(map[string]string, len(s.Outputs))
+			for k, v := range s.Outputs {
+				sc.Outputs[k] = v
+			}
+		}
+		c.Steps[i] = &sc
+	}
+	return &c
+}
+
 // Step returns the state of the step with id, or nil.
 func (r *Run) Step(id string) *StepState {
 	for _, s := range r.Steps {

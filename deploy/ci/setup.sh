@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs and starts what the tests need, idempotently, and prints the
+# environment that points the tests at it (`make test` sources it):
+#   - Debian packages: busybox-static (test base images), docker-registry and
+#     apache2-utils (authenticated registries), git (sources), curl;
+#   - PostgreSQL for the audit store (services/audit/ci/postgres.sh);
+#   - the local Kubernetes control plane (deploy/cluster/up.sh; its first
+#     build takes 15-30 minutes on 2 cores, then it is cached by version).
+# Progress goes to stderr; stdout carries only `export` lines.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+exec 3>&1 1>&2
+
+missing=()
+command -v busybox >/dev/null || missing+=(busybox-static)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
+command -v git >/dev/null || missing+=(git)
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "== installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+docker version --format 'Docker Engine {{.Server.Version}}' || { echo "the Docker Engine is not reachable" >&2; exit 1; }
+
+echo "== PostgreSQL"
+bash services/audit/ci/postgres.sh >&3
+
+echo "== local Kubernetes control plane"
+out=$(bash deploy/cluster/up.sh) || { echo "cluster failed to start" >&2; exit 1; }
+echo "$out" | tail -n 1 >&3
