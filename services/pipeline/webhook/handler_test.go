@@ -54,7 +54,7 @@ type fixture struct {
 	srv *httptest.Server
 }
 
-func setup(t *testing.T) *fixture {
+func setup(t testing.TB) *fixture {
 	t.Helper()
 	ns := natstest.Run(t)
 	ctx, cancel := context.WithCancel(context.Background())
