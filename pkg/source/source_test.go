@@ -1,0 +1,71 @@
+package source
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
+)
+
+func TestUploadAndFetchRoundTrip(t *testing.T) {
+	ns := natstest.Run(t)
+	src := t.TempDir()
+	os.MkdirAll(filepath.Join(src, "sub", ".git"), 0o755)
+	os.WriteFile(filepath.Join(src, "Dockerfile"), []byte("FROM scratch\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "sub", "run.sh"), []byte("#!/bin/sh\n"), 0o755)
+	os.WriteFile(filepath.Join(src, "sub", ".git", "HEAD"), []byte("x"), 0o644)
+	os.Symlink("run.sh", filepath.Join(src, "sub", "link"))
+	ref, err := Upload(context.Background(), ns.JS, src, "run-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	if err := (&Fetcher{JS: ns.JS}).Fetch(context.Background(), ref, dst); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst, "Dockerfile")); string(b) != "FROM scratch\n" {
+		t.Errorf("Dockerfile = %q", b)
+	}
+	if st, err := os.Stat(filepath.Join(dst, "sub", "run.sh")); err != nil || st.Mode()&0o100 == 0 {
+		t.Errorf("run.sh lost its mode: %v", err)
+	}
+	if l, _ := os.Readlink(filepath.Join(dst, "sub", "link")); l != "run.sh" {
+		t.Errorf("symlink = %q", l)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "sub", ".git")); err == nil {
+		t.Error(".git was uploaded")
+	}
+}
+
+func TestUnpackRefusesEscapes(t *testing.T) {
+	for _, hdr := range []*tar.Header{
+		{Name: "../evil", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "ok/../../evil", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "link", Typeflag: tar.TypeSymlink, Linkname: "/etc/passwd"},
+		{Name: "link2", Typeflag: tar.TypeSymlink, Linkname: "../../x"},
+	} {
+		var buf bytes.Buffer
+		gz := gzip.NewWriter(&buf)
+		tw := tar.NewWriter(gz)
+		tw.WriteHeader(hdr)
+		tw.Close()
+		gz.Close()
+		err := Unpack(&buf, t.TempDir())
+		if err == nil || !strings.Contains(err.Error(), "outside") && !strings.Contains(err.Error(), "escapes") {
+			t.Errorf("%s: err = %v", hdr.Name, err)
+		}
+	}
+}
+
+func TestCloneRefusesOptionLikeArguments(t *testing.T) {
+	err := Clone(context.Background(), "--upload-pack=touch /tmp/pwned", "", t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "look like options") {
+		t.Errorf("err = %v", err)
+	}
+}
