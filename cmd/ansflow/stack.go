@@ -18,6 +18,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/source"
+	"github.com/ansflow/ansflow/services/audit/audit"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
 )
@@ -38,12 +39,12 @@ type stackConfig struct {
 // stack is the embedded AnsFlow: a nats-server and the services in one
 // process.
 type stack struct {
-	ns      *server.Server
-	nc      *nats.Conn
-	URL     string // API base URL
-	done    chan error
-	cancel  context.CancelFunc
-	cleanup []func()
+	ns     *server.Server
+	nc     *nats.Conn
+	URL    string // API base URL
+	done   chan error
+	cancel context.CancelFunc
+	audit  *audit.Service // nil when the stack runs none
 }
 
 // servedEngine is an engine and the pools or clusters it serves.
@@ -105,7 +106,7 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 		}
 	}
 	if cfg.Audit {
-		if err := startAudit(gctx, g, conn, cfg, log); err != nil {
+		if st.audit, err = startAudit(gctx, g, conn, cfg, log); err != nil {
 			return fail(err)
 		}
 	}
@@ -136,9 +137,9 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 			ln.Close()
 			return fail(err)
 		}
-		if h := auditHandler(); h != nil {
-			svc.API.Handle("/api/v1/audit", h)
-			svc.API.Handle("/api/v1/audit/", h)
+		if st.audit != nil {
+			svc.API.Handle(audit.PathQuery, st.audit.Handler())
+			svc.API.Handle(audit.PathQuery+"/", st.audit.Handler())
 		}
 		st.URL = "http://" + ln.Addr().String()
 		g.Go(func() error { return svc.Run(gctx) })
@@ -196,6 +197,12 @@ func waitConsumer(ctx context.Context, js jetstream.JetStream, kind, target stri
 }
 
 func (s *stack) stop() {
+	if s.audit != nil {
+		// Record what was published before stopping.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = s.audit.WaitCaughtUp(ctx)
+		cancel()
+	}
 	if s.cancel != nil {
 		s.cancel()
 		select {

@@ -2,11 +2,11 @@ package store
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -21,73 +21,125 @@ const (
 
 // hasher computes record hashes with a reused buffer; it is not safe for
 // concurrent use.
+//
+// The hashed bytes are a canonical encoding of the record: a text field is
+// "<byte length>:<bytes>", an integer field "<decimal>:", in the order of
+// [canonicalColumns]. SQLite builds the same bytes in SQL (see
+// canonicalSQL), so that verifying a row costs one column read instead of
+// nineteen.
 type hasher struct{ buf []byte }
 
-func (h *hasher) str(s string) {
-	h.buf = binary.AppendUvarint(h.buf, uint64(len(s)))
+func (h *hasher) text(s string) {
+	h.buf = strconv.AppendInt(h.buf, int64(len(s)), 10)
+	h.buf = append(h.buf, ':')
 	h.buf = append(h.buf, s...)
 }
 
-func (h *hasher) bytes(b []byte) {
-	h.buf = binary.AppendUvarint(h.buf, uint64(len(b)))
+func (h *hasher) blob(b []byte) {
+	h.buf = strconv.AppendInt(h.buf, int64(len(b)), 10)
+	h.buf = append(h.buf, ':')
 	h.buf = append(h.buf, b...)
 }
 
-func (h *hasher) int(n int64) { h.buf = binary.BigEndian.AppendUint64(h.buf, uint64(n)) }
+func (h *hasher) int(n int64) {
+	h.buf = strconv.AppendInt(h.buf, n, 10)
+	h.buf = append(h.buf, ':')
+}
 
-func (h *hasher) sum() string {
-	s := sha256.Sum256(h.buf)
+func (h *hasher) sum() string { return hashBytes(h.buf) }
+
+func hashBytes(b []byte) string {
+	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
 }
 
-// recordHash is the chain hash of r: SHA-256 over a length-prefixed
-// encoding of every field but Hash. Seq is included, so moving a record
-// changes its hash.
-func (h *hasher) recordHash(r *Record) string {
+// canonicalColumns lists the hashed columns in order, with true for text
+// columns; canonical must follow it.
+var canonicalColumns = []struct {
+	name string
+	text bool
+}{
+	{"seq", false}, {"prev_hash", true}, {"stream", true}, {"stream_seq", false}, {"source", true},
+	{"event_id", true}, {"type", true}, {"time_ns", false}, {"subject", true}, {"run_id", true},
+	{"step_id", true}, {"attempt", false}, {"pipeline", true}, {"actor", true}, {"data", true},
+	{"rejected", false}, {"reason", true}, {"received_ns", false},
+}
+
+// canonical writes the canonical encoding of r (every field but Hash) to
+// the buffer. Seq is included, so moving a record changes its hash.
+func (h *hasher) canonical(r *Record) {
 	h.buf = h.buf[:0]
-	h.str(recordDomain)
+	h.text(recordDomain)
 	h.int(r.Seq)
-	h.str(r.PrevHash)
-	h.str(r.Stream)
+	h.text(r.PrevHash)
+	h.text(r.Stream)
 	h.int(int64(r.StreamSeq))
-	h.str(r.Source)
-	h.str(r.ID)
-	h.str(r.Type)
+	h.text(r.Source)
+	h.text(r.ID)
+	h.text(r.Type)
 	h.int(toNanos(r.Time))
-	h.str(r.Subject)
-	h.str(r.RunID)
-	h.str(r.StepID)
+	h.text(r.Subject)
+	h.text(r.RunID)
+	h.text(r.StepID)
 	h.int(int64(r.Attempt))
-	h.str(r.Pipeline)
-	h.str(r.Actor)
-	h.bytes(r.Data)
+	h.text(r.Pipeline)
+	h.text(r.Actor)
+	h.blob(r.Data)
 	if r.Rejected {
 		h.int(1)
 	} else {
 		h.int(0)
 	}
-	h.str(r.Reason)
+	h.text(r.Reason)
 	h.int(toNanos(r.ReceivedAt))
+}
+
+// recordHash is the chain hash of r: the hex SHA-256 of its canonical
+// encoding.
+func (h *hasher) recordHash(r *Record) string {
+	h.canonical(r)
 	return h.sum()
 }
+
+// canonicalSQL is a SQLite expression that yields the canonical encoding
+// of a row of audit_records as a BLOB. One format() call costs SQLite less
+// than a chain of || operators. %s stops at a NUL byte, which stored text
+// never holds (see cleanText) and JSON data cannot; a value tampered to
+// hold one is still caught, as its octet_length no longer matches.
+var canonicalSQL = func() string {
+	var h hasher
+	h.text(recordDomain)
+	layout := strings.ReplaceAll(string(h.buf), "%", "%%")
+	var args []string
+	for _, c := range canonicalColumns {
+		if c.text {
+			layout += "%d:%s"
+			args = append(args, "octet_length("+c.name+")", c.name)
+		} else {
+			layout += "%d:"
+			args = append(args, c.name)
+		}
+	}
+	return "CAST(format('" + layout + "', " + strings.Join(args, ", ") + ") AS BLOB)"
+}()
 
 // checkpointSeal is the seal of checkpoint c held by record r: it covers
 // the record's identity and every field of c but the seal itself.
 func (h *hasher) checkpointSeal(r *Record, c *Checkpoint) string {
 	h.buf = h.buf[:0]
-	h.str(checkpointDomain)
+	h.text(checkpointDomain)
 	h.int(r.Seq)
-	h.str(r.PrevHash)
-	h.str(r.Hash)
-	h.str(r.Source)
-	h.str(r.ID)
+	h.text(r.PrevHash)
+	h.text(r.Hash)
+	h.text(r.Source)
+	h.text(r.ID)
 	h.int(toNanos(r.Time))
 	h.int(toNanos(r.ReceivedAt))
 	h.int(c.FirstSeq)
 	h.int(c.LastSeq)
 	h.int(c.Count)
-	h.str(c.Anchor)
-	h.str(c.PrevSeal)
+	h.text(c.Anchor)
+	h.text(c.PrevSeal)
 	h.int(toNanos(c.PrunedAt))
 	return h.sum()
 }
@@ -172,6 +224,16 @@ type verifier struct {
 // next checks r against the records seen so far and reports whether the
 // walk may go on.
 func (v *verifier) next(r *Record) bool {
+	if r.IsCheckpoint() {
+		return v.nextHashed(r, "")
+	}
+	return v.nextHashed(r, v.h.recordHash(r))
+}
+
+// nextHashed is next for a record whose content hash is already computed:
+// r needs only Seq, Hash, PrevHash, Source and Type (and all of its fields
+// when it is a checkpoint).
+func (v *verifier) nextHashed(r *Record, content string) bool {
 	if v.res.Bad != nil {
 		return false
 	}
@@ -199,7 +261,7 @@ func (v *verifier) next(r *Record) bool {
 	case r.PrevHash != v.prev.hash:
 		return v.bad(r, fmt.Sprintf("prev_hash does not match the hash of seq %d: a record before it was edited, removed or reordered", v.prev.seq))
 	}
-	if got := v.h.recordHash(r); got != r.Hash {
+	if content != r.Hash {
 		return v.bad(r, "content does not match its hash: the record was edited")
 	}
 	v.prev = chainHead{seq: r.Seq, hash: r.Hash}
@@ -273,6 +335,47 @@ func (h *hasher) newCheckpoint(first, last *Record, now time.Time) (Record, erro
 	}
 	r.Data = data
 	return r, nil
+}
+
+// segment is a range of the chain checked on its own: its first record is
+// kept unjudged, and the records after it are checked against it. Stitching
+// the segments in order then gives the result a single walk would.
+type segment struct {
+	n            int64 // records seen
+	first        Record
+	firstContent string
+	v            verifier // over the records after first
+}
+
+// add takes the next record of the segment and reports whether to go on.
+func (s *segment) add(r *Record, content string) bool {
+	s.n++
+	if s.n == 1 {
+		s.first, s.firstContent = *r, content
+		s.v = verifier{started: true, prev: chainHead{seq: r.Seq, hash: r.Hash}}
+		return true
+	}
+	return s.v.nextHashed(r, content)
+}
+
+// stitch continues v with the segment and reports whether to go on.
+func (s *segment) stitch(v *verifier) bool {
+	if s.n == 0 {
+		return true
+	}
+	if !v.nextHashed(&s.first, s.firstContent) {
+		return false
+	}
+	v.res.Records += s.v.res.Records
+	if s.v.res.Bad != nil {
+		v.res.Bad = s.v.res.Bad
+		return false
+	}
+	if s.n > 1 {
+		v.prev = s.v.prev
+		v.res.LastSeq, v.res.HeadHash = s.v.res.LastSeq, s.v.res.HeadHash
+	}
+	return true
 }
 
 // pruner verifies the prefix a prune removes and remembers its ends.

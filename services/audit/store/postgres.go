@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS audit_runs (
 	run_id   TEXT PRIMARY KEY,
 	pipeline TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS audit_runs_pipeline ON audit_runs(pipeline);
 CREATE TABLE IF NOT EXISTS audit_head (
 	id   INTEGER PRIMARY KEY CHECK (id = 1),
 	seq  BIGINT NOT NULL,
@@ -208,7 +209,7 @@ func (p *Postgres) Query(ctx context.Context, f Filter) (Page, error) {
 	if err != nil {
 		return Page{}, err
 	}
-	q, args := selectPage(f, after, pgPlaceholder)
+	q, args := selectPage(f, after, postgresDialect)
 	rows, err := p.pool.Query(ctx, q, args...)
 	if err != nil {
 		return Page{}, fmt.Errorf("query audit records: %w", err)
@@ -281,7 +282,7 @@ func (p *Postgres) Prune(ctx context.Context, opts PruneOptions) (PruneResult, e
 			last = opts.BeforeSeq - 1
 		case !opts.Before.IsZero():
 			var keep *int64
-			if err := tx.QueryRow(ctx, `SELECT MIN(seq) FROM audit_records WHERE received_ns >= $1`, toNanos(opts.Before)).Scan(&keep); err != nil {
+			if err := tx.QueryRow(ctx, `SELECT MIN(seq) FROM audit_records WHERE received_ns >= $1 AND type <> $2`, toNanos(opts.Before), TypeCheckpoint).Scan(&keep); err != nil {
 				return err
 			}
 			last = 1<<63 - 1

@@ -56,33 +56,62 @@ func (q *queryBuilder) add(cond string, args ...any) {
 	q.where = append(q.where, cond)
 }
 
+// dialect is what differs between the databases in a query.
+type dialect struct {
+	// ph is the n-th placeholder.
+	ph func(n int) string
+	// noIndex wraps a column so the planner does not pick its index (SQLite
+	// has no statistics to choose by; PostgreSQL has them).
+	noIndex func(col string) string
+}
+
+var (
+	sqliteDialect   = dialect{ph: func(int) string { return "?" }, noIndex: func(c string) string { return "+" + c }}
+	postgresDialect = dialect{ph: func(n int) string { return "$" + strconv.Itoa(n) }, noIndex: func(c string) string { return c }}
+)
+
 // selectPage returns the query for one page of f after seq, asking for one
 // more row than the page holds so the caller knows whether a next page
-// exists.
-func selectPage(f Filter, after int64, ph func(n int) string) (string, []any) {
-	q := &queryBuilder{ph: ph}
+// exists. The most selective filter drives the index: run, then actor,
+// then pipeline, then type.
+func selectPage(f Filter, after int64, d dialect) (string, []any) {
+	q := &queryBuilder{ph: d.ph}
 	q.add("seq > ?", after)
-	if f.RunID != "" {
-		q.add("run_id = ?", f.RunID)
+	led := false
+	col := func(c string) string {
+		if led {
+			return d.noIndex(c)
+		}
+		led = true
+		return c
 	}
-	if f.StepID != "" {
-		q.add("step_id = ?", f.StepID)
+	if f.RunID != "" {
+		q.add(col("run_id")+" = ?", f.RunID)
 	}
 	if f.Actor != "" {
 		// The literal "<> ''" lets the planner use the partial index.
-		q.add("actor = ? AND actor <> ''", f.Actor)
+		c := col("actor")
+		q.add(c+" = ? AND "+c+" <> ''", f.Actor)
+	}
+	if f.Pipeline != "" {
+		c := col("pipeline")
+		run := "run_id"
+		if c != "pipeline" {
+			run = d.noIndex(run)
+		}
+		q.add("(("+c+" = ? AND "+c+" <> '') OR "+run+" IN (SELECT run_id FROM audit_runs WHERE pipeline = ?))", f.Pipeline, f.Pipeline)
 	}
 	if f.Type != "" {
-		q.add("type = ?", f.Type)
+		q.add(col("type")+" = ?", f.Type)
+	}
+	if f.StepID != "" {
+		q.add(d.noIndex("step_id")+" = ?", f.StepID)
 	}
 	if !f.Since.IsZero() {
 		q.add("time_ns >= ?", toNanos(f.Since))
 	}
 	if !f.Until.IsZero() {
 		q.add("time_ns < ?", toNanos(f.Until))
-	}
-	if f.Pipeline != "" {
-		q.add("((pipeline = ? AND pipeline <> '') OR run_id IN (SELECT run_id FROM audit_runs WHERE pipeline = ?))", f.Pipeline, f.Pipeline)
 	}
 	sql := "SELECT " + recordColumns + " FROM audit_records WHERE " + strings.Join(q.where, " AND ") +
 		" ORDER BY seq LIMIT " + strconv.Itoa(f.limit()+1)

@@ -198,6 +198,7 @@ var ErrInvalidRecord = errors.New("invalid audit record")
 // ChainError reports the first record of a broken chain.
 type ChainError struct{ Mismatch Mismatch }
 
+// Error names the first bad record and why it does not match.
 func (e *ChainError) Error() string {
 	return fmt.Sprintf("%v at seq %d (%s %s): %s", ErrChainBroken, e.Mismatch.Seq, e.Mismatch.Source, e.Mismatch.ID, e.Mismatch.Reason)
 }
