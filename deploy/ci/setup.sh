@@ -2,7 +2,8 @@
 # Installs and starts what the tests need, idempotently, and prints the
 # environment that points the tests at it (`make test` sources it):
 #   - Debian packages: busybox-static (test base images), docker-registry and
-#     apache2-utils (authenticated registries), git (sources), curl;
+#     apache2-utils (authenticated registries), git (sources), curl,
+#     python3-pytest and python-is-python3 (the seed pipeline's k8s_exec);
 #   - PostgreSQL for the audit store (services/audit/ci/postgres.sh);
 #   - the local Kubernetes control plane (deploy/cluster/up.sh; its first
 #     build takes 15-30 minutes on 2 cores, then it is cached by version).
@@ -18,6 +19,8 @@ command -v htpasswd >/dev/null || missing+=(apache2-utils)
 command -v git >/dev/null || missing+=(git)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
+[ -x /usr/bin/python ] || missing+=(python-is-python3) # the seed pipeline's k8s_exec runs `python -m pytest`
+/usr/bin/python3 -c 'import pytest' 2>/dev/null || missing+=(python3-pytest)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "== installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
