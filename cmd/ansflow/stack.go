@@ -41,8 +41,9 @@ type stackConfig struct {
 type stack struct {
 	ns     *server.Server
 	nc     *nats.Conn
-	URL    string // API base URL
-	done   chan error
+	URL    string        // API base URL
+	done   chan struct{} // closed when every service returned; err says why
+	err    error
 	cancel context.CancelFunc
 	audit  *audit.Service // nil when the stack runs none
 }
@@ -75,7 +76,7 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 	if err != nil {
 		return nil, err
 	}
-	st := &stack{ns: ns, done: make(chan error, 1)}
+	st := &stack{ns: ns, done: make(chan struct{})}
 	fail := func(err error) (*stack, error) { st.stop(); return nil, err }
 	conn := func(name string) (*nats.Conn, error) { return natsutil.ConnectInProcess(ns, name) }
 	st.nc, err = conn("ansflow-cli")
@@ -144,7 +145,7 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 		st.URL = "http://" + ln.Addr().String()
 		g.Go(func() error { return svc.Run(gctx) })
 	}
-	go func() { st.done <- g.Wait() }()
+	go func() { st.err = g.Wait(); close(st.done) }()
 	return st, nil
 }
 

@@ -40,7 +40,11 @@ func cmdUp(ctx context.Context, args []string) error {
 	select {
 	case <-ctx.Done():
 		return nil
-	case err := <-st.done:
-		return err
+	case <-st.done: // a service failed, or none runs but the NATS server
+		if st.err != nil {
+			return st.err
+		}
+		<-ctx.Done()
+		return nil
 	}
 }

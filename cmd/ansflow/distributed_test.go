@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
+	"github.com/ansflow/ansflow/services/pipeline/api"
+	"github.com/ansflow/ansflow/services/pipeline/store"
+)
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// daemon starts a binary and stops it (SIGTERM, then SIGKILL) when the test
+// ends; its output goes to a log file shown on failure.
+func daemon(t *testing.T, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	logf, err := os.Create(filepath.Join(t.TempDir(), filepath.Base(name)+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("%s %v log:\n%s", filepath.Base(name), args, b)
+		}
+	})
+	return cmd
+}
+
+// TestDistributedMode runs every service as its own process against a NATS
+// server of its own: the pipeline service, two docker runners sharing the
+// default pool, and the audit service. Steps spread over both runners; a
+// runner killed mid-step loses its attempt to the other, and the retry
+// succeeds; the audit service records the run.
+func TestDistributedMode(t *testing.T) {
+	cli := dockertest.Client(t)
+	image := dockertest.BusyboxImage(t, cli)
+	bin := t.TempDir()
+	for _, b := range []struct{ name, pkg string }{
+		{"ansflow", "."}, {"pipeline", "../../services/pipeline"}, {"docker-runner", "../../services/docker-runner"}, {"audit", "../../services/audit"},
+	} {
+		if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, b.name), b.pkg).CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", b.name, err, out)
+		}
+	}
+	natsAddr, apiAddr, auditAddr := freePort(t), freePort(t), freePort(t)
+	natsURL := "nats://" + natsAddr
+	daemon(t, filepath.Join(bin, "ansflow"), "up", "--no-pipeline", "--no-runners", "--no-audit", "--nats", natsAddr, "--data-dir", t.TempDir())
+	waitTCP(t, natsAddr)
+	daemon(t, filepath.Join(bin, "pipeline"), "--nats", natsURL, "--http", apiAddr, "--dispatch-timeout", "20s")
+	runners := map[string]*exec.Cmd{}
+	for _, id := range []string{"runner-a", "runner-b"} {
+		runners[id] = daemon(t, filepath.Join(bin, "docker-runner"), "--nats", natsURL, "--pools", "default", "--id", id, "--concurrency", "2",
+			"--ack-wait", "2s", "--work-dir", t.TempDir())
+	}
+	daemon(t, filepath.Join(bin, "audit"), "--nats", natsURL, "--data-dir", t.TempDir(), "--http", auditAddr)
+	waitTCP(t, apiAddr)
+	waitTCP(t, auditAddr)
+
+	c := newClient("http://" + apiAddr)
+	ctx := context.Background()
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "pipeline:\n  name: spread\n  steps:\n")
+	for i := 0; i < 4; i++ {
+		fmt.Fprintf(&sb, "    - {name: p%d, type: docker_run, order: 1, docker_image: %q, command: \"sleep 1; echo p%d\"}\n", i, image, i)
+	}
+	fmt.Fprintf(&sb, "    - {name: slow, type: docker_run, order: 2, docker_image: %q, command: \"sleep 6; echo survived\", retry_policy: {max_retries: 1}}\n", image)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := c.applyPipeline(ctx, "spread.yaml", []byte(sb.String()))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	run, err := c.trigger(ctx, "spread", api.TriggerBody{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// kill whichever runner takes the slow step, mid-step
+	var killed string
+	for killed == "" {
+		r, err := c.getRun(ctx, run.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := r.Steps[4]; s.Status == "running" && s.Runner != "" {
+			killed = s.Runner
+			time.Sleep(500 * time.Millisecond)
+			runners[killed].Process.Signal(syscall.SIGKILL)
+		}
+		if r.Terminal() {
+			t.Fatalf("run ended before the kill: %s", r.Status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var r *store.Run
+	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if r, err = c.getRun(ctx, run.ID); err != nil {
+			t.Fatal(err)
+		}
+		if r.Terminal() || time.Now().After(deadline) {
+			break
+		}
+	}
+	if r.Status != "succeeded" {
+		t.Fatalf("run %s: %s", r.Status, r.Error)
+	}
+	used := map[string]bool{}
+	for _, s := range r.Steps[:4] {
+		used[s.Runner] = true
+	}
+	if len(used) != 2 {
+		t.Errorf("parallel steps ran on %v, want both runners", used)
+	}
+	slow := r.Steps[4]
+	if slow.Attempts != 2 || slow.Runner == killed || slow.Logs.Stdout != "survived\n" {
+		t.Errorf("slow step: attempts %d, runner %s (killed %s), stdout %q", slow.Attempts, slow.Runner, killed, slow.Logs.Stdout)
+	}
+	// the audit service recorded the run, every attempt included
+	var page struct {
+		Records []struct {
+			Type string `json:"type"`
+		} `json:"records"`
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		page.Records = nil
+		ac := newClient("http://" + auditAddr)
+		if err := ac.do(ctx, http.MethodGet, "/api/v1/audit?run="+run.ID+"&limit=500", "", nil, &page); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, rec := range page.Records {
+			if rec.Type == "io.ansflow.step.requested.v1" {
+				n++
+			}
+		}
+		if n == 6 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("audit holds %d step.requested records of the run, want 6 (5 steps, one retried)", n)
+		}
+	}
+}
+
+func waitTCP(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not listening: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
