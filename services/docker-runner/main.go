@@ -17,13 +17,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/envflag"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
@@ -74,35 +74,8 @@ func (c *config) Validate() error {
 // parseConfig reads flags from args; each flag's default comes from the
 // environment variable named in its usage.
 func parseConfig(args []string, env func(string) (string, bool), out io.Writer) (*config, error) {
-	getenv := func(k, def string) string {
-		if v, ok := env(k); ok && v != "" {
-			return v
-		}
-		return def
-	}
-	var envErr error
-	intEnv := func(k string, def int) int {
-		v, ok := env(k)
-		if !ok || v == "" {
-			return def
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil && envErr == nil {
-			envErr = fmt.Errorf("%s=%q is not a number", k, v)
-		}
-		return n
-	}
-	durEnv := func(k string, def time.Duration) time.Duration {
-		v, ok := env(k)
-		if !ok || v == "" {
-			return def
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil && envErr == nil {
-			envErr = fmt.Errorf("%s=%q is not a duration", k, v)
-		}
-		return d
-	}
+	ev := envflag.New(env)
+	getenv, intEnv, durEnv := ev.String, ev.Int, ev.Duration
 
 	c := &config{Runner: runner.Config{Kind: event.KindDocker}}
 	fs := flag.NewFlagSet("docker-runner", flag.ContinueOnError)
@@ -124,8 +97,8 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	if envErr != nil {
-		return nil, envErr
+	if ev.Err() != nil {
+		return nil, ev.Err()
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
