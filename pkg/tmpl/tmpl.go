@@ -60,25 +60,7 @@ func abbreviate(s string) string {
 
 // Render replaces every reference in s by its value.
 func Render(s string, vars Vars) (string, error) {
-	if !strings.Contains(s, "{{") {
-		return s, nil
-	}
-	if _, err := Refs(s); err != nil {
-		return "", err
-	}
-	var firstErr error
-	out := refRE.ReplaceAllStringFunc(s, func(m string) string {
-		name := strings.TrimSpace(m[2 : len(m)-2])
-		v, ok := vars[name]
-		if !ok {
-			if firstErr == nil {
-				firstErr = fmt.Errorf("%w %q", ErrUnknownVariable, name)
-			}
-			return m
-		}
-		return v.S
-	})
-	return out, firstErr
+	return render(s, vars, func(_ string, v Value) string { return v.S })
 }
 
 // RenderCommand renders a shell command. A trusted value is spliced in; an
@@ -86,6 +68,19 @@ func Render(s string, vars Vars) (string, error) {
 // variable ("${ANSFLOW_GIT_BRANCH}") that env receives, so the shell sees it
 // as data and never as syntax.
 func RenderCommand(s string, vars Vars, env map[string]string) (string, error) {
+	return render(s, vars, func(name string, v Value) string {
+		if !v.Untrusted {
+			return v.S
+		}
+		key := EnvName(name)
+		env[key] = v.S
+		return `"${` + key + `}"`
+	})
+}
+
+// render replaces each reference by subst of its value; an unknown name is
+// an error.
+func render(s string, vars Vars, subst func(name string, v Value) string) (string, error) {
 	if !strings.Contains(s, "{{") {
 		return s, nil
 	}
@@ -102,12 +97,7 @@ func RenderCommand(s string, vars Vars, env map[string]string) (string, error) {
 			}
 			return m
 		}
-		if !v.Untrusted {
-			return v.S
-		}
-		key := EnvName(name)
-		env[key] = v.S
-		return `"${` + key + `}"`
+		return subst(name, v)
 	})
 	return out, firstErr
 }
