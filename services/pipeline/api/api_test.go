@@ -3,52 +3,18 @@ package api_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
-	"go.uber.org/zap"
-
-	"github.com/ansflow/ansflow/pkg/event"
-	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
-	"github.com/ansflow/ansflow/pkg/runner"
-	"github.com/ansflow/ansflow/pkg/runner/runnertest"
 	"github.com/ansflow/ansflow/services/pipeline/api"
-	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
-	"github.com/ansflow/ansflow/services/pipeline/service"
+	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
-func server(t *testing.T) string {
-	t.Helper()
-	ns := natstest.Run(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	cfg := runner.Config{Kind: event.KindDocker, Targets: []string{"default"}}
-	_ = cfg.Validate()
-	nc, js := ns.Connect(t)
-	go func() { _ = runner.New(cfg, nc, js, &runnertest.Engine{}, nil, zap.NewNop()).Run(ctx) }()
-	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0", Orchestrator: orchestrator.Config{DispatchTimeout: 5 * time.Second}}, ns.JS, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = svc.Orc.Run(ctx) }()
-	srv := httptest.NewServer(svc.API)
-	t.Cleanup(srv.Close)
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if _, err := js.Consumer(ctx, event.StreamSteps, runner.DurableName("docker", "default")); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return srv.URL
-}
+func server(t *testing.T) string { return pipelinetest.Start(t).Srv.URL }
 
 func call(t *testing.T, method, url, ctype, body string, out any) int {
 	t.Helper()

@@ -12,12 +12,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ansflow/ansflow/pkg/event"
-	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
-	"github.com/ansflow/ansflow/pkg/runner"
-	"github.com/ansflow/ansflow/pkg/runner/runnertest"
 	"github.com/ansflow/ansflow/pkg/spec"
-	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
+	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
 	"github.com/ansflow/ansflow/services/pipeline/service"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 	"github.com/ansflow/ansflow/services/pipeline/webhook"
@@ -56,39 +52,21 @@ type fixture struct {
 
 func setup(t testing.TB) *fixture {
 	t.Helper()
-	ns := natstest.Run(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	cfg := runner.Config{Kind: event.KindDocker, Targets: []string{"default"}}
-	_ = cfg.Validate()
-	nc, js := ns.Connect(t)
-	go func() { _ = runner.New(cfg, nc, js, &runnertest.Engine{}, nil, zap.NewNop()).Run(ctx) }()
-	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0", Orchestrator: orchestrator.Config{DispatchTimeout: 5 * time.Second}}, ns.JS, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc.Hooks.Secret = func(name string) string {
+	env := pipelinetest.Start(t)
+	env.Svc.Hooks.Secret = func(name string) string {
 		if name == "WEB_HOOK_SECRET" {
 			return secret
 		}
 		return ""
 	}
-	go func() { _ = svc.Orc.Run(ctx) }()
 	p, err := spec.Parse("web.yaml", []byte(pipelineYAML))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := svc.Store.PutPipeline(ctx, p, pipelineYAML, "test"); err != nil {
+	if _, err := env.Svc.Store.PutPipeline(context.Background(), p, pipelineYAML, "test"); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(svc.API)
-	t.Cleanup(srv.Close)
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := js.Consumer(ctx, event.StreamSteps, runner.DurableName("docker", "default")); err == nil || time.Now().After(deadline) {
-			break
-		}
-	}
-	return &fixture{svc: svc, srv: srv}
+	return &fixture{svc: env.Svc, srv: env.Srv}
 }
 
 func pushBody(branch, message string, changed ...string) []byte {

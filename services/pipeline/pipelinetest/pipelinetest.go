@@ -1,0 +1,67 @@
+// Package pipelinetest starts a pipeline service for tests on real parts: an
+// in-process JetStream server, the service with its orchestrator running,
+// its API on an httptest server, and a runner loop with the scripted
+// [runnertest.Engine] serving the docker pool "default".
+package pipelinetest
+
+import (
+	"context"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
+	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/runner/runnertest"
+	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
+	"github.com/ansflow/ansflow/services/pipeline/service"
+)
+
+// Env is a running pipeline service.
+type Env struct {
+	NATS *natstest.Server
+	Svc  *service.Service
+	// Srv serves Svc's API (and webhooks).
+	Srv *httptest.Server
+	// Engine is the scripted engine behind the docker runner.
+	Engine *runnertest.Engine
+}
+
+// Start starts the service, its orchestrator and a scripted docker runner,
+// and waits until the runner's consumer exists. Everything stops when the
+// test ends.
+func Start(t testing.TB) *Env {
+	t.Helper()
+	ns := natstest.Run(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	e := &Env{NATS: ns, Engine: &runnertest.Engine{}}
+	cfg := runner.Config{Kind: event.KindDocker, Targets: []string{"default"}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	nc, js := ns.Connect(t)
+	go func() { _ = runner.New(cfg, nc, js, e.Engine, nil, zap.NewNop()).Run(ctx) }()
+	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0",
+		Orchestrator: orchestrator.Config{DispatchTimeout: 5 * time.Second}}, ns.JS, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Svc = svc
+	go func() { _ = svc.Orc.Run(ctx) }()
+	e.Srv = httptest.NewServer(svc.API)
+	t.Cleanup(e.Srv.Close)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := js.Consumer(ctx, event.StreamSteps, runner.DurableName(event.KindDocker, "default")); err == nil {
+			return e
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the scripted runner did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
