@@ -161,3 +161,22 @@ func TestCatalogue(t *testing.T) {
 	}
 	_ = bytes.MinRead
 }
+
+func TestDeletedPipelineReappliedKeepsNumbering(t *testing.T) {
+	base := server(t)
+	p := "pipeline:\n  name: again\n  steps:\n    - {name: a, type: docker_run}\n"
+	var rec store.PipelineRecord
+	call(t, "POST", base+"/api/v1/pipelines", "application/yaml", p, &rec)
+	call(t, "DELETE", base+"/api/v1/pipelines/again", "", "", nil)
+	if code := call(t, "POST", base+"/api/v1/pipelines", "application/yaml", strings.Replace(p, "name: a,", "name: b,", 1), &rec); code != 200 || rec.Version != 2 {
+		t.Fatalf("re-applied after delete: %d version %d, want 2", code, rec.Version)
+	}
+	var run store.Run
+	if code := call(t, "POST", base+"/api/v1/pipelines/again/runs", "application/json", "", &run); code != 201 || run.Spec == nil || run.Spec.Steps[0].Name != "b" {
+		t.Fatalf("run of version 2: %d %+v", code, run.Spec)
+	}
+	call(t, "GET", base+"/api/v1/runs/"+run.ID, "", "", &run)
+	if run.Spec == nil || run.PipelineVersion != 2 {
+		t.Errorf("stored run lacks its spec: %+v", run.Spec)
+	}
+}

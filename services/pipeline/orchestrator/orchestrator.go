@@ -468,7 +468,7 @@ func (o *Orchestrator) watch(ctx context.Context) error {
 			if !initial && o.store.Cached(e.Key()) >= e.Revision() {
 				continue // this process wrote it and already armed its timer
 			}
-			r, err := store.DecodeRun(e)
+			r, err := o.store.DecodeRun(ctx, e)
 			if err != nil {
 				o.log.Warn("undecodable run", zap.String("key", e.Key()), zap.Error(err))
 				continue

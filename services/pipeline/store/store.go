@@ -38,7 +38,8 @@ type Store struct {
 	pipelines, versions, runs, catalog, counters jetstream.KeyValue
 
 	mu    sync.Mutex
-	cache map[string]cachedRun // active runs, as last written or seen
+	cache map[string]cachedRun      // active runs, as last written or seen
+	specs map[string]*spec.Pipeline // pipeline versions by slug.version
 }
 
 type cachedRun struct {
@@ -58,7 +59,7 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 		}
 		return kv, nil
 	}
-	s := Store{cache: map[string]cachedRun{}}
+	s := Store{cache: map[string]cachedRun{}, specs: map[string]*spec.Pipeline{}}
 	var err error
 	for _, b := range []struct {
 		kv   *jetstream.KeyValue
@@ -93,9 +94,14 @@ func (s *Store) PutPipeline(ctx context.Context, p *spec.Pipeline, yamlText, act
 		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 			return nil, fmt.Errorf("read pipeline %q: %w", p.Name, err)
 		}
-		b, err := json.Marshal(rec)
+		// Claim the version number first, so that every version a run
+		// can name exists before the pipeline points at it.
+		b, claimed, err := s.claimVersion(ctx, key, rec, rev != 0)
 		if err != nil {
 			return nil, err
+		}
+		if !claimed {
+			continue // another writer took the number: read the pipeline again
 		}
 		if rev == 0 {
 			_, err = s.pipelines.Create(ctx, key, b)
@@ -108,10 +114,30 @@ func (s *Store) PutPipeline(ctx context.Context, p *spec.Pipeline, yamlText, act
 		if err != nil {
 			return nil, fmt.Errorf("store pipeline %q: %w", p.Name, err)
 		}
-		if _, err := s.versions.Put(ctx, key+"."+strconv.Itoa(rec.Version), b); err != nil {
-			return nil, fmt.Errorf("store pipeline %q version %d: %w", p.Name, rec.Version, err)
-		}
 		return rec, nil
+	}
+}
+
+// claimVersion stores rec as version rec.Version with a create-only write.
+// When that number is taken it reports false if the pipeline exists (a
+// concurrent writer), and otherwise numbers past the versions a deleted
+// pipeline left.
+func (s *Store) claimVersion(ctx context.Context, key string, rec *PipelineRecord, exists bool) ([]byte, bool, error) {
+	for {
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return nil, false, err
+		}
+		_, err = s.versions.Create(ctx, key+"."+strconv.Itoa(rec.Version), b)
+		switch {
+		case err == nil:
+			return b, true, nil
+		case !isConflict(err):
+			return nil, false, fmt.Errorf("store pipeline %q version %d: %w", rec.Name, rec.Version, err)
+		case exists:
+			return nil, false, nil
+		}
+		rec.Version++
 	}
 }
 
@@ -191,11 +217,23 @@ func (s *Store) NextBuildNumber(ctx context.Context, pipeline string) (int, erro
 	}
 }
 
+// encodeRun writes r without its spec: the spec is the pipeline version the
+// run uses, stored once in the versions bucket, not in every run write.
+func encodeRun(r *Run) ([]byte, error) {
+	c := *r
+	c.Spec = nil
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return nil, fmt.Errorf("encode run %s: %w", r.ID, err)
+	}
+	return b, nil
+}
+
 // CreateRun stores a new run.
 func (s *Store) CreateRun(ctx context.Context, r *Run) error {
-	b, err := json.Marshal(r)
+	b, err := encodeRun(r)
 	if err != nil {
-		return fmt.Errorf("encode run %s: %w", r.ID, err)
+		return err
 	}
 	rev, err := s.runs.Create(ctx, r.ID, b)
 	if err != nil {
@@ -262,25 +300,50 @@ func (s *Store) GetRun(ctx context.Context, id string) (*Run, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read run %s: %w", id, err)
 	}
-	return DecodeRun(e)
+	return s.DecodeRun(ctx, e)
 }
 
-// DecodeRun decodes a runs bucket entry.
-func DecodeRun(e jetstream.KeyValueEntry) (*Run, error) {
+// DecodeRun decodes a runs bucket entry and attaches the spec of its
+// pipeline version.
+func (s *Store) DecodeRun(ctx context.Context, e jetstream.KeyValueEntry) (*Run, error) {
 	var r Run
 	if err := json.Unmarshal(e.Value(), &r); err != nil {
 		return nil, fmt.Errorf("decode run %s: %w", e.Key(), err)
 	}
 	r.Revision = e.Revision()
-	return &r, nil
+	return &r, s.attachSpec(ctx, &r)
+}
+
+// attachSpec sets r.Spec from the pipeline version the run uses; versions
+// never change, so each is read once.
+func (s *Store) attachSpec(ctx context.Context, r *Run) error {
+	if r.Spec != nil {
+		return nil
+	}
+	key := spec.Slug(r.Pipeline) + "." + strconv.Itoa(r.PipelineVersion)
+	s.mu.Lock()
+	p, ok := s.specs[key]
+	s.mu.Unlock()
+	if !ok {
+		rec, err := s.GetPipelineVersion(ctx, r.Pipeline, r.PipelineVersion)
+		if err != nil {
+			return fmt.Errorf("run %s: %w", r.ID, err)
+		}
+		p = rec.Spec
+		s.mu.Lock()
+		s.specs[key] = p
+		s.mu.Unlock()
+	}
+	r.Spec = p
+	return nil
 }
 
 // UpdateRun writes r if nobody changed it since r.Revision was read, and
 // returns [ErrConflict] otherwise.
 func (s *Store) UpdateRun(ctx context.Context, r *Run) error {
-	b, err := json.Marshal(r)
+	b, err := encodeRun(r)
 	if err != nil {
-		return fmt.Errorf("encode run %s: %w", r.ID, err)
+		return err
 	}
 	rev, err := s.runs.Update(ctx, r.ID, b, r.Revision)
 	if isConflict(err) {
@@ -307,6 +370,11 @@ func (s *Store) ListRuns(ctx context.Context, f RunFilter) ([]*Run, error) {
 	runs, err := listJSON[Run](ctx, s.runs, "")
 	if err != nil {
 		return nil, err
+	}
+	for _, r := range runs {
+		if err := s.attachSpec(ctx, r); err != nil {
+			return nil, err
+		}
 	}
 	out := runs[:0]
 	for _, r := range runs {
