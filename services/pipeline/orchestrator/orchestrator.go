@@ -63,7 +63,7 @@ type Orchestrator struct {
 	plan  planner
 
 	mu       sync.Mutex
-	wakeAt   map[string]time.Time
+	wakeAt   map[string]wake
 	runLocks map[string]*runLock
 
 	servedMu sync.Mutex
@@ -84,7 +84,7 @@ func New(cfg Config, js jetstream.JetStream, st *store.Store, log *zap.Logger) *
 	if cfg.DefaultCluster == "" {
 		cfg.DefaultCluster = "default"
 	}
-	o := &Orchestrator{cfg: cfg, js: js, store: st, log: log, wakeAt: map[string]time.Time{}, runLocks: map[string]*runLock{}, served: map[string]time.Time{}}
+	o := &Orchestrator{cfg: cfg, js: js, store: st, log: log, wakeAt: map[string]wake{}, runLocks: map[string]*runLock{}, served: map[string]time.Time{}}
 	o.plan = planner{dispatchTimeout: cfg.DispatchTimeout, prepare: o.prepare}
 	return o
 }
@@ -427,14 +427,27 @@ type runLock struct {
 	users int
 }
 
+// wake is when an active run next needs the sweeper (zero: not before an
+// event), computed from the run at revision rev.
+type wake struct {
+	at  time.Time
+	rev uint64
+}
+
+// setWake arms r's timer from r. A copy older than the one the timer was
+// computed from (a watcher lagging behind this instance's own writes) is
+// ignored, so it cannot disarm a newer timer.
 func (o *Orchestrator) setWake(r *store.Run) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if t := o.plan.nextWake(r); !t.IsZero() {
-		o.wakeAt[r.ID] = t
-	} else {
-		delete(o.wakeAt, r.ID)
+	if w, ok := o.wakeAt[r.ID]; ok && w.rev > r.Revision {
+		return
 	}
+	if r.Terminal() {
+		delete(o.wakeAt, r.ID)
+		return
+	}
+	o.wakeAt[r.ID] = wake{at: o.plan.nextWake(r), rev: r.Revision}
 }
 
 // watch follows the runs bucket so this instance arms timers for runs other
@@ -504,10 +517,10 @@ func (o *Orchestrator) sweep(ctx context.Context) error {
 		case now := <-t.C:
 			var due []string
 			o.mu.Lock()
-			for id, at := range o.wakeAt {
-				if !at.After(now) {
+			for id, w := range o.wakeAt {
+				if !w.at.IsZero() && !w.at.After(now) {
 					due = append(due, id)
-					delete(o.wakeAt, id)
+					o.wakeAt[id] = wake{rev: w.rev}
 				}
 			}
 			o.mu.Unlock()

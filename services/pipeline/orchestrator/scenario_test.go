@@ -133,13 +133,22 @@ func (e *env) waitRun(t testing.TB, id string, d time.Duration) *store.Run {
 
 func (e *env) waitRunTB(t testing.TB, id string, d time.Duration) *store.Run {
 	t.Helper()
-	var r *store.Run
-	waitFor(t, d, func() bool {
-		var err error
-		r, err = e.svc.Store.GetRun(context.Background(), id)
-		return err == nil && r.Terminal()
-	})
-	return r
+	deadline := time.Now().Add(d)
+	for {
+		r, err := e.svc.Store.GetRun(context.Background(), id)
+		if err == nil && r.Terminal() {
+			return r
+		}
+		if time.Now().After(deadline) {
+			if r != nil {
+				for _, s := range r.Steps {
+					t.Logf("step %s: %s attempts=%d queued=%v not_before=%v error=%q", s.Name, s.Status, s.Attempts, s.QueuedAt, s.NotBefore, s.Error)
+				}
+			}
+			t.Fatalf("run %s not over within %s (%v)", id, d, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func TestScenarios(t *testing.T) {
