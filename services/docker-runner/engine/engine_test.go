@@ -229,14 +229,28 @@ func TestRunOptions(t *testing.T) {
 		}
 	})
 	t.Run("seed format: command in docker_config, untrusted values in argv", func(t *testing.T) {
+		// An untrusted value reaches an argv only as an environment
+		// reference: a shell in the argv expands it as data, and without a
+		// shell it stays a reference. Substituting it into the argv would let
+		// ["sh", "-c", "echo {{git_branch}}"] run a branch name as code.
+		evil := `x"; touch /tmp/pwned; echo "$(id)`
 		req := h.newRequest(engine.TypeRun)
 		req.Image = h.base
-		req.DockerConfig = map[string]any{"command": []any{"echo", `--branch="${ANSFLOW_GIT_BRANCH}"`}, "remove": true}
-		req.Env = map[string]string{"ANSFLOW_GIT_BRANCH": "x; rm -rf / $(id)"}
+		req.DockerConfig = map[string]any{"command": []any{"sh", "-c", `echo "${ANSFLOW_GIT_BRANCH}"; test ! -e /tmp/pwned && echo clean`}, "remove": true}
+		req.Env = map[string]string{"ANSFLOW_GIT_BRANCH": evil}
 		r := h.exec(req, time.Minute)
 		wantStatus(t, r, event.StatusSucceeded)
-		if r.Stdout != "--branch=x; rm -rf / $(id)\n" {
-			t.Errorf("stdout %q", r.Stdout)
+		if r.Stdout != evil+"\nclean\n" {
+			t.Errorf("sh -c argv: stdout %q", r.Stdout)
+		}
+		req = h.newRequest(engine.TypeRun)
+		req.Image = h.base
+		req.DockerConfig = map[string]any{"command": []any{"echo", `--branch="${ANSFLOW_GIT_BRANCH}"`}, "remove": true}
+		req.Env = map[string]string{"ANSFLOW_GIT_BRANCH": evil}
+		r = h.exec(req, time.Minute)
+		wantStatus(t, r, event.StatusSucceeded)
+		if r.Stdout != `--branch="${ANSFLOW_GIT_BRANCH}"`+"\n" {
+			t.Errorf("plain argv: stdout %q", r.Stdout)
 		}
 	})
 	t.Run("remove false keeps the container", func(t *testing.T) {

@@ -187,7 +187,6 @@ func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p 
 	if err != nil {
 		return nil, nil, err
 	}
-	list, entrypoint = expandArgv(list, req.Env), expandArgv(entrypoint, req.Env)
 	switch {
 	case script != "" && entrypoint != nil:
 		// a wrapper entrypoint (tini, docker-entrypoint.sh) runs the shell
@@ -289,23 +288,4 @@ func startFailureCode(err error) int {
 		return 126
 	}
 	return 0
-}
-
-// expandArgv replaces, in an argument vector, the "${NAME}" placeholders
-// (quotes included) that the pipeline service writes into commands for
-// values from outside, NAME being a variable of env. A shell would expand
-// them in a string command; an argv has no shell, and a value substituted
-// into one argument cannot inject anything.
-func expandArgv(args []string, env map[string]string) []string {
-	if len(env) == 0 {
-		return args
-	}
-	out := make([]string, len(args))
-	for i, a := range args {
-		for k, v := range env {
-			a = strings.ReplaceAll(a, `"${`+k+`}"`, v)
-		}
-		out[i] = a
-	}
-	return out
 }
