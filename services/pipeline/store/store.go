@@ -486,13 +486,56 @@ func getJSON[T any](ctx context.Context, kv jetstream.KeyValue, key, what string
 	return &v, nil
 }
 
+// listJSON decodes every live value of the bucket whose key has prefix,
+// sorted by key. It reads the bucket with one watcher and stops once it has
+// seen the bucket's last revision at the time of the call, so a value
+// written just before the call is always included (ListKeys can end before
+// it).
 func listJSON[T any](ctx context.Context, kv jetstream.KeyValue, prefix string) ([]*T, error) {
-	lister, err := kv.ListKeys(ctx)
+	st, err := kv.Status(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", kv.Bucket(), err)
 	}
-	var keys []string
-	for k := range lister.Keys() {
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return nil, fmt.Errorf("list %s: unexpected status type %T", kv.Bucket(), st)
+	}
+	last := bs.StreamInfo().State.LastSeq
+	values := map[string][]byte{}
+	if last > 0 {
+		w, err := kv.WatchAll(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", kv.Bucket(), err)
+		}
+		defer w.Stop()
+		seen := uint64(0)
+		var grace <-chan time.Time // after the watcher's own end marker
+	read:
+		for seen < last {
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("list %s: %w", kv.Bucket(), ctx.Err())
+			case <-grace:
+				break read // the last revision was purged meanwhile
+			case e, ok := <-w.Updates():
+				if !ok {
+					return nil, fmt.Errorf("list %s: watcher closed", kv.Bucket())
+				}
+				if e == nil {
+					grace = time.After(time.Second)
+					continue
+				}
+				seen = max(seen, e.Revision())
+				if e.Operation() == jetstream.KeyValuePut {
+					values[e.Key()] = e.Value()
+				} else {
+					delete(values, e.Key())
+				}
+			}
+		}
+	}
+	keys := make([]string, 0, len(values))
+	for k := range values {
 		if strings.HasPrefix(k, prefix) {
 			keys = append(keys, k)
 		}
@@ -500,14 +543,11 @@ func listJSON[T any](ctx context.Context, kv jetstream.KeyValue, prefix string) 
 	sort.Strings(keys)
 	out := make([]*T, 0, len(keys))
 	for _, k := range keys {
-		v, err := getJSON[T](ctx, kv, k, k)
-		if errors.Is(err, ErrNotFound) {
-			continue
+		var v T
+		if err := json.Unmarshal(values[k], &v); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", k, err)
 		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, v)
+		out = append(out, &v)
 	}
 	return out, nil
 }
