@@ -422,6 +422,14 @@ func (o *Orchestrator) lockRun(id string) func() {
 	}
 }
 
+// updating reports whether an update of run id is in progress here.
+func (o *Orchestrator) updating(id string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	_, ok := o.runLocks[id]
+	return ok
+}
+
 type runLock struct {
 	sync.Mutex
 	users int
@@ -478,8 +486,12 @@ func (o *Orchestrator) watch(ctx context.Context) error {
 				o.mu.Unlock()
 				continue
 			}
-			if !initial && o.store.Cached(e.Key()) >= e.Revision() {
-				continue // this process wrote it and already armed its timer
+			if !initial && (o.store.Cached(e.Key()) >= e.Revision() || o.updating(e.Key())) {
+				// This process wrote it (or is writing it: the watcher can
+				// see a write before the writer sees its ack) and arms the
+				// timer itself; a concurrent write from elsewhere makes that
+				// update retry on a fresh read.
+				continue
 			}
 			r, err := o.store.DecodeRun(ctx, e)
 			if err != nil {
