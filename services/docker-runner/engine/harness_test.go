@@ -21,6 +21,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/runner/runnertest"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
 	"github.com/ansflow/ansflow/services/docker-runner/engine"
@@ -199,36 +200,7 @@ func (h *harness) await(req *event.StepRequested, timeout time.Duration) *result
 // logs returns the step's stdout and stderr as published on the bus.
 func (h *harness) logs(req *event.StepRequested) (stdout, stderr string) {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cons, err := h.ns.JS.OrderedConsumer(ctx, event.StreamLogs, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{event.LogSubject(req.RunID, req.StepID)}})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	var out, errs strings.Builder
-	for {
-		batch, err := cons.FetchNoWait(500)
-		if err != nil {
-			h.t.Fatal(err)
-		}
-		n := 0
-		for msg := range batch.Messages() {
-			n++
-			var l event.StepLog
-			if err := json.Unmarshal(msg.Data(), &l); err != nil {
-				h.t.Fatal(err)
-			}
-			if l.Stream == event.Stderr {
-				errs.WriteString(l.Text)
-			} else {
-				out.WriteString(l.Text)
-			}
-		}
-		if n == 0 {
-			return out.String(), errs.String()
-		}
-	}
+	return runnertest.StepLogs(h.t, h.ns.JS, req.RunID, req.StepID)
 }
 
 // waitRunning waits until a container of req's attempt runs and returns its
