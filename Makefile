@@ -27,10 +27,10 @@ images: ## one FROM-scratch image per binary (no base image or registry needed)
 		docker build -q -f deploy/docker/Dockerfile --build-arg BIN=$$b -t ansflow/$$b:dev $(BIN)/static || exit 1; done
 
 bench: ## run every benchmark and print comparable figures
-	go test -run '^$$' -bench . -benchtime 3x -timeout 30m $(MODULES)
+	go test -p 1 -run '^$$' -bench . -benchtime 3x -timeout 30m $(MODULES)
 
 bench-dispatch: ## orchestration overhead and throughput only
-	go test -run '^$$' -bench 'Dispatch|Throughput' -timeout 10m ./services/pipeline/...
+	go test -p 1 -run '^$$' -bench 'Dispatch|Throughput' -timeout 10m ./services/pipeline/orchestrator/
 
 lint: ## gofmt, go vet
 	@out=$$(gofmt -l pkg services cmd); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -96,15 +96,16 @@ func Publish(ctx context.Context, js jetstream.Publisher, subject string, e clou
 	return nil
 }
 
-// PublishAsync sends e without waiting for the acknowledgement; use
-// jetstream.JetStream.PublishAsyncComplete to wait for outstanding ones.
-func PublishAsync(js jetstream.Publisher, subject string, e cloudevents.Event) error {
+// PublishAsync sends e without waiting for the acknowledgement, which the
+// returned future delivers.
+func PublishAsync(js jetstream.Publisher, subject string, e cloudevents.Event) (jetstream.PubAckFuture, error) {
 	m, err := event.ToMsg(subject, e)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if _, err := js.PublishMsgAsync(m); err != nil {
-		return fmt.Errorf("publish %s %s on %s: %w", e.Type(), e.ID(), subject, err)
+	f, err := js.PublishMsgAsync(m)
+	if err != nil {
+		return nil, fmt.Errorf("publish %s %s on %s: %w", e.Type(), e.ID(), subject, err)
 	}
-	return nil
+	return f, nil
 }

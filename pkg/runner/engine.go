@@ -65,6 +65,7 @@ type SourceFetcher interface {
 type Task struct {
 	stdout, stderr *logWriter
 	masker         *Masker
+	logs           *pendingLogs
 	source         func(ctx context.Context) (string, error)
 }
 

@@ -287,7 +287,7 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 		return bus.Permanent(err)
 	}
 	started.SetID(fmt.Sprintf("started-%s", key))
-	if err := bus.PublishAsync(r.js, event.LifecycleSubject(event.TypeStepStarted, req.RunID), started); err != nil {
+	if _, err := bus.PublishAsync(r.js, event.LifecycleSubject(event.TypeStepStarted, req.RunID), started); err != nil {
 		log.Warn("publish step.started", zap.Error(err))
 	}
 
@@ -299,7 +299,9 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 	close(stop)
 	task.stdout.Flush(true)
 	task.stderr.Flush(true)
-	_ = waitAsync(ctx, r.js)
+	if err := task.logs.wait(ctx, 5*time.Second); err != nil {
+		log.Warn("log chunks not stored before the completion", zap.Error(err))
+	}
 
 	for k, v := range outputs {
 		outputs[k] = task.masker.Mask(v)
@@ -331,15 +333,48 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 	return done(status, exit, outputs, msg, task)
 }
 
-func waitAsync(ctx context.Context, js jetstream.JetStream) error {
-	select {
-	case <-js.PublishAsyncComplete():
+// pendingLogs tracks the acknowledgements of one attempt's log chunks, so
+// its completion is published after its logs are stored without waiting for
+// other attempts' logs or its own step.started (which shares the completion's
+// stream and connection, so it is stored first anyway).
+type pendingLogs struct {
+	mu   sync.Mutex
+	acks []jetstream.PubAckFuture
+}
+
+func (p *pendingLogs) add(f jetstream.PubAckFuture) {
+	p.mu.Lock()
+	p.acks = append(p.acks, f)
+	p.mu.Unlock()
+}
+
+// wait returns once every chunk is acknowledged or refused, or after d.
+func (p *pendingLogs) wait(ctx context.Context, d time.Duration) error {
+	p.mu.Lock()
+	acks := p.acks
+	p.acks = nil
+	p.mu.Unlock()
+	if len(acks) == 0 {
 		return nil
-	case <-time.After(5 * time.Second):
-		return errors.New("log publish backlog")
-	case <-ctx.Done():
-		return ctx.Err()
 	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var failed int
+	for _, f := range acks {
+		select {
+		case <-f.Ok():
+		case <-f.Err():
+			failed++
+		case <-t.C:
+			return fmt.Errorf("%d log chunks unacknowledged after %s", len(acks), d)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d log chunks refused by the stream", failed, len(acks))
+	}
+	return nil
 }
 
 // redelivered handles a request whose attempt was already claimed: replay a
@@ -403,6 +438,7 @@ func (r *Runner) publishCompleted(ctx context.Context, c *event.StepCompleted) e
 
 func (r *Runner) newTask(req *event.StepRequested, log *zap.Logger) (*Task, string) {
 	m := &Masker{}
+	logs := &pendingLogs{}
 	var seq int
 	var seqMu sync.Mutex
 	emit := func(stream string) func(string) {
@@ -416,9 +452,12 @@ func (r *Runner) newTask(req *event.StepRequested, log *zap.Logger) (*Task, stri
 			if err != nil {
 				return
 			}
-			if err := bus.PublishAsync(r.js, event.LogSubject(req.RunID, req.StepID), e); err != nil {
+			f, err := bus.PublishAsync(r.js, event.LogSubject(req.RunID, req.StepID), e)
+			if err != nil {
 				log.Warn("publish log chunk", zap.Error(err))
+				return
 			}
+			logs.add(f)
 		}
 	}
 	workdir := fmt.Sprintf("%s/ansflow-%s-%s-%d", r.cfg.WorkDir, event.Token(req.RunID), event.Token(req.StepID), req.Attempt)
@@ -428,6 +467,7 @@ func (r *Runner) newTask(req *event.StepRequested, log *zap.Logger) (*Task, stri
 		stdout: &logWriter{masker: m, emit: emit(event.Stdout)},
 		stderr: &logWriter{masker: m, emit: emit(event.Stderr)},
 		masker: m,
+		logs:   logs,
 	}
 	t.source = func(ctx context.Context) (string, error) {
 		once.Do(func() {

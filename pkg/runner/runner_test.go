@@ -2,6 +2,7 @@ package runner_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/bus"
@@ -156,5 +158,78 @@ func TestMaskerHidesSecretsInLogs(t *testing.T) {
 	m.Add("ab") // too short to mask
 	if got := m.Mask("login with s3cr3t-pass ab"); got != "login with **** ab" {
 		t.Errorf("Mask = %q", got)
+	}
+}
+
+// chattyEngine writes chunks × 20 KiB lines to stdout, each write large
+// enough to be published as its own log chunk, then a partial line that
+// only the runner's final flush publishes.
+type chattyEngine struct{ chunks int }
+
+func (chattyEngine) Types() []string { return []string{"docker_run"} }
+
+func (e chattyEngine) Execute(_ context.Context, _ *event.StepRequested, task *runner.Task) (map[string]string, error) {
+	line := []byte(strings.Repeat("x", 20<<10) + "\n")
+	for i := 0; i < e.chunks; i++ {
+		if _, err := task.Stdout().Write(line); err != nil {
+			return nil, err
+		}
+	}
+	_, err := task.Stdout().Write([]byte("done, no newline"))
+	return nil, err
+}
+
+// TestCompletionIsPublishedAfterTheAttemptsLogsAndStart checks the order
+// consumers rely on: when a step.completed is delivered, every log chunk of
+// the attempt is already in the logs stream, and its step.started precedes
+// it in the events stream.
+func TestCompletionIsPublishedAfterTheAttemptsLogsAndStart(t *testing.T) {
+	s := natstest.Run(t)
+	ctx := context.Background()
+	if err := bus.EnsureStreams(ctx, s.JS, 1); err != nil {
+		t.Fatal(err)
+	}
+	const chunks = 200
+	startRunner(t, s, chattyEngine{chunks: chunks}, "chatty")
+	waitFor(t, 5*time.Second, func() bool {
+		_, err := s.JS.Consumer(ctx, event.StreamSteps, runner.DurableName(event.KindDocker, "default"))
+		return err == nil
+	})
+	logs, err := s.JS.Stream(ctx, event.StreamLogs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type seen struct {
+		logs    uint64
+		started bool
+	}
+	got := make(chan seen, 1)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var startedSeen atomic.Bool
+	go func() {
+		_ = bus.Consume(cctx, s.JS, bus.ConsumerConfig{Stream: event.StreamEvents, Durable: "order",
+			FilterSubjects: []string{"ansflow.events.step.started.*", "ansflow.events.step.completed.*"}},
+			func(ctx context.Context, e cloudevents.Event) error {
+				if e.Type() == event.TypeStepStarted {
+					startedSeen.Store(true)
+					return nil
+				}
+				info, err := logs.Info(ctx, jetstream.WithSubjectFilter(event.LogSubject("run-chatty", "step")))
+				if err != nil {
+					return err
+				}
+				got <- seen{logs: info.State.Subjects[event.LogSubject("run-chatty", "step")], started: startedSeen.Load()}
+				return nil
+			}, zap.NewNop())
+	}()
+	request(t, s, "run-chatty", "")
+	select {
+	case g := <-got:
+		if g.logs != chunks+1 || !g.started {
+			t.Fatalf("at the completion: %d of %d log chunks stored, step.started delivered first: %v", g.logs, chunks+1, g.started)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no completion within 20s")
 	}
 }

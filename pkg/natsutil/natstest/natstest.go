@@ -18,6 +18,9 @@ type Server struct {
 	NC       *nats.Conn
 	JS       jetstream.JetStream
 	StoreDir string
+	// InProcess connects clients without a socket, the way the embedded
+	// `ansflow up` connects its services.
+	InProcess bool
 }
 
 // Run starts a JetStream server on a free loopback port with its store in a
@@ -27,15 +30,27 @@ func Run(t testing.TB) *Server {
 	return RunAt(t, t.TempDir())
 }
 
+// RunInProcess is [Run] with clients connected in-process instead of over
+// loopback TCP, as in the embedded `ansflow up`.
+func RunInProcess(t testing.TB) *Server {
+	t.Helper()
+	return start(t, t.TempDir(), true)
+}
+
 // RunAt is [Run] with a given store directory, so a test can restart a
 // server on the same data.
 func RunAt(t testing.TB, dir string) *Server {
+	t.Helper()
+	return start(t, dir, false)
+}
+
+func start(t testing.TB, dir string, inProcess bool) *Server {
 	t.Helper()
 	s, err := natsutil.StartEmbedded(natsutil.EmbeddedConfig{StoreDir: dir}, nil)
 	if err != nil {
 		t.Fatalf("start nats-server: %v", err)
 	}
-	nc, err := nats.Connect(s.ClientURL())
+	nc, err := dial(s, inProcess)
 	if err != nil {
 		s.Shutdown()
 		t.Fatalf("connect: %v", err)
@@ -44,7 +59,7 @@ func RunAt(t testing.TB, dir string) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &Server{Server: s, NC: nc, JS: js, StoreDir: dir}
+	ts := &Server{Server: s, NC: nc, JS: js, StoreDir: dir, InProcess: inProcess}
 	t.Cleanup(func() {
 		nc.Close()
 		natsutil.Shutdown(s)
@@ -55,7 +70,7 @@ func RunAt(t testing.TB, dir string) *Server {
 // Connect opens another client connection that is closed when the test ends.
 func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL())
+	nc, err := dial(s.Server, s.InProcess)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -65,4 +80,11 @@ func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 		t.Fatal(err)
 	}
 	return nc, js
+}
+
+func dial(s *server.Server, inProcess bool) (*nats.Conn, error) {
+	if inProcess {
+		return nats.Connect(s.ClientURL(), nats.InProcessServer(s))
+	}
+	return nats.Connect(s.ClientURL())
 }

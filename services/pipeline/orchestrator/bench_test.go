@@ -50,8 +50,16 @@ func chainPipeline(b *testing.B, name string, steps int) string {
 	return f
 }
 
-func benchEnv(b *testing.B) (*env, *timingEngine) {
-	ns := natstest.Run(b)
+// transports are the client connections benchmarked: in-process, as the
+// embedded `ansflow up` connects its services, and loopback TCP, as separate
+// service processes on one machine do.
+var transports = []struct {
+	name string
+	run  func(testing.TB) *natstest.Server
+}{{"embedded", natstest.RunInProcess}, {"tcp", natstest.Run}}
+
+func benchEnv(b *testing.B, run func(testing.TB) *natstest.Server) (*env, *timingEngine) {
+	ns := run(b)
 	eng := &timingEngine{start: map[string]time.Time{}, end: map[string]time.Time{}}
 	e := startEnvTB(b, ns, eng)
 	return e, eng
@@ -61,7 +69,13 @@ func benchEnv(b *testing.B) (*env, *timingEngine) {
 // next step's arrival at a runner, through step.completed, the orchestrator's
 // compare-and-swap update and step.requested, on an embedded JetStream.
 func BenchmarkDispatch(b *testing.B) {
-	e, eng := benchEnv(b)
+	for _, tr := range transports {
+		b.Run(tr.name, func(b *testing.B) { benchDispatch(b, tr.run) })
+	}
+}
+
+func benchDispatch(b *testing.B, run func(testing.TB) *natstest.Server) {
+	e, eng := benchEnv(b, run)
 	const steps = 40
 	e.applyTB(b, chainPipeline(b, "chain", steps))
 	var gaps []time.Duration
@@ -91,9 +105,15 @@ func BenchmarkDispatch(b *testing.B) {
 }
 
 // BenchmarkThroughput runs 100 concurrent runs of no-op steps and reports
-// step transitions per second.
+// steps executed per second, from their triggers to the runs' ends.
 func BenchmarkThroughput(b *testing.B) {
-	e, _ := benchEnv(b)
+	for _, tr := range transports {
+		b.Run(tr.name, func(b *testing.B) { benchThroughput(b, tr.run) })
+	}
+}
+
+func benchThroughput(b *testing.B, run func(testing.TB) *natstest.Server) {
+	e, _ := benchEnv(b, run)
 	const runs, steps = 100, 10
 	e.applyTB(b, chainPipeline(b, "wide", steps))
 	b.ResetTimer()

@@ -182,3 +182,31 @@ func TestMalformedEventsDoNotStopTheOrchestrator(t *testing.T) {
 		return info.State.Msgs == 2
 	})
 }
+
+// TestStartIsRecordedForFastAndSlowSteps checks both paths of folding
+// step.started: a step that ends at once gets its start from the
+// completion, a longer one is shown running while it runs.
+func TestStartIsRecordedForFastAndSlowSteps(t *testing.T) {
+	ns := natstest.Run(t)
+	e := startEnv(t, ns, true)
+	e.apply(t, writePipeline(t, `pipeline:
+  name: fold
+  steps:
+    - {name: fast, type: docker_run}
+    - {name: slow, type: docker_run, command: "sleep 400ms"}
+`))
+	run := trigger(t, e, "fold", orchestrator.GitInfo{})
+	waitFor(t, 10*time.Second, func() bool {
+		r, _ := e.svc.Store.GetRun(context.Background(), run.ID)
+		return r.Steps[1].Status == event.StatusRunning
+	})
+	r := e.waitRun(t, run.ID, 10*time.Second)
+	if r.Status != event.StatusSucceeded {
+		t.Fatalf("run %s: %s", r.Status, r.Error)
+	}
+	for _, s := range r.Steps {
+		if s.StartedAt == nil || s.FinishedAt == nil || s.Runner == "" || s.StartedAt.After(*s.FinishedAt) {
+			t.Errorf("step %s: started %v, finished %v, runner %q", s.Name, s.StartedAt, s.FinishedAt, s.Runner)
+		}
+	}
+}

@@ -40,7 +40,7 @@ type Config struct {
 	// DispatchTimeout fails a step no runner has started within it
 	// (default 30s).
 	DispatchTimeout time.Duration
-	// Concurrency bounds lifecycle events handled at once (default 16).
+	// Concurrency bounds lifecycle events handled at once (default 64).
 	Concurrency int
 	// DefaultDockerPool is the pool of docker steps without runs_on.
 	DefaultDockerPool string
@@ -68,6 +68,8 @@ type Orchestrator struct {
 
 	servedMu sync.Mutex
 	served   map[string]time.Time
+
+	fold folder
 }
 
 // New returns an orchestrator over st.
@@ -76,7 +78,7 @@ func New(cfg Config, js jetstream.JetStream, st *store.Store, log *zap.Logger) *
 		cfg.DispatchTimeout = 30 * time.Second
 	}
 	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 16
+		cfg.Concurrency = 64
 	}
 	if cfg.DefaultDockerPool == "" {
 		cfg.DefaultDockerPool = "default"
@@ -84,7 +86,8 @@ func New(cfg Config, js jetstream.JetStream, st *store.Store, log *zap.Logger) *
 	if cfg.DefaultCluster == "" {
 		cfg.DefaultCluster = "default"
 	}
-	o := &Orchestrator{cfg: cfg, js: js, store: st, log: log, wakeAt: map[string]wake{}, runLocks: map[string]*runLock{}, served: map[string]time.Time{}}
+	o := &Orchestrator{cfg: cfg, js: js, store: st, log: log, wakeAt: map[string]wake{}, runLocks: map[string]*runLock{}, served: map[string]time.Time{},
+		fold: folder{waiting: map[string]chan struct{}{}}}
 	o.plan = planner{dispatchTimeout: cfg.DispatchTimeout, prepare: o.prepare}
 	return o
 }
@@ -257,6 +260,9 @@ func (o *Orchestrator) handle(ctx context.Context, e cloudevents.Event) error {
 		if err := event.DecodeData(e, &d); err != nil {
 			return bus.Permanent(err)
 		}
+		if o.fold.started(ctx, attemptID(d.RunID, d.StepID, d.Attempt)) {
+			return nil // the completion records the start
+		}
 		_, err := o.update(ctx, d.RunID, func(r *store.Run) bool {
 			s := r.Step(d.StepID)
 			if s == nil || s.Attempts != d.Attempt || s.Status != event.StatusPending || s.QueuedAt == nil {
@@ -271,6 +277,7 @@ func (o *Orchestrator) handle(ctx context.Context, e cloudevents.Event) error {
 		if err := event.DecodeData(e, &d); err != nil {
 			return bus.Permanent(err)
 		}
+		o.fold.completing(attemptID(d.RunID, d.StepID, d.Attempt))
 		_, err := o.update(ctx, d.RunID, func(r *store.Run) bool { return o.completed(r, &d) })
 		return notFoundIsPermanent(err)
 	}

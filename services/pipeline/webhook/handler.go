@@ -165,7 +165,7 @@ func (h *Handler) record(r *http.Request, provider, pipeline string, resp Respon
 		return
 	}
 	e.SetSubject("pipeline/" + pipeline)
-	if err := bus.PublishAsync(h.js, "ansflow.events.webhook.received."+event.Token(spec.Slug(pipeline)), e); err != nil {
+	if _, err := bus.PublishAsync(h.js, "ansflow.events.webhook.received."+event.Token(spec.Slug(pipeline)), e); err != nil {
 		h.log.Warn("record webhook", zap.Error(err))
 	}
 }
