@@ -49,7 +49,9 @@ func (f *folder) started(ctx context.Context, id string) bool {
 		return true
 	default:
 	}
-	delete(f.waiting, id)
+	if f.waiting[id] == ch { // a redelivered started may have replaced it
+		delete(f.waiting, id)
+	}
 	return false
 }
 
