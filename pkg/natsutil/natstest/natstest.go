@@ -84,7 +84,7 @@ func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 
 func dial(s *server.Server, inProcess bool) (*nats.Conn, error) {
 	if inProcess {
-		return nats.Connect(s.ClientURL(), nats.InProcessServer(s))
+		return natsutil.ConnectInProcess(s, "natstest")
 	}
 	return nats.Connect(s.ClientURL())
 }
