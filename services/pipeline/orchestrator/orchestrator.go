@@ -124,7 +124,17 @@ type TriggerRequest struct {
 	// Source is the uploaded tree or repository the runners build.
 	Source  *store.Source
 	Trigger store.Trigger
+	// RunID, when set, is the new run's id. A trigger that must happen at
+	// most once (a webhook delivery, a cron minute) derives it from what
+	// identifies the firing, so a retry after a failure creates the run and
+	// a retry after a success finds it: Trigger then returns the existing
+	// run with an error wrapping [ErrRunExists].
+	RunID string
 }
+
+// ErrRunExists is wrapped by [Orchestrator.Trigger] when a run with the
+// requested RunID already exists; the existing run is returned with it.
+var ErrRunExists = errors.New("run already exists")
 
 // GitInfo is what a trigger knows about the commit.
 type GitInfo struct {
@@ -136,6 +146,13 @@ type GitInfo struct {
 // Trigger creates a run of the latest version of a stored pipeline and
 // dispatches its first steps.
 func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (*store.Run, error) {
+	if req.RunID != "" {
+		if r, err := o.store.GetRun(ctx, req.RunID); err == nil {
+			return r, fmt.Errorf("%w: %s", ErrRunExists, req.RunID)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+	}
 	rec, err := o.store.GetPipeline(ctx, req.Pipeline)
 	if err != nil {
 		return nil, err
@@ -159,12 +176,16 @@ func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (*store.
 	if err != nil {
 		return nil, err
 	}
-	id, err := uuid.NewV7()
-	if err != nil {
-		return nil, fmt.Errorf("run id: %w", err)
+	id := req.RunID
+	if id == "" {
+		u, err := uuid.NewV7()
+		if err != nil {
+			return nil, fmt.Errorf("run id: %w", err)
+		}
+		id = u.String()
 	}
 	now := time.Now().UTC()
-	r := &store.Run{ID: id.String(), Pipeline: rec.Name, PipelineVersion: rec.Version, BuildNumber: n,
+	r := &store.Run{ID: id, Pipeline: rec.Name, PipelineVersion: rec.Version, BuildNumber: n,
 		Status: event.StatusPending, CreatedAt: now, Trigger: req.Trigger, Vars: vars, Spec: rec.Spec, Source: req.Source}
 	r.Vars["build_number"] = store.Var{Value: fmt.Sprint(n)}
 	r.Vars["run_id"] = store.Var{Value: r.ID}
@@ -224,7 +245,9 @@ func (o *Orchestrator) Rerun(ctx context.Context, id string, trig store.Trigger)
 
 func (o *Orchestrator) start(ctx context.Context, r *store.Run) error {
 	fx := o.plan.reconcile(r, time.Now().UTC())
-	if err := o.store.CreateRun(ctx, r); err != nil {
+	if err := o.store.CreateRun(ctx, r); errors.Is(err, store.ErrExists) {
+		return fmt.Errorf("%w: %s", ErrRunExists, r.ID)
+	} else if err != nil {
 		return err
 	}
 	o.publish(ctx, event.TypeRunCreated, event.Meta{RunID: r.ID}, "created-"+r.ID, event.RunCreated{RunID: r.ID,

@@ -33,6 +33,10 @@ var ErrNotFound = errors.New("not found")
 // was read; the caller re-reads and retries.
 var ErrConflict = errors.New("run changed concurrently")
 
+// ErrExists is returned by [Store.CreateRun] when a run with that id is
+// already stored.
+var ErrExists = errors.New("already exists")
+
 // Store is the pipeline service's state. It is safe for concurrent use.
 type Store struct {
 	pipelines, versions, runs, catalog, counters jetstream.KeyValue
@@ -236,6 +240,9 @@ func (s *Store) CreateRun(ctx context.Context, r *Run) error {
 		return err
 	}
 	rev, err := s.runs.Create(ctx, r.ID, b)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("create run %s: %w", r.ID, ErrExists)
+	}
 	if err != nil {
 		return fmt.Errorf("create run %s: %w", r.ID, err)
 	}
