@@ -13,6 +13,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -26,42 +27,73 @@ import (
 // MaxBody bounds a webhook delivery.
 const MaxBody = 1 << 20
 
-// DeliveriesBucket remembers delivery ids so a replay triggers nothing.
-const DeliveriesBucket = "ansflow_deliveries"
+// TriggerTimeout bounds the creation of a delivery's run. It matches the
+// 10 s GitHub waits for an answer: a delivery the forge gave up on is one
+// it may send again, and the retry then finds the run or creates it.
+const TriggerTimeout = 10 * time.Second
 
-// Handler serves POST /webhooks/{provider}/{pipeline}.
+// Handler serves POST /webhooks/{provider}/{pipeline}. It is safe for
+// concurrent use.
+//
+// A delivery is handled once its run exists, and only then: the run's id is
+// derived from the provider, the pipeline and the delivery id ([RunID]), so
+// the stored run is the record that the delivery was received. A replay
+// finds that run and is answered duplicate; a delivery whose run could not
+// be created is answered 503 and leaves nothing behind, so the forge's retry
+// creates the run.
 type Handler struct {
-	st         *store.Store
-	orc        *orchestrator.Orchestrator
-	js         jetstream.JetStream
-	log        *zap.Logger
-	deliveries jetstream.KeyValue
+	st  *store.Store
+	orc *orchestrator.Orchestrator
+	js  jetstream.JetStream
+	log *zap.Logger
 	// Secret returns the value of the environment variable a trigger names
 	// (os.Getenv by default).
 	Secret func(name string) string
 }
 
-// New returns the webhook handler.
-func New(ctx context.Context, st *store.Store, orc *orchestrator.Orchestrator, js jetstream.JetStream, log *zap.Logger) (*Handler, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: DeliveriesBucket, TTL: 7 * 24 * time.Hour})
-	if err != nil {
-		return nil, fmt.Errorf("deliveries bucket: %w", err)
-	}
-	return &Handler{st: st, orc: orc, js: js, log: log.Named("webhook"), deliveries: kv, Secret: os.Getenv}, nil
+// New returns the webhook handler. It keeps no state of its own: ctx is
+// unused and no error is returned today; both stay so that assembling the
+// service does not change.
+func New(_ context.Context, st *store.Store, orc *orchestrator.Orchestrator, js jetstream.JetStream, log *zap.Logger) (*Handler, error) {
+	return &Handler{st: st, orc: orc, js: js, log: log.Named("webhook"), Secret: os.Getenv}, nil
 }
 
 // Response is the JSON answer to a delivery.
 type Response struct {
-	Status   string `json:"status"` // accepted, duplicate, ignored, rejected
+	// Status is accepted (a run was created), duplicate (the delivery's run
+	// already exists), ignored (the trigger rules do not start a run),
+	// rejected (a 4xx: the delivery is refused) or failed (a 503: the run
+	// could not be created; a retry of the delivery may succeed).
+	Status   string `json:"status"`
 	Delivery string `json:"delivery,omitempty"`
 	Reason   string `json:"reason,omitempty"`
+	// RunID and RunURL name the delivery's run when Status is accepted or
+	// duplicate; RunURL is the API path of the run document.
+	RunID  string `json:"run_id,omitempty"`
+	RunURL string `json:"run_url,omitempty"`
 }
+
+// runNamespace is the UUIDv5 namespace of delivery run ids.
+var runNamespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("urn:ansflow:webhook-delivery"))
+
+// RunID is the id of the run a delivery starts: a UUIDv5 of the provider,
+// the pipeline (by slug) and the delivery id, so every copy of one delivery
+// names the same run.
+func RunID(provider, pipeline, delivery string) string {
+	return uuid.NewSHA1(runNamespace, []byte(provider+"\n"+spec.Slug(pipeline)+"\n"+delivery)).String()
+}
+
+// RunPath is the API path of run id.
+func RunPath(id string) string { return "/api/v1/runs/" + id }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	provider, name := r.PathValue("provider"), r.PathValue("pipeline")
 	reply := func(code int, resp Response) {
 		h.record(r, provider, name, resp)
 		w.Header().Set("Content-Type", "application/json")
+		if resp.RunURL != "" {
+			w.Header().Set("Location", resp.RunURL)
+		}
 		w.WriteHeader(code)
 		_ = json.NewEncoder(w).Encode(resp)
 	}
@@ -71,8 +103,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec, err := h.st.GetPipeline(r.Context(), name)
-	if err != nil {
+	if errors.Is(err, store.ErrNotFound) {
 		reply(http.StatusNotFound, Response{Status: "rejected", Reason: "no such pipeline"})
+		return
+	}
+	if err != nil {
+		h.log.Warn("webhook pipeline lookup failed", zap.String("pipeline", name), zap.Error(err))
+		reply(http.StatusServiceUnavailable, Response{Status: "failed", Reason: "cannot read the pipeline; retry the delivery"})
 		return
 	}
 	var triggers []*spec.Trigger
@@ -103,14 +140,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		sum := sha256.Sum256(body)
 		delivery = "sha256-" + hex.EncodeToString(sum[:12])
 	}
-	if _, err := h.deliveries.Create(r.Context(), event.Token(provider+"-"+delivery), []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			reply(http.StatusOK, Response{Status: "duplicate", Delivery: delivery, Reason: "delivery already received"})
-			return
-		}
-		reply(http.StatusServiceUnavailable, Response{Status: "rejected", Delivery: delivery, Reason: "cannot record delivery"})
-		return
-	}
 	push, err := Parse(provider, r.Header, body)
 	if err != nil {
 		reply(http.StatusBadRequest, Response{Status: "rejected", Delivery: delivery, Reason: err.Error()})
@@ -134,21 +163,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(http.StatusAccepted, Response{Status: "ignored", Delivery: delivery, Reason: why})
 		return
 	}
-	req := orchestrator.TriggerRequest{Pipeline: rec.Name,
+	id := RunID(provider, rec.Name, delivery)
+	req := orchestrator.TriggerRequest{Pipeline: rec.Name, RunID: id,
 		Git: orchestrator.GitInfo{Commit: push.Commit, Branch: push.Branch, Tag: push.Tag, RepoURL: push.RepoURL,
 			Author: push.Author, Message: push.Message, Untrusted: true},
 		Trigger: store.Trigger{Kind: "webhook", Provider: provider, Delivery: delivery, Actor: provider + " delivery " + delivery}}
 	if push.RepoURL != "" {
 		req.Source = &store.Source{RepoURL: push.RepoURL, Commit: push.Commit}
 	}
-	go func() { // answer quickly; the run starts asynchronously
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := h.orc.Trigger(ctx, req); err != nil {
-			h.log.Warn("webhook trigger failed", zap.String("pipeline", rec.Name), zap.String("delivery", delivery), zap.Error(err))
-		}
-	}()
-	reply(http.StatusAccepted, Response{Status: "accepted", Delivery: delivery})
+	// The forge hanging up must not abandon a run half made: the trigger
+	// runs to its own deadline.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), TriggerTimeout)
+	defer cancel()
+	_, err = h.orc.Trigger(ctx, req)
+	switch {
+	case err == nil:
+		reply(http.StatusAccepted, Response{Status: "accepted", Delivery: delivery, RunID: id, RunURL: RunPath(id)})
+	case errors.Is(err, orchestrator.ErrRunExists):
+		// Whether the run was found before or lost a creation race to
+		// another copy of the delivery, its id is the one derived here.
+		reply(http.StatusOK, Response{Status: "duplicate", Delivery: delivery, Reason: "delivery already received",
+			RunID: id, RunURL: RunPath(id)})
+	case errors.Is(err, orchestrator.ErrInvalid):
+		reply(http.StatusBadRequest, Response{Status: "rejected", Delivery: delivery, Reason: err.Error()})
+	case errors.Is(err, store.ErrNotFound):
+		reply(http.StatusNotFound, Response{Status: "rejected", Delivery: delivery, Reason: "no such pipeline"})
+	default:
+		h.log.Warn("webhook trigger failed", zap.String("pipeline", rec.Name), zap.String("delivery", delivery), zap.Error(err))
+		reply(http.StatusServiceUnavailable, Response{Status: "failed", Delivery: delivery, Reason: "the run could not be created; retry the delivery"})
+	}
 }
 
 // record publishes the delivery and its outcome for the audit trail.
@@ -157,6 +200,9 @@ func (h *Handler) record(r *http.Request, provider, pipeline string, resp Respon
 	outcome := resp.Status
 	if resp.Reason != "" {
 		outcome += ": " + resp.Reason
+	}
+	if resp.RunID != "" {
+		outcome += " (run " + resp.RunID + ")"
 	}
 	e, err := event.New(orchestrator.Source, event.TypeWebhookReceived, event.Meta{}, event.Action{
 		Actor: provider + " delivery " + resp.Delivery, SourceIP: ip, Action: "webhook." + provider,

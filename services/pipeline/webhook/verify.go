@@ -1,8 +1,9 @@
 // Package webhook receives Git provider webhooks (GitHub, GitLab, Gitea):
 // it verifies each delivery's signature with the pipeline's secret in
-// constant time, drops replayed deliveries, matches the pipeline's trigger
-// rules, and turns the payload into a run whose Git variables are marked
-// untrusted.
+// constant time, matches the pipeline's trigger rules, and turns the
+// payload into a run whose Git variables are marked untrusted. The run's id
+// is derived from the delivery, so a replayed delivery finds the run it
+// started instead of starting another.
 package webhook
 
 import (
