@@ -1,15 +1,20 @@
 // Package schedule fires pipelines' cron triggers. Every pipeline service
-// instance runs a scheduler; a firing is claimed with a create-only key per
-// (pipeline, trigger, minute), so each one starts exactly one run however
-// many instances run.
+// instance runs a scheduler. A firing is a run whose id is derived from the
+// pipeline, the trigger and the minute ([RunID]), so the run's existence is
+// the mark that the minute fired: however many instances tick the same
+// minute, one run is created, and a firing whose run could not be created
+// is tried again at the next tick.
 package schedule
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/robfig/cron/v3"
 	"go.uber.org/zap"
@@ -19,25 +24,31 @@ import (
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
-// Bucket holds claimed firings.
-const Bucket = "ansflow_schedules"
+// Window is how far back a tick looks for firings without a run: a firing
+// whose trigger failed is retried at every tick until it is this old, and a
+// scheduler that was stopped catches up the minutes it missed within it.
+const Window = 5 * time.Minute
 
-// Scheduler fires cron triggers. Create it with [New].
+// Scheduler fires cron triggers. Create it with [New]; it is safe for
+// concurrent use.
 type Scheduler struct {
-	st     *store.Store
-	orc    *orchestrator.Orchestrator
-	claims jetstream.KeyValue
-	log    *zap.Logger
-	now    func() time.Time
+	st  *store.Store
+	orc *orchestrator.Orchestrator
+	log *zap.Logger
+	now func() time.Time
+
+	// fired holds the firings within the window known to have their run,
+	// by run id, so that later ticks do not read the run again. It is only
+	// a shortcut: a firing missing from it is checked against the store.
+	mu    sync.Mutex
+	fired map[string]time.Time
 }
 
-// New returns a scheduler.
-func New(ctx context.Context, st *store.Store, orc *orchestrator.Orchestrator, js jetstream.JetStream, log *zap.Logger) (*Scheduler, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: Bucket, TTL: 48 * time.Hour})
-	if err != nil {
-		return nil, fmt.Errorf("schedules bucket: %w", err)
-	}
-	return &Scheduler{st: st, orc: orc, claims: kv, log: log.Named("schedule"), now: time.Now}, nil
+// New returns a scheduler. It keeps no state in JetStream: ctx and js are
+// unused and no error is returned today; they stay so that assembling the
+// service does not change.
+func New(_ context.Context, st *store.Store, orc *orchestrator.Orchestrator, _ jetstream.JetStream, log *zap.Logger) (*Scheduler, error) {
+	return &Scheduler{st: st, orc: orc, log: log.Named("schedule"), now: time.Now, fired: map[string]time.Time{}}, nil
 }
 
 // Run checks the schedules at every minute boundary until ctx is done.
@@ -56,16 +67,38 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	}
 }
 
-// Tick fires every cron trigger due at minute (truncated) and returns the
-// runs this instance started.
-func (s *Scheduler) Tick(ctx context.Context, minute time.Time) ([]*store.Run, error) {
-	minute = minute.UTC().Truncate(time.Minute)
+// runNamespace is the UUIDv5 namespace of cron run ids.
+var runNamespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("urn:ansflow:cron-firing"))
+
+// RunID is the id of the run that the cron trigger at position entry of
+// pipeline's triggers, with schedule, starts for minute.
+func RunID(pipeline string, entry int, schedule string, minute time.Time) string {
+	name := spec.Slug(pipeline) + "\n" + strconv.Itoa(entry) + "\n" + schedule + "\n" +
+		minute.UTC().Truncate(time.Minute).Format(time.RFC3339)
+	return uuid.NewSHA1(runNamespace, []byte(name)).String()
+}
+
+// Tick fires the cron triggers due at now (truncated to the minute) or at
+// an earlier minute within [Window] that has no run yet, and returns the
+// runs this instance created. Minutes before the pipeline version was
+// stored never fire. A trigger that fails does not stop the others; the
+// failures are returned joined, and those firings are tried again at the
+// next tick.
+func (s *Scheduler) Tick(ctx context.Context, now time.Time) ([]*store.Run, error) {
+	now = now.UTC().Truncate(time.Minute)
+	from := now.Add(-Window + time.Minute)
+	s.forget(from)
 	pipelines, err := s.st.ListPipelines(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list pipelines: %w", err)
 	}
 	var started []*store.Run
+	var errs []error
 	for _, p := range pipelines {
+		first := from
+		if p.UpdatedAt.After(first) {
+			first = p.UpdatedAt.UTC()
+		}
 		for i, t := range p.Spec.Triggers {
 			if t.Type != "cron" {
 				continue
@@ -75,25 +108,63 @@ func (s *Scheduler) Tick(ctx context.Context, minute time.Time) ([]*store.Run, e
 				s.log.Warn("bad schedule", zap.String("pipeline", p.Name), zap.String("schedule", t.Schedule), zap.Error(err))
 				continue
 			}
-			if !sched.Next(minute.Add(-time.Second)).Equal(minute) {
-				continue
-			}
-			key := fmt.Sprintf("%s.%d.%d", spec.Slug(p.Name), i, minute.Unix())
-			if _, err := s.claims.Create(ctx, key, []byte("fired")); err != nil {
-				if errors.Is(err, jetstream.ErrKeyExists) {
-					continue // another instance fired it
+			for m := sched.Next(first.Add(-time.Second)); !m.IsZero() && !m.After(now); m = sched.Next(m) {
+				run, err := s.fire(ctx, p, i, t, m)
+				if err != nil {
+					errs = append(errs, err)
+				} else if run != nil {
+					started = append(started, run)
 				}
-				return started, fmt.Errorf("claim %s: %w", key, err)
 			}
-			run, err := s.orc.Trigger(ctx, orchestrator.TriggerRequest{Pipeline: p.Name,
-				Git:     orchestrator.GitInfo{Branch: t.Branch},
-				Trigger: store.Trigger{Kind: "cron", Actor: "schedule " + t.Schedule}})
-			if err != nil {
-				s.log.Warn("scheduled run failed to start", zap.String("pipeline", p.Name), zap.Error(err))
-				continue
-			}
-			started = append(started, run)
 		}
 	}
-	return started, nil
+	return started, errors.Join(errs...)
+}
+
+// fire creates the run of one firing, unless it exists; it returns the run
+// only when this call created it.
+func (s *Scheduler) fire(ctx context.Context, p *store.PipelineRecord, entry int, t spec.Trigger, minute time.Time) (*store.Run, error) {
+	id := RunID(p.Name, entry, t.Schedule, minute)
+	if s.known(id) {
+		return nil, nil
+	}
+	run, err := s.orc.Trigger(ctx, orchestrator.TriggerRequest{Pipeline: p.Name, RunID: id,
+		Git:     orchestrator.GitInfo{Branch: t.Branch},
+		Trigger: store.Trigger{Kind: "cron", Actor: "schedule " + t.Schedule}})
+	switch {
+	case err == nil:
+		s.remember(id, minute)
+		return run, nil
+	case errors.Is(err, orchestrator.ErrRunExists):
+		s.remember(id, minute) // another instance, or an earlier tick, fired it
+		return nil, nil
+	default:
+		s.log.Warn("scheduled run failed to start; retrying at the next tick", zap.String("pipeline", p.Name),
+			zap.String("schedule", t.Schedule), zap.Time("minute", minute), zap.Error(err))
+		return nil, fmt.Errorf("fire %q schedule %q at %s: %w", p.Name, t.Schedule, minute.Format(time.RFC3339), err)
+	}
+}
+
+func (s *Scheduler) known(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.fired[id]
+	return ok
+}
+
+func (s *Scheduler) remember(id string, minute time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fired[id] = minute
+}
+
+// forget drops the firings before from: no tick looks at them again.
+func (s *Scheduler) forget(from time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, m := range s.fired {
+		if m.Before(from) {
+			delete(s.fired, id)
+		}
+	}
 }
