@@ -83,7 +83,7 @@ func TestDistributedMode(t *testing.T) {
 	runners := map[string]*exec.Cmd{}
 	for _, id := range []string{"runner-a", "runner-b"} {
 		runners[id] = daemon(t, filepath.Join(bin, "docker-runner"), "--nats", natsURL, "--pools", "default", "--id", id, "--concurrency", "2",
-			"--ack-wait", "2s", "--work-dir", t.TempDir())
+			"--lease", "2s", "--work-dir", t.TempDir())
 	}
 	daemon(t, filepath.Join(bin, "audit"), "--nats", natsURL, "--data-dir", t.TempDir(), "--http", auditAddr)
 	waitTCP(t, apiAddr)

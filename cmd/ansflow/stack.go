@@ -34,6 +34,8 @@ type stackConfig struct {
 	Pipeline     bool
 	ConfigFile   string
 	Concurrency  int
+	// Orchestrator configures the pipeline service's orchestrator.
+	Orchestrator orchestrator.Config
 }
 
 // stack is the embedded AnsFlow: a nats-server and the services in one
@@ -128,7 +130,7 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 		if err != nil {
 			return fail(fmt.Errorf("listen on %s: %w", addr, err))
 		}
-		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: orchestrator.Config{DispatchTimeout: 30 * time.Second}},
+		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: cfg.Orchestrator},
 			js, log)
 		if err != nil {
 			ln.Close()

@@ -40,6 +40,10 @@ type StepRequested struct {
 	// default.
 	TimeoutSeconds float64   `json:"timeout_seconds,omitempty"`
 	RequestedAt    time.Time `json:"requested_at"`
+	// Reason says why this attempt exists when it is not the first or a
+	// retry: "runner_lost" when the previous attempt's runner stopped
+	// renewing its lease, so the runner removes what that attempt left.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Registry names a container registry of the catalogue. Credentials are held
@@ -87,10 +91,14 @@ const (
 
 // StepCompleted reports the end of an attempt.
 type StepCompleted struct {
-	RunID      string            `json:"run_id"`
-	StepID     string            `json:"step_id"`
-	Attempt    int               `json:"attempt"`
-	Status     string            `json:"status"` // succeeded, failed or cancelled
+	RunID   string `json:"run_id"`
+	StepID  string `json:"step_id"`
+	Attempt int    `json:"attempt"`
+	Status  string `json:"status"` // succeeded, failed or cancelled
+	// Reason is "runner_lost" when the attempt did not end but its runner
+	// stopped renewing its lease and another runner or the orchestrator
+	// took the step over; Runner is then the lost runner.
+	Reason     string            `json:"reason,omitempty"`
 	ExitCode   *int              `json:"exit_code,omitempty"`
 	Outputs    map[string]string `json:"outputs,omitempty"`
 	Error      string            `json:"error,omitempty"`

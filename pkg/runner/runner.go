@@ -22,13 +22,19 @@ import (
 
 // Buckets shared by runners and the pipeline service.
 const (
-	// AttemptsBucket records each claimed (run, step, attempt) and, once
-	// done, its completion, so a redelivered request is never executed
-	// twice.
+	// AttemptsBucket holds each attempt's [Claim]: who executes it, until
+	// when its lease runs, and, once done, its completion, so a redelivered
+	// request is never executed twice.
 	AttemptsBucket = "ansflow_attempts"
-	// CancelsBucket holds one key per cancelled run.
+	// CancelsBucket holds one key per run that was cancelled or is over
+	// (the value says why), so runners drop its requests without executing
+	// them.
 	CancelsBucket = "ansflow_cancels"
 )
+
+// BucketTTL is how long the attempts and cancels buckets keep an entry: at
+// least as long as the steps stream keeps a request.
+const BucketTTL = 14 * 24 * time.Hour
 
 // Config configures a [Runner].
 type Config struct {
@@ -44,8 +50,17 @@ type Config struct {
 	DefaultTimeout time.Duration
 	// WorkDir is where sources are unpacked (default os.TempDir()).
 	WorkDir string
-	// AckWait is the consumer's redelivery timeout (default 30s).
-	AckWait time.Duration
+	// Lease is how long an attempt's claim, and the request's delivery,
+	// stay held without a renewal; renewals go out every third of it. Once
+	// it has lapsed, another runner (or the orchestrator) may take the
+	// attempt over (default 30s).
+	Lease time.Duration
+	// Heartbeat is how often the runner rewrites its presence entry in
+	// [RunnersBucket] (default 5s).
+	Heartbeat time.Duration
+	// Replicas of the buckets the runner creates (default 1); existing
+	// buckets keep theirs.
+	Replicas int
 	// Grace is how long running steps may finish after Run's context ends
 	// (a SIGTERM) before they are stopped and left to be reported abandoned
 	// (default 0).
@@ -73,8 +88,11 @@ func (c *Config) Validate() error {
 	if c.WorkDir == "" {
 		c.WorkDir = os.TempDir()
 	}
-	if c.AckWait <= 0 {
-		c.AckWait = 30 * time.Second
+	if c.Lease <= 0 {
+		c.Lease = 30 * time.Second
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 5 * time.Second
 	}
 	return nil
 }
@@ -93,16 +111,17 @@ type Runner struct {
 	log       *zap.Logger
 	types     map[string]bool
 	source    string
+	started   time.Time
 	mu        sync.Mutex
 	running   map[string]context.CancelCauseFunc // run/step -> cancel
-	cancelled map[string]bool                    // run ids (as tokens) cancelled
+	cancelled map[string]string                  // run ids (as tokens) cancelled or over -> why
 }
 
 // New returns a runner; cfg must have passed Validate.
 func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, eng Engine, fetch SourceFetcher, log *zap.Logger) *Runner {
 	r := &Runner{cfg: cfg, nc: nc, js: js, eng: eng, fetch: fetch, log: log.With(zap.String("runner", cfg.ID)),
-		types: map[string]bool{}, running: map[string]context.CancelCauseFunc{}, cancelled: map[string]bool{},
-		source: "ansflow/" + cfg.Kind + "-runner/" + cfg.ID}
+		types: map[string]bool{}, running: map[string]context.CancelCauseFunc{}, cancelled: map[string]string{},
+		source: "ansflow/" + cfg.Kind + "-runner/" + cfg.ID, started: time.Now().UTC()}
 	for _, t := range eng.Types() {
 		r.types[t] = true
 	}
@@ -111,16 +130,20 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, eng Engine, fetch So
 
 // Run serves every configured target until ctx is done.
 func (r *Runner) Run(ctx context.Context) error {
-	if err := bus.EnsureStreams(ctx, r.js, 1); err != nil {
+	if err := bus.EnsureStreams(ctx, r.js, r.cfg.Replicas); err != nil {
 		return err
 	}
-	attempts, err := r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: AttemptsBucket, TTL: 14 * 24 * time.Hour})
+	attempts, err := ensureKV(ctx, r.js, jetstream.KeyValueConfig{Bucket: AttemptsBucket, TTL: BucketTTL, Replicas: r.cfg.Replicas})
 	if err != nil {
 		return fmt.Errorf("attempts bucket: %w", err)
 	}
-	cancels, err := r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: CancelsBucket, TTL: 14 * 24 * time.Hour})
+	cancels, err := ensureKV(ctx, r.js, jetstream.KeyValueConfig{Bucket: CancelsBucket, TTL: BucketTTL, Replicas: r.cfg.Replicas})
 	if err != nil {
 		return fmt.Errorf("cancels bucket: %w", err)
+	}
+	presence, err := ensureKV(ctx, r.js, jetstream.KeyValueConfig{Bucket: RunnersBucket, TTL: RunnersBucketTTL, Replicas: r.cfg.Replicas})
+	if err != nil {
+		return fmt.Errorf("runners bucket: %w", err)
 	}
 	if err := r.watchCancels(ctx, cancels); err != nil {
 		return err
@@ -130,24 +153,64 @@ func (r *Runner) Run(ctx context.Context) error {
 		return fmt.Errorf("subscribe to cancellations: %w", err)
 	}
 	defer sub.Unsubscribe()
+	if err := r.announce(ctx, presence, false); err != nil {
+		return err
+	}
 
-	g, ctx := errgroup.WithContext(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { r.heartbeat(gctx, presence); return nil })
 	for _, target := range r.cfg.Targets {
 		cc := bus.ConsumerConfig{
 			Stream:         event.StreamSteps,
 			Durable:        DurableName(r.cfg.Kind, target),
 			FilterSubjects: []string{event.StepRequestedSubject(r.cfg.Kind, target)},
 			MaxDeliver:     5,
-			AckWait:        r.cfg.AckWait,
+			AckWait:        r.cfg.Lease,
 			Concurrency:    r.cfg.Concurrency,
 			Grace:          r.cfg.Grace,
 		}
 		h := func(ctx context.Context, e cloudevents.Event) error { return r.handle(ctx, e, attempts) }
-		g.Go(func() error { return bus.Consume(ctx, r.js, cc, bus.Chain(h, bus.KnownTypes()), r.log) })
+		g.Go(func() error { return bus.Consume(gctx, r.js, cc, bus.Chain(h, bus.KnownTypes()), r.log) })
 	}
 	r.log.Info("runner ready", zap.String("kind", r.cfg.Kind), zap.Strings("targets", r.cfg.Targets),
-		zap.Int("concurrency", r.cfg.Concurrency))
-	return g.Wait()
+		zap.Int("concurrency", r.cfg.Concurrency), zap.Duration("lease", r.cfg.Lease))
+	err = g.Wait()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	_ = r.announce(sctx, presence, true)
+	return err
+}
+
+// announce writes this runner's presence entry.
+func (r *Runner) announce(ctx context.Context, kv jetstream.KeyValue, stopped bool) error {
+	r.mu.Lock()
+	busy := len(r.running)
+	r.mu.Unlock()
+	ri := RunnerInfo{ID: r.cfg.ID, Kind: r.cfg.Kind, Pools: r.cfg.Targets, Slots: r.cfg.Concurrency, Busy: busy,
+		Version: Version, StartedAt: r.started, LastSeen: time.Now().UTC(), Interval: r.cfg.Heartbeat, Stopped: stopped}
+	b, _ := json.Marshal(ri)
+	if _, err := kv.Put(ctx, presenceKey(r.cfg.Kind, r.cfg.ID), b); err != nil {
+		return fmt.Errorf("announce runner %s: %w", r.cfg.ID, err)
+	}
+	return nil
+}
+
+// heartbeat rewrites the presence entry every cfg.Heartbeat until ctx ends.
+func (r *Runner) heartbeat(ctx context.Context, kv jetstream.KeyValue) {
+	t := time.NewTicker(r.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			actx, cancel := context.WithTimeout(ctx, r.cfg.Heartbeat)
+			if err := r.announce(actx, kv, false); err != nil && ctx.Err() == nil {
+				r.log.Warn("heartbeat", zap.Error(err))
+			}
+			cancel()
+		}
+	}
 }
 
 func (r *Runner) onCancel(m *nats.Msg) {
@@ -169,16 +232,6 @@ func (r *Runner) onCancel(m *nats.Msg) {
 }
 
 var errCancelled = errors.New("cancelled")
-
-type claim struct {
-	State     string               `json:"state"` // running or done
-	Runner    string               `json:"runner"`
-	Completed *event.StepCompleted `json:"completed,omitempty"`
-}
-
-func attemptKey(req *event.StepRequested) string {
-	return event.Token(req.RunID) + "." + event.Token(req.StepID) + "." + fmt.Sprint(req.Attempt)
-}
 
 // watchCancels keeps the set of cancelled runs in memory, so checking a
 // request against it costs no round trip. It returns once the bucket's
@@ -207,7 +260,7 @@ func (r *Runner) watchCancels(ctx context.Context, cancels jetstream.KeyValue) e
 				}
 				r.mu.Lock()
 				if e.Operation() == jetstream.KeyValuePut {
-					r.cancelled[e.Key()] = true
+					r.cancelled[e.Key()] = string(e.Value())
 				} else {
 					delete(r.cancelled, e.Key())
 				}
@@ -235,13 +288,27 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 		return bus.Permanent(fmt.Errorf("step request %s lacks run id, step id or attempt", e.ID()))
 	}
 	log := r.log.With(zap.String("run_id", req.RunID), zap.String("step_id", req.StepID), zap.Int("attempt", req.Attempt))
-	key := attemptKey(&req)
-	mine, _ := json.Marshal(claim{State: "running", Runner: r.cfg.ID})
-	if _, err := attempts.Create(ctx, key, mine); err != nil {
+	r.mu.Lock()
+	stopped, isStopped := r.cancelled[event.Token(req.RunID)]
+	r.mu.Unlock()
+	if isStopped {
+		// The orchestrator already settled every step of a cancelled or
+		// finished run: the request is not current.
+		log.Info("dropping the request of a run that is over", zap.String("why", stopped))
+		return nil
+	}
+	key := AttemptKey(req.RunID, req.StepID, req.Attempt)
+	mine, _ := json.Marshal(Claim{State: ClaimRunning, Runner: r.cfg.ID, LeaseUntil: time.Now().Add(r.cfg.Lease)})
+	rev, err := attempts.Create(ctx, key, mine)
+	if err != nil {
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return fmt.Errorf("claim attempt %s: %w", key, err) // retryable
 		}
 		return r.redelivered(ctx, &req, attempts, key, log)
+	}
+	l := &lease{kv: attempts, key: key, runner: r.cfg.ID, d: r.cfg.Lease, rev: rev}
+	if req.Reason == ReasonRunnerLost && req.Attempt > 1 {
+		r.reap(ctx, &req, req.Attempt-1, log)
 	}
 
 	now := time.Now().UTC()
@@ -251,16 +318,10 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 		if task != nil {
 			c.StdoutTail, c.StderrTail = task.stdout.Tail(), task.stderr.Tail()
 		}
-		return r.complete(ctx, c, attempts, key)
+		return r.complete(ctx, c, l, log)
 	}
 	if !r.types[req.Type] {
 		return done(event.StatusFailed, nil, nil, fmt.Sprintf("runner %s does not execute step type %q", r.cfg.ID, req.Type), nil)
-	}
-	r.mu.Lock()
-	cancelled := r.cancelled[event.Token(req.RunID)]
-	r.mu.Unlock()
-	if cancelled {
-		return done(event.StatusCancelled, nil, nil, "run was cancelled before the step started", nil)
 	}
 
 	timeout := r.cfg.DefaultTimeout
@@ -280,6 +341,8 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 		delete(r.running, runKey)
 		r.mu.Unlock()
 	}()
+	stopRenewing := r.renew(ctx, l, cancel, log)
+	defer stopRenewing()
 
 	started, err := event.New(r.source, event.TypeStepStarted, event.Meta{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt},
 		event.StepStarted{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt, Runner: r.cfg.ID, StartedAt: now})
@@ -301,6 +364,11 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 	task.stderr.Flush(true)
 	if err := task.logs.wait(ctx, 5*time.Second); err != nil {
 		log.Warn("log chunks not stored before the completion", zap.Error(err))
+	}
+	stopRenewing()
+	if errors.Is(context.Cause(sctx), errLeaseLost) {
+		log.Warn("attempt was taken over after this runner lost its lease; not reporting it")
+		return nil
 	}
 
 	for k, v := range outputs {
@@ -331,6 +399,52 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 	}
 	log.Info("step did not succeed", zap.String("status", status), zap.String("error", msg))
 	return done(status, exit, outputs, msg, task)
+}
+
+// renew renews l every third of the lease until the returned stop is
+// called; a renewal that finds the claim taken over cancels the attempt
+// with errLeaseLost. A renewal that fails otherwise (NATS unreachable) is
+// retried; the lease lapses if it keeps failing, as it should.
+func (r *Runner) renew(ctx context.Context, l *lease, cancel context.CancelCauseFunc, log *zap.Logger) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(r.cfg.Lease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				rctx, rcancel := context.WithTimeout(ctx, r.cfg.Lease/3)
+				err := l.renew(rctx)
+				rcancel()
+				if errors.Is(err, errLeaseLost) {
+					cancel(errLeaseLost)
+					return
+				}
+				if err != nil {
+					log.Warn("lease renewal failed", zap.Error(err))
+				}
+			}
+		}
+	}()
+	once := sync.OnceFunc(func() { close(done); <-finished })
+	return once
+}
+
+// reap removes what an earlier attempt of req's step left behind.
+func (r *Runner) reap(ctx context.Context, req *event.StepRequested, attempt int, log *zap.Logger) {
+	reaper, ok := r.eng.(Reaper)
+	if !ok {
+		return
+	}
+	if err := reaper.Reap(ctx, req.RunID, req.StepID, attempt); err != nil {
+		log.Warn("reap the lost attempt", zap.Int("lost_attempt", attempt), zap.Error(err))
+	}
 }
 
 // pendingLogs tracks the acknowledgements of one attempt's log chunks, so
@@ -378,61 +492,92 @@ func (p *pendingLogs) wait(ctx context.Context, d time.Duration) error {
 }
 
 // redelivered handles a request whose attempt was already claimed: replay a
-// finished attempt's completion, or abandon an attempt whose runner died.
+// finished attempt's completion, drop a request that is not current, leave
+// an attempt whose lease is alive to its runner, and take over one whose
+// lease lapsed.
 func (r *Runner) redelivered(ctx context.Context, req *event.StepRequested, attempts jetstream.KeyValue, key string, log *zap.Logger) error {
-	entry, err := attempts.Get(ctx, key)
-	if err != nil {
-		return fmt.Errorf("read claim %s: %w", key, err)
-	}
-	var c claim
-	if err := json.Unmarshal(entry.Value(), &c); err != nil {
-		return bus.Permanent(fmt.Errorf("claim %s is corrupt: %w", key, err))
-	}
-	if c.State == "done" && c.Completed != nil {
-		log.Info("attempt already completed; replaying its completion")
-		return r.publishCompleted(ctx, c.Completed)
-	}
-	r.mu.Lock()
-	_, local := r.running[req.RunID+"/"+req.StepID]
-	r.mu.Unlock()
-	if local {
-		return nil // still executing here; heartbeats keep it
-	}
-	log.Warn("attempt was claimed by a runner that stopped; abandoning it", zap.String("claimed_by", c.Runner))
-	if reaper, ok := r.eng.(Reaper); ok {
-		if err := reaper.Reap(ctx, req.RunID, req.StepID, req.Attempt); err != nil {
-			log.Warn("reap abandoned attempt", zap.Error(err))
+	for {
+		c, _, err := ReadClaim(ctx, attempts, key)
+		if err != nil {
+			return fmt.Errorf("read claim %s: %w", key, err)
 		}
+		switch c.State {
+		case ClaimDone:
+			if c.Completed == nil {
+				return bus.Permanent(fmt.Errorf("claim %s is done without a completion", key))
+			}
+			log.Info("attempt already completed; replaying its completion")
+			return r.publishCompleted(ctx, c.Completed, "completed")
+		case ClaimLost, ClaimSuperseded:
+			log.Info("dropping a request whose attempt is not current", zap.String("claim", c.State), zap.String("reason", c.Reason))
+			return nil
+		}
+		now := time.Now()
+		if c.LeaseUntil.After(now) {
+			r.mu.Lock()
+			_, local := r.running[req.RunID+"/"+req.StepID]
+			r.mu.Unlock()
+			if local && c.Runner == r.cfg.ID {
+				return nil // executing here: this runner reports it
+			}
+			// Wait out the lease: a runner that is alive renews it, one that
+			// is gone lets it lapse. The consumer's heartbeats hold the
+			// message meanwhile.
+			wait := time.NewTimer(c.LeaseUntil.Sub(now) + 50*time.Millisecond)
+			select {
+			case <-ctx.Done():
+				wait.Stop()
+				return ctx.Err()
+			case <-wait.C:
+			}
+			if nc, _, err := ReadClaim(ctx, attempts, key); err == nil && nc.State == ClaimRunning && nc.LeaseUntil.After(c.LeaseUntil) {
+				log.Info("attempt is held by a live runner; leaving it to it", zap.String("claimed_by", nc.Runner))
+				return nil
+			}
+			continue
+		}
+		fc, err := Fence(ctx, attempts, key, r.cfg.ID, ReasonRunnerLost, time.Now())
+		if errors.Is(err, ErrLeaseHeld) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if fc.State != ClaimLost || fc.Runner != c.Runner {
+			continue // someone else settled it first: look again
+		}
+		log.Warn("runner stopped renewing its lease; taking the attempt over", zap.String("lost_runner", c.Runner))
+		r.reap(ctx, req, req.Attempt, log)
+		now = time.Now().UTC()
+		return r.publishCompleted(ctx, &event.StepCompleted{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt,
+			Status: event.StatusFailed, Reason: ReasonRunnerLost, Runner: c.Runner, StartedAt: now, FinishedAt: now,
+			Error: fmt.Sprintf("runner %s stopped renewing its lease on attempt %d; %s took the step over", c.Runner, req.Attempt, r.cfg.ID)}, "lost")
 	}
-	now := time.Now().UTC()
-	return r.complete(ctx, &event.StepCompleted{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt,
-		Status: event.StatusFailed, Runner: r.cfg.ID, StartedAt: now, FinishedAt: now,
-		Error: fmt.Sprintf("runner %s stopped while executing attempt %d; the attempt was abandoned", c.Runner, req.Attempt)},
-		attempts, key)
 }
 
-// complete publishes the attempt's completion, then records it in the
-// claim. The order keeps the next step's dispatch off the record's round
-// trip; a crash in between leaves a "running" claim whose redelivery
-// publishes an "abandoned" completion under the same event id, which the
-// stream drops as a duplicate, so the published result stands.
-func (r *Runner) complete(ctx context.Context, c *event.StepCompleted, attempts jetstream.KeyValue, key string) error {
-	if err := r.publishCompleted(ctx, c); err != nil {
+// complete records the attempt's completion in its claim, then publishes
+// it. A runner that lost its lease meanwhile finds the claim taken over and
+// publishes nothing; a crash between the two leaves a done claim whose
+// redelivered request replays the completion.
+func (r *Runner) complete(ctx context.Context, c *event.StepCompleted, l *lease, log *zap.Logger) error {
+	if err := l.complete(ctx, c); errors.Is(err, errLeaseLost) {
+		log.Warn("attempt was taken over after this runner lost its lease; not reporting it")
+		return nil
+	} else if err != nil {
 		return err
 	}
-	b, _ := json.Marshal(claim{State: "done", Runner: r.cfg.ID, Completed: c})
-	if _, err := attempts.Put(ctx, key, b); err != nil {
-		return fmt.Errorf("record completion of %s: %w", key, err)
-	}
-	return nil
+	return r.publishCompleted(ctx, c, "completed")
 }
 
-func (r *Runner) publishCompleted(ctx context.Context, c *event.StepCompleted) error {
+// publishCompleted publishes c under an id made of prefix and the attempt:
+// "completed" for the attempt's own end, "lost" for a takeover's, so the
+// two never deduplicate each other.
+func (r *Runner) publishCompleted(ctx context.Context, c *event.StepCompleted, prefix string) error {
 	e, err := event.New(r.source, event.TypeStepCompleted, event.Meta{RunID: c.RunID, StepID: c.StepID, Attempt: c.Attempt}, c)
 	if err != nil {
 		return bus.Permanent(err)
 	}
-	e.SetID(fmt.Sprintf("completed-%s.%s.%d", event.Token(c.RunID), event.Token(c.StepID), c.Attempt))
+	e.SetID(fmt.Sprintf("%s-%s", prefix, AttemptKey(c.RunID, c.StepID, c.Attempt)))
 	return bus.Publish(ctx, r.js, event.LifecycleSubject(event.TypeStepCompleted, c.RunID), e)
 }
 

@@ -35,7 +35,7 @@ func startRunner(t *testing.T, s *natstest.Server, eng runner.Engine, id string)
 		t.Fatal(err)
 	}
 	js, _ := natsutil.JetStream(nc)
-	cfg := runner.Config{Kind: event.KindDocker, Targets: []string{"default"}, ID: id, AckWait: time.Second, Concurrency: 2}
+	cfg := runner.Config{Kind: event.KindDocker, Targets: []string{"default"}, ID: id, Lease: time.Second, Concurrency: 2}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -120,8 +120,9 @@ func TestKilledRunnerAttemptIsAbandonedNotRerun(t *testing.T) {
 	startRunner(t, s, second, "second")
 	waitFor(t, 15*time.Second, func() bool { return len(done.list()) >= 1 })
 	got := done.list()[0]
-	if got.Status != event.StatusFailed || got.Runner != "second" || second.Executed.Load() != 0 || second.reaped.Load() != 1 {
-		t.Fatalf("completion = %+v, second executed %d, reaped %d; want an abandoned attempt reaped by the second runner, not re-executed",
+	if got.Status != event.StatusFailed || got.Reason != runner.ReasonRunnerLost || got.Runner != "first" ||
+		second.Executed.Load() != 0 || second.reaped.Load() != 1 {
+		t.Fatalf("completion = %+v, second executed %d, reaped %d; want the attempt reported lost with the first runner, reaped by the second, not re-executed",
 			got, second.Executed.Load(), second.reaped.Load())
 	}
 }
@@ -231,5 +232,150 @@ func TestCompletionIsPublishedAfterTheAttemptsLogsAndStart(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("no completion within 20s")
+	}
+}
+
+// claimOf reads the claim of attempt 1 of run's step.
+func claimOf(t *testing.T, s *natstest.Server, run string) *runner.Claim {
+	t.Helper()
+	kv, err := s.JS.KeyValue(context.Background(), runner.AttemptsBucket)
+	if err != nil {
+		return nil
+	}
+	c, _, err := runner.ReadClaim(context.Background(), kv, runner.AttemptKey(run, "step", 1))
+	if err != nil {
+		return nil
+	}
+	return c
+}
+
+// TestRunnerThatLostItsLeaseDoesNotReport takes an attempt over while its
+// runner still executes it (as after a network partition): the runner's
+// next renewal finds the claim changed, stops the step, and publishes no
+// completion, so the taker's result is the only one.
+func TestRunnerThatLostItsLeaseDoesNotReport(t *testing.T) {
+	s := natstest.Run(t)
+	ctx := context.Background()
+	if err := bus.EnsureStreams(ctx, s.JS, 1); err != nil {
+		t.Fatal(err)
+	}
+	done := watchCompleted(t, s)
+	eng := &runnertest.Engine{}
+	startRunner(t, s, eng, "partitioned")
+	waitFor(t, 5*time.Second, func() bool {
+		_, err := s.JS.Consumer(ctx, event.StreamSteps, runner.DurableName(event.KindDocker, "default"))
+		return err == nil
+	})
+	request(t, s, "run-fenced", "sleep 30s; echo finished")
+	waitFor(t, 5*time.Second, func() bool { c := claimOf(t, s, "run-fenced"); return c != nil && c.State == runner.ClaimRunning })
+	kv, _ := s.JS.KeyValue(ctx, runner.AttemptsBucket)
+	// Take it over as if its lease had lapsed: Fence with a clock past it.
+	fc, err := runner.Fence(ctx, kv, runner.AttemptKey("run-fenced", "step", 1), "taker", runner.ReasonRunnerLost, time.Now().Add(time.Hour))
+	if err != nil || fc.State != runner.ClaimLost {
+		t.Fatalf("fence = %+v, %v", fc, err)
+	}
+	// The runner notices within a renewal period (a third of its 1 s lease)
+	// and frees its slot: a second request runs.
+	request(t, s, "run-after", "echo next")
+	waitFor(t, 10*time.Second, func() bool {
+		for _, c := range done.list() {
+			if c.RunID == "run-after" {
+				return true
+			}
+		}
+		return false
+	})
+	for _, c := range done.list() {
+		if c.RunID == "run-fenced" {
+			t.Fatalf("a runner that lost its lease reported the attempt: %+v", c)
+		}
+	}
+	if c := claimOf(t, s, "run-fenced"); c.State != runner.ClaimLost {
+		t.Fatalf("claim = %+v, want it left lost", c)
+	}
+}
+
+// TestRequestsThatAreNotCurrentAreDropped checks that a request of a run
+// that is over, or of an attempt the orchestrator fenced, is acknowledged
+// without executing.
+func TestRequestsThatAreNotCurrentAreDropped(t *testing.T) {
+	s := natstest.Run(t)
+	ctx := context.Background()
+	if err := bus.EnsureStreams(ctx, s.JS, 1); err != nil {
+		t.Fatal(err)
+	}
+	cancels, err := s.JS.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: runner.CancelsBucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attempts, err := s.JS.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: runner.AttemptsBucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cancels.Put(ctx, event.Token("run-over"), []byte("failed")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runner.Fence(ctx, attempts, runner.AttemptKey("run-superseded", "step", 1), "orchestrator", "timed out", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	done := watchCompleted(t, s)
+	eng := &runnertest.Engine{}
+	startRunner(t, s, eng, "r")
+	request(t, s, "run-over", "echo stale")
+	request(t, s, "run-superseded", "echo stale")
+	request(t, s, "run-current", "echo fresh")
+	waitFor(t, 10*time.Second, func() bool { return len(done.list()) >= 1 })
+	cons, err := s.JS.Consumer(ctx, event.StreamSteps, runner.DurableName(event.KindDocker, "default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	})
+	if n := eng.Executed.Load(); n != 1 {
+		t.Fatalf("executed %d requests, want only the current one", n)
+	}
+	if got := done.list(); len(got) != 1 || got[0].RunID != "run-current" {
+		t.Fatalf("completions = %+v, want only run-current's", got)
+	}
+}
+
+// TestRunnerAnnouncesItself checks the presence entry a runner keeps and
+// what a Directory makes of it.
+func TestRunnerAnnouncesItself(t *testing.T) {
+	s := natstest.Run(t)
+	ctx := context.Background()
+	if err := bus.EnsureStreams(ctx, s.JS, 1); err != nil {
+		t.Fatal(err)
+	}
+	eng := &runnertest.Engine{}
+	_, stop := startRunner(t, s, eng, "announced")
+	var kv jetstream.KeyValue
+	waitFor(t, 5*time.Second, func() bool {
+		var err error
+		kv, err = s.JS.KeyValue(ctx, runner.RunnersBucket)
+		return err == nil
+	})
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	dir, err := runner.WatchRunners(dctx, kv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() bool { return dir.Pool(event.KindDocker, "default", time.Now()).Online == 1 })
+	request(t, s, "run-busy", "sleep 30s")
+	p := dir.Pool(event.KindDocker, "default", time.Now())
+	if p.Slots != 2 || p.Reason() == "" {
+		t.Fatalf("pool = %+v", p)
+	}
+	if other := dir.Pool(event.KindDocker, "gpu", time.Now()); other.Online != 0 || other.Reason() != `no runner of docker pool "gpu" online` {
+		t.Fatalf("unserved pool = %+v (%s)", other, other.Reason())
+	}
+	stop()
+	waitFor(t, 10*time.Second, func() bool { return dir.Pool(event.KindDocker, "default", time.Now()).Online == 0 })
+	rs := dir.Runners()
+	if len(rs) != 1 || rs[0].ID != "announced" || !rs[0].Stopped || rs[0].Slots != 2 {
+		t.Fatalf("runners = %+v", rs)
 	}
 }

@@ -42,12 +42,12 @@ func TestParseConfig(t *testing.T) {
 	env := map[string]string{"ANSFLOW_NATS_URL": "nats://n1:4222", "ANSFLOW_POOLS": "a, b,", "ANSFLOW_CONCURRENCY": "4"}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	var out bytes.Buffer
-	c, err := parseConfig([]string{"--concurrency", "3", "--id", "r1", "--ack-wait", "5s", "--network", "ci"}, lookup, &out)
+	c, err := parseConfig([]string{"--concurrency", "3", "--id", "r1", "--lease", "5s", "--network", "ci"}, lookup, &out)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.NATSURL != "nats://n1:4222" || strings.Join(c.Runner.Targets, "|") != "a|b" || c.Runner.Concurrency != 3 ||
-		c.Runner.ID != "r1" || c.Runner.AckWait != 5*time.Second || c.Engine.Network != "ci" ||
+		c.Runner.ID != "r1" || c.Runner.Lease != 5*time.Second || c.Engine.Network != "ci" ||
 		c.Runner.Kind != event.KindDocker || c.Engine.SourceMount != engine.DefaultSourceMount {
 		t.Errorf("config %+v", c)
 	}
@@ -151,7 +151,7 @@ func killedRunner(t *testing.T, req event.StepRequested, files map[string]string
 
 	var out syncBuffer
 	child := exec.Command(os.Args[0], "--nats", ns.ClientURL(), "--pools", pool, "--id", "doomed-runner",
-		"--ack-wait", "2s", "--log-level", "warn")
+		"--lease", "2s", "--log-level", "warn")
 	child.Env = append(os.Environ(), childEnv+"=1")
 	child.Stdout, child.Stderr = &out, &out
 	if err := child.Start(); err != nil {
@@ -192,7 +192,7 @@ func killedRunner(t *testing.T, req event.StepRequested, files map[string]string
 		t.Fatal(err)
 	}
 	defer eng.Close()
-	rcfg := runner.Config{Kind: event.KindDocker, Targets: []string{pool}, ID: "successor", AckWait: 2 * time.Second, WorkDir: t.TempDir()}
+	rcfg := runner.Config{Kind: event.KindDocker, Targets: []string{pool}, ID: "successor", Lease: 2 * time.Second, WorkDir: t.TempDir()}
 	if err := rcfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,10 @@ func run(ctx context.Context) error {
 	creds := flag.String("nats-creds", os.Getenv("ANSFLOW_NATS_CREDS"), "NATS credentials file (env ANSFLOW_NATS_CREDS)")
 	httpAddr := flag.String("http", env("ANSFLOW_HTTP", "127.0.0.1:8080"), "API listen address (env ANSFLOW_HTTP)")
 	replicas := flag.Int("replicas", 1, "stream and bucket replicas (3 on a NATS cluster)")
-	dispatch := flag.Duration("dispatch-timeout", 30*time.Second, "fail a step no runner starts within this time")
+	noRunner := flag.Duration("no-runner-timeout", 10*time.Minute, "fail a queued step once no runner of its pool has been online for this long")
+	stepTimeout := flag.Duration("step-timeout", time.Hour, "timeout of a step that sets none")
+	runTimeout := flag.Duration("run-timeout", 24*time.Hour, "timeout of a run whose pipeline sets none")
+	leaseCheck := flag.Duration("lease-check", 15*time.Second, "how often running steps' leases are checked for runners that are gone")
 	level := flag.String("log-level", env("ANSFLOW_LOG_LEVEL", "info"), "log level")
 	flag.Parse()
 	log, err := logging.New(*level, true)
@@ -57,7 +60,8 @@ func run(ctx context.Context) error {
 		return err
 	}
 	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas,
-		Orchestrator: orchestrator.Config{DispatchTimeout: *dispatch}}, js, log)
+		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, Policy: orchestrator.Policy{
+			NoRunnerTimeout: *noRunner, StepTimeout: *stepTimeout, RunTimeout: *runTimeout}}}, js, log)
 	if err != nil {
 		return err
 	}

@@ -67,7 +67,7 @@ func (h *harness) startRunner(id string, eng runner.Engine, ackWait time.Duratio
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cfg := runner.Config{Kind: event.KindDocker, Targets: []string{h.pool}, ID: id, Concurrency: 2,
-		WorkDir: h.t.TempDir(), AckWait: ackWait}
+		WorkDir: h.t.TempDir(), Lease: ackWait}
 	if err := cfg.Validate(); err != nil {
 		h.t.Fatal(err)
 	}

@@ -242,7 +242,7 @@ func (h *harness) serve(target string, eng runner.Engine) {
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cfg := runner.Config{Kind: event.KindK8s, Targets: []string{target}, ID: "test-" + target, Concurrency: 4,
-		WorkDir: h.t.TempDir(), AckWait: 30 * time.Second}
+		WorkDir: h.t.TempDir(), Lease: 30 * time.Second}
 	if err := cfg.Validate(); err != nil {
 		h.t.Fatal(err)
 	}

@@ -1,21 +1,29 @@
 // Package orchestrator owns pipeline runs: it creates them, decides which
-// steps are due (order, needs, conditions, retries, timeouts, cancellation),
-// resolves their templates at dispatch, publishes step.requested, and folds
-// step.started and step.completed back into the run.
+// steps are due (order, needs, conditions, retries, timeouts, cancellation,
+// the runner queue), resolves their templates at dispatch, publishes
+// step.requested, and folds step.started and step.completed back into the
+// run.
 //
-// All run state lives in the runs bucket and is changed with compare-and-swap,
-// so any number of orchestrators may serve the same runs and a restarted one
+// Every decision is made by [Decide], a pure function of the run, one input
+// and an in-memory [Env]; this package's Orchestrator reads the run, calls
+// it, stores the result with compare-and-swap and carries out the commands,
+// each with a deadline. All run state lives in the runs bucket, so any
+// number of orchestrators may serve the same runs and a restarted one
 // continues every run. Step requests carry deterministic event ids, so a
-// request republished after a crash is dropped by JetStream's deduplication,
-// and runners claim each (run, step, attempt) once.
+// request republished after a crash is dropped by JetStream's
+// deduplication, and runners claim each (run, step, attempt) once, under a
+// lease.
 package orchestrator
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -37,15 +45,19 @@ const Source = "ansflow/pipeline"
 
 // Config configures an [Orchestrator].
 type Config struct {
-	// DispatchTimeout fails a step no runner has started within it
-	// (default 30s).
-	DispatchTimeout time.Duration
+	// Policy holds the decision defaults: pools, timeouts, the queue's
+	// no-runner limit.
+	Policy Policy
 	// Concurrency bounds lifecycle events handled at once (default 64).
 	Concurrency int
-	// DefaultDockerPool is the pool of docker steps without runs_on.
-	DefaultDockerPool string
-	// DefaultCluster is the cluster name of k8s steps without k8s_cluster.
-	DefaultCluster string
+	// LeaseCheck is how often the claims of running steps are checked for
+	// lapsed leases nobody took over (default 15s).
+	LeaseCheck time.Duration
+	// IOTimeout bounds each store read or write and each publish (default
+	// 10s); transient failures are retried within it.
+	IOTimeout time.Duration
+	// Replicas of the buckets the orchestrator creates (default 1).
+	Replicas int
 }
 
 // ErrInvalid is wrapped by errors caused by the caller's input.
@@ -56,45 +68,94 @@ var ErrFinished = errors.New("run already finished")
 
 // Orchestrator drives runs. Create it with [New] and serve it with Run.
 type Orchestrator struct {
-	cfg   Config
-	js    jetstream.JetStream
-	store *store.Store
-	log   *zap.Logger
-	plan  planner
+	cfg      Config
+	js       jetstream.JetStream
+	store    *store.Store
+	log      *zap.Logger
+	attempts jetstream.KeyValue
+	cancels  jetstream.KeyValue
+	pools    atomic.Pointer[runner.Directory]
+	watching time.Time
 
 	mu       sync.Mutex
 	wakeAt   map[string]wake
 	runLocks map[string]*runLock
 
-	servedMu sync.Mutex
-	served   map[string]time.Time
-
 	fold folder
 }
 
-// New returns an orchestrator over st.
-func New(cfg Config, js jetstream.JetStream, st *store.Store, log *zap.Logger) *Orchestrator {
-	if cfg.DispatchTimeout == 0 {
-		cfg.DispatchTimeout = 30 * time.Second
-	}
+// New returns an orchestrator over st, creating the buckets it shares with
+// runners.
+func New(ctx context.Context, cfg Config, js jetstream.JetStream, st *store.Store, log *zap.Logger) (*Orchestrator, error) {
+	cfg.Policy.defaults()
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 64
 	}
-	if cfg.DefaultDockerPool == "" {
-		cfg.DefaultDockerPool = "default"
+	if cfg.LeaseCheck <= 0 {
+		cfg.LeaseCheck = 15 * time.Second
 	}
-	if cfg.DefaultCluster == "" {
-		cfg.DefaultCluster = "default"
+	if cfg.IOTimeout <= 0 {
+		cfg.IOTimeout = 10 * time.Second
 	}
-	o := &Orchestrator{cfg: cfg, js: js, store: st, log: log, wakeAt: map[string]wake{}, runLocks: map[string]*runLock{}, served: map[string]time.Time{},
-		fold: folder{waiting: map[string]chan struct{}{}}}
-	o.plan = planner{dispatchTimeout: cfg.DispatchTimeout, prepare: o.prepare}
-	return o
+	o := &Orchestrator{cfg: cfg, js: js, store: st, log: log, wakeAt: map[string]wake{}, runLocks: map[string]*runLock{},
+		fold: folder{waiting: map[string]chan struct{}{}}, watching: time.Now().UTC()}
+	var err error
+	if o.attempts, err = ensureKV(ctx, js, jetstream.KeyValueConfig{Bucket: runner.AttemptsBucket, TTL: runner.BucketTTL, Replicas: cfg.Replicas}); err != nil {
+		return nil, fmt.Errorf("attempts bucket: %w", err)
+	}
+	if o.cancels, err = ensureKV(ctx, js, jetstream.KeyValueConfig{Bucket: runner.CancelsBucket, TTL: runner.BucketTTL, Replicas: cfg.Replicas}); err != nil {
+		return nil, fmt.Errorf("cancels bucket: %w", err)
+	}
+	if _, err = ensureKV(ctx, js, jetstream.KeyValueConfig{Bucket: runner.RunnersBucket, TTL: runner.RunnersBucketTTL, Replicas: cfg.Replicas}); err != nil {
+		return nil, fmt.Errorf("runners bucket: %w", err)
+	}
+	return o, nil
 }
 
-// Run consumes lifecycle events, watches runs and fires timers until ctx is
-// done.
+// env is the in-memory world a decision reads, as of now.
+func (o *Orchestrator) env() Env {
+	e := Env{Now: time.Now().UTC(), Policy: o.cfg.Policy, Catalog: o.store.Catalog(), Watching: o.watching}
+	if d := o.pools.Load(); d != nil {
+		e.Pools = d
+	}
+	return e
+}
+
+// Runners lists the runners the runners bucket knows, or nil before Run
+// began watching it.
+func (o *Orchestrator) Runners() []runner.RunnerInfo {
+	if d := o.pools.Load(); d != nil {
+		return d.Runners()
+	}
+	return nil
+}
+
+// Annotate fills in, for each queued step of r, why it is still waiting.
+func (o *Orchestrator) Annotate(r *store.Run) {
+	d := o.pools.Load()
+	if d == nil {
+		return
+	}
+	now := time.Now()
+	for _, s := range r.Steps {
+		if s.Status == event.StatusQueued {
+			s.Waiting = d.Pool(s.Kind, s.Target, now).Reason()
+		}
+	}
+}
+
+// Run consumes lifecycle events, watches runs and runners, and fires timers
+// until ctx is done.
 func (o *Orchestrator) Run(ctx context.Context) error {
+	kv, err := o.js.KeyValue(ctx, runner.RunnersBucket)
+	if err != nil {
+		return fmt.Errorf("runners bucket: %w", err)
+	}
+	dir, err := runner.WatchRunners(ctx, kv)
+	if err != nil {
+		return err
+	}
+	o.pools.Store(dir)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		cc := bus.ConsumerConfig{
@@ -110,8 +171,10 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 		}
 		return bus.Consume(ctx, o.js, cc, bus.Chain(o.handle, bus.KnownTypes()), o.log)
 	})
+	g.Go(func() error { return o.consumeDeadRequests(ctx) })
 	g.Go(func() error { return o.watch(ctx) })
 	g.Go(func() error { return o.sweep(ctx) })
+	g.Go(func() error { return o.checkLeases(ctx) })
 	return g.Wait()
 }
 
@@ -244,15 +307,17 @@ func (o *Orchestrator) Rerun(ctx context.Context, id string, trig store.Trigger)
 }
 
 func (o *Orchestrator) start(ctx context.Context, r *store.Run) error {
-	fx := o.plan.reconcile(r, time.Now().UTC())
-	if err := o.store.CreateRun(ctx, r); errors.Is(err, store.ErrExists) {
+	_, cmds := Decide(r, Tick{}, o.env())
+	ictx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
+	defer cancel()
+	if err := o.store.CreateRun(ictx, r); errors.Is(err, store.ErrExists) {
 		return fmt.Errorf("%w: %s", ErrRunExists, r.ID)
 	} else if err != nil {
 		return err
 	}
 	o.publish(ctx, event.TypeRunCreated, event.Meta{RunID: r.ID}, "created-"+r.ID, event.RunCreated{RunID: r.ID,
 		Pipeline: r.Pipeline, Version: r.PipelineVersion, BuildNumber: r.BuildNumber, Trigger: r.Trigger.Kind, Actor: r.Trigger.Actor})
-	o.apply(ctx, r, fx)
+	o.carryOut(ctx, r, cmds)
 	return nil
 }
 
@@ -267,13 +332,20 @@ func (o *Orchestrator) Cancel(ctx context.Context, id, reason string) (*store.Ru
 	} else if r.Terminal() {
 		return r, fmt.Errorf("%w: run %s is %s", ErrFinished, id, r.Status)
 	}
-	if kv, err := o.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: runner.CancelsBucket, TTL: 14 * 24 * time.Hour}); err == nil {
-		_, _ = kv.Put(ctx, event.Token(id), []byte(reason))
+	o.markStopped(ctx, id, "cancelled: "+reason)
+	return o.update(ctx, id, CancelRequested{Reason: reason})
+}
+
+// markStopped tells runners that run id is over, so they drop its requests.
+func (o *Orchestrator) markStopped(ctx context.Context, id, why string) {
+	ctx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
+	defer cancel()
+	if err := retry(ctx, func(ctx context.Context) error {
+		_, err := o.cancels.Put(ctx, event.Token(id), []byte(why))
+		return err
+	}); err != nil {
+		o.log.Warn("mark run stopped for runners", zap.String("run_id", id), zap.Error(err))
 	}
-	return o.update(ctx, id, func(r *store.Run) bool {
-		r.CancelRequested = reason
-		return true
-	})
 }
 
 func (o *Orchestrator) handle(ctx context.Context, e cloudevents.Event) error {
@@ -286,14 +358,7 @@ func (o *Orchestrator) handle(ctx context.Context, e cloudevents.Event) error {
 		if o.fold.started(ctx, attemptID(d.RunID, d.StepID, d.Attempt)) {
 			return nil // the completion records the start
 		}
-		_, err := o.update(ctx, d.RunID, func(r *store.Run) bool {
-			s := r.Step(d.StepID)
-			if s == nil || s.Attempts != d.Attempt || s.Status != event.StatusPending || s.QueuedAt == nil {
-				return false
-			}
-			s.Status, s.StartedAt, s.Runner = event.StatusRunning, ptr(d.StartedAt), d.Runner
-			return true
-		})
+		_, err := o.update(ctx, d.RunID, Started(d))
 		return notFoundIsPermanent(err)
 	case event.TypeStepCompleted:
 		var d event.StepCompleted
@@ -301,7 +366,7 @@ func (o *Orchestrator) handle(ctx context.Context, e cloudevents.Event) error {
 			return bus.Permanent(err)
 		}
 		o.fold.completing(attemptID(d.RunID, d.StepID, d.Attempt))
-		_, err := o.update(ctx, d.RunID, func(r *store.Run) bool { return o.completed(r, &d) })
+		_, err := o.update(ctx, d.RunID, Completed(d))
 		return notFoundIsPermanent(err)
 	}
 	return nil
@@ -314,46 +379,10 @@ func notFoundIsPermanent(err error) error {
 	return err
 }
 
-// completed folds a step.completed into r; stale attempts are ignored.
-func (o *Orchestrator) completed(r *store.Run, d *event.StepCompleted) bool {
-	i := -1
-	for k, s := range r.Steps {
-		if s.ID == d.StepID {
-			i = k
-		}
-	}
-	if i < 0 {
-		return false
-	}
-	s := r.Steps[i]
-	if s.Attempts != d.Attempt || (s.Status != event.StatusRunning && !(s.Status == event.StatusPending && s.QueuedAt != nil)) {
-		return false
-	}
-	if s.StartedAt == nil {
-		s.StartedAt = ptr(d.StartedAt)
-	}
-	s.ExitCode, s.Runner, s.Logs = d.ExitCode, d.Runner, store.Logs{Stdout: d.StdoutTail, Stderr: d.StderrTail}
-	if s.Outputs == nil {
-		s.Outputs = map[string]string{}
-	}
-	for k, v := range d.Outputs {
-		s.Outputs[k] = v
-	}
-	now := d.FinishedAt
-	switch d.Status {
-	case event.StatusSucceeded:
-		s.Status, s.Error, s.FinishedAt, s.QueuedAt = event.StatusSucceeded, "", ptr(now), nil
-	case event.StatusCancelled:
-		s.Status, s.Error, s.FinishedAt, s.QueuedAt = event.StatusCancelled, d.Error, ptr(now), nil
-	default:
-		o.plan.fail(r, s, &r.Spec.Steps[i], time.Now().UTC(), d.Error)
-	}
-	return true
-}
-
-// update applies mutate to the run and reconciles it, retrying on
-// concurrent changes, then publishes the resulting effects.
-func (o *Orchestrator) update(ctx context.Context, id string, mutate func(*store.Run) bool) (*store.Run, error) {
+// update reads the run, lets [Decide] apply in, stores the result with
+// compare-and-swap (retrying on concurrent changes) and carries out the
+// commands. Every read and write has a deadline.
+func (o *Orchestrator) update(ctx context.Context, id string, in Input) (*store.Run, error) {
 	unlock := o.lockRun(id)
 	defer unlock()
 	for try := 0; ; try++ {
@@ -361,56 +390,89 @@ func (o *Orchestrator) update(ctx context.Context, id string, mutate func(*store
 		if try > 0 {
 			get = o.store.GetRun
 		}
-		r, err := get(ctx, id)
+		ictx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
+		r, err := get(ictx, id)
+		cancel()
 		if err != nil {
 			return nil, err
 		}
-		if r.Terminal() || (mutate != nil && !mutate(r)) {
-			if try == 0 {
+		var before []byte
+		if _, tick := in.(Tick); tick {
+			before, _ = json.Marshal(r)
+		}
+		changed, cmds := Decide(r, in, o.env())
+		if changed && before != nil {
+			after, _ := json.Marshal(r)
+			changed = !bytes.Equal(before, after)
+		}
+		if !changed {
+			if _, tick := in.(Tick); try == 0 && !tick {
 				continue // decide nothing on a possibly stale cached copy
 			}
 			o.setWake(r)
 			return r, nil
 		}
-		fx := o.plan.reconcile(r, time.Now().UTC())
-		err = o.store.UpdateRun(ctx, r)
+		ictx, cancel = context.WithTimeout(ctx, o.cfg.IOTimeout)
+		err = o.store.UpdateRun(ictx, r)
+		cancel()
 		if errors.Is(err, store.ErrConflict) && try < 100 {
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		o.apply(ctx, r, fx)
+		o.carryOut(ctx, r, cmds)
 		return r, nil
 	}
 }
 
-// apply publishes effects of a committed run change and re-arms its timer.
-func (o *Orchestrator) apply(ctx context.Context, r *store.Run, fx []effect) {
-	for _, f := range fx {
+// carryOut executes the commands of a committed decision and re-arms the
+// run's timer.
+func (o *Orchestrator) carryOut(ctx context.Context, r *store.Run, cmds []Command) {
+	for _, c := range cmds {
 		switch {
-		case f.dispatch != nil:
-			o.dispatch(ctx, f.dispatch)
-		case f.cancel != nil:
-			o.publish(ctx, event.TypeStepCancel, event.Meta{RunID: r.ID, StepID: f.cancel.StepID}, "", f.cancel)
-		case f.done:
+		case c.Dispatch != nil:
+			o.dispatch(ctx, c.Dispatch)
+		case c.Cancel != nil:
+			o.publish(ctx, event.TypeStepCancel, event.Meta{RunID: r.ID, StepID: c.Cancel.StepID}, "", c.Cancel)
+		case c.Fence != nil:
+			o.fence(ctx, r.ID, c.Fence)
+		case c.RunDone:
 			o.publish(ctx, event.TypeRunCompleted, event.Meta{RunID: r.ID}, "completed-"+r.ID, event.RunCompleted{
 				RunID: r.ID, Pipeline: r.Pipeline, Status: r.Status, Error: r.Error, FinishedAt: *r.FinishedAt})
+			o.markStopped(ctx, r.ID, r.Status)
 		}
 	}
 	o.setWake(r)
 }
 
+// fence marks an attempt the run moved past, so a runner neither starts it
+// (its request may still be queued) nor reports it.
+func (o *Orchestrator) fence(ctx context.Context, runID string, f *Fence) {
+	ctx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
+	defer cancel()
+	key := runner.AttemptKey(runID, f.StepID, f.Attempt)
+	if _, err := runner.Fence(ctx, o.attempts, key, "orchestrator", f.Reason, time.Now()); err != nil && !errors.Is(err, runner.ErrLeaseHeld) {
+		o.log.Warn("fence attempt", zap.String("attempt", key), zap.Error(err))
+	}
+}
+
+// dispatch publishes a step request, retrying transient failures within
+// the I/O deadline. A request that still could not be published is
+// republished by the recovery pass of the next orchestrator start, and the
+// run's timers bound the wait.
 func (o *Orchestrator) dispatch(ctx context.Context, req *event.StepRequested) {
 	e, err := event.New(Source, event.TypeStepRequested, event.Meta{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt}, req)
 	if err != nil {
 		o.log.Error("encode step request", zap.Error(err))
 		return
 	}
-	e.SetID(fmt.Sprintf("req-%s.%s.%d", event.Token(req.RunID), event.Token(req.StepID), req.Attempt))
-	if err := bus.Publish(ctx, o.js, event.StepRequestedSubject(req.Kind, req.Target), e); err != nil {
-		// The run says the step is dispatched; the sweeper's recovery pass
-		// republishes on restart, and the dispatch timeout bounds the wait.
+	e.SetID(fmt.Sprintf("req-%s", runner.AttemptKey(req.RunID, req.StepID, req.Attempt)))
+	ctx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
+	defer cancel()
+	if err := retry(ctx, func(ctx context.Context) error {
+		return bus.Publish(ctx, o.js, event.StepRequestedSubject(req.Kind, req.Target), e)
+	}); err != nil {
 		o.log.Error("publish step request", zap.String("run_id", req.RunID), zap.String("step_id", req.StepID), zap.Error(err))
 	}
 }
@@ -424,8 +486,34 @@ func (o *Orchestrator) publish(ctx context.Context, typ string, meta event.Meta,
 	if id != "" {
 		e.SetID(id)
 	}
-	if err := bus.Publish(ctx, o.js, event.LifecycleSubject(typ, meta.RunID), e); err != nil {
+	ctx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
+	defer cancel()
+	if err := retry(ctx, func(ctx context.Context) error {
+		return bus.Publish(ctx, o.js, event.LifecycleSubject(typ, meta.RunID), e)
+	}); err != nil {
 		o.log.Error("publish event", zap.String("type", typ), zap.Error(err))
+	}
+}
+
+// retry calls f until it succeeds or ctx ends, backing off from 20 ms to
+// 1 s, and returns f's last error.
+func retry(ctx context.Context, f func(context.Context) error) error {
+	delay := 20 * time.Millisecond
+	for {
+		err := f(ctx)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		var perm *bus.PermanentError
+		if errors.As(err, &perm) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, time.Second)
 	}
 }
 
@@ -465,7 +553,7 @@ type runLock struct {
 	users int
 }
 
-// wake is when an active run next needs the sweeper (zero: not before an
+// wake is when an active run next needs a [Tick] (zero: not before an
 // event), computed from the run at revision rev.
 type wake struct {
 	at  time.Time
@@ -476,6 +564,7 @@ type wake struct {
 // computed from (a watcher lagging behind this instance's own writes) is
 // ignored, so it cannot disarm a newer timer.
 func (o *Orchestrator) setWake(r *store.Run) {
+	at := NextWake(r, o.env())
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if w, ok := o.wakeAt[r.ID]; ok && w.rev > r.Revision {
@@ -485,12 +574,12 @@ func (o *Orchestrator) setWake(r *store.Run) {
 		delete(o.wakeAt, r.ID)
 		return
 	}
-	o.wakeAt[r.ID] = wake{at: o.plan.nextWake(r), rev: r.Revision}
+	o.wakeAt[r.ID] = wake{at: at, rev: r.Revision}
 }
 
 // watch follows the runs bucket so this instance arms timers for runs other
-// instances changed, and, on start, republishes requests of dispatched steps
-// in case a previous instance died between committing and publishing.
+// instances changed, and, on start, republishes requests of queued steps in
+// case a previous instance died between committing and publishing.
 func (o *Orchestrator) watch(ctx context.Context) error {
 	w, err := o.store.Runs().WatchAll(ctx)
 	if err != nil {
@@ -517,9 +606,10 @@ func (o *Orchestrator) watch(ctx context.Context) error {
 				continue
 			}
 			if !initial && (o.store.Cached(e.Key()) >= e.Revision() || o.updating(e.Key())) {
-				// This process wrote it (or is writing it: the watcher can
-				// see a write before the writer sees its ack) and arms the
-				// timer itself; a concurrent write from elsewhere makes that
+				// Cache: this process wrote it (or is writing it: the
+				// watcher can see a write before the writer sees its ack)
+				// and arms the timer itself, so decoding it again would only
+				// cost time; a concurrent write from elsewhere makes that
 				// update retry on a fresh read.
 				continue
 			}
@@ -537,10 +627,13 @@ func (o *Orchestrator) watch(ctx context.Context) error {
 	}
 }
 
+// recover republishes the requests of r's queued steps; deduplication and
+// the runners' claims make a republished request harmless.
 func (o *Orchestrator) recover(ctx context.Context, r *store.Run) {
+	env := o.env()
 	for i, s := range r.Steps {
-		if s.Status == event.StatusPending && s.QueuedAt != nil {
-			req, err := o.request(r, i)
+		if s.Status == event.StatusQueued {
+			req, err := Request(r, i, env)
 			if err != nil {
 				continue
 			}
@@ -549,6 +642,7 @@ func (o *Orchestrator) recover(ctx context.Context, r *store.Run) {
 	}
 }
 
+// sweep gives due runs a [Tick].
 func (o *Orchestrator) sweep(ctx context.Context) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
@@ -567,11 +661,21 @@ func (o *Orchestrator) sweep(ctx context.Context) error {
 			}
 			o.mu.Unlock()
 			for _, id := range due {
-				if _, err := o.update(ctx, id, nil); err != nil && ctx.Err() == nil {
+				if _, err := o.update(ctx, id, Tick{}); err != nil && ctx.Err() == nil {
 					o.log.Warn("timer update", zap.String("run_id", id), zap.Error(err))
+					o.retryWake(id)
 				}
 			}
 		}
+	}
+}
+
+// retryWake re-arms a run whose timed update failed, a second from now.
+func (o *Orchestrator) retryWake(id string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if w, ok := o.wakeAt[id]; ok && w.at.IsZero() {
+		o.wakeAt[id] = wake{at: time.Now().Add(time.Second), rev: w.rev}
 	}
 }
 

@@ -67,7 +67,7 @@ func startEnvTB(t testing.TB, ns *natstest.Server, eng runner.Engine) *env {
 		startRunner(ctx, t, ns, eng, event.KindK8s)
 	}
 	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0",
-		Orchestrator: orchestrator.Config{DispatchTimeout: 5 * time.Second}}, ns.JS, log)
+		Orchestrator: orchestrator.Config{Policy: orchestrator.Policy{NoRunnerTimeout: 5 * time.Second}}}, ns.JS, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func startEnvTB(t testing.TB, ns *natstest.Server, eng runner.Engine) *env {
 func startRunner(ctx context.Context, t testing.TB, ns *natstest.Server, eng runner.Engine, kind string) {
 	t.Helper()
 	nc, js := ns.Connect(t)
-	cfg := runner.Config{Kind: kind, Targets: []string{"default"}, Concurrency: 16, AckWait: 2 * time.Second}
+	cfg := runner.Config{Kind: kind, Targets: []string{"default"}, Concurrency: 16, Lease: 2 * time.Second}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

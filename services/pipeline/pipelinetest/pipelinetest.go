@@ -46,7 +46,7 @@ func Start(t testing.TB) *Env {
 	nc, js := ns.Connect(t)
 	go func() { _ = runner.New(cfg, nc, js, e.Engine, nil, zap.NewNop()).Run(ctx) }()
 	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0",
-		Orchestrator: orchestrator.Config{DispatchTimeout: 5 * time.Second}}, ns.JS, zap.NewNop())
+		Orchestrator: orchestrator.Config{Policy: orchestrator.Policy{NoRunnerTimeout: 5 * time.Second}}}, ns.JS, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

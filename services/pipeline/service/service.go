@@ -57,7 +57,13 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 		return nil, err
 	}
 	log = log.With(zap.String("service", "pipeline"))
-	orc := orchestrator.New(cfg.Orchestrator, js, st, log)
+	if cfg.Orchestrator.Replicas == 0 {
+		cfg.Orchestrator.Replicas = cfg.Replicas
+	}
+	orc, err := orchestrator.New(ctx, cfg.Orchestrator, js, st, log)
+	if err != nil {
+		return nil, err
+	}
 	hooks, err := webhook.New(ctx, st, orc, js, log)
 	if err != nil {
 		return nil, err

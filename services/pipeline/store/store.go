@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -41,6 +42,8 @@ var ErrExists = errors.New("already exists")
 type Store struct {
 	pipelines, versions, runs, catalog, counters jetstream.KeyValue
 
+	cat *catalogCache
+
 	mu    sync.Mutex
 	cache map[string]cachedRun      // active runs, as last written or seen
 	specs map[string]*spec.Pipeline // pipeline versions by slug.version
@@ -63,7 +66,8 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 		}
 		return kv, nil
 	}
-	s := Store{cache: map[string]cachedRun{}, specs: map[string]*spec.Pipeline{}}
+	s := Store{cache: map[string]cachedRun{}, specs: map[string]*spec.Pipeline{}, cat: &catalogCache{entries: map[string]catalogEntry{}}}
+	s.cat.cur.Store(&Catalog{})
 	var err error
 	for _, b := range []struct {
 		kv   *jetstream.KeyValue
@@ -72,6 +76,9 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 		if *b.kv, err = open(b.name, 1); err != nil {
 			return nil, err
 		}
+	}
+	if err := s.watchCatalog(ctx); err != nil {
+		return nil, err
 	}
 	return &s, nil
 }
@@ -417,9 +424,11 @@ func (s *Store) putCatalog(ctx context.Context, kind, id, name string, v any) er
 	if err != nil {
 		return err
 	}
-	if _, err := s.catalog.Put(ctx, kind+"."+id, b); err != nil {
+	rev, err := s.catalog.Put(ctx, kind+"."+id, b)
+	if err != nil {
 		return fmt.Errorf("store %s %q: %w", kind, id, err)
 	}
+	s.cat.apply(kind+"."+id, rev, b)
 	return nil
 }
 
@@ -437,7 +446,11 @@ func (s *Store) deleteCatalog(ctx context.Context, kind, id string) error {
 	if _, err := s.catalog.Get(ctx, kind+"."+id); err != nil {
 		return fmt.Errorf("%s %q: %w", kind, id, ErrNotFound)
 	}
-	return s.catalog.Delete(ctx, kind+"."+id)
+	if err := s.catalog.Delete(ctx, kind+"."+id); err != nil {
+		return fmt.Errorf("delete %s %q: %w", kind, id, err)
+	}
+	s.cat.forget(kind + "." + id)
+	return nil
 }
 
 // Registries lists the catalogue's registries.
@@ -451,31 +464,13 @@ func (s *Store) Clusters(ctx context.Context) ([]*Cluster, error) {
 }
 
 // FindRegistry resolves a registry by id or name.
-func (s *Store) FindRegistry(ctx context.Context, ref string) (*Registry, error) {
-	all, err := s.Registries(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for _, r := range all {
-		if r.ID == ref || r.Name == ref {
-			return r, nil
-		}
-	}
-	return nil, fmt.Errorf("registry %q: %w in the catalogue", ref, ErrNotFound)
+func (s *Store) FindRegistry(_ context.Context, ref string) (*Registry, error) {
+	return s.Catalog().Registry(ref)
 }
 
 // FindCluster resolves a cluster by id or name.
-func (s *Store) FindCluster(ctx context.Context, ref string) (*Cluster, error) {
-	all, err := s.Clusters(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for _, c := range all {
-		if c.ID == ref || c.Name == ref {
-			return c, nil
-		}
-	}
-	return nil, fmt.Errorf("cluster %q: %w in the catalogue", ref, ErrNotFound)
+func (s *Store) FindCluster(_ context.Context, ref string) (*Cluster, error) {
+	return s.Catalog().Cluster(ref)
 }
 
 func getJSON[T any](ctx context.Context, kv jetstream.KeyValue, key, what string) (*T, error) {
@@ -557,4 +552,106 @@ func listJSON[T any](ctx context.Context, kv jetstream.KeyValue, prefix string) 
 		out = append(out, &v)
 	}
 	return out, nil
+}
+
+// catalogCache keeps an in-memory copy of the catalogue, fed by a watch of
+// the bucket and by this process's own writes (so a registry added here is
+// visible to the next dispatch at once), each applied only when newer than
+// what is held.
+type catalogCache struct {
+	mu      sync.Mutex
+	entries map[string]catalogEntry
+	cur     atomic.Pointer[Catalog]
+}
+
+type catalogEntry struct {
+	rev   uint64
+	value []byte // nil: deleted
+}
+
+func (c *catalogCache) apply(key string, rev uint64, value []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[key]; ok && e.rev >= rev {
+		return
+	}
+	c.entries[key] = catalogEntry{rev: rev, value: value}
+	cat := &Catalog{}
+	keys := make([]string, 0, len(c.entries))
+	for k := range c.entries {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		e := c.entries[k]
+		if e.value == nil {
+			continue
+		}
+		switch kind, _, _ := strings.Cut(k, "."); kind {
+		case "registry":
+			var r Registry
+			if json.Unmarshal(e.value, &r) == nil {
+				cat.Registries = append(cat.Registries, &r)
+			}
+		case "cluster":
+			var cl Cluster
+			if json.Unmarshal(e.value, &cl) == nil {
+				cat.Clusters = append(cat.Clusters, &cl)
+			}
+		}
+	}
+	c.cur.Store(cat)
+}
+
+// forget drops key after this process deleted it; the watch's delete
+// marker, at a revision above the value's, changes nothing more.
+func (c *catalogCache) forget(key string) {
+	c.mu.Lock()
+	e := c.entries[key]
+	c.mu.Unlock()
+	c.apply(key, e.rev+1, nil)
+}
+
+// Catalog returns the in-memory copy of the catalogue; callers must not
+// change it.
+func (s *Store) Catalog() *Catalog { return s.cat.cur.Load() }
+
+// watchCatalog feeds the catalogue cache until ctx ends; it returns once the
+// current entries are loaded.
+func (s *Store) watchCatalog(ctx context.Context) error {
+	w, err := s.catalog.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch catalogue: %w", err)
+	}
+	loaded := make(chan struct{})
+	go func() {
+		defer w.Stop()
+		once := sync.OnceFunc(func() { close(loaded) })
+		defer once()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					once()
+					continue
+				}
+				var v []byte
+				if e.Operation() == jetstream.KeyValuePut {
+					v = e.Value()
+				}
+				s.cat.apply(e.Key(), e.Revision(), v)
+			}
+		}
+	}()
+	select {
+	case <-loaded:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -5,6 +5,7 @@
 package store
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/ansflow/ansflow/pkg/spec"
@@ -63,15 +64,37 @@ type StepState struct {
 	FinishedAt *time.Time        `json:"finished_at"`
 	Logs       Logs              `json:"logs"`
 
-	Kind         string     `json:"kind,omitempty"`
-	Target       string     `json:"target,omitempty"`
-	Runner       string     `json:"runner,omitempty"`
-	Image        string     `json:"docker_image,omitempty"`
-	Namespace    string     `json:"k8s_namespace,omitempty"`
-	ResourceName string     `json:"k8s_resource_name,omitempty"`
-	QueuedAt     *time.Time `json:"queued_at,omitempty"`
-	NotBefore    *time.Time `json:"not_before,omitempty"`
-	SkipReason   string     `json:"skip_reason,omitempty"`
+	Kind         string `json:"kind,omitempty"`
+	Target       string `json:"target,omitempty"`
+	Runner       string `json:"runner,omitempty"`
+	Image        string `json:"docker_image,omitempty"`
+	Namespace    string `json:"k8s_namespace,omitempty"`
+	ResourceName string `json:"k8s_resource_name,omitempty"`
+	// QueuedAt is when the current attempt was dispatched; Waiting says,
+	// while the step is queued, why no runner has taken it yet (it is
+	// filled in when the run is read through the API, not stored).
+	QueuedAt   *time.Time `json:"queued_at,omitempty"`
+	Waiting    string     `json:"waiting,omitempty"`
+	NotBefore  *time.Time `json:"not_before,omitempty"`
+	SkipReason string     `json:"skip_reason,omitempty"`
+	// LostAttempts counts attempts lost with their runner; they do not
+	// count against the retry policy.
+	LostAttempts int `json:"lost_attempts,omitempty"`
+	// NextReason is the reason the next attempt is made ("runner_lost").
+	NextReason string `json:"next_reason,omitempty"`
+	// History records the attempts before the current one.
+	History []AttemptEnd `json:"history,omitempty"`
+}
+
+// AttemptEnd is how an earlier attempt of a step ended.
+type AttemptEnd struct {
+	Attempt    int        `json:"attempt"`
+	Status     string     `json:"status"`
+	Reason     string     `json:"reason,omitempty"`
+	Runner     string     `json:"runner,omitempty"`
+	Error      string     `json:"error,omitempty"`
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
 }
 
 // Terminal reports whether the step will not change any more.
@@ -138,6 +161,7 @@ func (r *Run) Clone() *Run {
 	c.Steps = make([]*StepState, len(r.Steps))
 	for i, s := range r.Steps {
 		sc := *s
+		sc.History = append([]AttemptEnd(nil), s.History...)
 		if s.Outputs != nil {
 			sc.Outputs = make(map[string]string, len(s.Outputs))
 			for k, v := range s.Outputs {
@@ -157,4 +181,34 @@ func (r *Run) Step(id string) *StepState {
 		}
 	}
 	return nil
+}
+
+// Catalog is a point-in-time copy of the registries and clusters catalogue.
+type Catalog struct {
+	Registries []*Registry
+	Clusters   []*Cluster
+}
+
+// Registry resolves a registry by id or name.
+func (c *Catalog) Registry(ref string) (*Registry, error) {
+	if c != nil {
+		for _, r := range c.Registries {
+			if r.ID == ref || r.Name == ref {
+				return r, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("registry %q: %w in the catalogue", ref, ErrNotFound)
+}
+
+// Cluster resolves a cluster by id or name.
+func (c *Catalog) Cluster(ref string) (*Cluster, error) {
+	if c != nil {
+		for _, cl := range c.Clusters {
+			if cl.ID == ref || cl.Name == ref {
+				return cl, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("cluster %q: %w in the catalogue", ref, ErrNotFound)
 }
