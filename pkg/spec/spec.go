@@ -24,8 +24,14 @@ type Pipeline struct {
 	ExecutionMode string            `yaml:"execution_mode,omitempty" json:"execution_mode,omitempty"`
 	Variables     map[string]string `yaml:"variables,omitempty" json:"variables,omitempty"`
 	Timeout       Duration          `yaml:"timeout,omitempty" json:"timeout,omitempty"`
-	Triggers      []Trigger         `yaml:"triggers,omitempty" json:"triggers,omitempty"`
-	Steps         []Step            `yaml:"steps" json:"steps"`
+	// Concurrency bounds the runs of this pipeline active at once; further
+	// runs wait as queued, oldest first (0: no limit).
+	Concurrency int `yaml:"concurrency,omitempty" json:"concurrency,omitempty"`
+	// CancelPrevious makes a new run cancel the active runs of the same
+	// pipeline and branch started before it.
+	CancelPrevious bool      `yaml:"cancel_previous,omitempty" json:"cancel_previous,omitempty"`
+	Triggers       []Trigger `yaml:"triggers,omitempty" json:"triggers,omitempty"`
+	Steps          []Step    `yaml:"steps" json:"steps"`
 }
 
 // Step is one unit of work executed by a runner.

@@ -110,6 +110,9 @@ func (p *parser) validate(pl *Pipeline) {
 				"variable names are letters, digits and _ and must not shadow a built-in")
 		}
 	}
+	if pl.Concurrency < 0 {
+		p.add(p.line("pipeline.concurrency"), "pipeline.concurrency", "%d: want 0 (no limit) or more", pl.Concurrency)
+	}
 	for i, t := range pl.Triggers {
 		p.validateTrigger(fmt.Sprintf("pipeline.triggers[%d]", i), &t)
 	}

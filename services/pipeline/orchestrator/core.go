@@ -49,12 +49,16 @@ type RequestDead struct {
 // CancelRequested asks for the run to stop.
 type CancelRequested struct{ Reason string }
 
+// Admitted says the run got one of its pipeline's concurrency slots.
+type Admitted struct{}
+
 func (Tick) input()            {}
 func (Started) input()         {}
 func (Completed) input()       {}
 func (AttemptLost) input()     {}
 func (RequestDead) input()     {}
 func (CancelRequested) input() {}
+func (Admitted) input()        {}
 
 // Command is something to carry out once the run's new state is stored.
 // Exactly one field is set.
@@ -200,6 +204,11 @@ func (d *decision) apply(in Input) {
 			r.CancelRequested = in.Reason
 			d.changed = true
 		}
+	case Admitted:
+		if !r.Admitted {
+			r.Admitted = true
+			d.changed = true
+		}
 	}
 }
 
@@ -231,15 +240,24 @@ func (d *decision) lost(s *store.StepState, runnerID, msg string) {
 // reconcile advances the run as far as it can at env.Now.
 func (d *decision) reconcile() {
 	r, now := d.r, d.env.Now
-	if r.StartedAt == nil {
-		r.StartedAt, r.Status = ptr(now), event.StatusRunning
-		if r.Deadline == nil {
-			to := d.env.Policy.RunTimeout
-			if r.Spec.Timeout > 0 {
-				to = time.Duration(r.Spec.Timeout)
-			}
-			r.Deadline = ptr(r.CreatedAt.Add(to))
+	if r.Deadline == nil {
+		to := d.env.Policy.RunTimeout
+		if r.Spec.Timeout > 0 {
+			to = time.Duration(r.Spec.Timeout)
 		}
+		r.Deadline = ptr(r.CreatedAt.Add(to))
+		d.changed = true
+	}
+	if r.StartedAt == nil && r.CancelRequested == "" && !now.After(*r.Deadline) {
+		if r.Spec.Concurrency > 0 && !r.Admitted {
+			// Wait for a slot of the pipeline's concurrency limit.
+			if r.Status != event.StatusQueued {
+				r.Status = event.StatusQueued
+				d.changed = true
+			}
+			return
+		}
+		r.StartedAt, r.Status = ptr(now), event.StatusRunning
 		d.changed = true
 	}
 	if r.CancelRequested != "" {
@@ -463,6 +481,10 @@ func conditionsHold(st *spec.Step, r *store.Run) (bool, string) {
 	return true, ""
 }
 
+// AdmitRetry is how often a run queued behind its pipeline's concurrency
+// limit asks for a slot again.
+const AdmitRetry = 5 * time.Second
+
 // NextWake is when r next needs a [Tick] without an event, or zero.
 func NextWake(r *store.Run, env Env) time.Time {
 	if r.Terminal() {
@@ -476,6 +498,11 @@ func NextWake(r *store.Run, env Env) time.Time {
 	}
 	if r.Deadline != nil {
 		consider(r.Deadline.Add(time.Millisecond))
+	}
+	if r.Status == event.StatusQueued {
+		// A queued run asks for a slot again now and then, in case the
+		// release that should have admitted it was lost with its process.
+		consider(env.Now.Add(AdmitRetry))
 	}
 	d := decision{r: r, env: env}
 	for i, s := range r.Steps {

@@ -74,6 +74,7 @@ type Orchestrator struct {
 	log      *zap.Logger
 	attempts jetstream.KeyValue
 	cancels  jetstream.KeyValue
+	slots    jetstream.KeyValue
 	pools    atomic.Pointer[runner.Directory]
 	watching time.Time
 
@@ -105,6 +106,9 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, st *store.Stor
 	}
 	if o.cancels, err = ensureKV(ctx, js, jetstream.KeyValueConfig{Bucket: runner.CancelsBucket, TTL: runner.BucketTTL, Replicas: cfg.Replicas}); err != nil {
 		return nil, fmt.Errorf("cancels bucket: %w", err)
+	}
+	if o.slots, err = ensureKV(ctx, js, jetstream.KeyValueConfig{Bucket: SlotsBucket, Replicas: cfg.Replicas}); err != nil {
+		return nil, fmt.Errorf("slots bucket: %w", err)
 	}
 	if _, err = ensureKV(ctx, js, jetstream.KeyValueConfig{Bucket: runner.RunnersBucket, TTL: runner.RunnersBucketTTL, Replicas: cfg.Replicas}); err != nil {
 		return nil, fmt.Errorf("runners bucket: %w", err)
@@ -318,6 +322,15 @@ func (o *Orchestrator) start(ctx context.Context, r *store.Run) error {
 	o.publish(ctx, event.TypeRunCreated, event.Meta{RunID: r.ID}, "created-"+r.ID, event.RunCreated{RunID: r.ID,
 		Pipeline: r.Pipeline, Version: r.PipelineVersion, BuildNumber: r.BuildNumber, Trigger: r.Trigger.Kind, Actor: r.Trigger.Actor})
 	o.carryOut(ctx, r, cmds)
+	if r.Spec.CancelPrevious {
+		o.cancelPrevious(ctx, r)
+	}
+	if r.Status == event.StatusQueued {
+		o.admit(ctx, r.Pipeline)
+		if nr, err := o.store.GetRun(ctx, r.ID); err == nil {
+			*r = *nr
+		}
+	}
 	return nil
 }
 
@@ -441,6 +454,10 @@ func (o *Orchestrator) carryOut(ctx context.Context, r *store.Run, cmds []Comman
 			o.publish(ctx, event.TypeRunCompleted, event.Meta{RunID: r.ID}, "completed-"+r.ID, event.RunCompleted{
 				RunID: r.ID, Pipeline: r.Pipeline, Status: r.Status, Error: r.Error, FinishedAt: *r.FinishedAt})
 			o.markStopped(ctx, r.ID, r.Status)
+			if r.Spec.Concurrency > 0 {
+				// Free the run's slot for the next queued run.
+				go o.admit(context.WithoutCancel(ctx), r.Pipeline)
+			}
 		}
 	}
 	o.setWake(r)
@@ -661,9 +678,14 @@ func (o *Orchestrator) sweep(ctx context.Context) error {
 			}
 			o.mu.Unlock()
 			for _, id := range due {
-				if _, err := o.update(ctx, id, Tick{}); err != nil && ctx.Err() == nil {
+				r, err := o.update(ctx, id, Tick{})
+				if err != nil && ctx.Err() == nil {
 					o.log.Warn("timer update", zap.String("run_id", id), zap.Error(err))
 					o.retryWake(id)
+					continue
+				}
+				if r != nil && r.Status == event.StatusQueued {
+					o.admit(ctx, r.Pipeline)
 				}
 			}
 		}

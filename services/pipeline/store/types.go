@@ -142,8 +142,14 @@ type Run struct {
 	Spec            *spec.Pipeline `json:"spec"`
 	Deadline        *time.Time     `json:"deadline,omitempty"`
 	CancelRequested string         `json:"cancel_requested,omitempty"`
+	// Admitted is set once a run of a pipeline with a concurrency limit
+	// holds one of its slots; until then it is queued.
+	Admitted bool   `json:"admitted,omitempty"`
 	Revision        uint64         `json:"-"`
 }
+
+// Branch is the run's git branch, if any.
+func (r *Run) Branch() string { return r.Vars["git_branch"].Value }
 
 // Terminal reports whether the run is over.
 func (r *Run) Terminal() bool {
