@@ -1,99 +1,127 @@
 // Package bus binds AnsFlow's event contract to NATS JetStream: it declares
-// the streams, publishes CloudEvents with deduplication, and runs durable pull
-// consumers whose handlers compose as middleware.
+// the streams and buckets, publishes CloudEvents with deduplication, and runs
+// durable pull consumers whose handlers compose as middleware.
 //
-// Delivery is at-least-once. A consumer acknowledges explicitly, sends
-// in-progress acks while a handler runs, acknowledges synchronously on
-// success, and routes a message that cannot be processed (not a CloudEvent,
-// too large, a permanent handler error, or past MaxDeliver) to the dead-letter
-// stream before terminating it, so a poison message never loops.
+// # Streams and buckets
+//
+// [EnsureStreams] and [EnsureKeyValue] create what is missing and update
+// what differs, and never lower replicas: the replicas a service asks for
+// are a minimum, so a runner starting with 1 leaves the R3 streams of a
+// clustered pipeline service at R3.
+//
+// # Publishing
+//
+// [Publish] sets Nats-Msg-Id to the event id and retries transient failures
+// (no stream answering, a lost acknowledgement, a leader change) with
+// capped exponential backoff until its context ends; the stream's
+// duplicate window ([DuplicateWindow]) stores the event once however many
+// attempts reached it.
+//
+// # Consuming
+//
+// Delivery is at-least-once. [Consume] pulls a message only when one of
+// its handler slots is free, so an instance never holds a message it cannot
+// run and other instances on the same durable get the rest. Every message
+// it holds gets in-progress acks from the moment it arrives until it is
+// settled: acknowledged synchronously on success, nak'd with a delay after
+// a retryable error, nak'd at once when the consumer shuts down, or copied
+// to the dead-letter stream and terminated.
+//
+// # Dead letters
+//
+// A message that cannot be processed (not a CloudEvent, a permanent handler
+// error, a panic, a retryable error on its last allowed delivery) is copied
+// to ANSFLOW_DLQ with the Ansflow-Dlq-* headers and then terminated, so a
+// poison message never loops.
+//
+// The limit of deliveries, [ConsumerConfig.MaxDeliver], is counted by the
+// consumer, not by the server: the durable's server-side MaxDeliver is
+// unlimited. When the process handling a message's last allowed delivery
+// dies (or its acknowledgement is lost), the server redelivers it after
+// AckWait, and the consumer that receives a delivery past the limit
+// dead-letters it without running the handler. Had the server enforced the
+// limit, it would have dropped the message silently at that point: its
+// max-deliveries advisory is a core NATS message that only a process
+// subscribed at that instant would see, which is exactly what is missing
+// when the process died. For the same reason a failed dead-letter publish
+// is retried with backoff for as long as the handler's context lasts, with
+// the message held by its heartbeats, and nak'd for another delivery only
+// at shutdown; a message is terminated only once its copy is stored. A
+// copy's Nats-Msg-Id names the stream, the durable and the stream
+// sequence, so a message dead-lettered twice within [DuplicateWindow] (by a
+// process that died between the copy and the term) is stored once.
 package bus
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ansflow/ansflow/pkg/event"
 )
 
-// DuplicateWindow is how long JetStream remembers a Nats-Msg-Id.
-const DuplicateWindow = 10 * time.Minute
-
-// MaxMessageBytes is the largest message the streams accept.
-const MaxMessageBytes = 1 << 20
-
-// StreamConfigs returns the configuration of every AnsFlow stream. replicas
-// is 1 for a single server and 3 for a typical cluster.
-func StreamConfigs(replicas int) []jetstream.StreamConfig {
-	if replicas < 1 {
-		replicas = 1
-	}
-	base := func(name, subject, desc string) jetstream.StreamConfig {
-		return jetstream.StreamConfig{
-			Name:        name,
-			Description: desc,
-			Subjects:    []string{subject},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			Duplicates:  DuplicateWindow,
-			MaxMsgSize:  MaxMessageBytes,
-			Replicas:    replicas,
-			Discard:     jetstream.DiscardOld,
-		}
-	}
-	steps := base(event.StreamSteps, event.SubjectStepsAll, "step requests for runner pools")
-	steps.MaxAge = 7 * 24 * time.Hour
-	events := base(event.StreamEvents, event.SubjectEventsAll, "lifecycle events")
-	events.MaxAge = 30 * 24 * time.Hour
-	logs := base(event.StreamLogs, event.SubjectLogsAll, "step log chunks")
-	logs.MaxAge = 7 * 24 * time.Hour
-	logs.MaxBytes = 2 << 30
-	dlq := base(event.StreamDLQ, event.SubjectDLQAll, "dead-lettered messages")
-	dlq.MaxAge = 30 * 24 * time.Hour
-	return []jetstream.StreamConfig{steps, events, logs, dlq}
-}
-
-// EnsureStreams creates or updates every AnsFlow stream. It is idempotent and
-// safe when several instances start at once: a lost creation race is retried
-// as an update.
-func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int) error {
-	for _, cfg := range StreamConfigs(replicas) {
-		var err error
-		for try := 0; try < 5; try++ {
-			if _, err = js.CreateOrUpdateStream(ctx, cfg); err == nil {
-				break
-			}
-			if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(time.Duration(try+1) * 50 * time.Millisecond):
-				}
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
-		}
-	}
-	return nil
-}
-
 // Publish sends e on subject with Nats-Msg-Id set to the event id and waits
 // for the stream's acknowledgement.
+//
+// A transient failure (no stream answering, as before a stream exists or
+// while it has no leader; a lost acknowledgement; a reconnecting
+// connection; JetStream temporarily unavailable) is retried with capped
+// exponential backoff until ctx is done, or for [PublishTimeout] when ctx
+// has no deadline. Every attempt carries the same Nats-Msg-Id, so the
+// stream stores the event once however many attempts reached it. A
+// permanent failure (a message too large, an invalid subject, a closed
+// connection) returns at once. The error wraps the last attempt's error
+// and, when retries ran out, ctx's.
 func Publish(ctx context.Context, js jetstream.Publisher, subject string, e cloudevents.Event) error {
 	m, err := event.ToMsg(subject, e)
 	if err != nil {
 		return err
 	}
-	if _, err := js.PublishMsg(ctx, m); err != nil {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, PublishTimeout)
+		defer cancel()
+	}
+	if err := publishMsg(ctx, js, m, transient); err != nil {
 		return fmt.Errorf("publish %s %s on %s: %w", e.Type(), e.ID(), subject, err)
 	}
 	return nil
+}
+
+// PublishTimeout bounds the retries of [Publish] when its context has no
+// deadline.
+const PublishTimeout = 30 * time.Second
+
+// publishAttemptTimeout bounds one attempt, so that an acknowledgement lost
+// in a leader change is retried instead of waited for.
+const publishAttemptTimeout = 2 * time.Second
+
+// publishMsg publishes m, retrying the failures retryable reports as such
+// with capped exponential backoff until ctx is done.
+func publishMsg(ctx context.Context, js jetstream.Publisher, m *nats.Msg, retryable func(error) bool) error {
+	for n := 0; ; n++ {
+		actx, cancel := context.WithTimeout(ctx, publishAttemptTimeout)
+		// The client's own retry of "no responders" is off: this loop
+		// paces every retry.
+		_, err := js.PublishMsg(actx, m, jetstream.WithRetryAttempts(0))
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%d attempts: %w (%w)", n+1, err, ctx.Err())
+		}
+		if !retryable(err) {
+			return err
+		}
+		if serr := sleep(ctx, backoff(n, 10*time.Millisecond, time.Second)); serr != nil {
+			return fmt.Errorf("%d attempts: %w (%w)", n+1, err, serr)
+		}
+	}
 }
 
 // PublishAsync sends e without waiting for the acknowledgement, which the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -35,7 +34,10 @@ func Chain(h Handler, mws ...Middleware) Handler {
 // PermanentError marks a failure that redelivery cannot cure.
 type PermanentError struct{ Err error }
 
+// Error says the failure is permanent and what it is.
 func (e *PermanentError) Error() string { return "permanent: " + e.Err.Error() }
+
+// Unwrap returns the failure, for [errors.Is] and [errors.As].
 func (e *PermanentError) Unwrap() error { return e.Err }
 
 // Permanent wraps err so the consumer dead-letters the message instead of
@@ -76,27 +78,42 @@ func KnownTypes() Middleware {
 
 // ConsumerConfig describes a durable pull consumer and how it is served.
 type ConsumerConfig struct {
-	Stream         string
-	Durable        string
+	// Stream is the stream the consumer reads.
+	Stream string
+	// Durable names the consumer; instances serving the same durable share
+	// its messages.
+	Durable string
+	// FilterSubjects selects the stream's subjects the consumer reads (all
+	// when empty).
 	FilterSubjects []string
-	// MaxDeliver bounds deliveries before the message is dead-lettered
-	// (default 5).
+	// MaxDeliver bounds how often the handler runs for one message before
+	// the message is dead-lettered (default 5). The server's own limit is
+	// off; see the package documentation for why.
 	MaxDeliver int
 	// AckWait is the redelivery timeout; in-progress acks are sent every
-	// third of it while the handler runs (default 30s).
+	// third of it from the moment a message is received until it is
+	// acknowledged, nak'd or terminated (default 30s).
 	AckWait time.Duration
-	// Concurrency is how many handlers run at once (default 1).
+	// Concurrency is how many handlers run at once, and so how many
+	// messages one instance holds at most (default 1, at most
+	// [MaxConcurrency]).
 	Concurrency int
 	// DeliverNew starts a new consumer at new messages instead of the
 	// stream's beginning.
 	DeliverNew bool
-	// RetryDelay is the Nak delay after a retryable error (default 1s).
+	// RetryDelay is the Nak delay after a retryable error, multiplied by
+	// the number of deliveries so far (default 1s).
 	RetryDelay time.Duration
 	// Grace is how long handlers still running when ctx ends may take to
 	// finish (and ack) before their context is cancelled too (default 0:
 	// at once).
 	Grace time.Duration
 }
+
+// MaxConcurrency is the largest [ConsumerConfig.Concurrency]: each handler
+// slot keeps one pull request waiting on the server, which holds at most
+// 512 per consumer by default.
+const MaxConcurrency = 512
 
 func (c *ConsumerConfig) defaults() {
 	if c.MaxDeliver == 0 {
@@ -114,14 +131,15 @@ func (c *ConsumerConfig) defaults() {
 }
 
 // EnsureConsumer creates or updates the durable consumer; several instances
-// may call it at once.
+// may call it at once. The consumer's server-side MaxDeliver is unlimited:
+// [Consume] enforces cfg.MaxDeliver itself (see the package documentation).
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig) (jetstream.Consumer, error) {
 	cfg.defaults()
 	cc := jetstream.ConsumerConfig{
 		Durable:        cfg.Durable,
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		AckWait:        cfg.AckWait,
-		MaxDeliver:     cfg.MaxDeliver,
+		MaxDeliver:     -1,
 		FilterSubjects: cfg.FilterSubjects,
 		MaxAckPending:  max(1000, cfg.Concurrency*4),
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
@@ -133,15 +151,12 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerCon
 		cons jetstream.Consumer
 		err  error
 	)
-	for try := 0; try < 5; try++ {
-		cons, err = js.CreateOrUpdateConsumer(ctx, cfg.Stream, cc)
-		if err == nil {
+	for try := range 5 {
+		if cons, err = js.CreateOrUpdateConsumer(ctx, cfg.Stream, cc); err == nil {
 			return cons, nil
 		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(time.Duration(try+1) * 50 * time.Millisecond):
+		if serr := sleep(ctx, time.Duration(try+1)*50*time.Millisecond); serr != nil {
+			return nil, fmt.Errorf("ensure consumer %s on %s: %w; last attempt: %w", cfg.Durable, cfg.Stream, serr, err)
 		}
 	}
 	return nil, fmt.Errorf("ensure consumer %s on %s: %w", cfg.Durable, cfg.Stream, err)
@@ -149,143 +164,171 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerCon
 
 // Consume serves the durable consumer described by cfg with h until ctx is
 // done. It returns nil on cancellation and an error only when the consumer
-// cannot be set up.
+// cannot be set up or cfg is invalid.
+//
+// Each of cfg.Concurrency workers pulls one message only when it is free to
+// handle it, so an instance never holds a message it has no slot for, and a
+// second instance on the same durable receives what this one cannot take.
+// When ctx ends, pulling stops at once, a message that arrives then is
+// nak'd for another instance, and running handlers get cfg.Grace to finish
+// before their context is cancelled; a handler that returns because of that
+// has its message nak'd too.
 func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, h Handler, log *zap.Logger) error {
 	cfg.defaults()
+	if cfg.Concurrency > MaxConcurrency {
+		return fmt.Errorf("consume %s: concurrency %d above %d", cfg.Durable, cfg.Concurrency, MaxConcurrency)
+	}
 	cons, err := EnsureConsumer(ctx, js, cfg)
 	if err != nil {
 		return err
 	}
-	log = log.With(zap.String("consumer", cfg.Durable), zap.String("stream", cfg.Stream))
-	h = Chain(h, Recover())
-	it, err := cons.Messages(jetstream.PullMaxMessages(max(cfg.Concurrency*2, 16)))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", cfg.Durable, err)
-	}
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
+	c := &consumer{js: js, cons: cons, cfg: cfg, h: Chain(h, Recover()),
+		log: log.With(zap.String("consumer", cfg.Durable), zap.String("stream", cfg.Stream))}
 
-	// Handlers run on their own context: when ctx ends, fetching stops at
+	// Handlers run on their own context: when ctx ends, pulling stops at
 	// once, and running handlers get cfg.Grace to finish before theirs ends.
 	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
-	sem := make(chan struct{}, cfg.Concurrency)
 	var wg sync.WaitGroup
-	defer func() {
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(cfg.Grace):
-			cancelHandlers()
-			<-done
-		}
-	}()
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
+	for range cfg.Concurrency {
+		wg.Go(func() { c.work(ctx, hctx) })
+	}
+	<-ctx.Done()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	grace := time.NewTimer(cfg.Grace)
+	defer grace.Stop()
+	select {
+	case <-done:
+	case <-grace.C:
+		cancelHandlers()
+		<-done
+	}
+	return nil
+}
+
+// consumer is one [Consume] call's state, shared by its workers.
+type consumer struct {
+	js   jetstream.JetStream
+	cons jetstream.Consumer
+	cfg  ConsumerConfig
+	h    Handler
+	log  *zap.Logger
+}
+
+// work pulls and handles one message at a time until ctx is done; handlers
+// run on hctx.
+func (c *consumer) work(ctx, hctx context.Context) {
+	fails := 0
+	for ctx.Err() == nil {
+		// Without a deadline on ctx the pull waits up to 30s on the
+		// server, with idle heartbeats that reveal a lost connection.
+		msg, err := c.cons.Next(jetstream.FetchContext(ctx))
+		switch {
+		case ctx.Err() != nil:
+			if msg != nil {
+				_ = msg.Nak() // arrived as we stopped: let another instance take it
 			}
-			log.Warn("fetch failed", zap.Error(err))
+			return
+		case errors.Is(err, nats.ErrTimeout):
+			fails = 0
+			continue
+		case err != nil:
+			if fails == 0 || fails%20 == 0 {
+				c.log.Warn("fetch failed", zap.Int("failures", fails+1), zap.Error(err))
+			}
+			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+				if _, eerr := EnsureConsumer(ctx, c.js, c.cfg); eerr != nil && ctx.Err() == nil {
+					c.log.Error("recreate consumer", zap.Error(eerr))
+				}
+			}
+			_ = sleep(ctx, backoff(fails, 50*time.Millisecond, 5*time.Second))
+			fails++
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			_ = msg.Nak()
-			return nil
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			handle(hctx, js, cfg, msg, h, log)
-		}()
+		fails = 0
+		c.handle(hctx, msg)
 	}
 }
 
-func handle(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, msg jetstream.Msg, h Handler, log *zap.Logger) {
-	md, _ := msg.Metadata()
-	deliveries := 1
-	if md != nil {
-		deliveries = int(md.NumDelivered)
+// handle runs the handler on msg and settles it: ack, nak with a delay,
+// nak for another instance when ctx ends, or dead-letter and terminate.
+// msg gets in-progress acks from the start until it is settled.
+func (c *consumer) handle(ctx context.Context, msg jetstream.Msg) {
+	hb := startHeartbeat(msg, c.cfg.AckWait/3)
+	defer hb.stop()
+	deliveries, seq := 1, uint64(0)
+	if md, err := msg.Metadata(); err == nil {
+		deliveries, seq = int(md.NumDelivered), md.Sequence.Stream
+	}
+	dl := deadLetter{c: c, msg: msg, hb: hb, deliveries: deliveries, seq: seq}
+	if deliveries > c.cfg.MaxDeliver {
+		// The previous delivery was the last one the handler may have, and
+		// it ended without an outcome: its process died, or its
+		// acknowledgement was lost. Dead-letter without running it again.
+		dl.send(ctx, fmt.Sprintf("no outcome after %d deliveries (max %d): the consumer handling its last delivery stopped or died",
+			deliveries-1, c.cfg.MaxDeliver))
+		return
 	}
 	e, err := event.FromMsg(&nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
 	if err != nil {
-		deadLetter(ctx, js, cfg.Stream, msg, deliveries, err.Error(), log)
+		dl.send(ctx, err.Error())
 		return
 	}
 	hctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { // heartbeat while the handler runs
-		t := time.NewTicker(cfg.AckWait / 3)
+	err = c.h(hctx, e)
+	cancel()
+	var perm *PermanentError
+	switch {
+	case err == nil:
+		hb.stop()
+		if aerr := msg.DoubleAck(ctx); aerr != nil && ctx.Err() == nil {
+			c.log.Warn("ack failed", zap.String("event_id", e.ID()), zap.Error(aerr))
+		}
+	case ctx.Err() != nil:
+		hb.stop()
+		_ = msg.Nak() // shutting down: let another instance take it
+	case errors.As(err, &perm), deliveries >= c.cfg.MaxDeliver:
+		c.log.Warn("dead-lettering event", zap.String("event_id", e.ID()), zap.String("type", e.Type()),
+			zap.Int("deliveries", deliveries), zap.Error(err))
+		dl.send(ctx, err.Error())
+	default:
+		c.log.Info("handler failed, will retry", zap.String("event_id", e.ID()), zap.Int("deliveries", deliveries), zap.Error(err))
+		hb.stop()
+		_ = msg.NakWithDelay(c.cfg.RetryDelay * time.Duration(deliveries))
+	}
+}
+
+// heartbeat sends in-progress acks for one message until stopped.
+type heartbeat struct {
+	once sync.Once
+	quit chan struct{}
+	done chan struct{}
+}
+
+func startHeartbeat(msg jetstream.Msg, every time.Duration) *heartbeat {
+	hb := &heartbeat{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(hb.done)
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {
-			case <-done:
+			case <-hb.quit:
 				return
 			case <-t.C:
 				_ = msg.InProgress()
 			}
 		}
 	}()
-	err = h(hctx, e)
-	close(done)
-	cancel()
-	var perm *PermanentError
-	switch {
-	case err == nil:
-		if aerr := msg.DoubleAck(ctx); aerr != nil && ctx.Err() == nil {
-			log.Warn("ack failed", zap.String("event_id", e.ID()), zap.Error(aerr))
-		}
-	case ctx.Err() != nil:
-		_ = msg.Nak() // shutting down: let another instance take it
-	case errors.As(err, &perm), deliveries >= cfg.MaxDeliver:
-		log.Warn("dead-lettering event", zap.String("event_id", e.ID()), zap.String("type", e.Type()),
-			zap.Int("deliveries", deliveries), zap.Error(err))
-		deadLetter(ctx, js, cfg.Stream, msg, deliveries, err.Error(), log)
-	default:
-		log.Info("handler failed, will retry", zap.String("event_id", e.ID()), zap.Int("deliveries", deliveries), zap.Error(err))
-		_ = msg.NakWithDelay(cfg.RetryDelay * time.Duration(deliveries))
-	}
+	return hb
 }
 
-// Dead-letter headers added to a message copied to the DLQ stream.
-const (
-	HeaderDLQReason     = "Ansflow-Dlq-Reason"
-	HeaderDLQStream     = "Ansflow-Dlq-Stream"
-	HeaderDLQSubject    = "Ansflow-Dlq-Subject"
-	HeaderDLQDeliveries = "Ansflow-Dlq-Deliveries"
-)
-
-func deadLetter(ctx context.Context, js jetstream.JetStream, stream string, msg jetstream.Msg, deliveries int, reason string, log *zap.Logger) {
-	out := nats.NewMsg(event.DLQSubject(stream))
-	for k, v := range msg.Headers() {
-		if k == event.HeaderMsgID {
-			continue
-		}
-		out.Header[k] = v
-	}
-	out.Header.Set(HeaderDLQReason, truncate(reason, 1024))
-	out.Header.Set(HeaderDLQStream, stream)
-	out.Header.Set(HeaderDLQSubject, msg.Subject())
-	out.Header.Set(HeaderDLQDeliveries, strconv.Itoa(deliveries))
-	out.Data = msg.Data()
-	if _, err := js.PublishMsg(ctx, out); err != nil {
-		// Keep the message: a redelivery will try the dead-letter path again.
-		log.Error("dead-letter publish failed", zap.String("subject", msg.Subject()), zap.Error(err))
-		_ = msg.NakWithDelay(time.Second)
-		return
-	}
-	if err := msg.TermWithReason(truncate(reason, 200)); err != nil {
-		log.Warn("term failed", zap.Error(err))
-	}
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
+// stop ends the heartbeats and returns once none can follow, so that no
+// in-progress ack reaches the server after the message's final ack, nak or
+// term (one after a delayed nak would postpone the redelivery). It may be
+// called more than once.
+func (hb *heartbeat) stop() {
+	hb.once.Do(func() { close(hb.quit) })
+	<-hb.done
 }

@@ -77,7 +77,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.HTTPAddr, "http", env("ANSFLOW_AUDIT_HTTP", "127.0.0.1:8081"), "REST API listen address, or off [ANSFLOW_AUDIT_HTTP]")
 	fs.BoolVar(&c.Audit.IncludeLogs, "include-logs", envBool("ANSFLOW_AUDIT_INCLUDE_LOGS"), "also record step log chunks [ANSFLOW_AUDIT_INCLUDE_LOGS]")
 	fs.DurationVar(&c.Audit.Retention, "retention", envDuration("ANSFLOW_AUDIT_RETENTION"), "prune records older than this into a checkpoint; 0 keeps all [ANSFLOW_AUDIT_RETENTION]")
-	fs.IntVar(&c.Audit.Replicas, "replicas", envInt("ANSFLOW_NATS_REPLICAS"), "stream replicas when the service creates the streams (default 1) [ANSFLOW_NATS_REPLICAS]")
+	fs.IntVar(&c.Audit.Replicas, "replicas", envInt("ANSFLOW_NATS_REPLICAS"), "least stream replicas: missing streams get them, existing ones keep more (default 1) [ANSFLOW_NATS_REPLICAS]")
 	fs.IntVar(&c.Audit.BatchSize, "batch-size", 0, "messages per store transaction (default 1000)")
 	fs.IntVar(&c.Audit.MaxEventBytes, "max-event-bytes", 0, "larger messages are stored as rejected (default 262144)")
 	fs.StringVar(&c.LogLevel, "log-level", env("ANSFLOW_LOG_LEVEL", "info"), "debug, info, warn or error [ANSFLOW_LOG_LEVEL]")

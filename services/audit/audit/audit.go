@@ -58,7 +58,10 @@ type Config struct {
 	MaxEventBytes int
 	// AckWait is the consumers' redelivery timeout (default 30s).
 	AckWait time.Duration
-	// Replicas is used when the service creates the streams (default 1).
+	// Replicas is the least number of replicas of the streams (default
+	// 1): missing streams are created with it, and existing ones with
+	// fewer are raised to it, while ones with more keep theirs (see
+	// [bus.EnsureStreams]). The durable consumers follow their stream's.
 	Replicas int
 	// Retention, when set, prunes records received longer ago than this
 	// into a checkpoint every RetentionInterval (default 1h). Keep it
@@ -157,7 +160,8 @@ func (s *Service) Stats() Stats {
 // Store is the store the service writes.
 func (s *Service) Store() store.Store { return s.st }
 
-// Run creates the streams if they are missing, then records every stream
+// Run creates the streams if they are missing (never lowering the replicas
+// of existing ones), then records every stream
 // until ctx is done. On cancellation it stores what it has already
 // received before returning nil. It returns an error only when the
 // streams or consumers cannot be set up.
@@ -169,6 +173,9 @@ func (s *Service) Run(ctx context.Context) error {
 	for _, stream := range s.cfg.Streams() {
 		cons, err := s.ensureConsumer(ctx, stream)
 		if err != nil {
+			if ctx.Err() != nil { // stopped while setting up: not a failure
+				return g.Wait()
+			}
 			return err
 		}
 		g.Go(func() error { return s.consume(gctx, stream, cons) })
