@@ -3,15 +3,22 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/event"
 )
+
+// followerInactivity is how long the server keeps a log follower's
+// consumer whose client went away without deleting it.
+const followerInactivity = time.Minute
 
 // logs streams a run's log chunks and status changes as server-sent events.
 // With follow=false (the default when the run is over) it ends once the
@@ -26,7 +33,21 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	follow := r.URL.Query().Get("follow") != "false" && !run.Terminal()
 	stepFilter := r.URL.Query().Get("step")
 	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
+	// Everything opened below is released before the handler returns:
+	// cancel ends the feeders (blocked in Next or in a send), the iterators
+	// are stopped, and once the feeders are gone the ordered consumers are
+	// deleted on the server, which would otherwise keep them for their
+	// inactivity threshold.
+	var feeders sync.WaitGroup
+	var followers []follower
+	defer func() {
+		cancel()
+		for _, f := range followers {
+			f.it.Stop()
+		}
+		feeders.Wait()
+		s.release(context.WithoutCancel(r.Context()), followers)
+	}()
 	logLines := make(chan seqLine, 256)
 	eventLines := make(chan seqLine, 64)
 	logSubj := "ansflow.logs." + event.Token(id) + ".*"
@@ -41,7 +62,10 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		{event.StreamEvents, "ansflow.events.*.*." + event.Token(id), eventLines},
 	}
 	for _, f := range feeds {
-		cons, err := s.js.OrderedConsumer(ctx, f.stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{f.subject}})
+		cons, err := s.js.OrderedConsumer(ctx, f.stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{f.subject},
+			// a backstop for a process that dies while following; the
+			// deferred cleanup deletes the consumer in every other case
+			InactiveThreshold: followerInactivity})
 		if err != nil {
 			s.fail(w, fmt.Errorf("follow %s: %w", f.stream, err))
 			return
@@ -51,11 +75,15 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, fmt.Errorf("follow %s: %w", f.stream, err))
 			return
 		}
-		stop := context.AfterFunc(ctx, it.Stop)
-		defer stop()
+		followers = append(followers, follower{stream: f.stream, cons: cons, it: it})
+		feeders.Add(1)
 		go func() {
+			defer feeders.Done()
 			for {
-				m, err := it.Next()
+				// NextContext, not Stop alone: an ordered consumer resetting
+				// onto a new server consumer as Stop runs could leave Next
+				// waiting on a subscription nobody stops.
+				m, err := it.Next(jetstream.NextContext(ctx))
 				if err != nil {
 					return
 				}
@@ -141,6 +169,30 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			timer.Reset(idle)
+		}
+	}
+}
+
+// follower is one of the ordered consumers a logs request reads.
+type follower struct {
+	stream string
+	cons   jetstream.Consumer
+	it     jetstream.MessagesContext
+}
+
+// release deletes the followers' consumers on the server. Their iterators
+// must be stopped and drained: an ordered consumer whose reader is still
+// running may reset onto a new consumer.
+func (s *Server) release(ctx context.Context, followers []follower) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for _, f := range followers {
+		info := f.cons.CachedInfo()
+		if info == nil {
+			continue
+		}
+		if err := s.js.DeleteConsumer(ctx, f.stream, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			s.log.Debug("delete log follower", zap.String("stream", f.stream), zap.String("consumer", info.Name), zap.Error(err))
 		}
 	}
 }
