@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/ansflow/ansflow/pkg/spec"
@@ -204,6 +205,37 @@ func cmdRuns(ctx context.Context, args []string) error {
 		return invalid("unknown runs command %q", args[0])
 	}
 	return nil
+}
+
+func cmdRunners(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] != "list" {
+		return invalid("usage: ansflow runners list [--output json]")
+	}
+	c, output, _, err := clientFlags("runners list", args[1:], nil)
+	if err != nil {
+		return err
+	}
+	var runners []api.RunnerStatus
+	if err := c.do(ctx, http.MethodGet, "/api/v1/runners", "", nil, &runners); err != nil {
+		return err
+	}
+	if output == "json" {
+		return printJSON(os.Stdout, runners)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tKIND\tPOOLS\tSLOTS\tSTATE\tVERSION\tLAST SEEN")
+	for _, r := range runners {
+		state := "online"
+		switch {
+		case r.Stopped:
+			state = "stopped"
+		case !r.Online:
+			state = "offline"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", r.ID, r.Kind, strings.Join(r.Pools, ","), r.Busy, r.Slots, state,
+			r.Version, r.LastSeen.Local().Format("2006-01-02 15:04:05"))
+	}
+	return tw.Flush()
 }
 
 func cmdTrigger(ctx context.Context, args []string) error {

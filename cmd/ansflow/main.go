@@ -41,6 +41,7 @@ Embedded:
 Clients of a running server (--server URL, default $ANSFLOW_SERVER or http://127.0.0.1:8080):
   pipelines apply|list|get|export|delete|versions
   runs      list|get|cancel|rerun|logs
+  runners   list: the runners, their pools and busy slots
   trigger   PIPELINE: start a run of a stored pipeline
   registries, clusters  list|add|delete
   audit     query|verify
@@ -63,7 +64,7 @@ func dispatch(ctx context.Context, args []string) int {
 	}
 	cmds := map[string]func(context.Context, []string) error{
 		"up": cmdUp, "run": cmdRun, "validate": cmdValidate, "pipelines": cmdPipelines, "runs": cmdRuns,
-		"trigger": cmdTrigger, "registries": cmdCatalog("registries"), "clusters": cmdCatalog("clusters"), "audit": cmdAudit,
+		"trigger": cmdTrigger, "runners": cmdRunners, "registries": cmdCatalog("registries"), "clusters": cmdCatalog("clusters"), "audit": cmdAudit,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

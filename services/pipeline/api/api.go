@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
@@ -55,6 +56,7 @@ func New(st *store.Store, orc *orchestrator.Orchestrator, js jetstream.JetStream
 	m.HandleFunc("POST /api/v1/runs/{id}/cancel", s.cancelRun)
 	m.HandleFunc("POST /api/v1/runs/{id}/rerun", s.rerun)
 	m.HandleFunc("GET /api/v1/runs/{id}/logs", s.logs)
+	m.HandleFunc("GET /api/v1/runners", s.listRunners)
 	m.HandleFunc("POST /api/v1/sources", s.uploadSource)
 	m.HandleFunc("GET /api/v1/registries", s.listRegistries)
 	m.HandleFunc("POST /api/v1/registries", s.putRegistry)
@@ -374,6 +376,9 @@ func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
+	for _, run := range runs {
+		s.orc.Annotate(run)
+	}
 	writeJSON(w, http.StatusOK, runs)
 }
 
@@ -383,7 +388,23 @@ func (s *Server) getRun(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
+	s.orc.Annotate(run)
 	writeJSON(w, http.StatusOK, run)
+}
+
+// RunnerStatus is a runner as `GET /api/v1/runners` lists it.
+type RunnerStatus struct {
+	runner.RunnerInfo
+	Online bool `json:"online"`
+}
+
+func (s *Server) listRunners(w http.ResponseWriter, _ *http.Request) {
+	now := time.Now()
+	out := []RunnerStatus{}
+	for _, ri := range s.orc.Runners() {
+		out = append(out, RunnerStatus{RunnerInfo: ri, Online: ri.Online(now)})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) cancelRun(w http.ResponseWriter, r *http.Request) {

@@ -126,33 +126,33 @@ func TestDecide(t *testing.T) {
 		},
 		{
 			name: "a started for the current attempt marks the step running", yaml: twoSteps, pools: busyPool,
-			setup: func(r *store.Run) { queued(r, "build", 1, t0) },
-			in:    Started{RunID: "run-1", StepID: "build", Attempt: 1, Runner: "r1", StartedAt: t0.Add(time.Second)},
+			setup:   func(r *store.Run) { queued(r, "build", 1, t0) },
+			in:      Started{RunID: "run-1", StepID: "build", Attempt: 1, Runner: "r1", StartedAt: t0.Add(time.Second)},
 			changed: true, steps: map[string]step{"build": {event.StatusRunning, 1, ""}},
 		},
 		{
 			name: "a started of another attempt is stale", yaml: twoSteps, pools: busyPool,
-			setup: func(r *store.Run) { queued(r, "build", 2, t0) },
-			in:    Started{RunID: "run-1", StepID: "build", Attempt: 1, Runner: "r1", StartedAt: t0},
+			setup:   func(r *store.Run) { queued(r, "build", 2, t0) },
+			in:      Started{RunID: "run-1", StepID: "build", Attempt: 1, Runner: "r1", StartedAt: t0},
 			changed: false, steps: map[string]step{"build": {event.StatusQueued, 2, ""}},
 		},
 		{
 			name: "a success dispatches the next order", yaml: twoSteps, pools: busyPool,
-			setup: func(r *store.Run) { running(r, "build", 1, t0) },
-			in:    Completed{RunID: "run-1", StepID: "build", Attempt: 1, Status: event.StatusSucceeded, Runner: "r1", FinishedAt: t0},
+			setup:   func(r *store.Run) { running(r, "build", 1, t0) },
+			in:      Completed{RunID: "run-1", StepID: "build", Attempt: 1, Status: event.StatusSucceeded, Runner: "r1", FinishedAt: t0},
 			changed: true, steps: map[string]step{"build": {event.StatusSucceeded, 1, ""}, "test": {event.StatusQueued, 1, ""}},
 			commands: []string{"dispatch:test#1"},
 		},
 		{
 			name: "a completion of an attempt that is not current is ignored", yaml: twoSteps, pools: busyPool,
-			setup: func(r *store.Run) { running(r, "build", 2, t0) },
-			in:    Completed{RunID: "run-1", StepID: "build", Attempt: 1, Status: event.StatusSucceeded, Runner: "old"},
+			setup:   func(r *store.Run) { running(r, "build", 2, t0) },
+			in:      Completed{RunID: "run-1", StepID: "build", Attempt: 1, Status: event.StatusSucceeded, Runner: "old"},
 			changed: false, steps: map[string]step{"build": {event.StatusRunning, 2, ""}},
 		},
 		{
 			name: "a failure within the retry policy waits for the retry delay", yaml: twoSteps, pools: busyPool,
-			setup: func(r *store.Run) { succeeded(r, "build"); running(r, "test", 1, t0) },
-			in:    Completed{RunID: "run-1", StepID: "test", Attempt: 1, Status: event.StatusFailed, Error: "exit code 1"},
+			setup:   func(r *store.Run) { succeeded(r, "build"); running(r, "test", 1, t0) },
+			in:      Completed{RunID: "run-1", StepID: "test", Attempt: 1, Status: event.StatusFailed, Error: "exit code 1"},
 			changed: true, status: event.StatusRunning, steps: map[string]step{"test": {event.StatusPending, 1, "exit code 1"}},
 			check: func(t *testing.T, r *store.Run, _ []Command) {
 				s := r.Step("test")
@@ -269,7 +269,7 @@ pipeline:
   steps: [{name: push, type: docker_push, docker_image: app, docker_registry: prod}]
 `, pools: busyPool, in: Tick{},
 			changed: true, status: event.StatusFailed,
-			steps: map[string]step{"push": {event.StatusFailed, 1, `registry "prod": not found in the catalogue`}},
+			steps:    map[string]step{"push": {event.StatusFailed, 1, `registry "prod": not found in the catalogue`}},
 			commands: []string{"done"},
 		},
 		{

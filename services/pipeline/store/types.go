@@ -145,7 +145,7 @@ type Run struct {
 	// Admitted is set once a run of a pipeline with a concurrency limit
 	// holds one of its slots; until then it is queued.
 	Admitted bool   `json:"admitted,omitempty"`
-	Revision        uint64         `json:"-"`
+	Revision uint64 `json:"-"`
 }
 
 // Branch is the run's git branch, if any.
