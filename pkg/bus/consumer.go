@@ -266,7 +266,7 @@ func (c *consumer) handle(ctx context.Context, msg jetstream.Msg) {
 		// The previous delivery was the last one the handler may have, and
 		// it ended without an outcome: its process died, or its
 		// acknowledgement was lost. Dead-letter without running it again.
-		dl.send(ctx, fmt.Sprintf("no outcome after %d deliveries (max %d): the consumer handling its last delivery stopped or died",
+		dl.send(ctx, fmt.Sprintf("gave up after %d deliveries (max %d): the last one ended unsettled, its consumer stopped or died before acknowledging or dead-lettering it",
 			deliveries-1, c.cfg.MaxDeliver))
 		return
 	}

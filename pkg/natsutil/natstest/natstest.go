@@ -1,5 +1,6 @@
 // Package natstest starts a real in-process nats-server with JetStream for
-// tests, the way nats-server's own RunBasicJetStreamServer does.
+// tests, the way nats-server's own RunBasicJetStreamServer does, or a
+// JetStream cluster of them ([RunCluster]) for replication and failover.
 package natstest
 
 import (
