@@ -133,15 +133,15 @@ func (r *Runner) Run(ctx context.Context) error {
 	if err := bus.EnsureStreams(ctx, r.js, r.cfg.Replicas); err != nil {
 		return err
 	}
-	attempts, err := ensureKV(ctx, r.js, jetstream.KeyValueConfig{Bucket: AttemptsBucket, TTL: BucketTTL, Replicas: r.cfg.Replicas})
+	attempts, err := bus.EnsureKeyValue(ctx, r.js, jetstream.KeyValueConfig{Bucket: AttemptsBucket, TTL: BucketTTL, Replicas: r.cfg.Replicas})
 	if err != nil {
 		return fmt.Errorf("attempts bucket: %w", err)
 	}
-	cancels, err := ensureKV(ctx, r.js, jetstream.KeyValueConfig{Bucket: CancelsBucket, TTL: BucketTTL, Replicas: r.cfg.Replicas})
+	cancels, err := bus.EnsureKeyValue(ctx, r.js, jetstream.KeyValueConfig{Bucket: CancelsBucket, TTL: BucketTTL, Replicas: r.cfg.Replicas})
 	if err != nil {
 		return fmt.Errorf("cancels bucket: %w", err)
 	}
-	presence, err := ensureKV(ctx, r.js, jetstream.KeyValueConfig{Bucket: RunnersBucket, TTL: RunnersBucketTTL, Replicas: r.cfg.Replicas})
+	presence, err := bus.EnsureKeyValue(ctx, r.js, jetstream.KeyValueConfig{Bucket: RunnersBucket, TTL: RunnersBucketTTL, Replicas: r.cfg.Replicas})
 	if err != nil {
 		return fmt.Errorf("runners bucket: %w", err)
 	}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/pkg/runner"
@@ -76,6 +78,7 @@ func BenchmarkDispatch(b *testing.B) {
 
 func benchDispatch(b *testing.B, run func(testing.TB) *natstest.Server) {
 	e, eng := benchEnv(b, run)
+	bare := bareRoundTrips(b, e.ns, 500)
 	const steps = 40
 	e.applyTB(b, chainPipeline(b, "chain", steps))
 	var gaps []time.Duration
@@ -99,8 +102,14 @@ func benchDispatch(b *testing.B, run func(testing.TB) *natstest.Server) {
 	b.StopTimer()
 	sort.Slice(gaps, func(i, j int) bool { return gaps[i] < gaps[j] })
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	b.ReportMetric(ms(gaps[len(gaps)/2]), "p50-ms")
-	b.ReportMetric(ms(gaps[len(gaps)*99/100]), "p99-ms")
+	p50, p99 := gaps[len(gaps)/2], gaps[len(gaps)*99/100]
+	b50, b99 := bare[len(bare)/2], bare[len(bare)*99/100]
+	b.ReportMetric(ms(p50), "p50-ms")
+	b.ReportMetric(ms(p99), "p99-ms")
+	b.ReportMetric(ms(b50), "bare-p50-ms")
+	b.ReportMetric(ms(b99), "bare-p99-ms")
+	b.ReportMetric(float64(p50)/float64(b50), "p50-ratio")
+	b.ReportMetric(float64(p99)/float64(b99), "p99-ratio")
 	b.ReportMetric(0, "ns/op")
 }
 
@@ -137,4 +146,85 @@ func benchThroughput(b *testing.B, run func(testing.TB) *natstest.Server) {
 	}
 	b.ReportMetric(float64(total)/time.Since(start).Seconds(), "steps/s")
 	b.ReportMetric(0, "ns/op")
+}
+
+// bareRoundTrips measures n JetStream round trips on ns with nothing of
+// AnsFlow in them: publish (acknowledged by the stream), fetch by a waiting
+// pull consumer, and a synchronous ack, which is what one step transition
+// does at least twice. The dispatch figures are reported as ratios to it.
+func bareRoundTrips(b *testing.B, ns *natstest.Server, n int) []time.Duration {
+	ctx := context.Background()
+	js := ns.JS
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "BENCH_BARE", Subjects: []string{"bench.bare"}}); err != nil {
+		b.Fatal(err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, "BENCH_BARE", jetstream.ConsumerConfig{Durable: "bare", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	acked := make(chan struct{})
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		for cctx.Err() == nil {
+			m, err := cons.Next(jetstream.FetchMaxWait(time.Second))
+			if err != nil {
+				continue
+			}
+			_ = m.DoubleAck(cctx)
+			acked <- struct{}{}
+		}
+	}()
+	out := make([]time.Duration, 0, n)
+	for i := 0; i < n+20; i++ {
+		start := time.Now()
+		if _, err := js.Publish(ctx, "bench.bare", []byte("x")); err != nil {
+			b.Fatal(err)
+		}
+		<-acked
+		if i >= 20 { // warm-up
+			out = append(out, time.Since(start))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// BenchmarkQueue queues 1,000 runs of 10 no-op steps at once behind one
+// runner with 8 slots and reports steps per second and the queue's cost per
+// step: the slot time each step took (wall time × slots / steps), all of it
+// orchestration, queueing and claiming since the steps do nothing.
+func BenchmarkQueue(b *testing.B) {
+	for _, tr := range transports {
+		b.Run(tr.name, func(b *testing.B) {
+			ns := tr.run(b)
+			e := startEnvCfg(b, ns, orchestrator.Config{})
+			const slots, runs, steps = 8, 1000, 10
+			runnerAt(b, ns, &timingEngine{start: map[string]time.Time{}, end: map[string]time.Time{}}, "bench-8", slots, 30*time.Second)
+			e.applyTB(b, chainPipeline(b, "queued", steps))
+			b.ResetTimer()
+			start := time.Now()
+			total := 0
+			for n := 0; n < b.N; n++ {
+				ids := make([]string, runs)
+				for i := range ids {
+					run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: "queued", Trigger: store.Trigger{Kind: "bench"}})
+					if err != nil {
+						b.Fatal(err)
+					}
+					ids[i] = run.ID
+				}
+				for _, id := range ids {
+					if r := e.waitRunTB(b, id, 10*time.Minute); r.Status != event.StatusSucceeded {
+						b.Fatalf("run %s: %s", r.Status, r.Error)
+					}
+				}
+				total += runs * steps
+			}
+			wall := time.Since(start)
+			b.ReportMetric(float64(total)/wall.Seconds(), "steps/s")
+			b.ReportMetric(float64(wall)*slots/float64(total)/float64(time.Millisecond), "slot-ms/step")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
 }

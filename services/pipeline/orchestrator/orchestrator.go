@@ -101,16 +101,16 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, st *store.Stor
 	o := &Orchestrator{cfg: cfg, js: js, store: st, log: log, wakeAt: map[string]wake{}, runLocks: map[string]*runLock{},
 		fold: folder{waiting: map[string]chan struct{}{}}, watching: time.Now().UTC()}
 	var err error
-	if o.attempts, err = ensureKV(ctx, js, jetstream.KeyValueConfig{Bucket: runner.AttemptsBucket, TTL: runner.BucketTTL, Replicas: cfg.Replicas}); err != nil {
+	if o.attempts, err = bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: runner.AttemptsBucket, TTL: runner.BucketTTL, Replicas: cfg.Replicas}); err != nil {
 		return nil, fmt.Errorf("attempts bucket: %w", err)
 	}
-	if o.cancels, err = ensureKV(ctx, js, jetstream.KeyValueConfig{Bucket: runner.CancelsBucket, TTL: runner.BucketTTL, Replicas: cfg.Replicas}); err != nil {
+	if o.cancels, err = bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: runner.CancelsBucket, TTL: runner.BucketTTL, Replicas: cfg.Replicas}); err != nil {
 		return nil, fmt.Errorf("cancels bucket: %w", err)
 	}
-	if o.slots, err = ensureKV(ctx, js, jetstream.KeyValueConfig{Bucket: SlotsBucket, Replicas: cfg.Replicas}); err != nil {
+	if o.slots, err = bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: SlotsBucket, Replicas: cfg.Replicas}); err != nil {
 		return nil, fmt.Errorf("slots bucket: %w", err)
 	}
-	if _, err = ensureKV(ctx, js, jetstream.KeyValueConfig{Bucket: runner.RunnersBucket, TTL: runner.RunnersBucketTTL, Replicas: cfg.Replicas}); err != nil {
+	if _, err = bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: runner.RunnersBucket, TTL: runner.RunnersBucketTTL, Replicas: cfg.Replicas}); err != nil {
 		return nil, fmt.Errorf("runners bucket: %w", err)
 	}
 	return o, nil

@@ -44,16 +44,20 @@ func (e *countingEngine) Execute(ctx context.Context, req *event.StepRequested, 
 
 func (e *countingEngine) peak() int { e.mu.Lock(); defer e.mu.Unlock(); return e.max }
 
-func (e *countingEngine) executed(key string) int { e.mu.Lock(); defer e.mu.Unlock(); return e.attempts[key] }
+func (e *countingEngine) executed(key string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.attempts[key]
+}
 
 // queueEnv is a pipeline service on real JetStream without runners; tests
 // start runners with runnerAt.
-func queueEnv(t *testing.T, ns *natstest.Server, cfg orchestrator.Config) *env {
+func queueEnv(t testing.TB, ns *natstest.Server, cfg orchestrator.Config) *env {
 	t.Helper()
 	return startEnvCfg(t, ns, cfg)
 }
 
-func startEnvCfg(t *testing.T, ns *natstest.Server, cfg orchestrator.Config) *env {
+func startEnvCfg(t testing.TB, ns *natstest.Server, cfg orchestrator.Config) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0", Orchestrator: cfg}, ns.JS, zap.NewNop())
@@ -71,7 +75,7 @@ func startEnvCfg(t *testing.T, ns *natstest.Server, cfg orchestrator.Config) *en
 // runnerAt starts a docker runner of pool "default" on its own connection
 // and returns a function that kills it: its connection closes at once, as
 // when its process dies, so it can neither renew nor report.
-func runnerAt(t *testing.T, ns *natstest.Server, eng runner.Engine, id string, slots int, lease time.Duration) (kill func()) {
+func runnerAt(t testing.TB, ns *natstest.Server, eng runner.Engine, id string, slots int, lease time.Duration) (kill func()) {
 	t.Helper()
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
@@ -100,7 +104,7 @@ func runnerAt(t *testing.T, ns *natstest.Server, eng runner.Engine, id string, s
 	return kill
 }
 
-func e2eRunners(t *testing.T, ns *natstest.Server) []runner.RunnerInfo {
+func e2eRunners(t testing.TB, ns *natstest.Server) []runner.RunnerInfo {
 	kv, err := ns.JS.KeyValue(context.Background(), runner.RunnersBucket)
 	if err != nil {
 		return nil

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/spec"
 )
 
@@ -60,7 +61,7 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 		replicas = 1
 	}
 	open := func(name string, history uint8) (jetstream.KeyValue, error) {
-		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: name, History: history, Replicas: replicas})
+		kv, err := bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: name, History: history, Replicas: replicas})
 		if err != nil {
 			return nil, fmt.Errorf("open bucket %s: %w", name, err)
 		}
