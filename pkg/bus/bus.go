@@ -125,7 +125,9 @@ func publishMsg(ctx context.Context, js jetstream.Publisher, m *nats.Msg, retrya
 }
 
 // PublishAsync sends e without waiting for the acknowledgement, which the
-// returned future delivers.
+// returned future delivers. Unlike [Publish] it does not retry: a caller
+// that must not lose e checks the future and publishes again (the same
+// Nats-Msg-Id deduplicates), or uses Publish.
 func PublishAsync(js jetstream.Publisher, subject string, e cloudevents.Event) (jetstream.PubAckFuture, error) {
 	m, err := event.ToMsg(subject, e)
 	if err != nil {

@@ -87,8 +87,8 @@ type ConsumerConfig struct {
 	// when empty).
 	FilterSubjects []string
 	// MaxDeliver bounds how often the handler runs for one message before
-	// the message is dead-lettered (default 5). The server's own limit is
-	// off; see the package documentation for why.
+	// the message is dead-lettered (default 5; negative: no bound). The
+	// server's own limit is off; see the package documentation for why.
 	MaxDeliver int
 	// AckWait is the redelivery timeout; in-progress acks are sent every
 	// third of it from the moment a message is received until it is
@@ -262,7 +262,8 @@ func (c *consumer) handle(ctx context.Context, msg jetstream.Msg) {
 		deliveries, seq = int(md.NumDelivered), md.Sequence.Stream
 	}
 	dl := deadLetter{c: c, msg: msg, hb: hb, deliveries: deliveries, seq: seq}
-	if deliveries > c.cfg.MaxDeliver {
+	limited := c.cfg.MaxDeliver > 0
+	if limited && deliveries > c.cfg.MaxDeliver {
 		// The previous delivery was the last one the handler may have, and
 		// it ended without an outcome: its process died, or its
 		// acknowledgement was lost. Dead-letter without running it again.
@@ -288,7 +289,7 @@ func (c *consumer) handle(ctx context.Context, msg jetstream.Msg) {
 	case ctx.Err() != nil:
 		hb.stop()
 		_ = msg.Nak() // shutting down: let another instance take it
-	case errors.As(err, &perm), deliveries >= c.cfg.MaxDeliver:
+	case errors.As(err, &perm), limited && deliveries >= c.cfg.MaxDeliver:
 		c.log.Warn("dead-lettering event", zap.String("event_id", e.ID()), zap.String("type", e.Type()),
 			zap.Int("deliveries", deliveries), zap.Error(err))
 		dl.send(ctx, err.Error())

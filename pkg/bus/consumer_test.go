@@ -2,6 +2,7 @@ package bus_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -196,3 +197,28 @@ func TestShutdownNaksRunningMessagesAfterGrace(t *testing.T) {
 	consumeOn(t, s.JS, cfg, func(context.Context, cloudevents.Event) error { again.Add(1); return nil })
 	waitFor(t, 5*time.Second, func() bool { return again.Load() == 1 })
 }
+
+func TestNegativeMaxDeliverRetriesWithoutBound(t *testing.T) {
+	s := setup(t)
+	subj := "ansflow.events.step.completed.unbounded"
+	if err := bus.Publish(context.Background(), s.JS, subj, newEvent(t, event.TypeStepCompleted, "unbounded")); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int64
+	consumeOn(t, s.JS, bus.ConsumerConfig{Stream: event.StreamEvents, Durable: "unbounded", FilterSubjects: []string{subj},
+		MaxDeliver: -1, RetryDelay: time.Millisecond}, func(context.Context, cloudevents.Event) error {
+		if calls.Add(1) < 8 {
+			return errTransient
+		}
+		return nil
+	})
+	waitFor(t, 10*time.Second, func() bool {
+		info := consumerInfo(t, s.JS, "unbounded")
+		return calls.Load() == 8 && info.NumAckPending == 0 && info.NumPending == 0
+	})
+	if n := len(dlqMessages(t, s.JS)); n != 0 {
+		t.Errorf("%d dead letters with no delivery bound", n)
+	}
+}
+
+var errTransient = errors.New("transient")
