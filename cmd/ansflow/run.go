@@ -244,6 +244,12 @@ func printSummary(w io.Writer, r *store.Run) {
 		if s.Status == "skipped" || (s.Status == "cancelled" && why == "") {
 			why = s.SkipReason
 		}
+		if s.Status == "queued" && s.Waiting != "" {
+			why = s.Waiting
+		}
+		if s.LostAttempts > 0 {
+			why = strings.TrimSpace(fmt.Sprintf("%s (%d attempts lost with their runner)", why, s.LostAttempts))
+		}
 		fmt.Fprintf(w, "  %-10s %-28s %-13s attempts=%d %8s  %s\n", s.Status, s.Name, s.Type, s.Attempts, d, why)
 	}
 }

@@ -81,6 +81,10 @@ type Orchestrator struct {
 	mu       sync.Mutex
 	wakeAt   map[string]wake
 	runLocks map[string]*runLock
+	// unpublished holds step requests whose publish failed within the I/O
+	// deadline, by attempt key, until a later try stores them or they are
+	// no longer current.
+	unpublished map[string]*event.StepRequested
 
 	fold folder
 }
@@ -99,6 +103,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, st *store.Stor
 		cfg.IOTimeout = 10 * time.Second
 	}
 	o := &Orchestrator{cfg: cfg, js: js, store: st, log: log, wakeAt: map[string]wake{}, runLocks: map[string]*runLock{},
+		unpublished: map[string]*event.StepRequested{},
 		fold: folder{waiting: map[string]chan struct{}{}}, watching: time.Now().UTC()}
 	var err error
 	if o.attempts, err = bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: runner.AttemptsBucket, TTL: runner.BucketTTL, Replicas: cfg.Replicas}); err != nil {
@@ -179,6 +184,7 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	g.Go(func() error { return o.watch(ctx) })
 	g.Go(func() error { return o.sweep(ctx) })
 	g.Go(func() error { return o.checkLeases(ctx) })
+	g.Go(func() error { return o.republish(ctx) })
 	return g.Wait()
 }
 
@@ -475,23 +481,72 @@ func (o *Orchestrator) fence(ctx context.Context, runID string, f *Fence) {
 }
 
 // dispatch publishes a step request, retrying transient failures within
-// the I/O deadline. A request that still could not be published is
-// republished by the recovery pass of the next orchestrator start, and the
-// run's timers bound the wait.
+// the I/O deadline. A request that still could not be published is kept
+// and tried again every second by republish while its attempt is current.
 func (o *Orchestrator) dispatch(ctx context.Context, req *event.StepRequested) {
+	var perm *bus.PermanentError
+	if err := o.publishRequest(ctx, req); errors.As(err, &perm) {
+		o.log.Error("publish step request", zap.String("run_id", req.RunID), zap.String("step_id", req.StepID), zap.Error(err))
+	} else if err != nil {
+		o.log.Error("publish step request; will try again", zap.String("run_id", req.RunID), zap.String("step_id", req.StepID), zap.Error(err))
+		o.mu.Lock()
+		o.unpublished[runner.AttemptKey(req.RunID, req.StepID, req.Attempt)] = req
+		o.mu.Unlock()
+	}
+}
+
+// republish tries the requests dispatch could not publish again, every
+// second, dropping those whose attempt is no longer queued.
+func (o *Orchestrator) republish(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		o.mu.Lock()
+		reqs := make(map[string]*event.StepRequested, len(o.unpublished))
+		for k, r := range o.unpublished {
+			reqs[k] = r
+		}
+		o.mu.Unlock()
+		for key, req := range reqs {
+			current := false
+			ictx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
+			r, err := o.store.GetRunCached(ictx, req.RunID)
+			cancel()
+			if err == nil {
+				if s := r.Step(req.StepID); s != nil && s.Attempts == req.Attempt && s.Status == event.StatusQueued {
+					current = true
+				}
+			} else if !errors.Is(err, store.ErrNotFound) {
+				continue // cannot tell yet
+			}
+			if current {
+				if err := o.publishRequest(ctx, req); err != nil {
+					continue
+				}
+			}
+			o.mu.Lock()
+			delete(o.unpublished, key)
+			o.mu.Unlock()
+		}
+	}
+}
+
+func (o *Orchestrator) publishRequest(ctx context.Context, req *event.StepRequested) error {
 	e, err := event.New(Source, event.TypeStepRequested, event.Meta{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt}, req)
 	if err != nil {
-		o.log.Error("encode step request", zap.Error(err))
-		return
+		return bus.Permanent(fmt.Errorf("encode step request: %w", err))
 	}
 	e.SetID(fmt.Sprintf("req-%s", runner.AttemptKey(req.RunID, req.StepID, req.Attempt)))
 	ctx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
 	defer cancel()
-	if err := retry(ctx, func(ctx context.Context) error {
+	return retry(ctx, func(ctx context.Context) error {
 		return bus.Publish(ctx, o.js, event.StepRequestedSubject(req.Kind, req.Target), e)
-	}); err != nil {
-		o.log.Error("publish step request", zap.String("run_id", req.RunID), zap.String("step_id", req.StepID), zap.Error(err))
-	}
+	})
 }
 
 func (o *Orchestrator) publish(ctx context.Context, typ string, meta event.Meta, id string, data any) {
