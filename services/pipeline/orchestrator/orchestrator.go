@@ -104,7 +104,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, st *store.Stor
 	}
 	o := &Orchestrator{cfg: cfg, js: js, store: st, log: log, wakeAt: map[string]wake{}, runLocks: map[string]*runLock{},
 		unpublished: map[string]*event.StepRequested{},
-		fold: folder{waiting: map[string]chan struct{}{}}, watching: time.Now().UTC()}
+		fold:        folder{waiting: map[string]chan struct{}{}}, watching: time.Now().UTC()}
 	var err error
 	if o.attempts, err = bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: runner.AttemptsBucket, TTL: runner.BucketTTL, Replicas: cfg.Replicas}); err != nil {
 		return nil, fmt.Errorf("attempts bucket: %w", err)
