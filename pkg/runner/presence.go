@@ -28,14 +28,19 @@ var Version = "dev"
 // RunnerInfo is what a runner announces about itself, and what `ansflow
 // runners list` shows.
 type RunnerInfo struct {
-	ID        string    `json:"id"`
-	Kind      string    `json:"kind"`
-	Pools     []string  `json:"pools"`
-	Slots     int       `json:"slots"`
-	Busy      int       `json:"busy"`
-	Version   string    `json:"version"`
-	StartedAt time.Time `json:"started_at"`
-	LastSeen  time.Time `json:"last_seen"`
+	ID    string   `json:"id"`
+	Kind  string   `json:"kind"`
+	Pools []string `json:"pools"`
+	// Slots and Busy count attempts over every pool served; PoolSlots
+	// is each pool's share (a runner runs that many of each pool's steps
+	// at once) and BusyByPool what each pool uses of it.
+	Slots      int            `json:"slots"`
+	Busy       int            `json:"busy"`
+	PoolSlots  int            `json:"pool_slots,omitempty"`
+	BusyByPool map[string]int `json:"busy_by_pool,omitempty"`
+	Version    string         `json:"version"`
+	StartedAt  time.Time      `json:"started_at"`
+	LastSeen   time.Time      `json:"last_seen"`
 	// Interval is the runner's heartbeat period.
 	Interval time.Duration `json:"interval"`
 	// Stopped is set by a runner that shut down cleanly.
@@ -192,8 +197,13 @@ func (d *Directory) Pool(kind, target string, now time.Time) PoolStatus {
 		}
 		if ri.Online(now) {
 			p.Online++
-			p.Slots += ri.Slots
-			p.Busy += ri.Busy
+			if ri.PoolSlots > 0 {
+				p.Slots += ri.PoolSlots
+				p.Busy += ri.BusyByPool[target]
+			} else {
+				p.Slots += ri.Slots
+				p.Busy += ri.Busy
+			}
 		}
 	}
 	return p

@@ -44,7 +44,8 @@ type Config struct {
 	Targets []string
 	// ID names this runner instance in events.
 	ID string
-	// Concurrency bounds attempts executed at once (default 2).
+	// Concurrency bounds attempts executed at once for each pool or
+	// cluster served (default 2).
 	Concurrency int
 	// DefaultTimeout bounds an attempt whose request sets none (default 1h).
 	DefaultTimeout time.Duration
@@ -114,13 +115,15 @@ type Runner struct {
 	started   time.Time
 	mu        sync.Mutex
 	running   map[string]context.CancelCauseFunc // run/step -> cancel
+	busy      map[string]int                     // target -> attempts executing
+	changed   chan struct{}                      // busy changed: announce soon
 	cancelled map[string]string                  // run ids (as tokens) cancelled or over -> why
 }
 
 // New returns a runner; cfg must have passed Validate.
 func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, eng Engine, fetch SourceFetcher, log *zap.Logger) *Runner {
 	r := &Runner{cfg: cfg, nc: nc, js: js, eng: eng, fetch: fetch, log: log.With(zap.String("runner", cfg.ID)),
-		types: map[string]bool{}, running: map[string]context.CancelCauseFunc{}, cancelled: map[string]string{},
+		types: map[string]bool{}, running: map[string]context.CancelCauseFunc{}, busy: map[string]int{}, changed: make(chan struct{}, 1), cancelled: map[string]string{},
 		source: "ansflow/" + cfg.Kind + "-runner/" + cfg.ID, started: time.Now().UTC()}
 	for _, t := range eng.Types() {
 		r.types[t] = true
@@ -184,9 +187,16 @@ func (r *Runner) Run(ctx context.Context) error {
 // announce writes this runner's presence entry.
 func (r *Runner) announce(ctx context.Context, kv jetstream.KeyValue, stopped bool) error {
 	r.mu.Lock()
-	busy := len(r.running)
+	busy, byPool := 0, map[string]int{}
+	for t, n := range r.busy {
+		if n > 0 {
+			busy += n
+			byPool[t] = n
+		}
+	}
 	r.mu.Unlock()
-	ri := RunnerInfo{ID: r.cfg.ID, Kind: r.cfg.Kind, Pools: r.cfg.Targets, Slots: r.cfg.Concurrency, Busy: busy,
+	ri := RunnerInfo{ID: r.cfg.ID, Kind: r.cfg.Kind, Pools: r.cfg.Targets, Slots: r.cfg.Concurrency * len(r.cfg.Targets), Busy: busy,
+		PoolSlots: r.cfg.Concurrency, BusyByPool: byPool,
 		Version: Version, StartedAt: r.started, LastSeen: time.Now().UTC(), Interval: r.cfg.Heartbeat, Stopped: stopped}
 	b, _ := json.Marshal(ri)
 	if _, err := kv.Put(ctx, presenceKey(r.cfg.Kind, r.cfg.ID), b); err != nil {
@@ -195,15 +205,40 @@ func (r *Runner) announce(ctx context.Context, kv jetstream.KeyValue, stopped bo
 	return nil
 }
 
-// heartbeat rewrites the presence entry every cfg.Heartbeat until ctx ends.
+// busyChanged asks the heartbeat to announce the new slot use soon.
+func (r *Runner) busyChanged() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+// announceGap is the least time between two announcements made because
+// slot use changed, so a busy runner does not write its entry per step.
+const announceGap = 500 * time.Millisecond
+
+// heartbeat rewrites the presence entry every cfg.Heartbeat, and soon after
+// its slot use changes, until ctx ends.
 func (r *Runner) heartbeat(ctx context.Context, kv jetstream.KeyValue) {
 	t := time.NewTicker(r.cfg.Heartbeat)
 	defer t.Stop()
+	last := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-r.changed:
+			if wait := announceGap - time.Since(last); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
 		case <-t.C:
+		}
+		{
+			last = time.Now()
 			actx, cancel := context.WithTimeout(ctx, r.cfg.Heartbeat)
 			if err := r.announce(actx, kv, false); err != nil && ctx.Err() == nil {
 				r.log.Warn("heartbeat", zap.Error(err))
@@ -335,11 +370,15 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 	runKey := req.RunID + "/" + req.StepID
 	r.mu.Lock()
 	r.running[runKey] = cancel
+	r.busy[req.Target]++
 	r.mu.Unlock()
+	r.busyChanged()
 	defer func() {
 		r.mu.Lock()
 		delete(r.running, runKey)
+		r.busy[req.Target]--
 		r.mu.Unlock()
+		r.busyChanged()
 	}()
 	stopRenewing := r.renew(ctx, l, cancel, log)
 	defer stopRenewing()
