@@ -41,12 +41,21 @@ func (e *Engine) run(ctx context.Context, req *event.StepRequested, t stepIO) (m
 	}
 	remove := hc.AutoRemove
 
-	created, err := e.cli.ContainerCreate(ctx, cfg, hc, nil, nil, "")
+	// Creation is not cancelled half-way: a create whose client gave up can
+	// still complete in the daemon after a reap looked for it, leaving a
+	// container behind. It is quick; a cancellation is handled once the
+	// engine knows the container's id.
+	create := func() (container.CreateResponse, error) {
+		cctx, cancel := e.cleanupContext(ctx)
+		defer cancel()
+		return e.cli.ContainerCreate(cctx, cfg, hc, nil, nil, "")
+	}
+	created, err := create()
 	if cerrdefs.IsNotFound(err) && named != nil && ctx.Err() == nil {
 		if _, perr := e.pullImage(ctx, named, "", t); perr != nil {
 			return nil, fmt.Errorf("docker_run: image %s is not on this runner's Docker Engine, and pulling it failed: %w", img, perr)
 		}
-		created, err = e.cli.ContainerCreate(ctx, cfg, hc, nil, nil, "")
+		created, err = create()
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -75,6 +84,10 @@ func (e *Engine) run(ctx context.Context, req *event.StepRequested, t stepIO) (m
 		}
 	}
 
+	if ctx.Err() != nil {
+		abort()
+		return outputs, stopped(ctx, "docker_run "+img)
+	}
 	att, err := e.cli.ContainerAttach(ctx, id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
 	if err != nil {
 		abort()
