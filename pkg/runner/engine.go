@@ -28,9 +28,13 @@ type Engine interface {
 }
 
 // Reaper is implemented by engines that can clean up after an attempt whose
-// runner died mid-step (containers, builds). Reap must be idempotent.
+// runner died mid-step (containers, builds, processes). req is a request of
+// the step (the lost attempt's own, or the attempt taking over from it);
+// attempt is the lost attempt. Reap must be idempotent and is called by a
+// runner that may run on another host than the lost one, so it removes what
+// it can reach.
 type Reaper interface {
-	Reap(ctx context.Context, runID, stepID string, attempt int) error
+	Reap(ctx context.Context, req *event.StepRequested, attempt int) error
 }
 
 // ExitError reports that the step's process ran and exited non-zero.

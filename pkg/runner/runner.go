@@ -481,7 +481,7 @@ func (r *Runner) reap(ctx context.Context, req *event.StepRequested, attempt int
 	if !ok {
 		return
 	}
-	if err := reaper.Reap(ctx, req.RunID, req.StepID, attempt); err != nil {
+	if err := reaper.Reap(ctx, req, attempt); err != nil {
 		log.Warn("reap the lost attempt", zap.Int("lost_attempt", attempt), zap.Error(err))
 	}
 }

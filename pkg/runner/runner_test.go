@@ -26,7 +26,10 @@ type reapingEngine struct {
 	reaped atomic.Int64
 }
 
-func (e *reapingEngine) Reap(context.Context, string, string, int) error { e.reaped.Add(1); return nil }
+func (e *reapingEngine) Reap(context.Context, *event.StepRequested, int) error {
+	e.reaped.Add(1)
+	return nil
+}
 
 func startRunner(t *testing.T, s *natstest.Server, eng runner.Engine, id string) (*nats.Conn, context.CancelFunc) {
 	t.Helper()

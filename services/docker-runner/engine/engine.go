@@ -213,7 +213,11 @@ func AttemptLabels(runID, stepID string, attempt int) map[string]string {
 // Builds need no reaping: the daemon aborts a build, and removes its
 // intermediate container, when the connection of the client that started it
 // closes.
-func (e *Engine) Reap(ctx context.Context, runID, stepID string, attempt int) error {
+func (e *Engine) Reap(ctx context.Context, req *event.StepRequested, attempt int) error {
+	return e.reap(ctx, req.RunID, req.StepID, attempt)
+}
+
+func (e *Engine) reap(ctx context.Context, runID, stepID string, attempt int) error {
 	args := filters.NewArgs()
 	for k, v := range AttemptLabels(runID, stepID, attempt) {
 		args.Add("label", k+"="+v)

@@ -472,7 +472,7 @@ func TestReap(t *testing.T) {
 	mk(1)
 	keep := mk(2)
 	for i := 0; i < 2; i++ {
-		if err := h.eng.Reap(ctx, "reap-run", "s", 1); err != nil {
+		if err := h.eng.Reap(ctx, &event.StepRequested{RunID: "reap-run", StepID: "s", Attempt: 2}, 1); err != nil {
 			t.Fatal(err)
 		}
 	}

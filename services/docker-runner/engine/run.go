@@ -151,7 +151,7 @@ func (e *Engine) run(ctx context.Context, req *event.StepRequested, t stepIO) (m
 func (e *Engine) reapAfter(ctx context.Context, req *event.StepRequested) {
 	cctx, cancel := e.cleanupContext(ctx)
 	defer cancel()
-	if err := e.Reap(cctx, req.RunID, req.StepID, req.Attempt); err != nil {
+	if err := e.reap(cctx, req.RunID, req.StepID, req.Attempt); err != nil {
 		e.log.Warn("remove container of a stopped step", zap.Error(err))
 	}
 }

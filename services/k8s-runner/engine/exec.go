@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"sort"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/remotecommand"
 	utilexec "k8s.io/client-go/util/exec"
 
+	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
 )
 
@@ -30,9 +32,14 @@ var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // stdout and stderr streamed separately into the step's log. A string
 // command runs as `sh -c COMMAND`, a list as the argv itself; the step's
 // env is passed by prefixing `env NAME=value ...`, so the container needs
-// an `env` binary when env is set. A non-zero exit fails the step with a
-// [*runner.ExitError]. timeout (seconds) bounds the command; the stream is
-// then closed, which a real kubelet does not turn into a kill.
+// an `env` binary. A non-zero exit fails the step with a
+// [*runner.ExitError]. timeout (seconds) bounds the command.
+//
+// Closing an exec stream does not kill the command (a real kubelet leaves
+// it running), so every command runs with ANSFLOW_ATTEMPT=<attempt key> in
+// its environment, inherited by whatever it starts, and a step that is
+// cancelled, times out or is reaped after its runner was lost is stopped by
+// a second exec that kills the processes carrying it (see [killScript]).
 //
 // The stream uses the WebSocket protocol and falls back to SPDY for
 // apiservers that do not upgrade it.
@@ -101,6 +108,11 @@ func (s *step) exec(ctx context.Context) (map[string]string, error) {
 		return out, nil
 	}
 	if ctx.Err() != nil {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if kerr := s.e.killAttempt(cctx, ns, pod.Name, container, runner.AttemptKey(s.req.RunID, s.req.StepID, s.req.Attempt)); kerr != nil {
+			s.log.Warn("stop the command of a stopped step", zap.String("pod", pod.Name), zap.Error(kerr))
+		}
 		return out, context.Cause(ctx)
 	}
 	if code, ok := exitCode(err); ok {
@@ -164,9 +176,6 @@ func (s *step) command() ([]string, error) {
 	if len(argv) == 0 {
 		return nil, fmt.Errorf("%w: k8s_exec needs a command", ErrInvalidConfig)
 	}
-	if len(s.req.Env) == 0 {
-		return argv, nil
-	}
 	names := make([]string, 0, len(s.req.Env))
 	for k := range s.req.Env {
 		if !envName.MatchString(k) {
@@ -175,7 +184,7 @@ func (s *step) command() ([]string, error) {
 		names = append(names, k)
 	}
 	sort.Strings(names)
-	prefix := []string{"env"}
+	prefix := []string{"env", attemptEnv + "=" + runner.AttemptKey(s.req.RunID, s.req.StepID, s.req.Attempt)}
 	for _, k := range names {
 		prefix = append(prefix, k+"="+s.req.Env[k])
 	}
@@ -190,4 +199,79 @@ func (s *step) redactEnv(msg string) string {
 		}
 	}
 	return msg
+}
+
+// attemptEnv marks the processes of one k8s_exec attempt.
+const attemptEnv = "ANSFLOW_ATTEMPT"
+
+// killScript kills every process of the container whose environment holds
+// ANSFLOW_ATTEMPT=$0 (the command and whatever it started), except itself.
+// It needs sh, tr, grep and kill in the container, as busybox and every
+// distribution image have; without them nothing is killed, and the command
+// runs on until it ends.
+const killScript = `for e in /proc/[0-9]*/environ; do p=${e#/proc/}; p=${p%/environ}; ` +
+	`[ "$p" = "$$" ] && continue; ` +
+	`if tr '\000' '\n' < "$e" 2>/dev/null | grep -qx "` + attemptEnv + `=$0"; then kill -9 "$p" 2>/dev/null; fi; done; exit 0`
+
+// killAttempt runs killScript for the attempt key in a container.
+func (e *Engine) killAttempt(ctx context.Context, ns, pod, container, key string) error {
+	req := e.cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("exec").
+		VersionedParams(&corev1.PodExecOptions{Container: container, Command: []string{"sh", "-c", killScript, key},
+			Stdout: true, Stderr: true}, scheme.ParameterCodec)
+	ws, err := remotecommand.NewWebSocketExecutor(e.rest, "GET", req.URL().String())
+	if err != nil {
+		return fmt.Errorf("kill in pod %s/%s: %w", ns, pod, err)
+	}
+	spdy, err := remotecommand.NewSPDYExecutor(e.rest, "POST", req.URL())
+	if err != nil {
+		return fmt.Errorf("kill in pod %s/%s: %w", ns, pod, err)
+	}
+	ex, err := remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool {
+		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
+	})
+	if err != nil {
+		return fmt.Errorf("kill in pod %s/%s: %w", ns, pod, err)
+	}
+	var stderr strings.Builder
+	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: io.Discard, Stderr: &stderr}); err != nil {
+		return fmt.Errorf("kill in pod %s/%s container %s: %w (%s)", ns, pod, container, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// Reap stops what a lost attempt of a k8s_exec step left running: its
+// command in every running pod the step selects (the pod it ran in may not
+// be the first any more). The other step types leave nothing owned by the
+// attempt: they apply, scale, delete or watch objects, which the next
+// attempt does again idempotently.
+func (e *Engine) Reap(ctx context.Context, req *event.StepRequested, attempt int) error {
+	if req.Type != TypeExec {
+		return nil
+	}
+	s := &step{e: e, req: req, io: nil, p: params(req.K8sConfig), log: e.log}
+	if s.p == nil {
+		s.p = params{}
+	}
+	ns := s.namespace()
+	set, err := s.selectPods(ctx, ns)
+	if err != nil {
+		return fmt.Errorf("reap attempt %d of %s/%s: %w", attempt, req.RunID, req.StepID, err)
+	}
+	key := runner.AttemptKey(req.RunID, req.StepID, attempt)
+	var errs []error
+	for i := range set.pods {
+		pod := &set.pods[i]
+		if pod.Status.Phase != corev1.PodRunning {
+			continue
+		}
+		container, err := s.containerOf(pod)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := e.killAttempt(ctx, ns, pod.Name, container, key); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -169,13 +169,13 @@ func TestRolloutStatus(t *testing.T) {
 }
 
 func TestCommand(t *testing.T) {
-	s := &step{req: &event.StepRequested{Command: "echo $X", Env: map[string]string{"B": "2", "A": "1 1"}}, p: params{}}
+	s := &step{req: &event.StepRequested{RunID: "r", StepID: "s", Attempt: 2, Command: "echo $X", Env: map[string]string{"B": "2", "A": "1 1"}}, p: params{}}
 	argv, err := s.command()
-	if err != nil || fmt.Sprintf("%q", argv) != `["env" "A=1 1" "B=2" "sh" "-c" "echo $X"]` {
+	if err != nil || fmt.Sprintf("%q", argv) != `["env" "ANSFLOW_ATTEMPT=r.s.2" "A=1 1" "B=2" "sh" "-c" "echo $X"]` {
 		t.Errorf("argv %q %v", argv, err)
 	}
-	s = &step{req: &event.StepRequested{}, p: params{"command": []any{"ls", "-l"}}}
-	if argv, err := s.command(); err != nil || fmt.Sprint(argv) != "[ls -l]" {
+	s = &step{req: &event.StepRequested{RunID: "r", StepID: "s", Attempt: 1}, p: params{"command": []any{"ls", "-l"}}}
+	if argv, err := s.command(); err != nil || fmt.Sprint(argv) != "[env ANSFLOW_ATTEMPT=r.s.1 ls -l]" {
 		t.Errorf("config command: %q %v", argv, err)
 	}
 	s = &step{req: &event.StepRequested{Command: "x", Env: map[string]string{"BAD NAME": "1"}}, p: params{}}
