@@ -20,8 +20,10 @@
 // # Consuming
 //
 // Delivery is at-least-once. [Consume] pulls a message only when one of
-// its handler slots is free, so an instance never holds a message it cannot
-// run and other instances on the same durable get the rest. Every message
+// its handler slots is free: each slot keeps one request for one message
+// waiting on the server, on a subscription of its own, so an instance never
+// holds a message it cannot run and other instances on the same durable get
+// the rest. Every message
 // it holds gets in-progress acks from the moment it arrives until it is
 // settled: acknowledged synchronously on success, nak'd with a delay after
 // a retryable error, nak'd at once when the consumer shuts down, or copied

@@ -169,6 +169,8 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerCon
 // Each of cfg.Concurrency workers pulls one message only when it is free to
 // handle it, so an instance never holds a message it has no slot for, and a
 // second instance on the same durable receives what this one cannot take.
+// A worker's pull request is renewed when the connection reconnects or the
+// server's heartbeats stop, so a consumer follows a cluster's failover.
 // When ctx ends, pulling stops at once, a message that arrives then is
 // nak'd for another instance, and running handlers get cfg.Grace to finish
 // before their context is cancelled; a handler that returns because of that
@@ -178,11 +180,15 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, h 
 	if cfg.Concurrency > MaxConcurrency {
 		return fmt.Errorf("consume %s: concurrency %d above %d", cfg.Durable, cfg.Concurrency, MaxConcurrency)
 	}
-	cons, err := EnsureConsumer(ctx, js, cfg)
-	if err != nil {
+	if _, err := EnsureConsumer(ctx, js, cfg); err != nil {
+		if ctx.Err() != nil {
+			return nil // cancelled while setting up
+		}
 		return err
 	}
-	c := &consumer{js: js, cons: cons, cfg: cfg, h: Chain(h, Recover()),
+	p := newPuller(js, cfg.Stream, cfg.Durable)
+	defer p.close()
+	c := &consumer{js: js, cfg: cfg, h: Chain(h, Recover()),
 		log: log.With(zap.String("consumer", cfg.Durable), zap.String("stream", cfg.Stream))}
 
 	// Handlers run on their own context: when ctx ends, pulling stops at
@@ -191,7 +197,7 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, h 
 	defer cancelHandlers()
 	var wg sync.WaitGroup
 	for range cfg.Concurrency {
-		wg.Go(func() { c.work(ctx, hctx) })
+		wg.Go(func() { c.work(ctx, hctx, p) })
 	}
 	<-ctx.Done()
 	done := make(chan struct{})
@@ -209,35 +215,37 @@ func Consume(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig, h 
 
 // consumer is one [Consume] call's state, shared by its workers.
 type consumer struct {
-	js   jetstream.JetStream
-	cons jetstream.Consumer
-	cfg  ConsumerConfig
-	h    Handler
-	log  *zap.Logger
+	js  jetstream.JetStream
+	cfg ConsumerConfig
+	h   Handler
+	log *zap.Logger
 }
 
 // work pulls and handles one message at a time until ctx is done; handlers
 // run on hctx.
-func (c *consumer) work(ctx, hctx context.Context) {
+func (c *consumer) work(ctx, hctx context.Context, p *puller) {
+	s := &slot{p: p}
+	defer s.close()
 	fails := 0
 	for ctx.Err() == nil {
-		// Without a deadline on ctx the pull waits up to 30s on the
-		// server, with idle heartbeats that reveal a lost connection.
-		msg, err := c.cons.Next(jetstream.FetchContext(ctx))
+		msg, err := s.receive(ctx)
 		switch {
 		case ctx.Err() != nil:
 			if msg != nil {
 				_ = msg.Nak() // arrived as we stopped: let another instance take it
 			}
 			return
-		case errors.Is(err, nats.ErrTimeout):
+		case errors.Is(err, nats.ErrTimeout), errors.Is(err, errPullLost):
 			fails = 0
 			continue
 		case err != nil:
 			if fails == 0 || fails%20 == 0 {
 				c.log.Warn("fetch failed", zap.Int("failures", fails+1), zap.Error(err))
 			}
-			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+			// The durable was deleted, or nothing serves it (no
+			// responders): make it again, which is harmless when it
+			// exists and is only electing a leader.
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrNoResponders) && fails%10 == 0 {
 				if _, eerr := EnsureConsumer(ctx, c.js, c.cfg); eerr != nil && ctx.Err() == nil {
 					c.log.Error("recreate consumer", zap.Error(eerr))
 				}
@@ -300,28 +308,30 @@ func (c *consumer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
-// heartbeat sends in-progress acks for one message until stopped.
+// heartbeat sends in-progress acks for one message until stopped. It is a
+// self-rearming timer rather than a goroutine, so a short handler costs no
+// goroutine and its settlement waits for none.
 type heartbeat struct {
-	once sync.Once
-	quit chan struct{}
-	done chan struct{}
+	mu      sync.Mutex
+	stopped bool
+	t       *time.Timer
 }
 
 func startHeartbeat(msg jetstream.Msg, every time.Duration) *heartbeat {
-	hb := &heartbeat{quit: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(hb.done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-hb.quit:
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
+	hb := &heartbeat{}
+	var beat func()
+	beat = func() {
+		hb.mu.Lock()
+		defer hb.mu.Unlock()
+		if hb.stopped {
+			return
 		}
-	}()
+		_ = msg.InProgress()
+		hb.t.Reset(every)
+	}
+	hb.mu.Lock()
+	hb.t = time.AfterFunc(every, beat)
+	hb.mu.Unlock()
 	return hb
 }
 
@@ -330,6 +340,8 @@ func startHeartbeat(msg jetstream.Msg, every time.Duration) *heartbeat {
 // term (one after a delayed nak would postpone the redelivery). It may be
 // called more than once.
 func (hb *heartbeat) stop() {
-	hb.once.Do(func() { close(hb.quit) })
-	<-hb.done
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	hb.stopped = true
+	hb.t.Stop()
 }

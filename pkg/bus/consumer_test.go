@@ -14,6 +14,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 )
 
 // consumeOn runs Consume on js until the returned stop is called or the
@@ -212,9 +213,10 @@ func TestNegativeMaxDeliverRetriesWithoutBound(t *testing.T) {
 		}
 		return nil
 	})
+	waitFor(t, 10*time.Second, func() bool { return calls.Load() == 8 })
 	waitFor(t, 10*time.Second, func() bool {
 		info := consumerInfo(t, s.JS, "unbounded")
-		return calls.Load() == 8 && info.NumAckPending == 0 && info.NumPending == 0
+		return info.NumAckPending == 0 && info.NumPending == 0
 	})
 	if n := len(dlqMessages(t, s.JS)); n != 0 {
 		t.Errorf("%d dead letters with no delivery bound", n)
@@ -222,3 +224,80 @@ func TestNegativeMaxDeliverRetriesWithoutBound(t *testing.T) {
 }
 
 var errTransient = errors.New("transient")
+
+// A consumer connected to a cluster keeps receiving when the server it is
+// connected to goes away: its waiting pull requests are asked again on the
+// server it reconnects to.
+func TestConsumerKeepsPullingAcrossANodeFailure(t *testing.T) {
+	c := natstest.RunCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := bus.EnsureStreams(ctx, c.JS, 3); err != nil {
+		t.Fatal(err)
+	}
+	nc, js := c.Connect(t)
+	got := make(chan string, 16)
+	consumeOn(t, js, bus.ConsumerConfig{Stream: event.StreamEvents, Durable: "failover", Concurrency: 2, AckWait: 5 * time.Second},
+		func(_ context.Context, e cloudevents.Event) error { got <- event.MetaOf(e).RunID; return nil })
+	publish := func(run string) {
+		t.Helper()
+		if err := bus.Publish(ctx, c.JS, event.LifecycleSubject(event.TypeRunCreated, run), newEvent(t, event.TypeRunCreated, run)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	receive := func(run string, within time.Duration) {
+		t.Helper()
+		select {
+		case r := <-got:
+			if r != run {
+				t.Fatalf("received %s, want %s", r, run)
+			}
+		case <-time.After(within):
+			t.Fatalf("%s not received within %s", run, within)
+		}
+	}
+	publish("before")
+	receive("before", 10*time.Second)
+
+	url := nc.ConnectedUrl()
+	for _, s := range c.Servers {
+		if s.ClientURL() == url {
+			s.Shutdown()
+		}
+	}
+	waitFor(t, 10*time.Second, func() bool { return nc.IsConnected() && nc.ConnectedUrl() != url })
+	// Within less than the two missed heartbeats (10s) a lost request
+	// would take to notice: the reconnection itself renews the requests.
+	t0 := time.Now()
+	publish("after")
+	t1 := time.Now()
+	receive("after", 8*time.Second)
+	t.Logf("after the failover: published in %s, received %s later", t1.Sub(t0), time.Since(t1))
+}
+
+func TestConsumeRecreatesADeletedDurable(t *testing.T) {
+	s := setup(t)
+	subj := "ansflow.events.step.completed.deleted"
+	got := make(chan struct{}, 4)
+	consumeOn(t, s.JS, bus.ConsumerConfig{Stream: event.StreamEvents, Durable: "deleted", FilterSubjects: []string{subj}},
+		func(context.Context, cloudevents.Event) error { got <- struct{}{}; return nil })
+	waitFor(t, 5*time.Second, func() bool {
+		_, err := s.JS.Consumer(context.Background(), event.StreamEvents, "deleted")
+		return err == nil
+	})
+	if err := s.JS.DeleteConsumer(context.Background(), event.StreamEvents, "deleted"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		_, err := s.JS.Consumer(context.Background(), event.StreamEvents, "deleted")
+		return err == nil
+	})
+	if err := bus.Publish(context.Background(), s.JS, subj, newEvent(t, event.TypeStepCompleted, "deleted")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the event was not handled after the durable was deleted")
+	}
+}

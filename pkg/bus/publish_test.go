@@ -84,9 +84,9 @@ func TestPublishGivesUpAtTheDeadlineOrAtOnceWhenPermanent(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t0 := time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), tt.timeout)
 			defer cancel()
-			t0 := time.Now()
 			err := bus.Publish(ctx, s.JS, tt.subject, tt.e())
 			d := time.Since(t0)
 			if !errors.Is(err, tt.is) {

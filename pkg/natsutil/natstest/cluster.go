@@ -39,6 +39,12 @@ func RunCluster(t testing.TB, n int) *Cluster {
 	if n < 1 {
 		t.Fatalf("RunCluster(%d): want at least one server", n)
 	}
+	// The stores are made first: cleanups run last-registered first, and
+	// the servers must be shut down before their stores are removed.
+	dirs := make([]string, n)
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+	}
 	c := &Cluster{}
 	t.Cleanup(func() {
 		if c.NC != nil {
@@ -63,7 +69,7 @@ func RunCluster(t testing.TB, n int) *Cluster {
 			Port:       -1,
 			NoSigs:     true,
 			JetStream:  true,
-			StoreDir:   t.TempDir(),
+			StoreDir:   dirs[i],
 			Cluster:    server.ClusterOpts{Name: "natstest", Host: "127.0.0.1", Port: ports[i]},
 			Routes:     routes,
 		}
