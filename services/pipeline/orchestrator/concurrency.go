@@ -47,9 +47,20 @@ func (o *Orchestrator) admit(ctx context.Context, pipeline string) {
 		for _, r := range runs {
 			byID[r.ID] = r
 		}
+		// A slot is freed only when its run is read back over: a listing
+		// can miss a run that is being written while it reads.
 		live := held[:0:0]
 		for _, id := range held {
-			if r, ok := byID[id]; ok && !r.Terminal() {
+			r, err := o.store.GetRun(ctx, id)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				o.log.Warn("read a run holding a concurrency slot", zap.String("run_id", id), zap.Error(err))
+				return
+			}
+			byID[id] = r
+			if !r.Terminal() {
 				live = append(live, id)
 			}
 		}

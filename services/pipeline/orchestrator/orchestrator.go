@@ -296,6 +296,7 @@ func (o *Orchestrator) Rerun(ctx context.Context, id string, trig store.Trigger)
 	r := *old
 	r.ID, r.BuildNumber, r.Status, r.Error, r.RerunOf = nid.String(), n, event.StatusPending, "", old.ID
 	r.CreatedAt, r.StartedAt, r.FinishedAt, r.CancelRequested, r.Trigger = now, nil, nil, "", trig
+	r.Admitted, r.Deadline = false, nil
 	r.Vars = map[string]store.Var{}
 	for k, v := range old.Vars {
 		r.Vars[k] = v

@@ -239,7 +239,7 @@ pipeline:
   name: serial
   concurrency: 1
   steps:
-    - {name: work, type: docker_run, docker_image: busybox, docker_config: {command: "sleep 500ms"}}
+    - {name: work, type: docker_run, docker_image: busybox, docker_config: {command: "sleep 2s"}}
 `))
 	var runs []*store.Run
 	for i := 0; i < 3; i++ {

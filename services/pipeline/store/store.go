@@ -512,9 +512,13 @@ func listJSON[T any](ctx context.Context, kv jetstream.KeyValue, prefix string) 
 		}
 		defer w.Stop()
 		seen := uint64(0)
-		var grace <-chan time.Time // after the watcher's own end marker
+		initial := true            // before the watcher's own end marker
+		var grace <-chan time.Time // after it
+		// Read both to the end of the watcher's snapshot (every key's
+		// latest value: stopping at the first revision >= last would drop
+		// keys rewritten since, which come later) and up to last.
 	read:
-		for seen < last {
+		for initial || seen < last {
 			select {
 			case <-ctx.Done():
 				return nil, fmt.Errorf("list %s: %w", kv.Bucket(), ctx.Err())
@@ -525,6 +529,7 @@ func listJSON[T any](ctx context.Context, kv jetstream.KeyValue, prefix string) 
 					return nil, fmt.Errorf("list %s: watcher closed", kv.Bucket())
 				}
 				if e == nil {
+					initial = false
 					grace = time.After(time.Second)
 					continue
 				}
