@@ -29,8 +29,8 @@ images: ## one FROM-scratch image per binary (no base image or registry needed)
 bench: ## run every benchmark and print comparable figures
 	go test -p 1 -run '^$$' -bench . -benchtime 3x -timeout 30m $(MODULES)
 
-bench-dispatch: ## orchestration overhead and throughput only
-	go test -p 1 -run '^$$' -bench 'Dispatch|Throughput' -timeout 10m ./services/pipeline/orchestrator/
+bench-dispatch: ## orchestration overhead, throughput and the queue only
+	go test -p 1 -run '^$$' -bench 'Dispatch|Throughput|Queue' -timeout 10m ./services/pipeline/orchestrator/
 
 lint: ## gofmt, go vet
 	@out=$$(gofmt -l pkg services cmd); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
