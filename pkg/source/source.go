@@ -28,9 +28,28 @@ const Bucket = "ansflow_sources"
 // MaxArchiveBytes bounds an uploaded source archive.
 const MaxArchiveBytes = 512 << 20
 
-// Store opens (creating if needed) the sources bucket.
+// Store opens the sources bucket, creating it with one replica when it
+// does not exist. An existing bucket is never changed, so the replicas the
+// pipeline service gave it ([Ensure]) are never lowered.
 func Store(ctx context.Context, js jetstream.JetStream) (jetstream.ObjectStore, error) {
-	os, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: Bucket, Description: "run sources"})
+	return open(ctx, js, 1)
+}
+
+// Ensure creates the sources bucket with replicas when it does not exist;
+// the pipeline service calls it at start.
+func Ensure(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	_, err := open(ctx, js, replicas)
+	return err
+}
+
+func open(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.ObjectStore, error) {
+	os, err := js.ObjectStore(ctx, Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		os, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: Bucket, Description: "run sources", Replicas: max(replicas, 1)})
+		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			os, err = js.ObjectStore(ctx, Bucket)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("object store %s: %w", Bucket, err)
 	}

@@ -69,3 +69,28 @@ func TestCloneRefusesOptionLikeArguments(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// TestStoreKeepsTheBucketsReplicas checks that opening the sources bucket
+// (as every upload and runner does) never lowers the replicas the pipeline
+// service created it with.
+func TestStoreKeepsTheBucketsReplicas(t *testing.T) {
+	c := natstest.RunCluster(t, 3)
+	ctx := context.Background()
+	if err := Ensure(ctx, c.JS, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Upload(ctx, c.JS, t.TempDir(), "r1"); err != nil {
+		t.Fatal(err)
+	}
+	os, err := Store(ctx, c.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := st.Replicas(); n != 3 {
+		t.Fatalf("sources bucket has %d replicas after opening, want 3", n)
+	}
+}

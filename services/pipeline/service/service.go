@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ansflow/ansflow/pkg/bus"
+	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/schedule"
@@ -50,6 +51,9 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 		cfg.HTTPAddr = "127.0.0.1:8080"
 	}
 	if err := bus.EnsureStreams(ctx, js, cfg.Replicas); err != nil {
+		return nil, err
+	}
+	if err := source.Ensure(ctx, js, cfg.Replicas); err != nil {
 		return nil, err
 	}
 	st, err := store.Open(ctx, js, cfg.Replicas)
