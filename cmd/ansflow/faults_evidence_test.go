@@ -3,16 +3,21 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
 	dockerclient "github.com/docker/docker/client"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/services/docker-runner/engine"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -37,36 +42,50 @@ type runTimeline struct {
 	revs   map[string][]runRev
 	latest time.Time
 	resets int
+	seen   map[uint64]time.Time // every revision observed, when stored
 }
 
-func watchRunTimeline(ctx context.Context, js jetstream.JetStream) (*runTimeline, error) {
-	kv, err := js.KeyValue(ctx, store.BucketRuns)
-	if err != nil {
-		return nil, err
-	}
-	tl := &runTimeline{revs: map[string][]runRev{}}
-	go func() {
-		for ctx.Err() == nil {
-			w, err := kv.WatchAll(ctx)
-			if err != nil {
-				sleepCtx(ctx, 200*time.Millisecond)
-				continue
-			}
-			for e := range w.Updates() {
-				if e != nil && e.Operation() == jetstream.KeyValuePut {
-					tl.observe(e)
-				}
-			}
-			_ = w.Stop()
-			tl.mu.Lock()
-			tl.resets++
-			tl.mu.Unlock()
+// watchRunTimeline follows the runs bucket with one watch per connection
+// in jss, merged: a watch whose consumer lived on a node that died takes
+// seconds to notice and start again, and the bucket keeps only the newest
+// revision of a run, so one watch alone would miss revisions written
+// meanwhile.
+func watchRunTimeline(ctx context.Context, jss []jetstream.JetStream) (*runTimeline, error) {
+	tl := &runTimeline{revs: map[string][]runRev{}, seen: map[uint64]time.Time{}}
+	for _, js := range jss {
+		kv, err := js.KeyValue(ctx, store.BucketRuns)
+		if err != nil {
+			return nil, err
 		}
-	}()
+		go func() {
+			for ctx.Err() == nil {
+				w, err := kv.WatchAll(ctx)
+				if err != nil {
+					sleepCtx(ctx, 200*time.Millisecond)
+					continue
+				}
+				for e := range w.Updates() {
+					if e != nil && e.Operation() == jetstream.KeyValuePut {
+						tl.observe(e)
+					}
+				}
+				_ = w.Stop()
+				tl.mu.Lock()
+				tl.resets++
+				tl.mu.Unlock()
+			}
+		}()
+	}
 	return tl, nil
 }
 
 func (tl *runTimeline) observe(e jetstream.KeyValueEntry) {
+	tl.mu.Lock()
+	if _, dup := tl.seen[e.Revision()]; dup {
+		tl.mu.Unlock()
+		return
+	}
+	tl.mu.Unlock()
 	var r store.Run
 	if json.Unmarshal(e.Value(), &r) != nil {
 		return
@@ -74,11 +93,16 @@ func (tl *runTimeline) observe(e jetstream.KeyValueEntry) {
 	r.Revision = e.Revision()
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
-	revs := tl.revs[e.Key()]
-	if n := len(revs); n > 0 && revs[n-1].rev >= e.Revision() {
-		return // replayed by a new watch
+	if _, dup := tl.seen[e.Revision()]; dup {
+		return
 	}
-	tl.revs[e.Key()] = append(revs, runRev{at: e.Created(), rev: e.Revision(), run: &r})
+	tl.seen[e.Revision()] = e.Created()
+	revs := tl.revs[e.Key()]
+	i := sort.Search(len(revs), func(i int) bool { return revs[i].rev > e.Revision() })
+	revs = append(revs, runRev{})
+	copy(revs[i+1:], revs[i:])
+	revs[i] = runRev{at: e.Created(), rev: e.Revision(), run: &r}
+	tl.revs[e.Key()] = revs
 	if e.Created().After(tl.latest) {
 		tl.latest = e.Created()
 	}
@@ -105,6 +129,34 @@ func (tl *runTimeline) last(id string) *store.Run {
 		return nil
 	}
 	return revs[len(revs)-1].run
+}
+
+// missed counts the revisions of the runs bucket stored between from and
+// to that the watch never saw (a document rewritten while the watch was
+// being re-established): the bucket keeps one revision per run, so those
+// are gone, and a moment taken from the next revision seen is late.
+func (tl *runTimeline) missed(from, to time.Time) int {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	var lo, hi uint64
+	for rev, at := range tl.seen {
+		if at.Before(from) && rev > lo {
+			lo = rev
+		}
+		if at.After(to) && (hi == 0 || rev < hi) {
+			hi = rev
+		}
+	}
+	if hi == 0 {
+		return 0
+	}
+	n := 0
+	for rev := lo + 1; rev < hi; rev++ {
+		if _, ok := tl.seen[rev]; !ok {
+			n++
+		}
+	}
+	return n
 }
 
 // storedSince reports whether any run revision was stored after t.
@@ -169,6 +221,21 @@ func followStream(ctx context.Context, js jetstream.JetStream, name string) *str
 	return l
 }
 
+// dlqHeaders sums up the Ansflow-Dlq-* headers of a dead letter.
+func dlqHeaders(h nats.Header) string {
+	var parts []string
+	for k, vs := range h {
+		if strings.HasPrefix(strings.ToLower(k), "ansflow-dlq-") {
+			parts = append(parts, strings.TrimPrefix(strings.ToLower(k), "ansflow-dlq-")+"="+strings.Join(vs, ","))
+		}
+	}
+	sort.Strings(parts)
+	if id := h.Get("Nats-Msg-Id"); id != "" {
+		parts = append(parts, "msg-id="+id)
+	}
+	return strings.Join(parts, " ")
+}
+
 func (l *streamLog) add(m jetstream.Msg) {
 	md, err := m.Metadata()
 	if err != nil {
@@ -177,7 +244,7 @@ func (l *streamLog) add(m jetstream.Msg) {
 	h := m.Headers()
 	bm := busMsg{stream: l.name, seq: md.Sequence.Stream, at: md.Timestamp, subject: m.Subject(), data: m.Data(),
 		typ: h.Get(event.HeaderCEType), source: h.Get(event.HeaderCESource), id: h.Get(event.HeaderCEID),
-		reason: h.Get("Ansflow-Dlq-Reason")}
+		reason: dlqHeaders(h)}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if bm.seq <= l.seq {
@@ -355,4 +422,86 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
+}
+
+// claimLog follows the attempts bucket: the newest claim of every attempt.
+type claimLog struct {
+	mu     sync.Mutex
+	claims map[attemptRef]runner.Claim
+	rev    uint64
+}
+
+func followClaims(ctx context.Context, js jetstream.JetStream) (*claimLog, jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, runner.AttemptsBucket)
+	if err != nil {
+		return nil, nil, err
+	}
+	l := &claimLog{claims: map[attemptRef]runner.Claim{}}
+	go func() {
+		for ctx.Err() == nil {
+			w, err := kv.WatchAll(ctx)
+			if err != nil {
+				sleepCtx(ctx, 200*time.Millisecond)
+				continue
+			}
+			for e := range w.Updates() {
+				if e == nil || e.Operation() != jetstream.KeyValuePut {
+					continue
+				}
+				parts := strings.Split(e.Key(), ".")
+				if len(parts) != 3 {
+					continue
+				}
+				n, _ := strconv.Atoi(parts[2])
+				var c runner.Claim
+				if json.Unmarshal(e.Value(), &c) != nil {
+					continue
+				}
+				l.mu.Lock()
+				l.claims[attemptRef{parts[0], parts[1], n}] = c
+				l.rev = max(l.rev, e.Revision())
+				l.mu.Unlock()
+			}
+			_ = w.Stop()
+		}
+	}()
+	return l, kv, nil
+}
+
+// caughtUp reports whether the log has seen every claim written to kv so
+// far.
+func (l *claimLog) caughtUp(ctx context.Context, kv jetstream.KeyValue) (bool, string) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return false, err.Error()
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return false, fmt.Sprintf("bucket status %T", st)
+	}
+	last := bs.StreamInfo().State.LastSeq
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.rev >= last, fmt.Sprintf("claims read up to %d of %d", l.rev, last)
+}
+
+// running returns the attempts whose claim says runner id executes them.
+func (l *claimLog) running(id string) []attemptRef {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []attemptRef
+	for a, c := range l.claims {
+		if c.State == runner.ClaimRunning && c.Runner == id {
+			out = append(out, a)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return fmt.Sprint(out[i]) < fmt.Sprint(out[j]) })
+	return out
+}
+
+func (l *claimLog) get(a attemptRef) (runner.Claim, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c, ok := l.claims[a]
+	return c, ok
 }

@@ -4,18 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
 	dockerclient "github.com/docker/docker/client"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -23,23 +22,28 @@ import (
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/services/audit/audit"
-	auditstore "github.com/ansflow/ansflow/services/audit/store"
 	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
-	"github.com/ansflow/ansflow/services/docker-runner/engine"
 	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // Settings of the fault suite. The lease is short so that a lost runner is
 // noticed within seconds; the no-runner timeout keeps its default (10m), so
-// a step never fails merely because its pool was briefly down.
+// that no step fails merely because its pool was down for a moment.
 const (
 	faultLease      = 3 * time.Second
 	faultLeaseCheck = 2 * time.Second
-	faultSlots      = 3 // per runner; two runners
-	// faultBudget is how long the suite may take before it stops starting
-	// more rounds of faults (ANSFLOW_FAULTS_BUDGET overrides it).
+	faultSlots      = 3  // per runner; there are two
+	faultInFlight   = 12 // runs kept in flight while faults are injected
+	// faultBudget is how long the suite may run before it stops injecting
+	// faults and drains (ANSFLOW_FAULTS_BUDGET overrides it).
 	faultBudget = 5 * time.Minute
+	// faultSpacing is the least time between one fault's recovery and the
+	// next kill, so that each fault's effects can be told apart.
+	faultSpacing = 5 * time.Second
+	// faultDrain is what the suite reserves for the last runs to end and
+	// the final checks.
+	faultDrain = 75 * time.Second
 )
 
 // The four faults, injected in turn while steps run.
@@ -53,18 +57,23 @@ const (
 var faultKinds = []string{faultRunner, faultPipeline, faultAudit, faultNATS}
 
 // TestFaults is the fault suite (make test-faults; method and figures in
-// docs/reliability.md): three clustered nats-server processes with R3
-// streams, two pipeline service instances, two docker runners of one pool
-// and the audit service, each its own process. Waves of concurrent runs with
-// more parallel work than runner slots, steps shorter and longer than a
-// lease, are triggered over the REST API; during each wave one process is
-// SIGKILLed mid-step (a runner, a pipeline instance, the audit service, a
-// NATS node, in turn) and started again. After each wave every run must have
-// reached its expected end, no step may have had two attempts executing at
-// once (from the Docker Engine's container events), every attempt must have
-// been reported at most once and no report lost (from ANSFLOW_EVENTS), and
-// the audit trail must hold every event once and verify. Recovery times are
-// logged and summed up at the end.
+// docs/reliability.md). Three clustered nats-server processes hold R3
+// streams; two pipeline service instances, two docker runners of one pool
+// and the audit service run as processes of their own. A load of concurrent
+// runs, with more parallel work than runner slots and steps both shorter and
+// longer than a lease, is kept in flight over the REST API while one process
+// after another is SIGKILLed mid-step and started again: a runner, a
+// pipeline instance, the audit service, a NATS node, then the same again.
+//
+// After each fault every run that ended so far must have ended as its
+// pipeline must; no step may have had two attempts executing at once, and
+// no attempt may have run twice (the Docker Engine's container events); no
+// attempt may have been reported twice or its report lost
+// (ANSFLOW_EVENTS against the run's history); and the audit trail must hold
+// every event of the streams exactly once and verify. At the end every run
+// must have ended, no container may be left and every stream must still
+// have three replicas. Recovery times are logged per fault, with p50 and
+// p99.
 func TestFaults(t *testing.T) {
 	began := time.Now()
 	budget := faultBudget
@@ -75,7 +84,7 @@ func TestFaults(t *testing.T) {
 		}
 		budget = d
 	}
-	rounds := 2
+	rounds := 3
 	if v := os.Getenv("ANSFLOW_FAULTS_ROUNDS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
@@ -86,26 +95,26 @@ func TestFaults(t *testing.T) {
 
 	s := startFaultSuite(t)
 	t.Logf("setup (build, NATS cluster, services): %s", time.Since(began).Round(100*time.Millisecond))
-
-	var waveTimes []time.Duration
-	for round := 0; round < rounds; round++ {
+	stopLoad := s.startLoad(faultInFlight)
+	var took []time.Duration
+faults:
+	for round := range rounds {
 		for _, kind := range faultKinds {
-			if round > 0 && len(waveTimes) > 0 {
-				avg := sum(waveTimes) / time.Duration(len(waveTimes))
-				if time.Since(began)+avg > budget {
-					t.Logf("time budget %s: not repeating the %s fault (round %d)", budget, kind, round+1)
-					continue
+			if len(took) > 0 {
+				if avg := sum(took) / time.Duration(len(took)); time.Since(began)+avg+faultDrain > budget {
+					t.Logf("time budget %s reached: no more faults after %d", budget, len(s.results))
+					break faults
 				}
 			}
-			w0 := time.Now()
-			s.wave(kind, round)
-			waveTimes = append(waveTimes, time.Since(w0))
-			if t.Failed() {
-				s.report(time.Since(began))
-				return
-			}
+			f0 := time.Now()
+			s.fault(kind, round)
+			took = append(took, time.Since(f0))
 		}
 	}
+	stopLoad()
+	s.drain()
+	s.measureStalls()
+	s.attributeLost()
 	s.finalChecks()
 	s.report(time.Since(began))
 }
@@ -116,7 +125,6 @@ type faultSuite struct {
 	ctx     context.Context
 	js      jetstream.JetStream
 	cli     *dockerclient.Client
-	image   string
 	nodes   []*natsNode
 	pipes   []*faultProc
 	apis    []string
@@ -128,28 +136,36 @@ type faultSuite struct {
 	tl                 *runTimeline
 	events, steps, dlq *streamLog
 	docker             *dockerLog
+	claims             *claimLog
+	attemptsKV         jetstream.KeyValue
 
 	pipelines map[string]*pipelineExpect
-	runs      map[string]string // run id -> pipeline
-	results   []faultResult
-	apiTurn   int
+	apiTurn   atomic.Int64
+	results   []*faultResult
+	lastKill  string    // runner killed last
+	settled   time.Time // when the last fault was recovered from
+
+	mu    sync.Mutex
+	runs  map[string]string     // run id -> pipeline, every run triggered
+	final map[string]*store.Run // ended runs, as checked
 }
 
 // faultResult is what one fault did.
 type faultResult struct {
-	wave     int
+	n        int
 	kind     string
 	target   string
 	killedAt time.Time
-	// recovery is measured from the kill; see docs/reliability.md for what
-	// counts as recovered for each kind of fault.
+	// recovery is measured from the kill; what counts as recovered depends
+	// on the kind of fault (see docs/reliability.md).
 	recovery time.Duration
+	// requeued is, for a runner, the time until every attempt it lost had
+	// a new attempt queued (recovery adds the wait for a free slot).
+	requeued time.Duration
 	detail   string
-	runs     int
-	steps    int
-	attempts int
-	lost     int
-	duration time.Duration
+	inflight int
+	lostRefs []attemptRef // attempts lost with a killed runner
+	liveLost int          // attempts of live runners taken over meanwhile
 }
 
 func startFaultSuite(t *testing.T) *faultSuite {
@@ -159,8 +175,8 @@ func startFaultSuite(t *testing.T) *faultSuite {
 	logDir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	s := &faultSuite{t: t, ctx: ctx, cli: cli, image: image, runners: map[string]*faultProc{},
-		runs: map[string]string{}, pipelines: faultPipelines(image)}
+	s := &faultSuite{t: t, ctx: ctx, cli: cli, runners: map[string]*faultProc{},
+		runs: map[string]string{}, final: map[string]*store.Run{}, pipelines: faultPipelines(image)}
 
 	s.nodes = startNATSCluster(t, filepath.Join(bin, "nats-server"), logDir)
 	var urls []string
@@ -178,7 +194,7 @@ func startFaultSuite(t *testing.T) *faultSuite {
 	}
 
 	// Registered before the runners start, so it runs after they stopped:
-	// nothing the suite started outlives it.
+	// no container of the suite outlives it.
 	t.Cleanup(s.removeContainers)
 	s.docker = followDocker(ctx, cli)
 
@@ -207,7 +223,24 @@ func startFaultSuite(t *testing.T) *faultSuite {
 	s.audit.start()
 	waitTCP(t, s.auditAt)
 
-	if s.tl, err = watchRunTimeline(ctx, s.js); err != nil {
+	// One watch of the runs bucket per node, merged (see watchRunTimeline).
+	var watchers []jetstream.JetStream
+	for _, u := range urls {
+		wc, err := nats.Connect(u, nats.Name("ansflow-faults-watch"), nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(wc.Close)
+		wjs, err := jetstream.New(wc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		watchers = append(watchers, wjs)
+	}
+	if s.tl, err = watchRunTimeline(ctx, watchers); err != nil {
+		t.Fatal(err)
+	}
+	if s.claims, s.attemptsKV, err = followClaims(ctx, s.js); err != nil {
 		t.Fatal(err)
 	}
 	s.events = followStream(ctx, s.js, event.StreamEvents)
@@ -227,7 +260,7 @@ func startFaultSuite(t *testing.T) *faultSuite {
 		return true, ""
 	})
 	for _, p := range s.pipelines {
-		if err := s.callAPI(func(ctx context.Context, c *client) error {
+		if err := s.callAPI(ctx, func(ctx context.Context, c *client) error {
 			_, err := c.applyPipeline(ctx, p.name+".yaml", []byte(p.yaml))
 			return err
 		}); err != nil {
@@ -244,7 +277,7 @@ type pipelineExpect struct {
 	name, yaml string
 	status     string
 	steps      map[string]stepExpect
-	perWave    int
+	weight     int // runs of it in every six
 }
 
 type stepExpect struct {
@@ -257,7 +290,8 @@ type stepExpect struct {
 }
 
 // faultPipelines is the load: docker_run steps of mixed durations, some in
-// parallel, some longer than a lease, and a pipeline that must fail.
+// parallel, some longer than a lease, and a pipeline that must fail after a
+// retry.
 func faultPipelines(image string) map[string]*pipelineExpect {
 	type st struct {
 		name    string
@@ -269,10 +303,10 @@ func faultPipelines(image string) map[string]*pipelineExpect {
 	ok := func(out string) stepExpect {
 		return stepExpect{status: event.StatusSucceeded, stdout: out + "\n", tries: 1}
 	}
-	mk := func(name, status string, perWave int, steps []st) *pipelineExpect {
+	mk := func(name, status string, weight int, steps []st) *pipelineExpect {
 		var b strings.Builder
 		fmt.Fprintf(&b, "pipeline:\n  name: %s\n  steps:\n", name)
-		p := &pipelineExpect{name: name, status: status, steps: map[string]stepExpect{}, perWave: perWave}
+		p := &pipelineExpect{name: name, status: status, steps: map[string]stepExpect{}, weight: weight}
 		for _, s := range steps {
 			fmt.Fprintf(&b, "    - {name: %s, type: docker_run, order: %d, docker_image: %q, command: %q%s}\n", s.name, s.order, image, s.command, s.extra)
 			p.steps[s.name] = s.want
@@ -310,21 +344,23 @@ func faultPipelines(image string) map[string]*pipelineExpect {
 	return out
 }
 
+// longSteps are the steps that run longer than a lease.
+var longSteps = map[string]bool{"build": true, "b": true, "c": true}
+
 // callAPI calls fn against a running pipeline instance, trying the other
-// when one does not answer, until it succeeds or 30s passed. A 4xx answer
-// is final.
-func (s *faultSuite) callAPI(fn func(ctx context.Context, c *client) error) error {
+// one when it gets no answer, until it succeeds or 30s passed. A 4xx
+// answer is final.
+func (s *faultSuite) callAPI(ctx context.Context, fn func(ctx context.Context, c *client) error) error {
 	deadline := time.Now().Add(30 * time.Second)
 	var last error
 	for {
 		for range s.apis {
-			i := s.apiTurn % len(s.apis)
-			s.apiTurn++
+			i := int(s.apiTurn.Add(1)) % len(s.apis)
 			if !s.pipes[i].running() {
 				continue
 			}
-			ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
-			err := fn(ctx, newClient("http://"+s.apis[i]))
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := fn(cctx, newClient("http://"+s.apis[i]))
 			cancel()
 			if err == nil {
 				return nil
@@ -335,10 +371,10 @@ func (s *faultSuite) callAPI(fn func(ctx context.Context, c *client) error) erro
 			}
 			last = err
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("no pipeline instance answered within 30s: %w", last)
 		}
-		sleepCtx(s.ctx, 200*time.Millisecond)
+		sleepCtx(ctx, 200*time.Millisecond)
 	}
 }
 
@@ -357,56 +393,87 @@ func (s *faultSuite) waitAPI(i int) {
 	})
 }
 
-// trigger starts one wave of runs and returns their ids.
-func (s *faultSuite) trigger() []string {
-	s.t.Helper()
-	var names []string
-	for name := range s.pipelines {
-		names = append(names, name)
+// tracked returns every run triggered so far and its pipeline.
+func (s *faultSuite) tracked() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]string, len(s.runs))
+	for id, p := range s.runs {
+		out[id] = p
 	}
-	sort.Strings(names)
-	var ids []string
-	for n := 0; ; n++ {
-		more := false
-		for _, name := range names {
-			if p := s.pipelines[name]; n < p.perWave {
-				more = true
-				var run *store.Run
-				if err := s.callAPI(func(ctx context.Context, c *client) error {
-					var err error
-					run, err = c.trigger(ctx, name, api.TriggerBody{})
-					return err
-				}); err != nil {
-					s.t.Fatalf("trigger %s: %v", name, err)
-				}
-				ids = append(ids, run.ID)
-				s.runs[run.ID] = name
-			}
-		}
-		if !more {
-			return ids
-		}
-	}
+	return out
 }
 
-// current returns the newest revision of each run.
-func (s *faultSuite) current(ids []string) []*store.Run {
-	var out []*store.Run
-	for _, id := range ids {
-		if r := s.tl.last(id); r != nil {
-			out = append(out, r)
+// inFlight returns the triggered runs that have not ended.
+func (s *faultSuite) inFlight() []string {
+	var out []string
+	for id := range s.tracked() {
+		if r := s.tl.last(id); r == nil || !r.Terminal() {
+			out = append(out, id)
 		}
 	}
 	return out
 }
 
-// runningSteps lists the steps of ids running for at least minAge.
-func (s *faultSuite) runningSteps(ids []string, minAge time.Duration) []runningStep {
+// startLoad keeps n runs in flight, triggered over the REST API in a fixed
+// mix of the pipelines, until the returned stop is called.
+func (s *faultSuite) startLoad(n int) (stop func()) {
+	var mix []string
+	for _, name := range []string{"faults-mixed", "faults-fanout", "faults-failing"} {
+		for range s.pipelines[name].weight {
+			mix = append(mix, name)
+		}
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ctx.Err() == nil; {
+			if len(s.inFlight()) >= n {
+				sleepCtx(ctx, 100*time.Millisecond)
+				continue
+			}
+			name := mix[i%len(mix)]
+			i++
+			var run *store.Run
+			err := s.callAPI(ctx, func(ctx context.Context, c *client) error {
+				var err error
+				run, err = c.trigger(ctx, name, api.TriggerBody{})
+				return err
+			})
+			if err != nil {
+				if ctx.Err() == nil {
+					s.t.Errorf("trigger %s: %v", name, err)
+					sleepCtx(ctx, time.Second)
+				}
+				continue
+			}
+			s.mu.Lock()
+			s.runs[run.ID] = name
+			s.mu.Unlock()
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// runningStep is a step a run document shows running.
+type runningStep struct {
+	run, step, runner string
+	attempt           int
+	since             time.Time
+}
+
+// running lists the steps of the runs in flight that run documents show
+// running.
+func (s *faultSuite) running() []runningStep {
 	var out []runningStep
-	now := time.Now()
-	for _, r := range s.current(ids) {
+	for _, id := range s.inFlight() {
+		r := s.tl.last(id)
+		if r == nil {
+			continue
+		}
 		for _, st := range r.Steps {
-			if st.Status == event.StatusRunning && st.Runner != "" && st.StartedAt != nil && now.Sub(*st.StartedAt) >= minAge {
+			if st.Status == event.StatusRunning && st.Runner != "" && st.StartedAt != nil {
 				out = append(out, runningStep{run: r.ID, step: st.ID, attempt: st.Attempts, runner: st.Runner, since: *st.StartedAt})
 			}
 		}
@@ -414,162 +481,146 @@ func (s *faultSuite) runningSteps(ids []string, minAge time.Duration) []runningS
 	return out
 }
 
-type runningStep struct {
-	run, step, runner string
-	attempt           int
-	since             time.Time
-}
-
-// longSteps are the steps that run longer than a lease.
-var longSteps = map[string]bool{"build": true, "b": true, "c": true}
-
-// wave triggers a wave of runs, injects one fault while its steps run,
-// waits for every run to end and checks what happened.
-func (s *faultSuite) wave(kind string, round int) {
+// fault waits until a step longer than a lease is mid-way (running for 1
+// to 4 seconds) with more steps running beside it, injects one fault of
+// kind, waits for its recovery and checks every run that ended so far and
+// the audit trail.
+func (s *faultSuite) fault(kind string, round int) {
 	t := s.t
-	w0 := time.Now()
-	ids := s.trigger()
-	waveNo := len(s.results) + 1
-	// Mid-step: a step longer than a lease has been running for a second
-	// and more steps are running or queued behind it.
-	var target []runningStep
-	waitFor(t, 90*time.Second, "a long step running mid-way in wave "+strconv.Itoa(waveNo), func() (bool, string) {
-		running := s.runningSteps(ids, 0)
-		target = target[:0]
-		for _, rs := range s.runningSteps(ids, time.Second) {
-			if longSteps[rs.step] && time.Since(rs.since) < 4*time.Second {
-				target = append(target, rs)
+	res := &faultResult{n: len(s.results) + 1, kind: kind}
+	var victim string
+	waitFor(t, 90*time.Second, "a long step mid-way", func() (bool, string) {
+		if len(s.results) > 0 && time.Since(s.settled) < faultSpacing {
+			return false, "the last fault is too recent"
+		}
+		all := s.running()
+		victim = ""
+		for _, rs := range all {
+			if age := time.Since(rs.since); longSteps[rs.step] && age >= time.Second && age < 4*time.Second {
+				if victim == "" || victim == s.lastKill {
+					victim = rs.runner
+				}
 			}
 		}
-		return len(target) > 0 && len(running) >= 3, fmt.Sprintf("%d steps running, %d long ones mid-way", len(running), len(target))
+		return victim != "" && len(all) >= 3, fmt.Sprintf("%d steps running, none of them a long one mid-way", len(all))
 	})
-	res := faultResult{wave: waveNo, kind: kind}
+	res.inflight = len(s.inFlight())
 	switch kind {
 	case faultRunner:
-		s.killRunner(ids, target[0].runner, round, &res)
+		s.killRunner(victim, round, res)
 	case faultPipeline:
-		s.killPipeline(ids, round%len(s.pipes), &res)
+		s.killPipeline(round%len(s.pipes), res)
 	case faultAudit:
-		s.killAudit(ids, &res)
+		s.killAudit(res)
 	case faultNATS:
-		s.killNATS(ids, round, &res)
-	}
-	final := s.waitEnd(ids)
-	res.duration = time.Since(w0)
-	for _, r := range final {
-		res.runs++
-		res.steps += len(r.Steps)
-		for _, st := range r.Steps {
-			res.attempts += st.Attempts
-			res.lost += st.LostAttempts
-		}
-	}
-	switch kind {
-	case faultRunner:
-		s.runnerRecovery(ids, final, &res)
-	case faultPipeline, faultNATS:
-		rec, detail := s.stall(ids, res.killedAt)
-		res.recovery, res.detail = rec, strings.TrimPrefix(res.detail+"; "+detail, "; ")
+		s.killNATS(round, res)
 	}
 	s.results = append(s.results, res)
-	t.Logf("wave %d: %s %s killed; recovered after %s (%s); %d runs, %d steps, %d attempts (%d lost with a runner), wave took %s",
-		waveNo, kind, res.target, res.recovery.Round(time.Millisecond), res.detail, res.runs, res.steps, res.attempts, res.lost,
-		res.duration.Round(100*time.Millisecond))
-	for _, p := range s.checkWave(ids, final) {
-		t.Errorf("wave %d (%s killed): %s", waveNo, kind, p)
+	s.settled = time.Now()
+	rec := "measured once the runs ended"
+	if kind == faultRunner || kind == faultAudit {
+		rec = res.recovery.Round(time.Millisecond).String()
+	}
+	t.Logf("fault %d: %s %s killed at %s with %d runs in flight; recovery %s; %s", res.n, kind, res.target,
+		res.killedAt.Format("15:04:05.000"), res.inflight, rec, res.detail)
+	for _, p := range s.checkEnded() {
+		t.Errorf("after fault %d (%s %s): %s", res.n, kind, res.target, p)
 	}
 	for _, p := range s.checkAudit() {
-		t.Errorf("wave %d (%s killed): audit: %s", waveNo, kind, p)
+		t.Errorf("after fault %d (%s %s): audit: %s", res.n, kind, res.target, p)
 	}
 }
 
 // killRunner SIGKILLs runner id while it executes a long step. In the first
-// round it is started again at once, so its own new process may take its
-// attempts over; in later rounds it comes back only once every attempt it
-// held was fenced by the other runner or the orchestrator's lease check.
-func (s *faultSuite) killRunner(ids []string, id string, round int, res *faultResult) {
-	held := map[attemptRef]bool{}
-	for _, rs := range s.runningSteps(ids, 0) {
-		if rs.runner == id {
-			held[attemptRef{rs.run, rs.step, rs.attempt}] = true
-		}
-	}
+// round it is started again at once, so that its own new process may take
+// its attempts over; in later rounds it comes back only once every attempt
+// it held was fenced by the other runner or the orchestrator's lease check.
+// Recovery is the time until every step whose attempt was lost has a new
+// attempt running.
+func (s *faultSuite) killRunner(id string, round int, res *faultResult) {
+	p := s.runners[id]
 	res.target = id
-	res.killedAt = s.runners[id].kill()
-	if round == 0 {
-		s.runners[id].start()
-		res.detail = "restarted at once"
+	s.lastKill = id
+	res.killedAt = p.kill()
+	waitFor(s.t, 30*time.Second, "the claims read up to the kill", func() (bool, string) { return s.claims.caughtUp(s.ctx, s.attemptsKV) })
+	held := s.claims.running(id)
+	if len(held) == 0 {
+		s.t.Errorf("runner %s was killed executing a long step, but no claim of it is running", id)
+		p.start()
 		return
 	}
-	why, ok := pollUntil(60*time.Second, func() (bool, string) {
-		for a := range held {
-			r := s.tl.last(a.run)
-			if r == nil {
-				continue
+	// fenced: the attempt will not be reported by its runner any more.
+	fenced := func(a attemptRef) bool {
+		c, _ := s.claims.get(a)
+		return c.State != runner.ClaimRunning
+	}
+	// again: the step has a new attempt running or over, or the attempt was
+	// reported before the runner died.
+	again := func(a attemptRef) bool {
+		if c, _ := s.claims.get(a); c.State == runner.ClaimDone {
+			return true
+		}
+		r := s.tl.last(a.run)
+		if r == nil {
+			return false
+		}
+		st := r.Step(a.step)
+		return r.Terminal() || (st != nil && st.Attempts > a.attempt && st.Status != event.StatusQueued && st.Status != event.StatusPending)
+	}
+	if round == 0 {
+		p.start()
+		res.detail = "restarted at once"
+	} else {
+		why, ok := pollUntil(60*time.Second, func() (bool, string) {
+			for _, a := range held {
+				if !fenced(a) {
+					return false, fmt.Sprintf("%s/%s#%d still claimed", a.run, a.step, a.attempt)
+				}
 			}
-			st := r.Step(a.step)
-			if st != nil && st.Attempts == a.attempt && (st.Status == event.StatusRunning || st.Status == event.StatusQueued) {
-				return false, fmt.Sprintf("%s/%s attempt %d is still %s", a.run, a.step, a.attempt, st.Status)
+			return true, ""
+		})
+		if !ok {
+			s.t.Errorf("the attempts of killed runner %s were not fenced within 60s: %s", id, why)
+		}
+		p.start()
+		res.detail = fmt.Sprintf("restarted %s after the kill, once its attempts were fenced", time.Since(res.killedAt).Round(100*time.Millisecond))
+	}
+	why, ok := pollUntil(120*time.Second, func() (bool, string) {
+		for _, a := range held {
+			if !again(a) {
+				return false, fmt.Sprintf("%s/%s has no attempt after %d running", a.run, a.step, a.attempt)
 			}
 		}
 		return true, ""
 	})
 	if !ok {
-		s.t.Errorf("the attempts of killed runner %s were not fenced within 60s: %s", id, why)
-	}
-	s.runners[id].start()
-	res.detail = fmt.Sprintf("restarted %s after the kill, once its %d attempts were fenced", time.Since(res.killedAt).Round(100*time.Millisecond), len(held))
-}
-
-// runnerRecovery measures a runner fault: from the kill until every step
-// whose attempt was lost with the runner has a new attempt running (or
-// already ended).
-func (s *faultSuite) runnerRecovery(ids []string, final []*store.Run, res *faultResult) {
-	var lost []attemptRef
-	others := 0
-	for _, r := range final {
-		for _, st := range r.Steps {
-			for _, h := range st.History {
-				if h.Reason != runner.ReasonRunnerLost {
-					continue
-				}
-				if h.Runner == res.target {
-					lost = append(lost, attemptRef{r.ID, st.ID, h.Attempt})
-				} else {
-					others++
-				}
-			}
-		}
-	}
-	if len(lost) == 0 {
-		s.t.Errorf("wave %d: runner %s was killed mid-step but no attempt of it is recorded lost (runner_lost) in the runs' history", res.wave, res.target)
+		s.t.Errorf("steps of killed runner %s did not run again within 120s: %s", id, why)
 		return
 	}
-	var worst time.Duration
-	var which attemptRef
-	for _, a := range lost {
-		at, ok := s.tl.first(a.run, func(r *store.Run) bool {
-			st := r.Step(a.step)
-			return st != nil && st.Attempts > a.attempt && st.Status != event.StatusQueued && st.Status != event.StatusPending
-		})
-		if !ok {
-			s.t.Errorf("wave %d: %s/%s never got an attempt after lost attempt %d", res.wave, a.run, a.step, a.attempt)
+	// The exact moments come from the server's timestamps of the run
+	// documents.
+	var reported int
+	for _, a := range held {
+		if c, _ := s.claims.get(a); c.State == runner.ClaimDone {
+			reported++
 			continue
 		}
-		if d := at.Sub(res.killedAt); d > worst {
-			worst, which = d, a
-		}
+		res.lostRefs = append(res.lostRefs, a)
+		queued, _ := s.tl.first(a.run, func(r *store.Run) bool { st := r.Step(a.step); return r.Terminal() || st.Attempts > a.attempt })
+		ran, _ := s.tl.first(a.run, func(r *store.Run) bool {
+			st := r.Step(a.step)
+			return r.Terminal() || (st.Attempts > a.attempt && st.Status != event.StatusQueued && st.Status != event.StatusPending)
+		})
+		res.requeued = max(res.requeued, queued.Sub(res.killedAt))
+		res.recovery = max(res.recovery, ran.Sub(res.killedAt))
 	}
-	res.recovery = worst
-	res.detail = fmt.Sprintf("%s; %d attempts lost with it, the last to run again: %s#%d", res.detail, len(lost), which.step, which.attempt+1)
-	if others > 0 {
-		res.detail += fmt.Sprintf("; %d attempts of other runners taken over", others)
-	}
+	res.detail += fmt.Sprintf("; it held %d attempts, %d lost (fenced, new attempt queued within %s of the kill), %d reported before it died",
+		len(held), len(res.lostRefs), res.requeued.Round(10*time.Millisecond), reported)
 }
 
-// killPipeline SIGKILLs pipeline instance i and starts it again once the
-// other instance has moved a run on alone.
-func (s *faultSuite) killPipeline(ids []string, i int, res *faultResult) {
+// killPipeline SIGKILLs pipeline instance i and starts it again once a run
+// moved on without it.
+func (s *faultSuite) killPipeline(i int, res *faultResult) {
 	p := s.pipes[i]
 	res.target = p.name
 	res.killedAt = p.kill()
@@ -580,14 +631,14 @@ func (s *faultSuite) killPipeline(ids []string, i int, res *faultResult) {
 	}
 	p.start()
 	s.waitAPI(i)
-	res.detail = fmt.Sprintf("restarted and serving %s after the kill", time.Since(res.killedAt).Round(100*time.Millisecond))
+	res.detail = fmt.Sprintf("restarted, serving again %s after the kill", time.Since(res.killedAt).Round(100*time.Millisecond))
 }
 
 // killNATS SIGKILLs the node leading a stream the runs depend on (the
 // lifecycle events in the first round, the attempt claims in the second)
 // and starts it again on the same store directory once runs moved on
 // without it.
-func (s *faultSuite) killNATS(ids []string, round int, res *faultResult) {
+func (s *faultSuite) killNATS(round int, res *faultResult) {
 	asset := []string{event.StreamEvents, "KV_" + runner.AttemptsBucket}[round%2]
 	node := s.nodes[round%len(s.nodes)]
 	if st, err := s.js.Stream(s.ctx, asset); err == nil {
@@ -601,36 +652,42 @@ func (s *faultSuite) killNATS(ids []string, round int, res *faultResult) {
 	}
 	res.target = node.name + " (leader of " + asset + ")"
 	res.killedAt = node.proc.kill()
-	if why, ok := pollUntil(30*time.Second, func() (bool, string) {
-		return s.tl.storedSince(res.killedAt.Add(time.Second)), "no run document written since the kill"
-	}); !ok {
-		s.t.Errorf("with %s down, no run moved on within 30s: %s", node.name, why)
-	}
+	// Down until a run moved on without it, for 10s at most: the stall is
+	// measured from the evidence afterwards.
+	_, moved := pollUntil(10*time.Second, func() (bool, string) {
+		return s.tl.storedSince(res.killedAt.Add(time.Second)), ""
+	})
 	node.proc.start()
 	back := time.Since(res.killedAt)
 	waitFor(s.t, 90*time.Second, node.name+" current again", func() (bool, string) { return node.healthy(), "healthz not ok" })
-	res.detail = fmt.Sprintf("restarted after %s, current again after %s", back.Round(100*time.Millisecond),
+	res.detail = fmt.Sprintf("restarted %s after the kill, current again after %s", back.Round(100*time.Millisecond),
 		time.Since(res.killedAt).Round(100*time.Millisecond))
+	if !moved {
+		res.detail += " (no run document was seen written in the 10s it was down)"
+	}
 }
 
-// killAudit SIGKILLs the audit service and starts it again once events
-// were published without it. Recovery is the time from the kill until the
-// trail again holds every event published before the kill (its durable
-// consumers acknowledged past them).
-func (s *faultSuite) killAudit(ids []string, res *faultResult) {
+// killAudit SIGKILLs the audit service and starts it again as soon as an
+// event was published without it, as a supervisor would. Recovery is the time from the kill until the trail
+// holds every event published until the new process was listening again
+// (its durable consumers acknowledged past them): those from before the
+// kill it may have held unacknowledged, and those published while it was
+// down.
+func (s *faultSuite) killAudit(res *faultResult) {
+	before := s.lastSeq(event.StreamEvents) + s.lastSeq(event.StreamSteps)
+	res.target = "audit"
+	res.killedAt = s.audit.kill()
+	// Down until an event was published without it, for 5s at most.
+	_, _ = pollUntil(5*time.Second, func() (bool, string) {
+		return s.lastSeq(event.StreamEvents)+s.lastSeq(event.StreamSteps) > before, ""
+	})
+	s.audit.start()
+	waitTCP(s.t, s.auditAt)
+	restarted := time.Since(res.killedAt)
 	last := map[string]uint64{}
 	for _, name := range []string{event.StreamEvents, event.StreamSteps} {
 		last[name] = s.lastSeq(name)
 	}
-	res.target = "audit"
-	res.killedAt = s.audit.kill()
-	if why, ok := pollUntil(30*time.Second, func() (bool, string) {
-		return s.lastSeq(event.StreamEvents) > last[event.StreamEvents], "no event published since the kill"
-	}); !ok {
-		s.t.Errorf("no event published within 30s of killing the audit service: %s", why)
-	}
-	s.audit.start()
-	restarted := time.Since(res.killedAt)
 	why, ok := pollUntil(120*time.Second, func() (bool, string) {
 		for stream, seq := range last {
 			c, err := s.js.Consumer(s.ctx, stream, audit.Config{DurablePrefix: "audit"}.Durable(stream))
@@ -651,12 +708,12 @@ func (s *faultSuite) killAudit(ids []string, res *faultResult) {
 		s.t.Errorf("the restarted audit service did not catch up within 120s: %s", why)
 	}
 	res.recovery = time.Since(res.killedAt)
-	res.detail = fmt.Sprintf("restarted after %s; the trail held every event published before the kill after %s",
-		restarted.Round(100*time.Millisecond), res.recovery.Round(100*time.Millisecond))
+	res.detail = fmt.Sprintf("listening again %s after the kill; %d events published while it was down",
+		restarted.Round(10*time.Millisecond), last[event.StreamEvents]+last[event.StreamSteps]-before)
 }
 
 func (s *faultSuite) lastSeq(stream string) uint64 {
-	for range 50 {
+	for range 100 {
 		if st, err := s.js.Stream(s.ctx, stream); err == nil {
 			if info, err := st.Info(s.ctx); err == nil {
 				return info.State.LastSeq
@@ -664,60 +721,150 @@ func (s *faultSuite) lastSeq(stream string) uint64 {
 		}
 		sleepCtx(s.ctx, 100*time.Millisecond)
 	}
-	s.t.Fatalf("stream %s unreadable for 5s", stream)
+	s.t.Fatalf("stream %s unreadable for 10s", stream)
 	return 0
 }
 
-// stall measures how long runs waited because of a fault: for every
-// step.started and step.completed of the wave that happened from 2s before
-// the kill to 30s after it, the time from the later of the event and the
-// kill until the run document reflected it. The longest wait is the
-// fault's recovery time: by then every run that was affected had made
-// progress again.
-func (s *faultSuite) stall(ids []string, killed time.Time) (time.Duration, string) {
-	in := map[string]bool{}
-	for _, id := range ids {
-		in[id] = true
-	}
-	var worst time.Duration
-	var which string
-	var normal []time.Duration
-	delayed := map[string]bool{}
-	for _, e := range stepEvents(s.events.all()) {
-		a := e.key()
-		if !in[a.run] {
+// measureStalls measures the pipeline and NATS faults once every run
+// ended: for every step.started and step.completed that happened before the
+// next fault (at most 30s after the kill) and was not yet applied at the
+// kill, the time from the later of the event and the kill until the run
+// document reflected it. The longest such wait is the fault's recovery
+// time: by then every run the fault held up had moved on.
+func (s *faultSuite) measureStalls() {
+	evs := stepEvents(s.events.all())
+	for i, res := range s.results {
+		if res.kind != faultPipeline && res.kind != faultNATS {
 			continue
 		}
-		when := e.when()
-		applied, ok := s.tl.first(a.run, func(r *store.Run) bool { return reflects(r, e) })
-		if !ok {
-			continue // checkWave reports it
+		end := res.killedAt.Add(30 * time.Second)
+		if i+1 < len(s.results) && s.results[i+1].killedAt.Before(end) {
+			end = s.results[i+1].killedAt
 		}
-		if when.Before(killed.Add(-2 * time.Second)) {
-			normal = append(normal, max(0, applied.Sub(when)))
-			continue
+		calm := res.killedAt.Add(-30 * time.Second)
+		if i > 0 {
+			calm = maxTime(calm, s.results[i-1].killedAt.Add(s.results[i-1].recovery+faultSpacing/2))
 		}
-		if when.After(killed.Add(30*time.Second)) || applied.Before(killed) {
-			continue
-		}
-		lag := applied.Sub(maxTime(when, killed))
-		if lag > time.Second {
-			delayed[a.run] = true
-		}
-		if lag > worst {
-			kind := "started"
-			if e.completed != nil {
-				kind = "completed"
+		var worst time.Duration
+		var which string
+		var normal []time.Duration
+		delayed := map[string]bool{}
+		for _, e := range evs {
+			a := e.key()
+			when := e.when()
+			applied, ok := s.tl.first(a.run, func(r *store.Run) bool { return reflects(r, e) })
+			if !ok || when.After(end) {
+				continue
 			}
-			worst, which = lag, fmt.Sprintf("%s of %s#%d", kind, a.step, a.attempt)
+			if !applied.After(res.killedAt) {
+				if when.After(calm) {
+					normal = append(normal, max(0, applied.Sub(when)))
+				}
+				continue
+			}
+			lag := applied.Sub(maxTime(when, res.killedAt))
+			if lag > time.Second {
+				delayed[a.run] = true
+			}
+			if lag > worst {
+				kind := "started"
+				if e.completed != nil {
+					kind = "completed"
+				}
+				worst, which = lag, fmt.Sprintf("%s of %s#%d", kind, a.step, a.attempt)
+			}
+		}
+		res.recovery = worst
+		res.detail += fmt.Sprintf("; longest wait: %s; %d runs held up over 1s", which, len(delayed))
+		if n := s.tl.missed(res.killedAt, end); n > 0 {
+			res.detail += fmt.Sprintf("; the suite's watch of the runs bucket missed %d revisions meanwhile, so the figure is an upper bound", n)
+		}
+		if len(normal) > 0 {
+			res.detail += fmt.Sprintf("; before the kill, %d events were applied within p50 %s, p99 %s", len(normal),
+				percentile(normal, 50).Round(time.Millisecond), percentile(normal, 99).Round(time.Millisecond))
+		}
+		s.t.Logf("fault %d: %s %s: recovery %s (%s)", res.n, res.kind, res.target, res.recovery.Round(time.Millisecond), res.detail)
+	}
+}
+
+// attemptLostBy returns who fenced each attempt that a runner_lost
+// completion reports: the runner that took it over.
+func (s *faultSuite) attemptLostBy() map[attemptRef]string {
+	by := map[attemptRef]string{}
+	for _, e := range stepEvents(s.events.all()) {
+		if e.completed != nil && e.completed.Reason == runner.ReasonRunnerLost {
+			by[e.key()] = strings.TrimPrefix(e.source, "ansflow/docker-runner/")
 		}
 	}
-	detail := fmt.Sprintf("longest wait: %s; %d runs waited over 1s", which, len(delayed))
-	if len(normal) > 0 {
-		detail += fmt.Sprintf("; before the kill events were applied within p50 %s, p99 %s",
-			percentile(normal, 50).Round(time.Millisecond), percentile(normal, 99).Round(time.Millisecond))
+	return by
+}
+
+// attributeLost says, for every attempt that ended runner_lost, who fenced
+// it (a runner of the pool, which then publishes a runner_lost completion,
+// or the orchestrator's lease check, which publishes none), and counts the
+// attempts of live runners that were taken over against the fault during
+// which it happened.
+func (s *faultSuite) attributeLost() {
+	by := s.attemptLostBy()
+	killed := map[attemptRef]*faultResult{}
+	for _, r := range s.results {
+		for _, a := range r.lostRefs {
+			killed[a] = r
+		}
 	}
-	return worst, detail
+	fencers := map[*faultResult]map[string]int{}
+	live := map[*faultResult][]string{}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.final {
+		for _, st := range r.Steps {
+			for _, h := range st.History {
+				if h.Reason != runner.ReasonRunnerLost {
+					continue
+				}
+				a := attemptRef{r.ID, st.ID, h.Attempt}
+				fencer := by[a]
+				if fencer == "" {
+					fencer = "orchestrator"
+				}
+				if res := killed[a]; res != nil {
+					if fencers[res] == nil {
+						fencers[res] = map[string]int{}
+					}
+					fencers[res][fencer]++
+					continue
+				}
+				var during *faultResult
+				for _, res := range s.results {
+					if h.FinishedAt != nil && !h.FinishedAt.Before(res.killedAt) {
+						during = res
+					}
+				}
+				what := fmt.Sprintf("%s#%d of %s (fenced by %s)", st.ID, h.Attempt, h.Runner, fencer)
+				if during == nil {
+					s.t.Logf("before any fault, %s lost its lease: %s", h.Runner, what)
+					continue
+				}
+				live[during] = append(live[during], what)
+			}
+		}
+	}
+	for _, res := range s.results {
+		if f := fencers[res]; len(f) > 0 {
+			var parts []string
+			for _, who := range append(append([]string{}, s.ids...), "orchestrator") {
+				if f[who] > 0 {
+					parts = append(parts, fmt.Sprintf("%s %d", who, f[who]))
+				}
+			}
+			res.detail += "; lost attempts fenced by " + strings.Join(parts, ", ")
+		}
+		if l := live[res]; len(l) > 0 {
+			sort.Strings(l)
+			res.liveLost = len(l)
+			res.detail += fmt.Sprintf("; %d attempts of live runners lost their lease and were taken over: %s", len(l), strings.Join(l, ", "))
+		}
+	}
 }
 
 // reflects reports whether run document r shows what e reports.
@@ -746,32 +893,99 @@ func maxTime(a, b time.Time) time.Time {
 	return b
 }
 
-// waitEnd waits until every run of ids has ended and returns the runs as
-// GET /api/v1/runs/{id} shows them.
-func (s *faultSuite) waitEnd(ids []string) []*store.Run {
-	s.t.Helper()
-	waitFor(s.t, 150*time.Second, "every run of the wave to end", func() (bool, string) {
-		for _, id := range ids {
-			r := s.tl.last(id)
-			if r == nil || !r.Terminal() {
-				return false, describeRun(id, r)
+// checkEnded checks the runs that ended since the last call, as
+// GET /api/v1/runs/{id} shows them, once the evidence about them is in.
+func (s *faultSuite) checkEnded() []string {
+	var ended []string
+	s.mu.Lock()
+	for id := range s.runs {
+		if _, done := s.final[id]; !done {
+			if r := s.tl.last(id); r != nil && r.Terminal() {
+				ended = append(ended, id)
+			}
+		}
+	}
+	s.mu.Unlock()
+	if len(ended) == 0 {
+		return nil
+	}
+	if why, ok := pollUntil(30*time.Second, func() (bool, string) { return s.events.caughtUp(s.ctx, s.js) }); !ok {
+		return []string{"reading ANSFLOW_EVENTS: " + why}
+	}
+	in := map[string]bool{}
+	for _, id := range ended {
+		in[id] = true
+	}
+	// The Docker Engine's events arrive on their own stream: wait until
+	// every container of these runs that started has been seen to stop.
+	_, _ = pollUntil(10*time.Second, func() (bool, string) {
+		for _, c := range s.docker.ofRuns(in) {
+			if !c.start.IsZero() && c.die.IsZero() {
+				return false, ""
 			}
 		}
 		return true, ""
 	})
-	var out []*store.Run
-	for _, id := range ids {
+	var final []*store.Run
+	for _, id := range ended {
 		var run *store.Run
-		if err := s.callAPI(func(ctx context.Context, c *client) error {
+		if err := s.callAPI(s.ctx, func(ctx context.Context, c *client) error {
 			var err error
 			run, err = c.getRun(ctx, id)
 			return err
 		}); err != nil {
-			s.t.Fatalf("get run %s: %v", id, err)
+			return []string{fmt.Sprintf("get run %s: %v", id, err)}
 		}
-		out = append(out, run)
+		final = append(final, run)
 	}
-	return out
+	s.mu.Lock()
+	for _, r := range final {
+		s.final[r.ID] = r
+	}
+	s.mu.Unlock()
+	return s.checkRuns(final)
+}
+
+// drain waits until every run has ended, adopts any run the API knows that
+// the load did not record (a trigger retried after its answer was lost),
+// and checks them all.
+func (s *faultSuite) drain() {
+	t := s.t
+	waitFor(t, 180*time.Second, "every run to end", func() (bool, string) {
+		left := s.inFlight()
+		if len(left) == 0 {
+			return true, ""
+		}
+		return false, fmt.Sprintf("%d runs in flight, e.g. %s", len(left), describeRun(left[0], s.tl.last(left[0])))
+	})
+	var all []*store.Run
+	if err := s.callAPI(s.ctx, func(ctx context.Context, c *client) error {
+		return c.do(ctx, http.MethodGet, "/api/v1/runs?limit=100000", "", nil, &all)
+	}); err != nil {
+		t.Fatalf("list runs: %v", err)
+	}
+	s.mu.Lock()
+	for _, r := range all {
+		if _, ok := s.runs[r.ID]; !ok {
+			t.Logf("run %s of %s was created by a trigger whose answer was lost; checking it too", r.ID, r.Pipeline)
+			s.runs[r.ID] = r.Pipeline
+		}
+	}
+	n := len(s.runs)
+	s.mu.Unlock()
+	if len(all) != n {
+		t.Errorf("the API lists %d runs, the suite triggered %d", len(all), n)
+	}
+	waitFor(t, 60*time.Second, "every run to end", func() (bool, string) {
+		left := s.inFlight()
+		return len(left) == 0, fmt.Sprintf("%d runs in flight", len(left))
+	})
+	for _, p := range s.checkEnded() {
+		t.Errorf("at the end: %s", p)
+	}
+	for _, p := range s.checkAudit() {
+		t.Errorf("at the end: audit: %s", p)
+	}
 }
 
 func describeRun(id string, r *store.Run) string {
@@ -786,378 +1000,4 @@ func describeRun(id string, r *store.Run) string {
 		}
 	}
 	return b.String()
-}
-
-// checkWave checks the wave's ended runs against the evidence.
-func (s *faultSuite) checkWave(ids []string, final []*store.Run) []string {
-	var problems []string
-	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
-	in := map[string]bool{}
-	byID := map[string]*store.Run{}
-	for _, r := range final {
-		in[r.ID], byID[r.ID] = true, r
-	}
-
-	// Every run reached the end its pipeline must reach.
-	for _, r := range final {
-		want := s.pipelines[r.Pipeline]
-		if r.Status != want.status {
-			bad("run %s of %s ended %s (%s), want %s", r.ID, r.Pipeline, r.Status, r.Error, want.status)
-		}
-		for _, st := range r.Steps {
-			ws := want.steps[st.Name]
-			if st.Status != ws.status {
-				bad("run %s step %s ended %s (%s), want %s", r.ID, st.ID, st.Status, st.Error, ws.status)
-				continue
-			}
-			if ws.stdout != "" && st.Logs.Stdout != ws.stdout {
-				bad("run %s step %s stdout %q, want %q", r.ID, st.ID, st.Logs.Stdout, ws.stdout)
-			}
-			if ws.exit != 0 && (st.ExitCode == nil || *st.ExitCode != ws.exit) {
-				bad("run %s step %s exit code %v, want %d", r.ID, st.ID, st.ExitCode, ws.exit)
-			}
-			if ws.tries > 0 && st.Attempts-st.LostAttempts != ws.tries {
-				bad("run %s step %s made %d attempts, %d lost with a runner: want %d counted against its retry policy",
-					r.ID, st.ID, st.Attempts, st.LostAttempts, ws.tries)
-			}
-			lostInHistory := 0
-			for i, h := range st.History {
-				if h.Attempt != i+1 {
-					bad("run %s step %s history entry %d is attempt %d", r.ID, st.ID, i, h.Attempt)
-				}
-				if h.Reason == runner.ReasonRunnerLost {
-					lostInHistory++
-				}
-			}
-			if st.Status != event.StatusSkipped && len(st.History) != st.Attempts-1 {
-				bad("run %s step %s: %d attempts but %d in its history", r.ID, st.ID, st.Attempts, len(st.History))
-			}
-			if lostInHistory != st.LostAttempts {
-				bad("run %s step %s: lost_attempts %d but %d runner_lost entries in its history", r.ID, st.ID, st.LostAttempts, lostInHistory)
-			}
-		}
-	}
-
-	// No attempt reported twice, none lost; at most one start per attempt.
-	type reports struct {
-		started   int
-		completed []*event.StepCompleted
-	}
-	byAttempt := map[attemptRef]*reports{}
-	for _, e := range stepEvents(s.events.all()) {
-		a := e.key()
-		if !in[a.run] {
-			continue
-		}
-		rp := byAttempt[a]
-		if rp == nil {
-			rp = &reports{}
-			byAttempt[a] = rp
-		}
-		if e.started != nil {
-			rp.started++
-		} else {
-			rp.completed = append(rp.completed, e.completed)
-		}
-	}
-	for a, rp := range byAttempt {
-		r := byID[a.run]
-		st := r.Step(a.step)
-		if st == nil || a.attempt < 1 || a.attempt > st.Attempts {
-			bad("%s/%s: events of attempt %d, which the run never made", a.run, a.step, a.attempt)
-			continue
-		}
-		if rp.started > 1 {
-			bad("%s/%s attempt %d: %d step.started events", a.run, a.step, a.attempt, rp.started)
-		}
-		if len(rp.completed) > 1 {
-			var ids []string
-			for _, c := range rp.completed {
-				ids = append(ids, c.Status+"/"+c.Reason+" by "+c.Runner)
-			}
-			bad("%s/%s attempt %d reported %d times: %v", a.run, a.step, a.attempt, len(rp.completed), ids)
-		}
-	}
-	for _, r := range final {
-		for _, st := range r.Steps {
-			for n := 1; n <= st.Attempts; n++ {
-				a := attemptRef{r.ID, st.ID, n}
-				rp := byAttempt[a]
-				if rp == nil {
-					rp = &reports{}
-				}
-				status, reason, errMsg := st.Status, "", st.Error
-				if n < st.Attempts {
-					h := st.History[n-1]
-					status, reason, errMsg = h.Status, h.Reason, h.Error
-				}
-				switch {
-				case reason == runner.ReasonRunnerLost:
-					if len(rp.completed) == 1 && rp.completed[0].Reason != runner.ReasonRunnerLost {
-						bad("%s/%s attempt %d ended runner_lost, but its runner reported it %s", r.ID, st.ID, n, rp.completed[0].Status)
-					}
-				case len(rp.completed) == 0:
-					bad("%s/%s attempt %d ended %s (%s) without a step.completed: a report was lost or the orchestrator gave up on it",
-						r.ID, st.ID, n, status, errMsg)
-				case rp.completed[0].Status != status:
-					bad("%s/%s attempt %d was reported %s but the run shows %s", r.ID, st.ID, n, rp.completed[0].Status, status)
-				}
-			}
-		}
-	}
-
-	// No step had two attempts executing at once, and no attempt ran
-	// twice: each container the runners started, as the Docker Engine saw
-	// it, ended before the next attempt of its step started.
-	bySteps := map[[2]string][]containerLife{}
-	for _, c := range s.docker.ofRuns(in) {
-		if c.starts > 1 {
-			bad("%s/%s attempt %d: container %s started %d times", c.ref.run, c.ref.step, c.ref.attempt, c.id[:12], c.starts)
-		}
-		k := [2]string{c.ref.run, c.ref.step}
-		bySteps[k] = append(bySteps[k], c)
-	}
-	for k, cs := range bySteps {
-		seen := map[int]bool{}
-		for _, c := range cs {
-			if c.start.IsZero() {
-				continue
-			}
-			if seen[c.ref.attempt] {
-				bad("%s/%s attempt %d ran in more than one container", k[0], k[1], c.ref.attempt)
-			}
-			seen[c.ref.attempt] = true
-			if c.die.IsZero() {
-				bad("%s/%s attempt %d: container %s never stopped", k[0], k[1], c.ref.attempt, c.id[:12])
-			}
-			for _, o := range cs {
-				if o.ref.attempt > c.ref.attempt && !o.start.IsZero() && (c.die.IsZero() || o.start.Before(c.die)) {
-					bad("%s/%s: attempt %d started at %s while attempt %d was still executing (container %s died at %s)",
-						k[0], k[1], o.ref.attempt, o.start.Format("15:04:05.000"), c.ref.attempt, c.id[:12], c.die.Format("15:04:05.000"))
-				}
-			}
-		}
-		r := byID[k[0]]
-		if st := r.Step(k[1]); st != nil && st.Status == event.StatusSucceeded && !seen[st.Attempts] {
-			bad("%s/%s succeeded on attempt %d, of which the Docker Engine saw no container start", k[0], k[1], st.Attempts)
-		}
-	}
-	for _, r := range final {
-		for _, st := range r.Steps {
-			if st.Status == event.StatusSucceeded && len(bySteps[[2]string{r.ID, st.ID}]) == 0 {
-				bad("%s/%s succeeded without any container", r.ID, st.ID)
-			}
-		}
-	}
-	return problems
-}
-
-// checkAudit waits until the audit trail holds every message of the steps
-// and events streams, then checks that it holds each exactly once, nothing
-// else from those streams, and that the chain verifies.
-func (s *faultSuite) checkAudit() []string {
-	var problems []string
-	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
-	for _, l := range []*streamLog{s.events, s.steps, s.dlq} {
-		if why, ok := pollUntil(30*time.Second, func() (bool, string) { return l.caughtUp(s.ctx, s.js) }); !ok {
-			return []string{"reading the streams: " + why}
-		}
-	}
-	type key struct{ stream, source, id string }
-	want := map[key]int{}
-	for _, l := range []*streamLog{s.events, s.steps} {
-		for _, m := range l.all() {
-			want[key{m.stream, m.source, m.id}]++
-		}
-	}
-	for k, n := range want {
-		if n > 1 {
-			bad("%s holds event %s from %s %d times", k.stream, k.id, k.source, n)
-		}
-	}
-	for _, m := range s.dlq.all() {
-		bad("dead-lettered: %s %s (%s): %s", m.typ, m.id, m.subject, m.reason)
-	}
-	ac := audit.NewClient("http://"+s.auditAt, &http.Client{Timeout: 30 * time.Second})
-	var have map[key]int
-	var total int
-	why, ok := pollUntil(120*time.Second, func() (bool, string) {
-		have, total = map[key]int{}, 0
-		f := auditstore.Filter{Limit: 1000}
-		for {
-			ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
-			p, err := ac.Query(ctx, f)
-			cancel()
-			if err != nil {
-				return false, err.Error()
-			}
-			for _, rec := range p.Records {
-				total++
-				if rec.Stream == event.StreamEvents || rec.Stream == event.StreamSteps {
-					have[key{rec.Stream, rec.Source, rec.ID}]++
-				}
-			}
-			if p.NextCursor == "" {
-				break
-			}
-			f.Cursor = p.NextCursor
-		}
-		missing := 0
-		for k := range want {
-			if have[k] == 0 {
-				missing++
-			}
-		}
-		return missing == 0, fmt.Sprintf("%d of %d events not in the trail yet", missing, len(want))
-	})
-	if !ok {
-		bad("the trail is missing events after 120s: %s", why)
-	}
-	for k, n := range have {
-		if want[k] == 0 {
-			bad("the trail holds %s %s from %s, which the stream does not", k.stream, k.id, k.source)
-		}
-		if n > 1 {
-			bad("the trail holds %s %s from %s %d times", k.stream, k.id, k.source, n)
-		}
-	}
-	ctx, cancel := context.WithTimeout(s.ctx, 60*time.Second)
-	v, err := ac.Verify(ctx)
-	cancel()
-	switch {
-	case err != nil:
-		bad("verify: %v", err)
-	case !v.OK:
-		bad("the chain does not verify: %+v", v.Bad)
-	case v.Records < int64(total):
-		bad("verify checked %d records, the trail lists %d", v.Records, total)
-	}
-	s.t.Logf("audit: %d records; every one of the %d stream events once; chain verified over %d records", total, len(want), v.Records)
-	return problems
-}
-
-// checkReplicas checks that every stream (KV buckets included) has three
-// replicas: no service starting or restarting lowered one.
-func (s *faultSuite) checkReplicas(when string) {
-	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
-	defer cancel()
-	names := s.js.StreamNames(ctx)
-	n := 0
-	for name := range names.Name() {
-		n++
-		st, err := s.js.Stream(ctx, name)
-		if err != nil {
-			s.t.Errorf("stream %s: %v", name, err)
-			continue
-		}
-		if r := st.CachedInfo().Config.Replicas; r != 3 {
-			s.t.Errorf("%s: stream %s has %d replicas, want 3", when, name, r)
-		}
-	}
-	if err := names.Err(); err != nil {
-		s.t.Errorf("%s: list streams: %v", when, err)
-	}
-	if n == 0 {
-		s.t.Errorf("%s: no streams", when)
-	}
-}
-
-// finalChecks runs once every wave is over.
-func (s *faultSuite) finalChecks() {
-	s.checkReplicas("at the end, after every restart")
-	why, ok := pollUntil(30*time.Second, func() (bool, string) {
-		left := s.containers()
-		return len(left) == 0, fmt.Sprintf("%d containers of the suite's runs remain, e.g. %v", len(left), left)
-	})
-	if !ok {
-		s.t.Errorf("containers left behind: %s", why)
-	}
-}
-
-// containers lists the containers of the suite's runs that still exist.
-func (s *faultSuite) containers() []string {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	list, err := s.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", engine.LabelRun))})
-	if err != nil {
-		return []string{err.Error()}
-	}
-	var out []string
-	for _, c := range list {
-		if _, ok := s.runs[c.Labels[engine.LabelRun]]; ok {
-			out = append(out, c.ID[:12]+" "+c.Labels[engine.LabelStep]+"#"+c.Labels[engine.LabelAttempt]+" "+c.State)
-		}
-	}
-	return out
-}
-
-func (s *faultSuite) removeContainers() {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	list, err := s.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", engine.LabelRun))})
-	if err != nil {
-		return
-	}
-	for _, c := range list {
-		if _, ok := s.runs[c.Labels[engine.LabelRun]]; ok {
-			_ = s.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
-		}
-	}
-}
-
-// report logs the figures docs/reliability.md quotes.
-func (s *faultSuite) report(total time.Duration) {
-	var b strings.Builder
-	var runs, steps, attempts, lost int
-	var all []time.Duration
-	byKind := map[string][]time.Duration{}
-	fmt.Fprintf(&b, "\n| wave | fault | killed | recovery | runs | steps | attempts | lost | wave time | detail |\n|---|---|---|---|---|---|---|---|---|---|\n")
-	for _, r := range s.results {
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %d | %d | %d | %d | %s | %s |\n", r.wave, r.kind, r.target,
-			r.recovery.Round(10*time.Millisecond), r.runs, r.steps, r.attempts, r.lost, r.duration.Round(100*time.Millisecond), r.detail)
-		runs, steps, attempts, lost = runs+r.runs, steps+r.steps, attempts+r.attempts, lost+r.lost
-		all = append(all, r.recovery)
-		byKind[r.kind] = append(byKind[r.kind], r.recovery)
-	}
-	fmt.Fprintf(&b, "\n| fault | count | p50 | p99 | max |\n|---|---|---|---|---|\n")
-	for _, k := range faultKinds {
-		if d := byKind[k]; len(d) > 0 {
-			fmt.Fprintf(&b, "| %s | %d | %s | %s | %s |\n", k, len(d), percentile(d, 50).Round(10*time.Millisecond),
-				percentile(d, 99).Round(10*time.Millisecond), percentile(d, 100).Round(10*time.Millisecond))
-		}
-	}
-	if len(all) > 0 {
-		fmt.Fprintf(&b, "| all | %d | %s | %s | %s |\n", len(all), percentile(all, 50).Round(10*time.Millisecond),
-			percentile(all, 99).Round(10*time.Millisecond), percentile(all, 100).Round(10*time.Millisecond))
-	}
-	fmt.Fprintf(&b, "\n%d runs, %d steps, %d attempts (%d lost with a runner), %d faults; %d containers seen; whole test %s\n",
-		runs, steps, attempts, lost, len(s.results), len(s.docker.ofRuns(keys(s.runs))), total.Round(time.Second))
-	s.t.Logf("fault suite figures:%s", b.String())
-}
-
-func keys(m map[string]string) map[string]bool {
-	out := map[string]bool{}
-	for k := range m {
-		out[k] = true
-	}
-	return out
-}
-
-// percentile is the nearest-rank p-th percentile of ds.
-func percentile(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := int(math.Ceil(p/100*float64(len(s)))) - 1
-	return s[min(max(i, 0), len(s)-1)]
-}
-
-func sum(ds []time.Duration) time.Duration {
-	var t time.Duration
-	for _, d := range ds {
-		t += d
-	}
-	return t
 }
