@@ -271,7 +271,7 @@ func (d *decision) reconcile() {
 		d.finish(event.StatusFailed, msg)
 		return
 	}
-	deps := r.Spec.Deps()
+	g := graphOf(r.Spec)
 	for progress := true; progress; {
 		progress = false
 		for i, s := range r.Steps {
@@ -289,7 +289,7 @@ func (d *decision) reconcile() {
 					progress = true
 				}
 			case event.StatusPending:
-				if d.start(i, s, st, deps) {
+				if d.start(i, s, st, g) {
 					progress = true
 				}
 			}
@@ -312,17 +312,17 @@ func (d *decision) reconcile() {
 
 // start dispatches, skips or fails a pending step whose turn may have come,
 // and reports whether it did any of these.
-func (d *decision) start(i int, s *store.StepState, st *spec.Step, deps [][]int) bool {
+func (d *decision) start(i int, s *store.StepState, st *spec.Step, g *graph) bool {
 	r, now := d.r, d.env.Now
 	// A step ends only after the steps it waits for, so when its direct
 	// dependencies are over, all upstream steps are.
-	for _, u := range deps[i] {
+	for _, u := range g.deps[i] {
 		if !r.Steps[u].Terminal() {
 			return false
 		}
 	}
 	failedUp := false
-	for _, u := range spec.Upstream(deps, i) {
+	for _, u := range g.upstream[i] {
 		us := r.Steps[u]
 		if (us.Status == event.StatusFailed && !r.Spec.Steps[u].AllowsFailure()) || us.Status == event.StatusCancelled {
 			failedUp = true

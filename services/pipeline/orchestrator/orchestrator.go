@@ -35,7 +35,6 @@ import (
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
-	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/pkg/tmpl"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -763,8 +762,7 @@ func Vars(r *store.Run, i int) tmpl.Vars {
 	for k, v := range r.Vars {
 		vars[k] = tmpl.Value{S: v.Value, Untrusted: v.Untrusted}
 	}
-	deps := r.Spec.Deps()
-	for _, u := range spec.Upstream(deps, i) {
+	for _, u := range graphOf(r.Spec).upstream[i] {
 		us := r.Steps[u]
 		if us.Status != event.StatusSucceeded {
 			continue
