@@ -33,6 +33,10 @@ func (s *faultSuite) checkRuns(final []*store.Run) []string {
 	// Every run reached the end its pipeline must reach.
 	for _, r := range final {
 		want := s.pipelines[r.Pipeline]
+		if want == nil {
+			bad("run %s is of pipeline %q, which the suite did not apply", r.ID, r.Pipeline)
+			continue
+		}
 		if r.Status != want.status {
 			bad("run %s of %s ended %s (%s), want %s", r.ID, r.Pipeline, r.Status, r.Error, want.status)
 		}
@@ -306,7 +310,7 @@ func (s *faultSuite) checkReplicas(when string) {
 	}
 }
 
-// finalChecks runs once every wave is over.
+// finalChecks runs once every run has ended.
 func (s *faultSuite) finalChecks() {
 	s.checkReplicas("at the end, after every restart")
 	why, ok := pollUntil(30*time.Second, func() (bool, string) {
