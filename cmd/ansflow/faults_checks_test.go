@@ -211,9 +211,11 @@ func (s *faultSuite) checkAudit() []string {
 			bad("%s holds event %s from %s %d times", k.stream, k.id, k.source, n)
 		}
 	}
-	for _, m := range s.dlq.all() {
+	dead := s.dlq.all()
+	for _, m := range dead[min(s.dlqReported, len(dead)):] {
 		bad("dead-lettered at %s: %s %s (%s): %s", m.at.Format("15:04:05.000"), m.typ, m.id, m.subject, m.reason)
 	}
+	s.dlqReported = len(dead)
 	ac := audit.NewClient("http://"+s.auditAt, &http.Client{Timeout: 30 * time.Second})
 	var have map[key]int
 	var total int

@@ -144,6 +144,8 @@ type faultSuite struct {
 	results   []*faultResult
 	lastKill  string    // runner killed last
 	settled   time.Time // when the last fault was recovered from
+	// dlqReported is how many dead letters were already reported.
+	dlqReported int
 
 	mu    sync.Mutex
 	runs  map[string]string     // run id -> pipeline, every run triggered
