@@ -24,6 +24,10 @@ const (
 	// pullHeartbeat is how often the server confirms a waiting request;
 	// two missed in a row mean the request is lost.
 	pullHeartbeat = 5 * time.Second
+	// quietLimit is how long a waiting request may go without a heartbeat
+	// before it counts as lost: three heartbeats, longer than a stream
+	// leader election takes.
+	quietLimit = 3 * pullHeartbeat
 )
 
 // pullRequest asks for one message: a slot never asks for more than it can
@@ -31,8 +35,8 @@ const (
 var pullRequest = fmt.Appendf(nil, `{"batch":1,"expires":%d,"idle_heartbeat":%d}`, pullExpires, pullHeartbeat)
 
 // errPullLost reports a pull request that the server may no longer hold: no
-// heartbeat came, or the connection was re-established.
-var errPullLost = errors.New("pull request lost: no heartbeat from the server, or the connection reconnected")
+// heartbeat came for quietLimit.
+var errPullLost = errors.New("pull request lost: no heartbeat from the server")
 
 // puller is what the slots of one [Consume] share: the connection, the
 // consumer's next-message subject, and word of reconnections.
@@ -82,18 +86,18 @@ func (p *puller) reconnection() <-chan struct{} {
 	return p.reconnected
 }
 
-// slot is one handler slot's subscription. It keeps at most one pull
-// request of one message waiting on the server, so it holds at most one
-// message. A request that may be lost (no heartbeat, or a reconnection,
-// after which the consumer's new leader may not know it) is replaced
-// together with its subscription, so a late answer to the old request
-// never reaches a slot that asked again: it is handed back (see
-// [slot.retire]).
+// slot is one handler slot's subscription. It keeps one pull request of
+// one message waiting on the server, so it holds one message (for up to
+// pullExpires after a reconnection, possibly two). A request that may be
+// lost (no heartbeat for quietLimit, as
+// when the consumer's new leader does not know it) is replaced together
+// with its subscription, so a late answer to the old request never reaches
+// a slot that asked again: it is handed back (see [slot.retire]).
 type slot struct {
 	p       *puller
 	sub     *nats.Subscription
 	ch      chan *nats.Msg
-	waiting bool // a request is on the server
+	pending int // requests on the server not yet answered
 }
 
 // receive returns the next message for the slot, asking the server for it
@@ -106,24 +110,38 @@ func (s *slot) receive(ctx context.Context) (jetstream.Msg, error) {
 		if err != nil {
 			return nil, fmt.Errorf("subscribe for pulled messages: %w", err)
 		}
-		s.sub, s.waiting = sub, false
+		s.sub, s.pending = sub, 0
 	}
-	reconnected := s.p.reconnection()
-	if !s.waiting {
+	if s.pending == 0 {
 		if err := s.p.nc.PublishRequest(s.p.next, s.sub.Subject, pullRequest); err != nil {
 			return nil, fmt.Errorf("pull request: %w", err)
 		}
-		s.waiting = true
+		s.pending = 1
 	}
-	quiet := time.NewTimer(2 * pullHeartbeat)
+	// A reconnection does not retire the request: the consumer's leader
+	// may still hold it, and nats.go re-establishes the subscription it
+	// answers to. Retiring every slot's request on each reconnection left
+	// as many live requests on the server as slots, whose answers were
+	// nak'd on arrival, so one message bounced through them until it ran
+	// out of deliveries. Instead the slot asks again on the same
+	// subscription, in case the new leader does not know the request, and
+	// counts only the new one: at worst both are answered, and the slot
+	// takes the second message on its next turn (a redelivery meanwhile is
+	// a duplicate its handler tolerates); a request is never renewed, so
+	// such a surplus lasts at most pullExpires. A request the server lost
+	// stops getting heartbeats and is replaced after quietLimit.
+	quiet := time.NewTimer(quietLimit)
 	defer quiet.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-reconnected:
-			s.retire()
-			return nil, errPullLost
+		case <-s.p.reconnection():
+			if err := s.p.nc.PublishRequest(s.p.next, s.sub.Subject, pullRequest); err != nil {
+				return nil, fmt.Errorf("pull request: %w", err)
+			}
+			s.pending = 1
+			quiet.Reset(quietLimit)
 		case <-quiet.C:
 			s.retire()
 			return nil, errPullLost
@@ -133,14 +151,14 @@ func (s *slot) receive(ctx context.Context) (jetstream.Msg, error) {
 				if m.Reply == "" {
 					continue // not a JetStream message
 				}
-				s.waiting = false
+				s.pending = max(s.pending-1, 0)
 				return &pulled{m: m, nc: s.p.nc}, nil
 			}
 			if status == "100" { // idle heartbeat: the request still waits
-				quiet.Reset(2 * pullHeartbeat)
+				quiet.Reset(quietLimit)
 				continue
 			}
-			s.waiting = false
+			s.pending = max(s.pending-1, 0)
 			desc := m.Header.Get("Description")
 			switch {
 			case status == "408", status == "404":
@@ -166,7 +184,7 @@ func (s *slot) retire() {
 		return
 	}
 	sub, ch := s.sub, s.ch
-	s.sub, s.waiting = nil, false
+	s.sub, s.pending = nil, 0
 	go s.p.handBack(sub, ch)
 }
 
@@ -214,7 +232,7 @@ func (p *puller) nakStray(m *nats.Msg) {
 func (s *slot) close() {
 	if s.sub != nil {
 		s.p.unsubscribe(s.sub, s.ch)
-		s.sub, s.waiting = nil, false
+		s.sub, s.pending = nil, 0
 	}
 }
 

@@ -551,14 +551,16 @@ func (r *Runner) redelivered(ctx context.Context, req *event.StepRequested, atte
 			log.Info("dropping a request whose attempt is not current", zap.String("claim", c.State), zap.String("reason", c.Reason))
 			return nil
 		}
+		r.mu.Lock()
+		_, local := r.running[req.RunID+"/"+req.StepID]
+		r.mu.Unlock()
+		if local && c.Runner == r.cfg.ID {
+			// Executing here (its delivery lapsed, as in a NATS failover):
+			// this runner renews the lease and reports the attempt.
+			return nil
+		}
 		now := time.Now()
 		if c.LeaseUntil.After(now) {
-			r.mu.Lock()
-			_, local := r.running[req.RunID+"/"+req.StepID]
-			r.mu.Unlock()
-			if local && c.Runner == r.cfg.ID {
-				return nil // executing here: this runner reports it
-			}
 			// Wait out the lease: a runner that is alive renews it, one that
 			// is gone lets it lapse. The consumer's heartbeats hold the
 			// message meanwhile.

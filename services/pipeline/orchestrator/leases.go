@@ -54,7 +54,15 @@ func (o *Orchestrator) checkRunLeases(ctx context.Context, id string) {
 	}
 	now := time.Now()
 	for _, s := range r.Steps {
-		if s.Status != event.StatusRunning || s.StartedAt == nil || now.Sub(*s.StartedAt) < o.cfg.LeaseCheck {
+		// Running steps, and queued ones a runner may have claimed without
+		// its step.started arriving (or whose events were dead-lettered).
+		since := s.StartedAt
+		if s.Status == event.StatusQueued {
+			since = s.QueuedAt
+		} else if s.Status != event.StatusRunning {
+			continue
+		}
+		if since == nil || now.Sub(*since) < o.cfg.LeaseCheck {
 			continue
 		}
 		in, err := o.leaseInput(ctx, r.ID, s, now)
@@ -79,7 +87,7 @@ func (o *Orchestrator) leaseInput(ctx context.Context, runID string, s *store.St
 	key := runner.AttemptKey(runID, s.ID, s.Attempts)
 	c, _, err := runner.ReadClaim(ctx, o.attempts, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil // started but not claimed cannot be; leave it to the step timeout
+		return nil, nil // not claimed: still waiting for a runner's free slot
 	}
 	if err != nil {
 		return nil, err
@@ -97,6 +105,10 @@ func (o *Orchestrator) leaseInput(ctx context.Context, runID string, s *store.St
 		// can clean up after the lost runner on its host.
 		fc, err := runner.Fence(ctx, o.attempts, key, "orchestrator", runner.ReasonRunnerLost, now.Add(-o.cfg.LeaseCheck))
 		if errors.Is(err, runner.ErrLeaseHeld) {
+			if s.Status == event.StatusQueued {
+				// Its runner holds it: the step.started was lost.
+				return Started{RunID: runID, StepID: s.ID, Attempt: s.Attempts, Runner: c.Runner, StartedAt: now}, nil
+			}
 			return nil, nil
 		}
 		if err != nil {
