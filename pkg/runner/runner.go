@@ -63,7 +63,7 @@ type Config struct {
 	// buckets keep theirs.
 	Replicas int
 	// Grace is how long running steps may finish after Run's context ends
-	// (a SIGTERM) before they are stopped and left to be reported abandoned
+	// (a SIGTERM) before they are stopped and left to another runner, which takes them over once their lease lapses
 	// (default 0).
 	Grace time.Duration
 }

@@ -69,7 +69,7 @@ func TestParseConfig(t *testing.T) {
 
 // TestKilledRunner starts the real docker-runner process, kills it
 // (SIGKILL) in the middle of a step, and starts another runner: the attempt
-// is reported abandoned, a docker_run's orphaned container is reaped, and a
+// is taken over (reported runner_lost), a docker_run's orphaned container is reaped, and a
 // build's container is gone (the daemon aborts a build whose client
 // vanished).
 func TestKilledRunner(t *testing.T) {
@@ -217,12 +217,12 @@ func killedRunner(t *testing.T, req event.StepRequested, files map[string]string
 	if err := json.Unmarshal(msg.Data(), &c); err != nil {
 		t.Fatal(err)
 	}
-	if c.Status != event.StatusFailed || c.Runner != "successor" ||
-		!strings.Contains(c.Error, "runner doomed-runner stopped while executing attempt 1; the attempt was abandoned") {
+	if c.Status != event.StatusFailed || c.Reason != runner.ReasonRunnerLost || c.Runner != "doomed-runner" ||
+		!strings.Contains(c.Error, "runner doomed-runner stopped renewing its lease on attempt 1; successor took the step over") {
 		t.Fatalf("completion %+v", c)
 	}
 	dockertest.Eventually(t, 15*time.Second, func() bool { return gone(labels) }, "the killed runner's step left a container")
-	t.Logf("abandoned attempt reported %s after the kill, nothing left running", time.Since(killedAt))
+	t.Logf("lost attempt taken over %s after the kill, nothing left running", time.Since(killedAt))
 }
 
 // syncBuffer is a bytes.Buffer safe for a child process's output.

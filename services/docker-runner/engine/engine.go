@@ -209,7 +209,7 @@ func AttemptLabels(runID, stepID string, attempt int) map[string]string {
 
 // Reap force-removes every container of the attempt (run, step, attempt),
 // running or not. It is idempotent: containers already gone are not an
-// error. The runner calls it for an attempt abandoned by a runner that died.
+// error. The runner calls it for an attempt whose runner lost its lease (it died).
 // Builds need no reaping: the daemon aborts a build, and removes its
 // intermediate container, when the connection of the client that started it
 // closes.
@@ -232,7 +232,7 @@ func (e *Engine) reap(ctx context.Context, runID, stepID string, attempt int) er
 			errs = append(errs, err)
 			continue
 		}
-		e.log.Info("reaped container of abandoned attempt", zap.String("container", shortID(c.ID)),
+		e.log.Info("reaped container of a lost attempt", zap.String("container", shortID(c.ID)),
 			zap.String("run_id", runID), zap.String("step_id", stepID), zap.Int("attempt", attempt))
 	}
 	return errors.Join(errs...)
