@@ -79,7 +79,7 @@ func TestDistributedMode(t *testing.T) {
 	natsURL := "nats://" + natsAddr
 	daemon(t, filepath.Join(bin, "ansflow"), "up", "--no-pipeline", "--no-runners", "--no-audit", "--nats", natsAddr, "--data-dir", t.TempDir())
 	waitTCP(t, natsAddr)
-	daemon(t, filepath.Join(bin, "pipeline"), "--nats", natsURL, "--http", apiAddr, "--dispatch-timeout", "20s")
+	daemon(t, filepath.Join(bin, "pipeline"), "--nats", natsURL, "--http", apiAddr, "--lease-check", "2s")
 	runners := map[string]*exec.Cmd{}
 	for _, id := range []string{"runner-a", "runner-b"} {
 		runners[id] = daemon(t, filepath.Join(bin, "docker-runner"), "--nats", natsURL, "--pools", "default", "--id", id, "--concurrency", "2",
@@ -96,7 +96,7 @@ func TestDistributedMode(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		fmt.Fprintf(&sb, "    - {name: p%d, type: docker_run, order: 1, docker_image: %q, command: \"sleep 1; echo p%d\"}\n", i, image, i)
 	}
-	fmt.Fprintf(&sb, "    - {name: slow, type: docker_run, order: 2, docker_image: %q, command: \"sleep 6; echo survived\", retry_policy: {max_retries: 1}}\n", image)
+	fmt.Fprintf(&sb, "    - {name: slow, type: docker_run, order: 2, docker_image: %q, command: \"sleep 6; echo survived\"}\n", image)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, err := c.applyPipeline(ctx, "spread.yaml", []byte(sb.String()))
@@ -149,8 +149,12 @@ func TestDistributedMode(t *testing.T) {
 		t.Errorf("parallel steps ran on %v, want both runners", used)
 	}
 	slow := r.Steps[4]
-	if slow.Attempts != 2 || slow.Runner == killed || slow.Logs.Stdout != "survived\n" {
-		t.Errorf("slow step: attempts %d, runner %s (killed %s), stdout %q", slow.Attempts, slow.Runner, killed, slow.Logs.Stdout)
+	// Taken over, not retried: the step has no retry policy, and the lost
+	// attempt does not count against it.
+	if slow.Attempts != 2 || slow.LostAttempts != 1 || slow.Runner == killed || slow.Logs.Stdout != "survived\n" ||
+		len(slow.History) != 1 || slow.History[0].Reason != "runner_lost" || slow.History[0].Runner != killed {
+		t.Errorf("slow step: attempts %d (lost %d), runner %s (killed %s), stdout %q, history %+v",
+			slow.Attempts, slow.LostAttempts, slow.Runner, killed, slow.Logs.Stdout, slow.History)
 	}
 	// the audit service recorded the run, every attempt included
 	var page struct {
@@ -174,7 +178,7 @@ func TestDistributedMode(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("audit holds %d step.requested records of the run, want 6 (5 steps, one retried)", n)
+			t.Fatalf("audit holds %d step.requested records of the run, want 6 (5 steps, one taken over)", n)
 		}
 	}
 }
