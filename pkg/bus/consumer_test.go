@@ -288,7 +288,9 @@ func TestConsumeRecreatesADeletedDurable(t *testing.T) {
 	if err := s.JS.DeleteConsumer(context.Background(), event.StreamEvents, "deleted"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() bool {
+	// Recreated at once on the server's "consumer deleted" answer, or, when
+	// a slot missed it, once its request's heartbeats stop (10 s).
+	waitFor(t, 20*time.Second, func() bool {
 		_, err := s.JS.Consumer(context.Background(), event.StreamEvents, "deleted")
 		return err == nil
 	})
