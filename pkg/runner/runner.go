@@ -237,14 +237,12 @@ func (r *Runner) heartbeat(ctx context.Context, kv jetstream.KeyValue) {
 			}
 		case <-t.C:
 		}
-		{
-			last = time.Now()
-			actx, cancel := context.WithTimeout(ctx, r.cfg.Heartbeat)
-			if err := r.announce(actx, kv, false); err != nil && ctx.Err() == nil {
-				r.log.Warn("heartbeat", zap.Error(err))
-			}
-			cancel()
+		last = time.Now()
+		actx, cancel := context.WithTimeout(ctx, r.cfg.Heartbeat)
+		if err := r.announce(actx, kv, false); err != nil && ctx.Err() == nil {
+			r.log.Warn("heartbeat", zap.Error(err))
 		}
+		cancel()
 	}
 }
 
