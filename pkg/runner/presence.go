@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
 )
 
@@ -115,37 +116,10 @@ type Directory struct {
 // once the bucket's current entries are loaded.
 func WatchRunners(ctx context.Context, kv jetstream.KeyValue) (*Directory, error) {
 	d := &Directory{runners: map[string]RunnerInfo{}, now: time.Now}
-	w, err := kv.WatchAll(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("watch runners: %w", err)
+	if err := bus.Follow(ctx, kv, d.observe); err != nil {
+		return nil, err
 	}
-	loaded := make(chan struct{})
-	go func() {
-		defer w.Stop()
-		once := sync.OnceFunc(func() { close(loaded) })
-		defer once()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					return
-				}
-				if e == nil {
-					once()
-					continue
-				}
-				d.observe(e)
-			}
-		}
-	}()
-	select {
-	case <-loaded:
-		return d, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return d, nil
 }
 
 func (d *Directory) observe(e jetstream.KeyValueEntry) {

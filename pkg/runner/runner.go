@@ -266,47 +266,19 @@ func (r *Runner) onCancel(m *nats.Msg) {
 
 var errCancelled = errors.New("cancelled")
 
-// watchCancels keeps the set of cancelled runs in memory, so checking a
-// request against it costs no round trip. It returns once the bucket's
-// current keys are loaded.
+// watchCancels keeps the set of cancelled or finished runs in memory, so
+// checking a request against it costs no round trip. It returns once the
+// bucket's current keys are loaded.
 func (r *Runner) watchCancels(ctx context.Context, cancels jetstream.KeyValue) error {
-	w, err := cancels.WatchAll(ctx)
-	if err != nil {
-		return fmt.Errorf("watch cancellations: %w", err)
-	}
-	loaded := make(chan struct{})
-	go func() {
-		defer w.Stop()
-		once := sync.OnceFunc(func() { close(loaded) })
-		defer once()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					return
-				}
-				if e == nil {
-					once()
-					continue
-				}
-				r.mu.Lock()
-				if e.Operation() == jetstream.KeyValuePut {
-					r.cancelled[e.Key()] = string(e.Value())
-				} else {
-					delete(r.cancelled, e.Key())
-				}
-				r.mu.Unlock()
-			}
+	return bus.Follow(ctx, cancels, func(e jetstream.KeyValueEntry) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if e.Operation() == jetstream.KeyValuePut {
+			r.cancelled[e.Key()] = string(e.Value())
+		} else {
+			delete(r.cancelled, e.Key())
 		}
-	}()
-	select {
-	case <-loaded:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	})
 }
 
 func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetstream.KeyValue) error {

@@ -625,39 +625,11 @@ func (s *Store) Catalog() *Catalog { return s.cat.cur.Load() }
 // watchCatalog feeds the catalogue cache until ctx ends; it returns once the
 // current entries are loaded.
 func (s *Store) watchCatalog(ctx context.Context) error {
-	w, err := s.catalog.WatchAll(ctx)
-	if err != nil {
-		return fmt.Errorf("watch catalogue: %w", err)
-	}
-	loaded := make(chan struct{})
-	go func() {
-		defer w.Stop()
-		once := sync.OnceFunc(func() { close(loaded) })
-		defer once()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					return
-				}
-				if e == nil {
-					once()
-					continue
-				}
-				var v []byte
-				if e.Operation() == jetstream.KeyValuePut {
-					v = e.Value()
-				}
-				s.cat.apply(e.Key(), e.Revision(), v)
-			}
+	return bus.Follow(ctx, s.catalog, func(e jetstream.KeyValueEntry) {
+		var v []byte
+		if e.Operation() == jetstream.KeyValuePut {
+			v = e.Value()
 		}
-	}()
-	select {
-	case <-loaded:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+		s.cat.apply(e.Key(), e.Revision(), v)
+	})
 }
