@@ -138,8 +138,11 @@ func (o *Orchestrator) Runners() []runner.RunnerInfo {
 	return nil
 }
 
-// Annotate fills in, for each queued step of r, why it is still waiting.
+// Annotate fills in why r, or each of its queued steps, is still waiting.
 func (o *Orchestrator) Annotate(r *store.Run) {
+	if r.Status == event.StatusQueued && r.Spec != nil && r.Spec.Concurrency > 0 {
+		r.Waiting = fmt.Sprintf("waiting for one of the %d concurrency slots of pipeline %q", r.Spec.Concurrency, r.Pipeline)
+	}
 	d := o.pools.Load()
 	if d == nil {
 		return

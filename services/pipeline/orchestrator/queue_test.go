@@ -248,6 +248,10 @@ pipeline:
 	if runs[1].Status != event.StatusQueued || runs[2].Status != event.StatusQueued {
 		t.Errorf("later runs are %s and %s, want queued", runs[1].Status, runs[2].Status)
 	}
+	e.svc.Orc.Annotate(runs[2])
+	if want := `waiting for one of the 1 concurrency slots of pipeline "serial"`; runs[2].Waiting != want {
+		t.Errorf("queued run waiting = %q, want %q", runs[2].Waiting, want)
+	}
 	var done []*store.Run
 	for _, r := range runs {
 		done = append(done, e.waitRun(t, r.ID, 30*time.Second))

@@ -143,8 +143,10 @@ type Run struct {
 	Deadline        *time.Time     `json:"deadline,omitempty"`
 	CancelRequested string         `json:"cancel_requested,omitempty"`
 	// Admitted is set once a run of a pipeline with a concurrency limit
-	// holds one of its slots; until then it is queued.
+	// holds one of its slots; until then it is queued, and Waiting says so
+	// (filled in when the run is read through the API, not stored).
 	Admitted bool   `json:"admitted,omitempty"`
+	Waiting  string `json:"waiting,omitempty"`
 	Revision uint64 `json:"-"`
 }
 
