@@ -129,23 +129,29 @@ func benchThroughput(b *testing.B, run func(testing.TB) *natstest.Server) {
 	start := time.Now()
 	total := 0
 	for n := 0; n < b.N; n++ {
-		ids := make([]string, runs)
-		for i := range ids {
-			run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: "wide", Trigger: store.Trigger{Kind: "bench"}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			ids[i] = run.ID
-		}
-		for _, id := range ids {
-			if r := e.waitRunTB(b, id, 5*time.Minute); r.Status != event.StatusSucceeded {
-				b.Fatalf("run %s: %s", r.Status, r.Error)
-			}
-		}
+		runAll(b, e, "wide", runs, 5*time.Minute)
 		total += runs * steps
 	}
 	b.ReportMetric(float64(total)/time.Since(start).Seconds(), "steps/s")
 	b.ReportMetric(0, "ns/op")
+}
+
+// runAll triggers n runs of pipeline at once and waits until each has
+// succeeded, for at most d each.
+func runAll(b *testing.B, e *env, pipeline string, n int, d time.Duration) {
+	ids := make([]string, n)
+	for i := range ids {
+		run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: pipeline, Trigger: store.Trigger{Kind: "bench"}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ids[i] = run.ID
+	}
+	for _, id := range ids {
+		if r := e.waitRunTB(b, id, d); r.Status != event.StatusSucceeded {
+			b.Fatalf("run %s: %s", r.Status, r.Error)
+		}
+	}
 }
 
 // bareRoundTrips measures n JetStream round trips on ns with nothing of
@@ -206,19 +212,7 @@ func BenchmarkQueue(b *testing.B) {
 			start := time.Now()
 			total := 0
 			for n := 0; n < b.N; n++ {
-				ids := make([]string, runs)
-				for i := range ids {
-					run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: "queued", Trigger: store.Trigger{Kind: "bench"}})
-					if err != nil {
-						b.Fatal(err)
-					}
-					ids[i] = run.ID
-				}
-				for _, id := range ids {
-					if r := e.waitRunTB(b, id, 10*time.Minute); r.Status != event.StatusSucceeded {
-						b.Fatalf("run %s: %s", r.Status, r.Error)
-					}
-				}
+				runAll(b, e, "queued", runs, 10*time.Minute)
 				total += runs * steps
 			}
 			wall := time.Since(start)
