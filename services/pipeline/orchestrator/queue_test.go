@@ -50,13 +50,8 @@ func (e *countingEngine) executed(key string) int {
 	return e.attempts[key]
 }
 
-// queueEnv is a pipeline service on real JetStream without runners; tests
-// start runners with runnerAt.
-func queueEnv(t testing.TB, ns *natstest.Server, cfg orchestrator.Config) *env {
-	t.Helper()
-	return startEnvCfg(t, ns, cfg)
-}
-
+// startEnvCfg is a pipeline service with orchestrator cfg on real
+// JetStream, without runners: tests start them with runnerAt.
 func startEnvCfg(t testing.TB, ns *natstest.Server, cfg orchestrator.Config) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -94,7 +89,7 @@ func runnerAt(t testing.TB, ns *natstest.Server, eng runner.Engine, id string, s
 	kill = sync.OnceFunc(func() { nc.Close(); cancel() })
 	t.Cleanup(kill)
 	waitFor(t, 10*time.Second, func() bool {
-		for _, ri := range e2eRunners(t, ns) {
+		for _, ri := range knownRunners(t, ns) {
 			if ri.ID == id {
 				return true
 			}
@@ -104,7 +99,8 @@ func runnerAt(t testing.TB, ns *natstest.Server, eng runner.Engine, id string, s
 	return kill
 }
 
-func e2eRunners(t testing.TB, ns *natstest.Server) []runner.RunnerInfo {
+// knownRunners lists the runners the runners bucket holds.
+func knownRunners(t testing.TB, ns *natstest.Server) []runner.RunnerInfo {
 	kv, err := ns.JS.KeyValue(context.Background(), runner.RunnersBucket)
 	if err != nil {
 		return nil
@@ -123,7 +119,7 @@ func e2eRunners(t testing.TB, ns *natstest.Server) []runner.RunnerInfo {
 // why, and all succeed once slots free up; never more than two run at once.
 func TestMoreParallelStepsThanSlotsWaitInTheQueue(t *testing.T) {
 	ns := natstest.Run(t)
-	e := queueEnv(t, ns, orchestrator.Config{})
+	e := startEnvCfg(t, ns, orchestrator.Config{})
 	eng := &countingEngine{}
 	runnerAt(t, ns, eng, "two-slots", 2, 2*time.Second)
 	var steps strings.Builder
@@ -166,7 +162,7 @@ func TestMoreParallelStepsThanSlotsWaitInTheQueue(t *testing.T) {
 // retry policy (it has none).
 func TestALostRunnersStepIsTakenOver(t *testing.T) {
 	ns := natstest.Run(t)
-	e := queueEnv(t, ns, orchestrator.Config{})
+	e := startEnvCfg(t, ns, orchestrator.Config{})
 	first, second := &countingEngine{}, &countingEngine{}
 	kill := runnerAt(t, ns, first, "first", 1, time.Second)
 	e.apply(t, writePipeline(t, `
@@ -199,7 +195,7 @@ pipeline:
 // it is also handed is dropped.
 func TestTheOrchestratorTakesOverWhenNoRunnerIsLeft(t *testing.T) {
 	ns := natstest.Run(t)
-	e := queueEnv(t, ns, orchestrator.Config{LeaseCheck: 500 * time.Millisecond})
+	e := startEnvCfg(t, ns, orchestrator.Config{LeaseCheck: 500 * time.Millisecond})
 	first := &countingEngine{}
 	kill := runnerAt(t, ns, first, "only", 1, time.Second)
 	e.apply(t, writePipeline(t, `
@@ -231,7 +227,7 @@ pipeline:
 // limited to one at a time: they run one after the other, oldest first.
 func TestPipelineConcurrencyLimitQueuesRuns(t *testing.T) {
 	ns := natstest.Run(t)
-	e := queueEnv(t, ns, orchestrator.Config{})
+	e := startEnvCfg(t, ns, orchestrator.Config{})
 	eng := &countingEngine{}
 	runnerAt(t, ns, eng, "r", 4, 2*time.Second)
 	e.apply(t, writePipeline(t, `
@@ -273,7 +269,7 @@ pipeline:
 // new run cancels the older active run of its branch, not another branch's.
 func TestCancelPreviousCancelsOlderRunsOfTheBranch(t *testing.T) {
 	ns := natstest.Run(t)
-	e := queueEnv(t, ns, orchestrator.Config{})
+	e := startEnvCfg(t, ns, orchestrator.Config{})
 	runnerAt(t, ns, &countingEngine{}, "r", 4, 2*time.Second)
 	e.apply(t, writePipeline(t, `
 pipeline:

@@ -58,25 +58,13 @@ func startEnv(t *testing.T, ns *natstest.Server, runners bool) *env {
 
 func startEnvTB(t testing.TB, ns *natstest.Server, eng runner.Engine) *env {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	log := zap.NewNop()
-	e := &env{ns: ns}
 	if eng != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
 		startRunner(ctx, t, ns, eng, event.KindDocker)
 		startRunner(ctx, t, ns, eng, event.KindK8s)
 	}
-	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0",
-		Orchestrator: orchestrator.Config{Policy: orchestrator.Policy{NoRunnerTimeout: 5 * time.Second}}}, ns.JS, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.svc = svc
-	done := make(chan struct{})
-	go func() { defer close(done); _ = svc.Orc.Run(ctx) }()
-	e.stop = func() { cancel(); <-done }
-	t.Cleanup(e.stop)
-	return e
+	return startEnvCfg(t, ns, orchestrator.Config{Policy: orchestrator.Policy{NoRunnerTimeout: 5 * time.Second}})
 }
 
 func startRunner(ctx context.Context, t testing.TB, ns *natstest.Server, eng runner.Engine, kind string) {
