@@ -101,3 +101,28 @@ func TestPublishGivesUpAtTheDeadlineOrAtOnceWhenPermanent(t *testing.T) {
 		})
 	}
 }
+
+// TestRetryStopsAtSuccessPermanenceOrDeadline checks bus.Retry's three
+// ends.
+func TestRetryStopsAtSuccessPermanenceOrDeadline(t *testing.T) {
+	ctx := context.Background()
+	calls := 0
+	if err := bus.Retry(ctx, func(context.Context) error {
+		if calls++; calls < 3 {
+			return errTransient
+		}
+		return nil
+	}); err != nil || calls != 3 {
+		t.Errorf("transient twice: err %v after %d calls, want success on the third", err, calls)
+	}
+	calls = 0
+	perm := bus.Permanent(errors.New("refused"))
+	if err := bus.Retry(ctx, func(context.Context) error { calls++; return perm }); !errors.Is(err, perm) || calls != 1 {
+		t.Errorf("permanent: err %v after %d calls, want it at once", err, calls)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if err := bus.Retry(dctx, func(context.Context) error { return errTransient }); !errors.Is(err, errTransient) || dctx.Err() == nil {
+		t.Errorf("always failing: err %v, want the last error at the deadline", err)
+	}
+}

@@ -51,3 +51,23 @@ func transient(err error) bool {
 	}
 	return false
 }
+
+// Retry calls f until it succeeds, returns a [PermanentError], or ctx ends,
+// pausing between tries with a capped exponential backoff (20 ms to 1 s),
+// and returns f's last error. It is for writes other than [Publish], which
+// retries on its own.
+func Retry(ctx context.Context, f func(context.Context) error) error {
+	for n := 0; ; n++ {
+		err := f(ctx)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		var perm *PermanentError
+		if errors.As(err, &perm) {
+			return err
+		}
+		if sleep(ctx, backoff(n, 20*time.Millisecond, time.Second)) != nil {
+			return err
+		}
+	}
+}

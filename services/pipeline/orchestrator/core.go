@@ -439,6 +439,7 @@ func (d *decision) finish(status, msg string) {
 
 func (d *decision) skip(s *store.StepState, why string) {
 	s.Status, s.SkipReason, s.FinishedAt = event.StatusSkipped, why, ptr(d.env.Now)
+	d.changed = true
 }
 
 // fail ends the current attempt of s; a retry is scheduled when the policy

@@ -16,9 +16,7 @@
 package orchestrator
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -362,7 +360,7 @@ func (o *Orchestrator) Cancel(ctx context.Context, id, reason string) (*store.Ru
 func (o *Orchestrator) markStopped(ctx context.Context, id, why string) {
 	ctx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
 	defer cancel()
-	if err := retry(ctx, func(ctx context.Context) error {
+	if err := bus.Retry(ctx, func(ctx context.Context) error {
 		_, err := o.cancels.Put(ctx, event.Token(id), []byte(why))
 		return err
 	}); err != nil {
@@ -418,15 +416,7 @@ func (o *Orchestrator) update(ctx context.Context, id string, in Input) (*store.
 		if err != nil {
 			return nil, err
 		}
-		var before []byte
-		if _, tick := in.(Tick); tick {
-			before, _ = json.Marshal(r)
-		}
 		changed, cmds := Decide(r, in, o.env())
-		if changed && before != nil {
-			after, _ := json.Marshal(r)
-			changed = !bytes.Equal(before, after)
-		}
 		if !changed {
 			if _, tick := in.(Tick); try == 0 && !tick {
 				continue // decide nothing on a possibly stale cached copy
@@ -547,9 +537,7 @@ func (o *Orchestrator) publishRequest(ctx context.Context, req *event.StepReques
 	e.SetID(fmt.Sprintf("req-%s", runner.AttemptKey(req.RunID, req.StepID, req.Attempt)))
 	ctx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
 	defer cancel()
-	return retry(ctx, func(ctx context.Context) error {
-		return bus.Publish(ctx, o.js, event.StepRequestedSubject(req.Kind, req.Target), e)
-	})
+	return bus.Publish(ctx, o.js, event.StepRequestedSubject(req.Kind, req.Target), e)
 }
 
 func (o *Orchestrator) publish(ctx context.Context, typ string, meta event.Meta, id string, data any) {
@@ -563,32 +551,8 @@ func (o *Orchestrator) publish(ctx context.Context, typ string, meta event.Meta,
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
 	defer cancel()
-	if err := retry(ctx, func(ctx context.Context) error {
-		return bus.Publish(ctx, o.js, event.LifecycleSubject(typ, meta.RunID), e)
-	}); err != nil {
+	if err := bus.Publish(ctx, o.js, event.LifecycleSubject(typ, meta.RunID), e); err != nil {
 		o.log.Error("publish event", zap.String("type", typ), zap.Error(err))
-	}
-}
-
-// retry calls f until it succeeds or ctx ends, backing off from 20 ms to
-// 1 s, and returns f's last error.
-func retry(ctx context.Context, f func(context.Context) error) error {
-	delay := 20 * time.Millisecond
-	for {
-		err := f(ctx)
-		if err == nil || ctx.Err() != nil {
-			return err
-		}
-		var perm *bus.PermanentError
-		if errors.As(err, &perm) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, time.Second)
 	}
 }
 
