@@ -1,0 +1,48 @@
+package auth
+
+import "net/http"
+
+// Buckets of the access model in JetStream key-value storage. The NATS
+// provisioner creates them; only the pipeline service writes them.
+const (
+	// TokensBucket holds API tokens by id (hashes only, never a token).
+	TokensBucket = "ansflow_tokens"
+	// UsersBucket holds human users (password hashes only).
+	UsersBucket = "ansflow_users"
+	// SessionsBucket holds login sessions (hashes of session ids only).
+	SessionsBucket = "ansflow_sessions"
+)
+
+// Scope says which pipeline a route acts on, for grants limited to some
+// pipelines.
+type Scope int
+
+// Scopes.
+const (
+	// ScopeGlobal acts on no single pipeline: only a grant on every
+	// pipeline covers it.
+	ScopeGlobal Scope = iota
+	// ScopePipeline acts on the pipeline named by the {name} path value.
+	ScopePipeline
+	// ScopeRun acts on the pipeline of the run named by the {id} path
+	// value.
+	ScopeRun
+	// ScopeFiltered is a listing that shows only what the grant covers;
+	// the handler filters by the request's identity.
+	ScopeFiltered
+	// ScopePublic needs no identity: the route authenticates by other
+	// means (webhook signatures, the login form) or reveals nothing.
+	ScopePublic
+)
+
+// Route is one route of an HTTP API and who may call it.
+type Route struct {
+	// Pattern is an http.ServeMux pattern with its method,
+	// e.g. "GET /api/v1/pipelines/{name}".
+	Pattern string
+	// Role is the least role that may call the route (ignored for
+	// ScopePublic).
+	Role    Role
+	Scope   Scope
+	Handler http.Handler
+}
