@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/services/audit/audit"
@@ -38,6 +39,7 @@ type config struct {
 	HTTPAddr  string
 	LogLevel  string
 	LogJSON   bool
+	TLS       httpserver.TLS
 	Audit     audit.Config
 }
 
@@ -50,6 +52,9 @@ func (c *config) validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil && c.HTTPAddr != "off" {
 		return fmt.Errorf("--http %q: %w", c.HTTPAddr, err)
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		return errors.New("--tls-cert and --tls-key go together")
 	}
 	return c.Audit.Validate()
 }
@@ -75,6 +80,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.DB, "db", env("ANSFLOW_AUDIT_DB", ""), "audit store DSN: postgres://... or a SQLite file; overrides --data-dir [ANSFLOW_AUDIT_DB]")
 	fs.StringVar(&c.DataDir, "data-dir", env("ANSFLOW_DATA_DIR", "ansflow-data"), "data directory; the store is <dir>/"+audit.DBFile+" [ANSFLOW_DATA_DIR]")
 	fs.StringVar(&c.HTTPAddr, "http", env("ANSFLOW_AUDIT_HTTP", "127.0.0.1:8081"), "REST API listen address, or off [ANSFLOW_AUDIT_HTTP]")
+	fs.StringVar(&c.TLS.CertFile, "tls-cert", env("ANSFLOW_TLS_CERT", ""), "serve the REST API over HTTPS with this certificate (PEM) [ANSFLOW_TLS_CERT]")
+	fs.StringVar(&c.TLS.KeyFile, "tls-key", env("ANSFLOW_TLS_KEY", ""), "the certificate's key (PEM) [ANSFLOW_TLS_KEY]")
 	fs.BoolVar(&c.Audit.IncludeLogs, "include-logs", envBool("ANSFLOW_AUDIT_INCLUDE_LOGS"), "also record step log chunks [ANSFLOW_AUDIT_INCLUDE_LOGS]")
 	fs.DurationVar(&c.Audit.Retention, "retention", envDuration("ANSFLOW_AUDIT_RETENTION"), "prune records older than this into a checkpoint; 0 keeps all [ANSFLOW_AUDIT_RETENTION]")
 	fs.IntVar(&c.Audit.Replicas, "replicas", envInt("ANSFLOW_NATS_REPLICAS"), "least stream replicas: missing streams get them, existing ones keep more (default 1) [ANSFLOW_NATS_REPLICAS]")
@@ -144,20 +151,7 @@ func run(ctx context.Context, cfg config) error {
 			}
 			fmt.Fprintln(w, "ok")
 		})
-		srv := &http.Server{Addr: cfg.HTTPAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		g.Go(func() error {
-			log.Info("audit API listening", zap.String("addr", cfg.HTTPAddr))
-			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("audit API on %s: %w", cfg.HTTPAddr, err)
-			}
-			return nil
-		})
-		g.Go(func() error {
-			<-gctx.Done()
-			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			return srv.Shutdown(sctx)
-		})
+		g.Go(func() error { return httpserver.Listen(gctx, "audit API", cfg.HTTPAddr, mux, cfg.TLS, log) })
 	}
 	err = g.Wait()
 	// Acknowledgements sent while stopping reach the server before close.

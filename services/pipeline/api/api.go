@@ -6,6 +6,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,11 +36,14 @@ type Server struct {
 	js  jetstream.JetStream
 	log *zap.Logger
 	mux *http.ServeMux
+	// MaxSourceBytes bounds a source upload (default
+	// source.MaxArchiveBytes).
+	MaxSourceBytes int64
 }
 
 // New returns the API over the store and orchestrator.
 func New(st *store.Store, orc *orchestrator.Orchestrator, js jetstream.JetStream, log *zap.Logger) *Server {
-	s := &Server{st: st, orc: orc, js: js, log: log, mux: http.NewServeMux()}
+	s := &Server{st: st, orc: orc, js: js, log: log, mux: http.NewServeMux(), MaxSourceBytes: source.MaxArchiveBytes}
 	m := s.mux
 	m.HandleFunc("GET /api/v1/pipelines", s.listPipelines)
 	m.HandleFunc("POST /api/v1/pipelines", s.applyPipeline)
@@ -230,7 +234,7 @@ func (s *Server) listPipelines(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, ps)
+	writePage(s, w, r, ps, func(p *store.PipelineRecord) string { return p.Name })
 }
 
 func (s *Server) getPipeline(w http.ResponseWriter, r *http.Request) {
@@ -269,7 +273,7 @@ func (s *Server) pipelineVersions(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, vs)
+	writePage(s, w, r, vs, func(p *store.PipelineRecord) string { return fmt.Sprintf("%012d", p.Version) })
 }
 
 func (s *Server) deletePipeline(w http.ResponseWriter, r *http.Request) {
@@ -367,11 +371,7 @@ func (s *Server) triggerRun(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	limit, _ := strconv.Atoi(q.Get("limit"))
-	if limit <= 0 {
-		limit = 50
-	}
-	runs, err := s.st.ListRuns(r.Context(), store.RunFilter{Pipeline: q.Get("pipeline"), Status: q.Get("status"), Limit: limit})
+	runs, err := s.st.ListRuns(r.Context(), store.RunFilter{Pipeline: q.Get("pipeline"), Status: q.Get("status")})
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -379,7 +379,7 @@ func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) {
 	for _, run := range runs {
 		s.orc.Annotate(run)
 	}
-	writeJSON(w, http.StatusOK, runs)
+	writePage(s, w, r, runs, func(run *store.Run) string { return newestFirst(run.CreatedAt, run.ID) })
 }
 
 func (s *Server) getRun(w http.ResponseWriter, r *http.Request) {
@@ -398,13 +398,13 @@ type RunnerStatus struct {
 	Online bool `json:"online"`
 }
 
-func (s *Server) listRunners(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) listRunners(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	out := []RunnerStatus{}
 	for _, ri := range s.orc.Runners() {
 		out = append(out, RunnerStatus{RunnerInfo: ri, Online: ri.Online(now)})
 	}
-	writeJSON(w, http.StatusOK, out)
+	writePage(s, w, r, out, func(rs RunnerStatus) string { return rs.ID })
 }
 
 func (s *Server) cancelRun(w http.ResponseWriter, r *http.Request) {
@@ -432,19 +432,24 @@ type SourceBody struct {
 	Object string `json:"object"`
 }
 
+// uploadSource streams the body to the sources object store in chunks: an
+// archive is never held in memory, and one over MaxSourceBytes is refused
+// with 413 and leaves no object behind.
 func (s *Server) uploadSource(w http.ResponseWriter, r *http.Request) {
-	b, err := readBody(r, source.MaxArchiveBytes)
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	store, err := source.Store(r.Context(), s.js)
+	objects, err := source.Store(r.Context(), s.js)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
 	name := uuid.NewString() + ".tar.gz"
-	if _, err := store.PutBytes(r.Context(), name, b); err != nil {
+	body := http.MaxBytesReader(w, r.Body, s.MaxSourceBytes)
+	if _, err := objects.Put(r.Context(), jetstream.ObjectMeta{Name: name}, body); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			_ = objects.Delete(context.WithoutCancel(r.Context()), name)
+			writeJSON(w, http.StatusRequestEntityTooLarge, ErrorBody{Error: fmt.Sprintf("source archive over the %d-byte limit", s.MaxSourceBytes)})
+			return
+		}
 		s.fail(w, fmt.Errorf("store source: %w", err))
 		return
 	}
@@ -457,7 +462,7 @@ func (s *Server) listRegistries(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, rs)
+	writePage(s, w, r, rs, func(reg *store.Registry) string { return reg.ID })
 }
 
 func (s *Server) putRegistry(w http.ResponseWriter, r *http.Request) {
@@ -494,7 +499,7 @@ func (s *Server) listClusters(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, cs)
+	writePage(s, w, r, cs, func(c *store.Cluster) string { return c.ID })
 }
 
 func (s *Server) putCluster(w http.ResponseWriter, r *http.Request) {

@@ -4,17 +4,15 @@ package service
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ansflow/ansflow/pkg/bus"
+	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
@@ -31,6 +29,8 @@ type Config struct {
 	Listener     net.Listener
 	Replicas     int
 	Orchestrator orchestrator.Config
+	// TLS, when set, serves the API and webhooks over HTTPS only.
+	TLS httpserver.TLS
 }
 
 // Service is the running pipeline service.
@@ -90,22 +90,9 @@ func (s *Service) Run(ctx context.Context) error {
 			return fmt.Errorf("pipeline API listen on %s: %w", s.cfg.HTTPAddr, err)
 		}
 	}
-	srv := &http.Server{Handler: s.API, ReadHeaderTimeout: 10 * time.Second}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.Orc.Run(ctx) })
 	g.Go(func() error { return s.Cron.Run(ctx) })
-	g.Go(func() error {
-		s.log.Info("API listening", zap.String("addr", ln.Addr().String()))
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("pipeline API: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return srv.Shutdown(sctx)
-	})
+	g.Go(func() error { return httpserver.Serve(ctx, "pipeline API", ln, s.API, s.cfg.TLS, s.log) })
 	return g.Wait()
 }
