@@ -34,7 +34,7 @@ type authenticator interface {
 // on a route that is not this package's.
 func mount(routes []auth.Route, authn authenticator) *http.ServeMux {
 	mux := http.NewServeMux()
-	routes = append(routes, auth.Route{Pattern: "POST /test/change", Role: auth.RoleOperator, Scope: auth.ScopeGlobal,
+	routes = append(routes, auth.Route{Pattern: "POST /test/change", Role: auth.RoleOperator, Scope: auth.ScopeFiltered,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })})
 	for _, rt := range routes {
 		if rt.Scope == auth.ScopePublic {

@@ -2,6 +2,7 @@ package login
 
 import (
 	"context"
+	"log/slog"
 	"net/http/httptest"
 	"sync"
 	"testing"
@@ -97,6 +98,8 @@ func startProvider(t *testing.T, clientID, secret, redirectURL string) *testProv
 	users := &providerUsers{byID: map[string]*storage.User{}, groups: map[string][]string{}}
 	clients := map[string]*storage.Client{clientID: storage.WebClient(clientID, secret, redirectURL)}
 	st := &claimsStorage{Storage: storage.NewStorageWithClients(users, clients), users: users}
+	// The example logs every request to slog's default logger.
+	slog.SetDefault(slog.New(slog.DiscardHandler))
 	ts.Config.Handler = exampleop.SetupServer(issuer, st, nil, false)
 	ts.Start()
 	t.Cleanup(ts.Close)
