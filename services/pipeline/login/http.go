@@ -88,6 +88,7 @@ func (s *Service) handleLogin(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
 	userKey, ipKey := "user:"+name, "ip:"+clientIP(r)
 	if wait := max(s.throttle.blocked(now, userKey), s.throttle.blocked(now, ipKey)); wait > 0 {
+		s.audit(r, "", actionLogin, "user:"+name, "denied: throttled")
 		w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
 		writeError(w, http.StatusTooManyRequests, "too many failed logins; retry in %s", wait.Round(time.Second))
 		return
@@ -109,11 +110,18 @@ func (s *Service) handleLogin(w http.ResponseWriter, r *http.Request) {
 	if u != nil && u.PasswordHash != "" {
 		hash = []byte(u.PasswordHash)
 	}
+	select {
+	case s.hashSlots <- struct{}{}:
+	case <-r.Context().Done():
+		return
+	}
 	match := bcrypt.CompareHashAndPassword(hash, []byte(req.Password)) == nil
+	<-s.hashSlots
 	if !match || u == nil || u.PasswordHash == "" || u.Disabled {
 		s.throttle.fail(now, userKey)
 		s.throttle.fail(now, ipKey)
 		s.log.Info("login failed", zap.String("user", name), zap.String("client", clientIP(r)))
+		s.audit(r, "", actionLogin, "user:"+name, "denied: "+errLoginFailed)
 		writeError(w, http.StatusUnauthorized, errLoginFailed)
 		return
 	}
@@ -126,6 +134,7 @@ func (s *Service) handleLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("login", zap.String("user", u.Name), zap.String("method", methodPassword))
+	s.audit(r, u.identity().Actor(), actionLogin, "user:"+u.Name, "ok")
 	writeJSON(w, http.StatusOK, loginapi.Session{Identity: u.identity(), CSRFToken: csrfToken(id), ExpiresAt: &rec.ExpiresAt})
 }
 
@@ -149,10 +158,17 @@ func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, "logout with a session cookie needs the %s header", CSRFHeader)
 		return
 	}
+	actor := ""
+	if u, _, err := s.lookup(r.Context(), id); err == nil {
+		actor = u.identity().Actor()
+	}
 	if err := s.sessions.delete(r.Context(), id); err != nil {
 		s.log.Error("logout", zap.Error(err))
 		writeError(w, http.StatusServiceUnavailable, "session store unavailable")
 		return
+	}
+	if actor != "" {
+		s.audit(r, actor, actionLogout, actor, "ok")
 	}
 	http.SetCookie(w, s.cookie(r, "", time.Time{}))
 	w.WriteHeader(http.StatusNoContent)
@@ -242,8 +258,8 @@ func (s *Service) handleCreateUser(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "user store unavailable")
 		return
 	}
-	s.log.Info("user created", zap.String("user", name), zap.String("role", string(role)),
-		zap.String("by", auth.FromContext(r.Context()).Actor()))
+	s.log.Info("user created", zap.String("user", name), zap.String("role", string(role)), zap.String("by", actorOf(r)))
+	s.audit(r, actorOf(r), actionUserCreate, "user:"+name, "ok")
 	writeJSON(w, http.StatusCreated, u.wire())
 }
 
@@ -262,6 +278,7 @@ func (s *Service) handleDeleteUser(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "user store unavailable")
 		return
 	}
-	s.log.Info("user deleted", zap.String("user", name), zap.String("by", auth.FromContext(r.Context()).Actor()))
+	s.log.Info("user deleted", zap.String("user", name), zap.String("by", actorOf(r)))
+	s.audit(r, actorOf(r), actionUserDelete, "user:"+name, "ok")
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -40,10 +41,14 @@ type Service struct {
 	sessions sessions
 	throttle *throttle
 	oidc     *oidcLogin // nil without OIDC
+	pub      publisher
 	// dummyHash is compared against when the user is unknown, so that an
 	// unknown name costs what a wrong password costs.
 	dummyHash []byte
 	now       func() time.Time
+	// hashSlots bounds the bcrypt computations running at once, so that a
+	// flood of logins queues instead of taking every core from the API.
+	hashSlots chan struct{}
 }
 
 // New opens (creating if needed) the users and sessions buckets and
@@ -72,7 +77,8 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 		return nil, fmt.Errorf("hash password: %w", err)
 	}
 	s := &Service{cfg: cfg, log: log.With(zap.String("component", "login")), users: users{ukv}, sessions: sessions{skv},
-		throttle: newThrottle(cfg.MaxFailures, cfg.FailureWindow), dummyHash: dummy, now: time.Now}
+		throttle: newThrottle(cfg.MaxFailures, cfg.FailureWindow), dummyHash: dummy, now: time.Now, pub: js,
+		hashSlots: make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))}
 	if cfg.OIDC.Enabled() {
 		secret, err := os.ReadFile(cfg.OIDC.ClientSecretFile)
 		if err != nil {
@@ -158,7 +164,7 @@ func (s *Service) cookie(r *http.Request, id string, expires time.Time) *http.Co
 		c.MaxAge = -1
 	} else {
 		c.Expires = expires
-		c.MaxAge = int(time.Until(expires).Seconds())
+		c.MaxAge = int(expires.Sub(s.now()).Seconds())
 	}
 	return c
 }

@@ -218,6 +218,7 @@ func (s *Service) handleOIDCCallback(w http.ResponseWriter, r *http.Request) {
 	role, globs, ok := mapClaim(values, s.cfg.OIDC.Roles, s.cfg.OIDC.Pipelines)
 	if !ok {
 		s.log.Info("oidc login refused: no mapped claim", zap.String("subject", idt.Subject), zap.String("claim", s.cfg.OIDC.RoleClaim))
+		s.audit(r, "", actionLoginOIDC, "oidc:"+idt.Subject, "denied: no mapped claim")
 		writeError(w, http.StatusForbidden, "your account has no AnsFlow role (claim %q maps to none)", s.cfg.OIDC.RoleClaim)
 		return
 	}
@@ -232,6 +233,7 @@ func (s *Service) handleOIDCCallback(w http.ResponseWriter, r *http.Request) {
 		var refused refusal
 		if errors.As(err, &refused) {
 			s.log.Info("oidc login refused", zap.String("user", name), zap.Error(err))
+			s.audit(r, "", actionLoginOIDC, "user:"+name, "denied: "+err.Error())
 			writeError(w, http.StatusForbidden, "%v", err)
 			return
 		}
@@ -245,6 +247,7 @@ func (s *Service) handleOIDCCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("login", zap.String("user", u.Name), zap.String("method", methodOIDC), zap.String("role", string(role)))
+	s.audit(r, u.identity().Actor(), actionLoginOIDC, "user:"+u.Name, "ok: "+string(role))
 	http.Redirect(w, r, s.cfg.OIDC.AfterLogin, http.StatusSeeOther)
 }
 
