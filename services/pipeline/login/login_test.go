@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
@@ -66,8 +67,7 @@ func TestPasswordLoginSetsASessionCookieAndAnswersTheIdentity(t *testing.T) {
 func TestLoginFailuresLookTheSame(t *testing.T) {
 	e := newEnv(t, startNATS(t), Config{PasswordCost: 4, MaxFailures: 100})
 	e.addUser(t, "bob", auth.RoleViewer, "right password")
-	disabled := e.addUser(t, "dora", auth.RoleViewer, "right password")
-	_ = disabled
+	e.addUser(t, "dora", auth.RoleViewer, "right password")
 	u, rev, err := e.svc.users.get(context.Background(), "dora")
 	if err != nil {
 		t.Fatal(err)
@@ -75,6 +75,11 @@ func TestLoginFailuresLookTheSame(t *testing.T) {
 	u.Disabled = true
 	if err := e.svc.users.update(context.Background(), u, rev); err != nil {
 		t.Fatal(err)
+	}
+	// An unknown name costs one bcrypt comparison at the cost of a real
+	// hash, as a wrong password does.
+	if c, err := bcrypt.Cost(e.svc.dummyHash); err != nil || c != 4 {
+		t.Errorf("dummy hash cost = %d, %v; want the configured 4", c, err)
 	}
 	b := newBrowser(t)
 	var bodies []string

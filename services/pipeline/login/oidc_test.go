@@ -273,3 +273,32 @@ func mustQuery(t *testing.T, s string) url.Values {
 	}
 	return u.Query()
 }
+
+func TestOIDCProviderDownAtStart(t *testing.T) {
+	// A port nothing listens on: the service starts all the same, and its
+	// OIDC logins answer 503 until the provider is reachable.
+	l := httptest.NewServer(http.NotFoundHandler())
+	issuer := l.URL + "/"
+	l.Close()
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secretFile, []byte("s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.OIDC = OIDCConfig{Issuer: issuer, ClientID: "c", ClientSecretFile: secretFile, RedirectURL: "http://127.0.0.1/auth/oidc/callback",
+		Roles: map[string]auth.Role{"g": auth.RoleViewer}}
+	e := newEnv(t, startNATS(t), cfg)
+	b := newBrowser(t)
+	wantStatus(t, b.do(http.MethodGet, e.srv.URL+"/auth/oidc/login", nil), http.StatusServiceUnavailable)
+	r := b.do(http.MethodGet, e.srv.URL+"/api/v1/login", nil)
+	var m loginMethods
+	r.decode(t, &m)
+	if !m.OIDC || m.OIDCURL != "/auth/oidc/login" {
+		t.Errorf("methods = %+v, want OIDC offered", m)
+	}
+
+	cfg.OIDC.ClientSecretFile = filepath.Join(t.TempDir(), "missing")
+	if _, err := New(context.Background(), cfg, startNATS(t), nil); err == nil || !strings.Contains(err.Error(), "--oidc-client-secret-file") {
+		t.Errorf("New with a missing secret file: %v", err)
+	}
+}
