@@ -83,7 +83,9 @@ func (s *Service) handleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	name, nameErr := normalizeName(req.Username)
 	if nameErr != nil {
-		name = req.Username // throttled all the same; never a user
+		// Throttled all the same, though never a user; cut, so that a
+		// long made-up name costs no memory.
+		name = req.Username[:min(len(req.Username), 128)]
 	}
 	now := s.now()
 	userKey, ipKey := "user:"+name, "ip:"+clientIP(r)
