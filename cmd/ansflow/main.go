@@ -45,6 +45,7 @@ Clients of a running server (--server URL, default $ANSFLOW_SERVER or http://127
   trigger   PIPELINE: start a run of a stored pipeline
   registries, clusters  list|add|delete
   audit     query|verify
+  users     add|list|delete: the users who log in to the web UI
 `
 
 func main() {
@@ -64,7 +65,7 @@ func dispatch(ctx context.Context, args []string) int {
 	}
 	cmds := map[string]func(context.Context, []string) error{
 		"up": cmdUp, "run": cmdRun, "validate": cmdValidate, "pipelines": cmdPipelines, "runs": cmdRuns,
-		"trigger": cmdTrigger, "runners": cmdRunners, "registries": cmdCatalog("registries"), "clusters": cmdCatalog("clusters"), "audit": cmdAudit,
+		"trigger": cmdTrigger, "runners": cmdRunners, "registries": cmdCatalog("registries"), "clusters": cmdCatalog("clusters"), "audit": cmdAudit, "users": cmdUsers,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

@@ -1,0 +1,85 @@
+package login
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ansflow/ansflow/pkg/auth"
+	"github.com/ansflow/ansflow/pkg/bus"
+	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/services/pipeline/login/loginapi"
+)
+
+func TestLoginsAndUserChangesAreAudited(t *testing.T) {
+	js := startNATS(t)
+	ctx := context.Background()
+	if err := bus.EnsureStreams(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, js, testConfig())
+	e.addUser(t, "root", auth.RoleAdmin, "password1")
+	b := newBrowser(t)
+	wantStatus(t, b.login(e.srv.URL, "root", "wrong-password"), http.StatusUnauthorized)
+	wantStatus(t, b.login(e.srv.URL, "root", "password1"), http.StatusOK)
+	wantStatus(t, b.do(http.MethodPost, e.srv.URL+"/api/v1/users", loginapi.CreateUserRequest{Name: "kim", Role: auth.RoleViewer, Password: "kims-password"},
+		CSRFHeader, b.csrf), http.StatusCreated)
+	wantStatus(t, b.do(http.MethodDelete, e.srv.URL+"/api/v1/users/kim", nil, CSRFHeader, b.csrf), http.StatusNoContent)
+	wantStatus(t, b.do(http.MethodPost, e.srv.URL+"/api/v1/logout", nil, CSRFHeader, b.csrf), http.StatusNoContent)
+
+	want := []string{
+		"anonymous@127.0.0.1 login user:root denied: invalid username or password",
+		"user:root login user:root ok",
+		"user:root user.create user:kim ok",
+		"user:root user.delete user:kim ok",
+		"user:root logout user:root ok",
+	}
+	stream, err := js.Stream(ctx, event.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	eventually(t, 10*time.Second, "the actions reach the events stream", func() bool {
+		got = nil
+		info, err := stream.Info(ctx)
+		if err != nil {
+			return false
+		}
+		for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
+			m, err := stream.GetMsg(ctx, seq)
+			if err != nil {
+				continue
+			}
+			if strings.Contains(string(m.Data), "password1") || strings.Contains(string(m.Data), "kims-password") || strings.Contains(string(m.Data), b.csrf) {
+				t.Fatalf("an audit record holds a secret: %s", m.Data)
+			}
+			got = append(got, describeAction(t, m))
+		}
+		return len(got) >= len(want)
+	})
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("audit records:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func describeAction(t *testing.T, m *jetstream.RawStreamMsg) string {
+	t.Helper()
+	ce, err := event.FromMsg(&nats.Msg{Subject: m.Subject, Header: m.Header, Data: m.Data})
+	if err != nil {
+		t.Fatalf("decode %s: %v", m.Data, err)
+	}
+	if ce.Type() != event.TypeAPIAction {
+		return "type " + ce.Type()
+	}
+	var a event.Action
+	if err := json.Unmarshal(ce.Data(), &a); err != nil {
+		t.Fatalf("decode %s: %v", ce.Data(), err)
+	}
+	return strings.Join([]string{a.Actor, a.Action, a.Target, a.Outcome}, " ")
+}
