@@ -86,8 +86,10 @@ func Init(cfg InitConfig) error {
 	if _, err := os.Stat(filepath.Join(dir, ConfFile)); err == nil && !cfg.Force {
 		return fmt.Errorf("%s: %w (pass --force to replace every key and credential)", dir, ErrExists)
 	}
-	for _, sub := range []string{"tls", "creds", "keys"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+	// tls/ holds the public CA too (its keys are 0600); creds/ and keys/
+	// hold only secrets.
+	for sub, mode := range map[string]os.FileMode{"tls": 0o755, "creds": 0o700, "keys": 0o700} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), mode); err != nil {
 			return fmt.Errorf("secure init: %w", err)
 		}
 	}
