@@ -5,6 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
+
+	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
@@ -33,7 +37,22 @@ func cmdNATS(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "ansflow nats: listening on %s\n", s.ClientURL())
-	<-ctx.Done()
-	natsutil.Shutdown(s)
-	return nil
+	// SIGHUP reloads the configuration: after `ansflow secure reissue`, it
+	// applies the revocation of the replaced credentials.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			natsutil.Shutdown(s)
+			return nil
+		case <-hup:
+			if err := natsutil.ReloadFromConfig(s, *conf, *dataDir, *listen); err != nil {
+				log.Error("reload NATS configuration", zap.Error(err))
+				continue
+			}
+			log.Info("NATS configuration reloaded")
+		}
+	}
 }

@@ -54,6 +54,7 @@ const (
 	serverKey    = "tls/server-key.pem"
 	operatorSeed = "keys/operator.nk"
 	accountSeed  = "keys/account.nk"
+	accountJWT   = "keys/account.jwt"
 )
 
 // CredsFile is the credentials file of identity, relative to the
@@ -140,6 +141,10 @@ func Init(cfg InitConfig) error {
 		}
 	}
 
+	if err := writeSecret(filepath.Join(dir, accountJWT), []byte(accJWT)); err != nil {
+		return err
+	}
+
 	perms := Permissions(cfg.Pools)
 	ids := make([]string, 0, len(perms))
 	for id := range perms {
@@ -214,28 +219,89 @@ func IssueUser(acc nkeys.KeyPair, identity string, perms Perms) ([]byte, error) 
 	return creds, nil
 }
 
-// Reissue writes a new credentials file for identity in the directory dir
-// of an earlier [Init], signed by the same account key: the account's
-// configuration is unchanged, so a running server accepts it at once.
-// Revoking the old one needs a new [Init] (see docs/security.md).
+// Reissue replaces the credentials of identity in the directory dir of an
+// earlier [Init]: a new user key signed by the same account key, written to
+// its creds file, and the old user key revoked in the account JWT, which is
+// re-signed with the operator key and rewritten into nats.conf. A running
+// server applies the revocation on a configuration reload (SIGHUP to
+// `ansflow nats`), disconnecting the old key's connections; the new file
+// works at once.
 func Reissue(dir, identity string, pools topology.Pools) error {
 	perms, ok := Permissions(pools)[identity]
 	if !ok {
-		return fmt.Errorf("reissue: unknown identity %q", identity)
+		return fmt.Errorf("reissue: unknown identity %q (pass the pools and clusters given to init)", identity)
 	}
-	seed, err := os.ReadFile(filepath.Join(dir, accountSeed))
+	acc, err := readSeed(filepath.Join(dir, accountSeed))
 	if err != nil {
-		return fmt.Errorf("reissue %s: read account key: %w", identity, err)
+		return fmt.Errorf("reissue %s: %w", identity, err)
 	}
-	acc, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
+	op, err := readSeed(filepath.Join(dir, operatorSeed))
 	if err != nil {
-		return fmt.Errorf("reissue %s: account key: %w", identity, err)
+		return fmt.Errorf("reissue %s: %w", identity, err)
+	}
+	credsPath := filepath.Join(dir, CredsFile(identity))
+	oldPub := ""
+	if b, err := os.ReadFile(credsPath); err == nil {
+		if tok, err := jwt.ParseDecoratedJWT(b); err == nil {
+			if uc, err := jwt.DecodeUserClaims(tok); err == nil {
+				oldPub = uc.Subject
+			}
+		}
 	}
 	creds, err := IssueUser(acc, identity, perms)
 	if err != nil {
 		return err
 	}
-	return writeSecret(filepath.Join(dir, CredsFile(identity)), creds)
+	if oldPub != "" {
+		if err := revoke(dir, op, oldPub); err != nil {
+			return fmt.Errorf("reissue %s: %w", identity, err)
+		}
+	}
+	return writeSecret(credsPath, creds)
+}
+
+// revoke adds user key pub to the account's revocations and rewrites the
+// account JWT in nats.conf.
+func revoke(dir string, op nkeys.KeyPair, pub string) error {
+	jwtPath := filepath.Join(dir, accountJWT)
+	old, err := os.ReadFile(jwtPath)
+	if err != nil {
+		return fmt.Errorf("read account JWT: %w", err)
+	}
+	ac, err := jwt.DecodeAccountClaims(strings.TrimSpace(string(old)))
+	if err != nil {
+		return fmt.Errorf("decode account JWT: %w", err)
+	}
+	ac.RevokeAt(pub, time.Now())
+	next, err := ac.Encode(op)
+	if err != nil {
+		return fmt.Errorf("re-sign account JWT: %w", err)
+	}
+	confPath := filepath.Join(dir, ConfFile)
+	conf, err := os.ReadFile(confPath)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", ConfFile, err)
+	}
+	oldJWT := strings.TrimSpace(string(old))
+	if !strings.Contains(string(conf), oldJWT) {
+		return fmt.Errorf("%s does not hold the account JWT of %s: was it edited?", ConfFile, accountJWT)
+	}
+	if err := writeSecret(confPath, []byte(strings.ReplaceAll(string(conf), oldJWT, next))); err != nil {
+		return err
+	}
+	return writeSecret(jwtPath, []byte(next))
+}
+
+func readSeed(path string) (nkeys.KeyPair, error) {
+	seed, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read key: %w", err)
+	}
+	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", filepath.Base(path), err)
+	}
+	return kp, nil
 }
 
 func writeSecret(path string, b []byte) error {

@@ -30,13 +30,16 @@ func secureServer(t *testing.T) (dir string, s *server.Server) {
 	if err := natsauth.Init(natsauth.InitConfig{Dir: dir, Pools: pools}); err != nil {
 		t.Fatal(err)
 	}
-	s, err := natsutil.StartFromConfig(filepath.Join(dir, natsauth.ConfFile), t.TempDir(), "127.0.0.1:-1", nil)
+	s, err := natsutil.StartFromConfig(filepath.Join(dir, natsauth.ConfFile), storeDirOf(dir), "127.0.0.1:-1", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { natsutil.Shutdown(s) })
 	return dir, s
 }
+
+// storeDirOf is the JetStream directory of the server of dir in tests.
+func storeDirOf(dir string) string { return filepath.Join(dir, "test-store") }
 
 // client is one identity's connection and the permission errors the
 // server reported to it.
@@ -345,4 +348,50 @@ func TestLeastPrivilege(t *testing.T) {
 	aud.expectDenied(t, "audit deletes a stream", "$JS.API.STREAM.DELETE."+event.StreamDLQ, func(ctx context.Context) error {
 		return aud.js.DeleteStream(ctx, event.StreamDLQ)
 	})
+}
+
+func TestReissueRevokesTheOldCredentials(t *testing.T) {
+	dir, s := secureServer(t)
+	oldCreds := filepath.Join(t.TempDir(), "old.creds")
+	b, err := os.ReadFile(filepath.Join(dir, natsauth.CredsFile(natsauth.Audit)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(oldCreds, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ca := nats.RootCAs(filepath.Join(dir, natsauth.CAFile))
+	disconnected := make(chan struct{}, 1)
+	oldConn, err := nats.Connect(s.ClientURL(), nats.UserCredentials(oldCreds), ca, nats.NoReconnect(),
+		nats.ClosedHandler(func(*nats.Conn) { disconnected <- struct{}{} }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oldConn.Close()
+
+	if err := natsauth.Reissue(dir, natsauth.Audit, pools); err != nil {
+		t.Fatal(err)
+	}
+	// Port -1 picked a port; the reload must keep it.
+	if err := natsutil.ReloadFromConfig(s, filepath.Join(dir, natsauth.ConfFile), storeDirOf(dir), s.Addr().String()); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	select {
+	case <-disconnected:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old credentials' connection survived the reload")
+	}
+	if nc, err := nats.Connect(s.ClientURL(), nats.UserCredentials(oldCreds), ca); err == nil {
+		nc.Close()
+		t.Fatal("old credentials accepted after the reissue")
+	}
+	c := connect(t, dir, s, natsauth.Audit)
+	if !c.nc.IsConnected() {
+		t.Fatal("new credentials not connected")
+	}
+	// Other identities are untouched.
+	connect(t, dir, s, natsauth.Pipeline)
+	if err := natsauth.Reissue(dir, "nobody", pools); err == nil {
+		t.Fatal("reissue of an unknown identity succeeded")
+	}
 }

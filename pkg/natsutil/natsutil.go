@@ -68,6 +68,50 @@ func StartEmbedded(cfg EmbeddedConfig, log *zap.Logger) (*server.Server, error) 
 	return s, nil
 }
 
+// ReloadFromConfig re-reads the configuration file path of a server started
+// by [StartFromConfig] with the same storeDir and listen, and applies what
+// may change at run time: accounts and their revocations, permissions, TLS
+// certificates. Call it on SIGHUP.
+func ReloadFromConfig(s *server.Server, path, storeDir, listen string) error {
+	opts, err := configOptions(path, storeDir, listen)
+	if err != nil {
+		return err
+	}
+	if err := s.ReloadOptions(opts); err != nil {
+		return fmt.Errorf("reload nats-server configuration %s: %w", path, err)
+	}
+	return nil
+}
+
+// configOptions reads the configuration file path and applies the
+// overrides of [StartFromConfig].
+func configOptions(path, storeDir, listen string) (*server.Options, error) {
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("nats-server configuration %s: %w", path, err)
+	}
+	opts.NoSigs = true
+	opts.JetStream = true
+	if storeDir != "" {
+		opts.StoreDir = storeDir
+	}
+	if listen != "" {
+		host, port, err := net.SplitHostPort(listen)
+		if err != nil {
+			return nil, fmt.Errorf("nats listen address %q: %w", listen, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("nats listen port %q: %w", port, err)
+		}
+		opts.Host, opts.Port = host, p
+	}
+	if opts.MaxPayload == 0 {
+		opts.MaxPayload = 8 << 20
+	}
+	return opts, nil
+}
+
 // ConnectInProcess connects to s without a socket when s allows it.
 func ConnectInProcess(s *server.Server, name string) (*nats.Conn, error) {
 	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.InProcessServer(s)}
@@ -156,28 +200,9 @@ func Connect(o ConnectOptions) (*nats.Conn, error) {
 // storeDir, when set, replaces the file's JetStream store directory; listen,
 // when set, its host:port. Signals are left to the caller (NoSigs).
 func StartFromConfig(path, storeDir, listen string, log *zap.Logger) (*server.Server, error) {
-	opts, err := server.ProcessConfigFile(path)
+	opts, err := configOptions(path, storeDir, listen)
 	if err != nil {
-		return nil, fmt.Errorf("nats-server configuration %s: %w", path, err)
-	}
-	opts.NoSigs = true
-	opts.JetStream = true
-	if storeDir != "" {
-		opts.StoreDir = storeDir
-	}
-	if listen != "" {
-		host, port, err := net.SplitHostPort(listen)
-		if err != nil {
-			return nil, fmt.Errorf("nats listen address %q: %w", listen, err)
-		}
-		p, err := strconv.Atoi(port)
-		if err != nil {
-			return nil, fmt.Errorf("nats listen port %q: %w", port, err)
-		}
-		opts.Host, opts.Port = host, p
-	}
-	if opts.MaxPayload == 0 {
-		opts.MaxPayload = 8 << 20
+		return nil, err
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
