@@ -17,7 +17,7 @@ import (
 // IDENTITY`.
 func cmdSecure(_ context.Context, args []string) error {
 	if len(args) == 0 || (args[0] != "init" && args[0] != "reissue") {
-		return invalid("usage: ansflow secure init DIR [--docker-pools P,...] [--k8s-clusters C,...] [--hosts H,...] [--force]\n" +
+		return invalid("usage: ansflow secure init DIR [--docker-pools P,...] [--k8s-clusters C,...] [--hosts H,...] [--force | --if-missing]\n" +
 			"       ansflow secure reissue DIR IDENTITY [--docker-pools P,...] [--k8s-clusters C,...]")
 	}
 	fs := flag.NewFlagSet("secure "+args[0], flag.ContinueOnError)
@@ -26,6 +26,7 @@ func cmdSecure(_ context.Context, args []string) error {
 	hosts := fs.String("hosts", "", "extra DNS names or IP addresses of the NATS server certificate, comma-separated")
 	listen := fs.String("listen", "0.0.0.0:4222", "client listen address written to nats.conf")
 	force := fs.Bool("force", false, "replace an existing initialization: new keys, new CA, every earlier credential stops working")
+	ifMissing := fs.Bool("if-missing", false, "do nothing, successfully, when DIR is already initialized (a one-shot init container)")
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {
 		return err
@@ -38,6 +39,10 @@ func cmdSecure(_ context.Context, args []string) error {
 		}
 		err := natsauth.Init(natsauth.InitConfig{Dir: pos[0], Pools: pools, Hosts: splitList(*hosts), Listen: *listen, Force: *force})
 		if errors.Is(err, natsauth.ErrExists) {
+			if *ifMissing {
+				fmt.Fprintf(os.Stderr, "ansflow secure init: %s already initialized, keys kept\n", pos[0])
+				return nil
+			}
 			return invalid("%v", err)
 		}
 		if err != nil {

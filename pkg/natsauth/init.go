@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -191,7 +192,23 @@ resolver_preload: {
 	if err := os.WriteFile(filepath.Join(dir, ConfFile), []byte(conf), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", ConfFile, err)
 	}
-	return nil
+	return writeAdminToken(filepath.Join(dir, AdminTokenFile))
+}
+
+// AdminTokenFile is the file, relative to the directory of [Init], holding a
+// random admin API token for the pipeline service's --admin-token-file. An
+// existing one is kept: it is not a NATS credential.
+const AdminTokenFile = "admin.token"
+
+func writeAdminToken(path string) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return fmt.Errorf("admin token: %w", err)
+	}
+	return writeSecret(path, []byte(base64.RawURLEncoding.EncodeToString(b)+"\n"))
 }
 
 // IssueUser returns the credentials file content of a new user named
