@@ -155,10 +155,12 @@ func BindOrCreateConsumer(ctx context.Context, js jetstream.JetStream, stream st
 		cons jetstream.Consumer
 		err  error
 	)
+	exists := false
 	if cons, err = apiCall(ctx, func(ctx context.Context) (jetstream.Consumer, error) { return js.Consumer(ctx, stream, cc.Durable) }); err == nil {
 		if ConsumerSettled(cons.CachedInfo().Config, cc) {
 			return cons, nil
 		}
+		exists = true
 	}
 	for try := range 5 {
 		if cons, err = js.CreateOrUpdateConsumer(ctx, stream, cc); err == nil {
@@ -167,6 +169,10 @@ func BindOrCreateConsumer(ctx context.Context, js jetstream.JetStream, stream st
 		if serr := sleep(ctx, time.Duration(try+1)*50*time.Millisecond); serr != nil {
 			return nil, fmt.Errorf("ensure consumer %s on %s: %w; last attempt: %w", cc.Durable, stream, serr, err)
 		}
+	}
+	if exists {
+		return nil, fmt.Errorf("ensure consumer %s on %s: it exists with other settings and updating it failed "+
+			"(an identity that may not update it needs `ansflow provision` with the same settings, e.g. --runner-lease): %w", cc.Durable, stream, err)
 	}
 	return nil, fmt.Errorf("ensure consumer %s on %s: %w", cc.Durable, stream, err)
 }

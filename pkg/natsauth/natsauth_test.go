@@ -169,6 +169,11 @@ func TestLeastPrivilege(t *testing.T) {
 		return err
 	})
 
+	prov.expectDenied(t, "provisioner pulls step requests", "$JS.API.CONSUMER.MSG.NEXT."+event.StreamSteps+".runner-docker-a", func(ctx context.Context) error {
+		_, err := prov.nc.RequestWithContext(ctx, "$JS.API.CONSUMER.MSG.NEXT."+event.StreamSteps+".runner-docker-a", []byte(`{"batch":1,"expires":500000000}`))
+		return err
+	})
+
 	pipe := connect(t, dir, s, natsauth.Pipeline)
 	runA := connect(t, dir, s, natsauth.DockerIdentity("a"))
 	aud := connect(t, dir, s, natsauth.Audit)

@@ -172,9 +172,13 @@ func Permissions(pools topology.Pools) map[string]Perms {
 	out[Audit] = a
 
 	// The provisioner manages streams, consumers and buckets; it publishes
-	// no data and reads none.
+	// no data, and may not pull, get or snapshot any. (It could still
+	// create a push consumer delivering to its own inbox: its credentials
+	// are an administrator's, used only while provisioning.)
 	pr := base(Provisioner)
 	pr.PubAllow = append(pr.PubAllow, jsAPI(">"))
+	pr.PubDeny = []string{jsAPI("CONSUMER.MSG.NEXT.>"), jsAPI("DIRECT.GET.>"), jsAPI("STREAM.MSG.GET.>"),
+		jsAPI("STREAM.SNAPSHOT.>"), jsAPI("STREAM.RESTORE.>")}
 	out[Provisioner] = pr
 
 	for id, p := range out {
