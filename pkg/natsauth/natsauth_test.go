@@ -1,8 +1,11 @@
 package natsauth_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -398,5 +401,29 @@ func TestReissueRevokesTheOldCredentials(t *testing.T) {
 	connect(t, dir, s, natsauth.Pipeline)
 	if err := natsauth.Reissue(dir, "nobody", pools); err == nil {
 		t.Fatal("reissue of an unknown identity succeeded")
+	}
+}
+
+// A client speaking plain NATS over TCP, without the TLS handshake the
+// server requires, gets no session: the server closes the connection.
+func TestPlainTCPRefused(t *testing.T) {
+	_, s := secureServer(t)
+	conn, err := net.DialTimeout("tcp", s.Addr().String(), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(conn)
+	info, err := r.ReadString('\n')
+	if err != nil || !strings.Contains(info, `"tls_required":true`) {
+		t.Fatalf("server greeting %q, %v; want INFO with tls_required", info, err)
+	}
+	if _, err := conn.Write([]byte("CONNECT {\"verbose\":false}\r\nPUB ansflow.events.step.completed.r1 2\r\n{}\r\nPING\r\n")); err != nil {
+		return // already closed
+	}
+	rest, _ := io.ReadAll(r)
+	if strings.Contains(string(rest), "PONG") {
+		t.Fatalf("plain TCP client got a session: %q", rest)
 	}
 }
