@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -153,4 +156,71 @@ func TestSecureStack(t *testing.T) {
 			t.Errorf("server reported: %s", e.Message)
 		}
 	}
+}
+
+// `secure init` on an initialized directory exits 2 and keeps the keys,
+// succeeds without a change with --if-missing, and replaces them with
+// --force; bad usage exits 2.
+func TestSecureInitCommand(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	read := func() string {
+		b, err := os.ReadFile(filepath.Join(dir, natsauth.CredsFile(natsauth.DockerIdentity("gpu"))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if code := dispatch(ctx, []string{"secure", "init", dir, "--docker-pools", "default,gpu", "--hosts", "nats,10.0.0.5"}); code != exitOK {
+		t.Fatalf("init: exit %d", code)
+	}
+	first := read()
+	for _, c := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"secure", "init", dir, "--docker-pools", "default,gpu"}, exitInvalid},
+		{[]string{"secure", "init", "--if-missing", dir, "--docker-pools", "default,gpu"}, exitOK},
+		{[]string{"secure", "init"}, exitInvalid},
+		{[]string{"secure"}, exitInvalid},
+		{[]string{"secure", "reissue", dir, "docker-nope"}, exitInvalid},
+		{[]string{"nats"}, exitInvalid},
+		{[]string{"provision", "--replicas", "0"}, exitInvalid},
+	} {
+		if code := dispatch(ctx, c.args); code != c.code {
+			t.Errorf("%v: exit %d, want %d", c.args, code, c.code)
+		}
+	}
+	if read() != first {
+		t.Fatal("a refused or --if-missing init changed the credentials")
+	}
+	if code := dispatch(ctx, []string{"secure", "init", dir, "--docker-pools", "default,gpu", "--force", "--hosts", "nats,10.0.0.5"}); code != exitOK {
+		t.Fatalf("init --force: exit %d", code)
+	}
+	if read() == first {
+		t.Fatal("init --force kept the old credentials")
+	}
+	pem, err := os.ReadFile(filepath.Join(dir, "tls", "server.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pemDecode(pem)
+	cert, err := x509.ParseCertificate(block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cert.VerifyHostname("nats"); err != nil {
+		t.Error(err)
+	}
+	if err := cert.VerifyHostname("10.0.0.5"); err != nil {
+		t.Error(err)
+	}
+}
+
+func pemDecode(b []byte) ([]byte, []byte) {
+	block, rest := pem.Decode(b)
+	if block == nil {
+		return nil, rest
+	}
+	return block.Bytes, rest
 }
