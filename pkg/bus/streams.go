@@ -58,6 +58,12 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig { return topology.Stre
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int) error {
 	for _, cfg := range StreamConfigs(replicas) {
 		if err := ensureStream(ctx, js, cfg); err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				// What a denied create or update looks like: the server
+				// drops the request.
+				return fmt.Errorf("ensure stream %s: %w (with its own NATS identity a service cannot create or update streams: "+
+					"run `ansflow provision` first, with the service's --replicas)", cfg.Name, err)
+			}
 			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 		}
 	}
