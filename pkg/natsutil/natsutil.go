@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -137,8 +138,9 @@ type ConnectOptions struct {
 	CAFile string
 	// InboxPrefix, when set, replaces "_INBOX" as the prefix of the
 	// connection's reply subjects. When empty and CredsFile is set, the
-	// prefix is [InboxPrefix] of the credentials' user name, the only
-	// prefix that identity may subscribe to.
+	// prefix is [InboxPrefix] of the credentials' user name if its JWT
+	// allows subscribing below it: for an identity of `ansflow secure
+	// init`, the only prefix it may subscribe to.
 	InboxPrefix string
 }
 
@@ -149,19 +151,45 @@ func InboxPrefix(identity string) string { return "_INBOX_" + identity }
 
 // CredsIdentity returns the user name in the credentials file path.
 func CredsIdentity(path string) (string, error) {
+	uc, err := credsClaims(path)
+	if err != nil {
+		return "", err
+	}
+	return uc.Name, nil
+}
+
+// credsInboxPrefix is [InboxPrefix] of the credentials' user when its JWT
+// allows subscribing there (as `ansflow secure init` issues them), and ""
+// for credentials from elsewhere, which keep the default inbox.
+func credsInboxPrefix(path string) (string, error) {
+	uc, err := credsClaims(path)
+	if err != nil {
+		return "", err
+	}
+	if uc.Name == "" {
+		return "", nil
+	}
+	prefix := InboxPrefix(uc.Name)
+	if slices.Contains(uc.Sub.Allow, prefix+".>") {
+		return prefix, nil
+	}
+	return "", nil
+}
+
+func credsClaims(path string) (*jwt.UserClaims, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("read NATS credentials: %w", err)
+		return nil, fmt.Errorf("read NATS credentials: %w", err)
 	}
 	tok, err := jwt.ParseDecoratedJWT(b)
 	if err != nil {
-		return "", fmt.Errorf("parse NATS credentials %s: %w", path, err)
+		return nil, fmt.Errorf("parse NATS credentials %s: %w", path, err)
 	}
 	uc, err := jwt.DecodeUserClaims(tok)
 	if err != nil {
-		return "", fmt.Errorf("decode user JWT of %s: %w", path, err)
+		return nil, fmt.Errorf("decode user JWT of %s: %w", path, err)
 	}
-	return uc.Name, nil
+	return uc, nil
 }
 
 // Connect dials an external NATS server or cluster with o's credentials and
@@ -172,12 +200,9 @@ func Connect(o ConnectOptions) (*nats.Conn, error) {
 	if o.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(o.CredsFile))
 		if prefix == "" {
-			id, err := CredsIdentity(o.CredsFile)
-			if err != nil {
+			var err error
+			if prefix, err = credsInboxPrefix(o.CredsFile); err != nil {
 				return nil, err
-			}
-			if id != "" {
-				prefix = InboxPrefix(id)
 			}
 		}
 	}
