@@ -38,6 +38,11 @@ Embedded:
   run       run a pipeline file end to end (embedded unless --server)
   validate  check a pipeline file
 
+Securing NATS (see docs/security.md):
+  secure    init DIR: NATS config, TLS CA and one credentials file per service; reissue DIR IDENTITY
+  nats      --config DIR/nats.conf: run the embedded nats-server with that configuration
+  provision --nats URL --nats-creds DIR/creds/provisioner.creds --nats-ca DIR/tls/ca.pem: create every stream, bucket and consumer
+
 Clients of a running server (--server URL, default $ANSFLOW_SERVER or http://127.0.0.1:8080):
   pipelines apply|list|get|export|delete|versions
   runs      list|get|cancel|rerun|logs
@@ -66,6 +71,7 @@ func dispatch(ctx context.Context, args []string) int {
 	cmds := map[string]func(context.Context, []string) error{
 		"up": cmdUp, "run": cmdRun, "validate": cmdValidate, "pipelines": cmdPipelines, "runs": cmdRuns,
 		"trigger": cmdTrigger, "runners": cmdRunners, "registries": cmdCatalog("registries"), "clusters": cmdCatalog("clusters"), "audit": cmdAudit, "users": cmdUsers,
+		"secure": cmdSecure, "nats": cmdNATS, "provision": cmdProvision,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/topology"
 )
 
 // Handler processes one event. A nil error acknowledges the message; an error
@@ -130,36 +132,73 @@ func (c *ConsumerConfig) defaults() {
 	}
 }
 
-// EnsureConsumer creates or updates the durable consumer; several instances
-// may call it at once. The consumer's server-side MaxDeliver is unlimited:
-// [Consume] enforces cfg.MaxDeliver itself (see the package documentation).
+// EnsureConsumer binds to the durable consumer, creating or updating it
+// when it is missing or its settings differ ([BindOrCreateConsumer]);
+// several instances may call it at once. The consumer's server-side
+// MaxDeliver is unlimited: [Consume] enforces cfg.MaxDeliver itself (see
+// the package documentation). Its configuration is
+// [topology.WorkConsumer]'s, which `ansflow provision` creates too.
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig) (jetstream.Consumer, error) {
 	cfg.defaults()
-	cc := jetstream.ConsumerConfig{
-		Durable:        cfg.Durable,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        cfg.AckWait,
-		MaxDeliver:     -1,
-		FilterSubjects: cfg.FilterSubjects,
-		MaxAckPending:  max(1000, cfg.Concurrency*4),
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	}
-	if cfg.DeliverNew {
-		cc.DeliverPolicy = jetstream.DeliverNewPolicy
-	}
+	c := topology.WorkConsumer(cfg.Stream, cfg.Durable, cfg.FilterSubjects, cfg.AckWait, cfg.Concurrency, cfg.DeliverNew)
+	return BindOrCreateConsumer(ctx, js, c.Stream, c.Config)
+}
+
+// BindOrCreateConsumer returns the durable consumer cc.Durable on stream.
+// When it exists with every setting of cc, it is bound without a write, so
+// an identity without the right to create consumers (a service started
+// with its own NATS credentials against a provisioned server) can use it;
+// otherwise it is created or updated, retrying a few times, as the
+// embedded, unauthenticated default needs.
+func BindOrCreateConsumer(ctx context.Context, js jetstream.JetStream, stream string, cc jetstream.ConsumerConfig) (jetstream.Consumer, error) {
 	var (
 		cons jetstream.Consumer
 		err  error
 	)
+	exists := false
+	if cons, err = apiCall(ctx, func(ctx context.Context) (jetstream.Consumer, error) { return js.Consumer(ctx, stream, cc.Durable) }); err == nil {
+		if ConsumerSettled(cons.CachedInfo().Config, cc) {
+			return cons, nil
+		}
+		exists = true
+	}
 	for try := range 5 {
-		if cons, err = js.CreateOrUpdateConsumer(ctx, cfg.Stream, cc); err == nil {
+		if cons, err = js.CreateOrUpdateConsumer(ctx, stream, cc); err == nil {
 			return cons, nil
 		}
 		if serr := sleep(ctx, time.Duration(try+1)*50*time.Millisecond); serr != nil {
-			return nil, fmt.Errorf("ensure consumer %s on %s: %w; last attempt: %w", cfg.Durable, cfg.Stream, serr, err)
+			return nil, fmt.Errorf("ensure consumer %s on %s: %w; last attempt: %w", cc.Durable, stream, serr, err)
 		}
 	}
-	return nil, fmt.Errorf("ensure consumer %s on %s: %w", cfg.Durable, cfg.Stream, err)
+	if exists {
+		return nil, fmt.Errorf("ensure consumer %s on %s: it exists with other settings and updating it failed "+
+			"(an identity that may not update it needs `ansflow provision` with the same settings, e.g. --runner-lease): %w", cc.Durable, stream, err)
+	}
+	return nil, fmt.Errorf("ensure consumer %s on %s: %w", cc.Durable, stream, err)
+}
+
+// ConsumerSettled reports whether the consumer configured as cur already has
+// every setting AnsFlow gives in want.
+func ConsumerSettled(cur, want jetstream.ConsumerConfig) bool {
+	filters := func(c jetstream.ConsumerConfig) []string {
+		f := slices.Clone(c.FilterSubjects)
+		if c.FilterSubject != "" {
+			f = append(f, c.FilterSubject)
+		}
+		slices.Sort(f)
+		return f
+	}
+	orUnlimited := func(n int) int {
+		if n == 0 {
+			return -1
+		}
+		return n
+	}
+	return cur.Durable == want.Durable && cur.Description == want.Description &&
+		cur.AckPolicy == want.AckPolicy && cur.AckWait == want.AckWait &&
+		orUnlimited(cur.MaxDeliver) == orUnlimited(want.MaxDeliver) &&
+		slices.Equal(filters(cur), filters(want)) && cur.DeliverPolicy == want.DeliverPolicy &&
+		(want.MaxAckPending == 0 || cur.MaxAckPending == want.MaxAckPending)
 }
 
 // Consume serves the durable consumer described by cfg with h until ctx is

@@ -9,19 +9,14 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/topology"
 )
 
 // DuplicateWindow is how long JetStream remembers a Nats-Msg-Id.
-const DuplicateWindow = 10 * time.Minute
+const DuplicateWindow = topology.DuplicateWindow
 
 // MaxMessageBytes is the largest message the streams accept.
-const MaxMessageBytes = 1 << 20
-
-// dlqHeaderAllowance is how much more than [MaxMessageBytes] a dead letter
-// may take: the largest message of another stream plus the reason and
-// origin headers [Consume] adds must fit in the dead-letter stream.
-const dlqHeaderAllowance = 16 << 10
+const MaxMessageBytes = topology.MaxMessageBytes
 
 // ensureTries bounds the attempts of [EnsureStreams] and [EnsureKeyValue]
 // on one stream or bucket.
@@ -41,37 +36,10 @@ func apiCall[T any](ctx context.Context, f func(context.Context) (T, error)) (T,
 	return f(cctx)
 }
 
-// StreamConfigs returns the configuration of every AnsFlow stream. replicas
-// is 1 for a single server and 3 for a typical cluster.
-func StreamConfigs(replicas int) []jetstream.StreamConfig {
-	if replicas < 1 {
-		replicas = 1
-	}
-	base := func(name, subject, desc string) jetstream.StreamConfig {
-		return jetstream.StreamConfig{
-			Name:        name,
-			Description: desc,
-			Subjects:    []string{subject},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			Duplicates:  DuplicateWindow,
-			MaxMsgSize:  MaxMessageBytes,
-			Replicas:    replicas,
-			Discard:     jetstream.DiscardOld,
-		}
-	}
-	steps := base(event.StreamSteps, event.SubjectStepsAll, "step requests for runner pools")
-	steps.MaxAge = 7 * 24 * time.Hour
-	events := base(event.StreamEvents, event.SubjectEventsAll, "lifecycle events")
-	events.MaxAge = 30 * 24 * time.Hour
-	logs := base(event.StreamLogs, event.SubjectLogsAll, "step log chunks")
-	logs.MaxAge = 7 * 24 * time.Hour
-	logs.MaxBytes = 2 << 30
-	dlq := base(event.StreamDLQ, event.SubjectDLQAll, "dead-lettered messages")
-	dlq.MaxAge = 30 * 24 * time.Hour
-	dlq.MaxMsgSize = MaxMessageBytes + dlqHeaderAllowance
-	return []jetstream.StreamConfig{steps, events, logs, dlq}
-}
+// StreamConfigs returns the configuration of every AnsFlow stream, as
+// [topology.Streams] defines them. replicas is 1 for a single server and 3
+// for a typical cluster.
+func StreamConfigs(replicas int) []jetstream.StreamConfig { return topology.Streams(replicas) }
 
 // EnsureStreams creates every AnsFlow stream that is missing, with
 // replicas replicas, and brings the settings of existing ones up to date.
@@ -90,6 +58,12 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int) error {
 	for _, cfg := range StreamConfigs(replicas) {
 		if err := ensureStream(ctx, js, cfg); err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				// What a denied create or update looks like: the server
+				// drops the request.
+				return fmt.Errorf("ensure stream %s: %w (with its own NATS identity a service cannot create or update streams: "+
+					"run `ansflow provision` first, with the service's --replicas)", cfg.Name, err)
+			}
 			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 		}
 	}

@@ -5,9 +5,12 @@ package natsutil
 import (
 	"fmt"
 	"net"
+	"os"
+	"slices"
 	"strconv"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -66,6 +69,50 @@ func StartEmbedded(cfg EmbeddedConfig, log *zap.Logger) (*server.Server, error) 
 	return s, nil
 }
 
+// ReloadFromConfig re-reads the configuration file path of a server started
+// by [StartFromConfig] with the same storeDir and listen, and applies what
+// may change at run time: accounts and their revocations, permissions, TLS
+// certificates. Call it on SIGHUP.
+func ReloadFromConfig(s *server.Server, path, storeDir, listen string) error {
+	opts, err := configOptions(path, storeDir, listen)
+	if err != nil {
+		return err
+	}
+	if err := s.ReloadOptions(opts); err != nil {
+		return fmt.Errorf("reload nats-server configuration %s: %w", path, err)
+	}
+	return nil
+}
+
+// configOptions reads the configuration file path and applies the
+// overrides of [StartFromConfig].
+func configOptions(path, storeDir, listen string) (*server.Options, error) {
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("nats-server configuration %s: %w", path, err)
+	}
+	opts.NoSigs = true
+	opts.JetStream = true
+	if storeDir != "" {
+		opts.StoreDir = storeDir
+	}
+	if listen != "" {
+		host, port, err := net.SplitHostPort(listen)
+		if err != nil {
+			return nil, fmt.Errorf("nats listen address %q: %w", listen, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("nats listen port %q: %w", port, err)
+		}
+		opts.Host, opts.Port = host, p
+	}
+	if opts.MaxPayload == 0 {
+		opts.MaxPayload = 8 << 20
+	}
+	return opts, nil
+}
+
 // ConnectInProcess connects to s without a socket when s allows it.
 func ConnectInProcess(s *server.Server, name string) (*nats.Conn, error) {
 	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.InProcessServer(s)}
@@ -76,18 +123,125 @@ func ConnectInProcess(s *server.Server, name string) (*nats.Conn, error) {
 	return nc, nil
 }
 
-// Connect dials an external NATS server or cluster. credsFile, when set, is a
-// NATS credentials file.
-func Connect(url, name, credsFile string) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second)}
-	if credsFile != "" {
-		opts = append(opts, nats.UserCredentials(credsFile))
-	}
-	nc, err := nats.Connect(url, opts...)
+// ConnectOptions configures [Connect].
+type ConnectOptions struct {
+	// URL is the server URL, or several comma-separated.
+	URL string
+	// Name names the connection in the server's monitoring.
+	Name string
+	// CredsFile, when set, is a NATS credentials file (a user JWT and its
+	// seed), as `ansflow secure init` writes.
+	CredsFile string
+	// CAFile, when set, is the PEM file of the CA that signed the server's
+	// certificate: the connection then requires TLS and verifies the
+	// server with it.
+	CAFile string
+	// InboxPrefix, when set, replaces "_INBOX" as the prefix of the
+	// connection's reply subjects. When empty and CredsFile is set, the
+	// prefix is [InboxPrefix] of the credentials' user name if its JWT
+	// allows subscribing below it: for an identity of `ansflow secure
+	// init`, the only prefix it may subscribe to.
+	InboxPrefix string
+}
+
+// InboxPrefix is the inbox prefix of the NATS identity named identity:
+// its user JWT allows subscribing below it and nowhere else, so no
+// identity reads another's replies.
+func InboxPrefix(identity string) string { return "_INBOX_" + identity }
+
+// CredsIdentity returns the user name in the credentials file path.
+func CredsIdentity(path string) (string, error) {
+	uc, err := credsClaims(path)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+		return "", err
+	}
+	return uc.Name, nil
+}
+
+// credsInboxPrefix is [InboxPrefix] of the credentials' user when its JWT
+// allows subscribing there (as `ansflow secure init` issues them), and ""
+// for credentials from elsewhere, which keep the default inbox.
+func credsInboxPrefix(path string) (string, error) {
+	uc, err := credsClaims(path)
+	if err != nil {
+		return "", err
+	}
+	if uc.Name == "" {
+		return "", nil
+	}
+	prefix := InboxPrefix(uc.Name)
+	if slices.Contains(uc.Sub.Allow, prefix+".>") {
+		return prefix, nil
+	}
+	return "", nil
+}
+
+func credsClaims(path string) (*jwt.UserClaims, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read NATS credentials: %w", err)
+	}
+	tok, err := jwt.ParseDecoratedJWT(b)
+	if err != nil {
+		return nil, fmt.Errorf("parse NATS credentials %s: %w", path, err)
+	}
+	uc, err := jwt.DecodeUserClaims(tok)
+	if err != nil {
+		return nil, fmt.Errorf("decode user JWT of %s: %w", path, err)
+	}
+	return uc, nil
+}
+
+// Connect dials an external NATS server or cluster with o's credentials and
+// TLS settings, reconnecting for ever.
+func Connect(o ConnectOptions) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name(o.Name), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second)}
+	prefix := o.InboxPrefix
+	if o.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(o.CredsFile))
+		if prefix == "" {
+			var err error
+			if prefix, err = credsInboxPrefix(o.CredsFile); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if prefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(prefix))
+	}
+	if o.CAFile != "" {
+		opts = append(opts, nats.RootCAs(o.CAFile))
+	}
+	nc, err := nats.Connect(o.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", o.URL, err)
 	}
 	return nc, nil
+}
+
+// StartFromConfig starts a nats-server in this process from the
+// configuration file path (as `nats-server -c` reads it, e.g. the one
+// `ansflow secure init` writes) and waits until it accepts connections.
+// storeDir, when set, replaces the file's JetStream store directory; listen,
+// when set, its host:port. Signals are left to the caller (NoSigs).
+func StartFromConfig(path, storeDir, listen string, log *zap.Logger) (*server.Server, error) {
+	opts, err := configOptions(path, storeDir, listen)
+	if err != nil {
+		return nil, err
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("new nats-server from %s: %w", path, err)
+	}
+	if log != nil {
+		s.SetLoggerV2(&zapLogger{log.Named("nats").Sugar()}, false, false, false)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(15 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("nats-server from %s not ready within 15s", path)
+	}
+	return s, nil
 }
 
 // JetStream returns a JetStream context for nc.

@@ -12,16 +12,17 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/topology"
 )
 
 // RunnersBucket holds one entry per runner, rewritten every heartbeat. An
 // entry not rewritten for [RunnerInfo.OfflineAfter] is a runner that is
 // gone; the bucket forgets entries a day old.
-const RunnersBucket = "ansflow_runners"
+const RunnersBucket = topology.BucketRunners
 
 // RunnersBucketTTL is how long the runners bucket keeps an entry that is no
 // longer rewritten, so a pool's last sighting survives its runners.
-const RunnersBucketTTL = 24 * time.Hour
+const RunnersBucketTTL = topology.RunnersTTL
 
 // Version is reported by runners in their presence entry.
 var Version = "dev"

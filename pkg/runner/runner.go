@@ -18,6 +18,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/topology"
 )
 
 // Buckets shared by runners and the pipeline service.
@@ -25,16 +26,16 @@ const (
 	// AttemptsBucket holds each attempt's [Claim]: who executes it, until
 	// when its lease runs, and, once done, its completion, so a redelivered
 	// request is never executed twice.
-	AttemptsBucket = "ansflow_attempts"
+	AttemptsBucket = topology.BucketAttempts
 	// CancelsBucket holds one key per run that was cancelled or is over
 	// (the value says why), so runners drop its requests without executing
 	// them.
-	CancelsBucket = "ansflow_cancels"
+	CancelsBucket = topology.BucketCancels
 )
 
 // BucketTTL is how long the attempts and cancels buckets keep an entry: at
 // least as long as the steps stream keeps a request.
-const BucketTTL = 14 * 24 * time.Hour
+const BucketTTL = topology.AttemptsTTL
 
 // Config configures a [Runner].
 type Config struct {
@@ -100,7 +101,7 @@ func (c *Config) Validate() error {
 
 // DurableName is the durable consumer shared by every runner of kind serving
 // target.
-func DurableName(kind, target string) string { return "runner-" + kind + "-" + event.Token(target) }
+func DurableName(kind, target string) string { return topology.RunnerDurable(kind, target) }
 
 // Runner executes step requests with an engine. Create it with [New].
 type Runner struct {
@@ -136,15 +137,15 @@ func (r *Runner) Run(ctx context.Context) error {
 	if err := bus.EnsureStreams(ctx, r.js, r.cfg.Replicas); err != nil {
 		return err
 	}
-	attempts, err := bus.EnsureKeyValue(ctx, r.js, jetstream.KeyValueConfig{Bucket: AttemptsBucket, TTL: BucketTTL, Replicas: r.cfg.Replicas})
+	attempts, err := bus.EnsureKeyValue(ctx, r.js, topology.MustBucket(AttemptsBucket, r.cfg.Replicas))
 	if err != nil {
 		return fmt.Errorf("attempts bucket: %w", err)
 	}
-	cancels, err := bus.EnsureKeyValue(ctx, r.js, jetstream.KeyValueConfig{Bucket: CancelsBucket, TTL: BucketTTL, Replicas: r.cfg.Replicas})
+	cancels, err := bus.EnsureKeyValue(ctx, r.js, topology.MustBucket(CancelsBucket, r.cfg.Replicas))
 	if err != nil {
 		return fmt.Errorf("cancels bucket: %w", err)
 	}
-	presence, err := bus.EnsureKeyValue(ctx, r.js, jetstream.KeyValueConfig{Bucket: RunnersBucket, TTL: RunnersBucketTTL, Replicas: r.cfg.Replicas})
+	presence, err := bus.EnsureKeyValue(ctx, r.js, topology.MustBucket(RunnersBucket, r.cfg.Replicas))
 	if err != nil {
 		return fmt.Errorf("runners bucket: %w", err)
 	}

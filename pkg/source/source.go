@@ -20,10 +20,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/topology"
 )
 
 // Bucket is the object store bucket holding uploaded sources.
-const Bucket = "ansflow_sources"
+const Bucket = topology.ObjectSources
 
 // MaxArchiveBytes bounds an uploaded source archive.
 const MaxArchiveBytes = 512 << 20
@@ -45,7 +46,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, replicas int) error {
 func open(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.ObjectStore, error) {
 	os, err := js.ObjectStore(ctx, Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		os, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: Bucket, Description: "run sources", Replicas: max(replicas, 1)})
+		os, err = js.CreateObjectStore(ctx, topology.ObjectStores(replicas)[0])
 		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			os, err = js.ObjectStore(ctx, Bucket)
 		}

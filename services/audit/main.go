@@ -34,6 +34,7 @@ import (
 type config struct {
 	NATSURL   string
 	NATSCreds string
+	NATSCA    string
 	DB        string
 	DataDir   string
 	HTTPAddr  string
@@ -77,6 +78,7 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
 	fs.StringVar(&c.NATSURL, "nats", env("ANSFLOW_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated [ANSFLOW_NATS_URL]")
 	fs.StringVar(&c.NATSCreds, "nats-creds", env("ANSFLOW_NATS_CREDS", ""), "NATS credentials file [ANSFLOW_NATS_CREDS]")
+	fs.StringVar(&c.NATSCA, "nats-ca", env("ANSFLOW_NATS_CA", ""), "PEM file of the CA of the NATS server's TLS certificate; TLS is required when set [ANSFLOW_NATS_CA]")
 	fs.StringVar(&c.DB, "db", env("ANSFLOW_AUDIT_DB", ""), "audit store DSN: postgres://... or a SQLite file; overrides --data-dir [ANSFLOW_AUDIT_DB]")
 	fs.StringVar(&c.DataDir, "data-dir", env("ANSFLOW_DATA_DIR", "ansflow-data"), "data directory; the store is <dir>/"+audit.DBFile+" [ANSFLOW_DATA_DIR]")
 	fs.StringVar(&c.HTTPAddr, "http", env("ANSFLOW_AUDIT_HTTP", "127.0.0.1:8081"), "REST API listen address, or off [ANSFLOW_AUDIT_HTTP]")
@@ -127,7 +129,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer st.Close()
-	nc, err := natsutil.Connect(cfg.NATSURL, "ansflow-audit", cfg.NATSCreds)
+	nc, err := natsutil.Connect(natsutil.ConnectOptions{URL: cfg.NATSURL, Name: "ansflow-audit", CredsFile: cfg.NATSCreds, CAFile: cfg.NATSCA})
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,7 @@ func main() {
 type config struct {
 	NATSURL         string
 	NATSCreds       string
+	NATSCA          string
 	CredentialsFile string
 	LogLevel        string
 	LogJSON         bool
@@ -82,6 +83,7 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	fs.SetOutput(out)
 	fs.StringVar(&c.NATSURL, "nats", getenv("ANSFLOW_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated (env ANSFLOW_NATS_URL)")
 	fs.StringVar(&c.NATSCreds, "nats-creds", getenv("ANSFLOW_NATS_CREDS", ""), "NATS credentials file (env ANSFLOW_NATS_CREDS)")
+	fs.StringVar(&c.NATSCA, "nats-ca", getenv("ANSFLOW_NATS_CA", ""), "PEM file of the CA of the NATS server's TLS certificate; TLS is required when set (env ANSFLOW_NATS_CA)")
 	pools := fs.String("pools", getenv("ANSFLOW_POOLS", "default"), "runner pools served, comma-separated (env ANSFLOW_POOLS)")
 	fs.IntVar(&c.Runner.Concurrency, "concurrency", intEnv("ANSFLOW_CONCURRENCY", 2), "steps executed at once (env ANSFLOW_CONCURRENCY)")
 	fs.StringVar(&c.Runner.ID, "id", getenv("ANSFLOW_RUNNER_ID", ""), "runner instance id in events; default docker-runner@HOST-PID (env ANSFLOW_RUNNER_ID)")
@@ -150,7 +152,7 @@ func run(ctx context.Context, cfg *config) error {
 	}
 	log.Info("docker engine reachable", zap.String("api_version", api))
 
-	nc, err := natsutil.Connect(cfg.NATSURL, cfg.Runner.ID, cfg.NATSCreds)
+	nc, err := natsutil.Connect(natsutil.ConnectOptions{URL: cfg.NATSURL, Name: cfg.Runner.ID, CredsFile: cfg.NATSCreds, CAFile: cfg.NATSCA})
 	if err != nil {
 		return err
 	}

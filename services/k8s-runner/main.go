@@ -68,6 +68,7 @@ type cluster struct {
 type config struct {
 	NATSURL   string
 	NATSCreds string
+	NATSCA    string
 	LogLevel  string
 	LogJSON   bool
 	Clusters  []cluster
@@ -138,6 +139,7 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	fs.SetOutput(out)
 	fs.StringVar(&c.NATSURL, "nats", getenv("ANSFLOW_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated (env ANSFLOW_NATS_URL)")
 	fs.StringVar(&c.NATSCreds, "nats-creds", getenv("ANSFLOW_NATS_CREDS", ""), "NATS credentials file (env ANSFLOW_NATS_CREDS)")
+	fs.StringVar(&c.NATSCA, "nats-ca", getenv("ANSFLOW_NATS_CA", ""), "PEM file of the CA of the NATS server's TLS certificate; TLS is required when set (env ANSFLOW_NATS_CA)")
 	clusters := fs.String("clusters", getenv("ANSFLOW_K8S_CLUSTERS", "default"),
 		`clusters served, comma-separated name=context; a bare name uses the context of that name, bare "default" the current context (env ANSFLOW_K8S_CLUSTERS)`)
 	fs.StringVar(&c.Engine.Kubeconfig, "kubeconfig", getenv("ANSFLOW_KUBECONFIG", ""), "kubeconfig file; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account (env ANSFLOW_KUBECONFIG)")
@@ -203,7 +205,7 @@ func run(ctx context.Context, cfg *config) error {
 		engines[i] = eng
 	}
 
-	nc, err := natsutil.Connect(cfg.NATSURL, cfg.Runner.ID, cfg.NATSCreds)
+	nc, err := natsutil.Connect(natsutil.ConnectOptions{URL: cfg.NATSURL, Name: cfg.Runner.ID, CredsFile: cfg.NATSCreds, CAFile: cfg.NATSCA})
 	if err != nil {
 		return err
 	}

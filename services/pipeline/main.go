@@ -39,6 +39,7 @@ func env(key, def string) string {
 func run(ctx context.Context) error {
 	natsURL := flag.String("nats", env("ANSFLOW_NATS_URL", "nats://127.0.0.1:4222"), "NATS URL (env ANSFLOW_NATS_URL)")
 	creds := flag.String("nats-creds", os.Getenv("ANSFLOW_NATS_CREDS"), "NATS credentials file (env ANSFLOW_NATS_CREDS)")
+	natsCA := flag.String("nats-ca", os.Getenv("ANSFLOW_NATS_CA"), "PEM file of the CA of the NATS server's TLS certificate; TLS is required when set (env ANSFLOW_NATS_CA)")
 	httpAddr := flag.String("http", env("ANSFLOW_HTTP", "127.0.0.1:8080"), "API listen address (env ANSFLOW_HTTP)")
 	replicas := flag.Int("replicas", 1, "stream and bucket replicas (3 on a NATS cluster)")
 	noRunner := flag.Duration("no-runner-timeout", 10*time.Minute, "fail a queued step once no runner of its pool has been online for this long")
@@ -54,7 +55,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer log.Sync()
-	nc, err := natsutil.Connect(*natsURL, "ansflow-pipeline", *creds)
+	nc, err := natsutil.Connect(natsutil.ConnectOptions{URL: *natsURL, Name: "ansflow-pipeline", CredsFile: *creds, CAFile: *natsCA})
 	if err != nil {
 		return err
 	}

@@ -34,7 +34,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ansflow/ansflow/pkg/bus"
-	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/topology"
 	"github.com/ansflow/ansflow/services/audit/store"
 )
 
@@ -74,7 +74,7 @@ type Config struct {
 // Validate checks c and fills its defaults.
 func (c *Config) Validate() error {
 	if c.DurablePrefix == "" {
-		c.DurablePrefix = "audit"
+		c.DurablePrefix = topology.DefaultAuditPrefix
 	}
 	if strings.ContainsAny(c.DurablePrefix, ". *>") {
 		return fmt.Errorf("audit durable prefix %q: no '.', '*', '>' or spaces", c.DurablePrefix)
@@ -110,16 +110,12 @@ func (c *Config) Validate() error {
 
 // Streams lists the streams the service records.
 func (c Config) Streams() []string {
-	s := []string{event.StreamSteps, event.StreamEvents, event.StreamDLQ}
-	if c.IncludeLogs {
-		s = append(s, event.StreamLogs)
-	}
-	return s
+	return topology.AuditStreams(c.IncludeLogs)
 }
 
 // Durable is the name of the durable consumer on stream.
 func (c Config) Durable(stream string) string {
-	return c.DurablePrefix + "-" + strings.ToLower(strings.TrimPrefix(stream, "ANSFLOW_"))
+	return topology.AuditDurable(c.DurablePrefix, stream)
 }
 
 // Stats counts what a [Service] has done since it started.
@@ -188,28 +184,12 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 func (s *Service) ensureConsumer(ctx context.Context, stream string) (jetstream.Consumer, error) {
-	cc := jetstream.ConsumerConfig{
-		Durable:       s.cfg.Durable(stream),
-		Description:   "AnsFlow audit trail",
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       s.cfg.AckWait,
-		// The audit trail never gives up on a message: a store outage is
-		// waited out, and bad messages are stored, not retried.
-		MaxDeliver:    -1,
-		MaxAckPending: max(8*s.cfg.BatchSize, 1000),
+	c := topology.AuditConsumer(s.cfg.DurablePrefix, stream, s.cfg.AckWait, s.cfg.BatchSize)
+	cons, err := bus.BindOrCreateConsumer(ctx, s.js, stream, c.Config)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
 	}
-	var err error
-	for try := range 5 {
-		var cons jetstream.Consumer
-		if cons, err = s.js.CreateOrUpdateConsumer(ctx, stream, cc); err == nil {
-			return cons, nil
-		}
-		if err := sleep(ctx, time.Duration(try+1)*100*time.Millisecond); err != nil {
-			return nil, err
-		}
-	}
-	return nil, fmt.Errorf("audit: consumer %s on %s: %w", cc.Durable, stream, err)
+	return cons, nil
 }
 
 // consume records stream until ctx is done, recreating its consumer if the

@@ -13,13 +13,14 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/spec"
+	"github.com/ansflow/ansflow/pkg/topology"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // SlotsBucket holds, per pipeline with a concurrency limit, the ids of the
 // runs holding its slots. Every orchestrator instance admits and releases
 // through compare-and-swap on it, so the limit holds across instances.
-const SlotsBucket = "ansflow_pipeline_slots"
+const SlotsBucket = topology.BucketSlots
 
 // admit gives free slots of pipeline's concurrency limit to its oldest
 // queued runs. Slots held by runs that are over (their release was lost

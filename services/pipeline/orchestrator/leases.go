@@ -13,6 +13,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/topology"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
@@ -129,13 +130,8 @@ func (o *Orchestrator) leaseInput(ctx context.Context, runID string, s *store.St
 // consumeDeadRequests ends the attempts whose step.requested was
 // dead-lettered, so the step does not stay queued for ever.
 func (o *Orchestrator) consumeDeadRequests(ctx context.Context) error {
-	cons, err := o.js.CreateOrUpdateConsumer(ctx, event.StreamDLQ, jetstream.ConsumerConfig{
-		Durable:       "pipeline-dead-requests",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		FilterSubject: event.DLQSubject(event.StreamSteps),
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckWait:       30 * time.Second,
-	})
+	dc := topology.DeadRequestsConsumer()
+	cons, err := bus.BindOrCreateConsumer(ctx, o.js, dc.Stream, dc.Config)
 	if err != nil {
 		return fmt.Errorf("dead requests consumer: %w", err)
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/tmpl"
+	"github.com/ansflow/ansflow/pkg/topology"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
@@ -103,16 +104,16 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, st *store.Stor
 		unpublished: map[string]*event.StepRequested{},
 		fold:        folder{waiting: map[string]chan struct{}{}}, watching: time.Now().UTC()}
 	var err error
-	if o.attempts, err = bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: runner.AttemptsBucket, TTL: runner.BucketTTL, Replicas: cfg.Replicas}); err != nil {
+	if o.attempts, err = bus.EnsureKeyValue(ctx, js, topology.MustBucket(runner.AttemptsBucket, cfg.Replicas)); err != nil {
 		return nil, fmt.Errorf("attempts bucket: %w", err)
 	}
-	if o.cancels, err = bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: runner.CancelsBucket, TTL: runner.BucketTTL, Replicas: cfg.Replicas}); err != nil {
+	if o.cancels, err = bus.EnsureKeyValue(ctx, js, topology.MustBucket(runner.CancelsBucket, cfg.Replicas)); err != nil {
 		return nil, fmt.Errorf("cancels bucket: %w", err)
 	}
-	if o.slots, err = bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: SlotsBucket, Replicas: cfg.Replicas}); err != nil {
+	if o.slots, err = bus.EnsureKeyValue(ctx, js, topology.MustBucket(SlotsBucket, cfg.Replicas)); err != nil {
 		return nil, fmt.Errorf("slots bucket: %w", err)
 	}
-	if _, err = bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: runner.RunnersBucket, TTL: runner.RunnersBucketTTL, Replicas: cfg.Replicas}); err != nil {
+	if _, err = bus.EnsureKeyValue(ctx, js, topology.MustBucket(runner.RunnersBucket, cfg.Replicas)); err != nil {
 		return nil, fmt.Errorf("runners bucket: %w", err)
 	}
 	return o, nil
@@ -169,7 +170,7 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 	g.Go(func() error {
 		cc := bus.ConsumerConfig{
 			Stream:  event.StreamEvents,
-			Durable: "pipeline-orchestrator",
+			Durable: topology.DurableOrchestrator,
 			FilterSubjects: []string{
 				"ansflow.events.step.started.*",
 				"ansflow.events.step.completed.*",

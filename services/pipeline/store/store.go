@@ -16,15 +16,16 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/spec"
+	"github.com/ansflow/ansflow/pkg/topology"
 )
 
 // Bucket names.
 const (
-	BucketPipelines = "ansflow_pipelines"
-	BucketVersions  = "ansflow_pipeline_versions"
-	BucketRuns      = "ansflow_runs"
-	BucketCatalog   = "ansflow_catalog"
-	BucketCounters  = "ansflow_counters"
+	BucketPipelines = topology.BucketPipelines
+	BucketVersions  = topology.BucketVersions
+	BucketRuns      = topology.BucketRuns
+	BucketCatalog   = topology.BucketCatalog
+	BucketCounters  = topology.BucketCounters
 )
 
 // ErrNotFound is returned when a pipeline, run, registry or cluster does not
@@ -60,8 +61,8 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 	if replicas < 1 {
 		replicas = 1
 	}
-	open := func(name string, history uint8) (jetstream.KeyValue, error) {
-		kv, err := bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: name, History: history, Replicas: replicas})
+	open := func(name string) (jetstream.KeyValue, error) {
+		kv, err := bus.EnsureKeyValue(ctx, js, topology.MustBucket(name, replicas))
 		if err != nil {
 			return nil, fmt.Errorf("open bucket %s: %w", name, err)
 		}
@@ -74,7 +75,7 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 		kv   *jetstream.KeyValue
 		name string
 	}{{&s.pipelines, BucketPipelines}, {&s.versions, BucketVersions}, {&s.runs, BucketRuns}, {&s.catalog, BucketCatalog}, {&s.counters, BucketCounters}} {
-		if *b.kv, err = open(b.name, 1); err != nil {
+		if *b.kv, err = open(b.name); err != nil {
 			return nil, err
 		}
 	}
