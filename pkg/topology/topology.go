@@ -70,6 +70,10 @@ const (
 	// RunnersTTL is how long the runners bucket keeps an entry that is no
 	// longer rewritten.
 	RunnersTTL = 24 * time.Hour
+	// SessionsTTL is how long the sessions bucket keeps a login session:
+	// the longest session lifetime the pipeline service accepts. A session
+	// ends earlier by its own expiry or at logout.
+	SessionsTTL = 7 * 24 * time.Hour
 )
 
 // Durable consumers of the pipeline service.
@@ -128,7 +132,7 @@ func Buckets(replicas int) []jetstream.KeyValueConfig {
 		kv(BucketAttempts, AttemptsTTL), kv(BucketCancels, AttemptsTTL), kv(BucketRunners, RunnersTTL),
 		kv(BucketSlots, 0), kv(BucketPipelines, 0), kv(BucketVersions, 0), kv(BucketRuns, 0),
 		kv(BucketCatalog, 0), kv(BucketCounters, 0),
-		kv(BucketTokens, 0), kv(BucketUsers, 0), kv(BucketSessions, 0),
+		kv(BucketTokens, 0), kv(BucketUsers, 0), kv(BucketSessions, SessionsTTL),
 	}
 }
 

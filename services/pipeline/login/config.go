@@ -11,6 +11,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/ansflow/ansflow/pkg/auth"
+	"github.com/ansflow/ansflow/pkg/topology"
 )
 
 // Defaults of [Config].
@@ -114,6 +115,9 @@ func (c *Config) withDefaults() {
 func (c Config) Validate() error {
 	c.withDefaults()
 	var errs []error
+	if c.SessionLifetime > topology.SessionsTTL {
+		errs = append(errs, fmt.Errorf("session lifetime %s: at most %s (the sessions bucket's time to live)", c.SessionLifetime, topology.SessionsTTL))
+	}
 	if c.PasswordCost < bcrypt.MinCost || c.PasswordCost > bcrypt.MaxCost {
 		errs = append(errs, fmt.Errorf("password cost %d: want %d to %d", c.PasswordCost, bcrypt.MinCost, bcrypt.MaxCost))
 	}

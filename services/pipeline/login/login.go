@@ -29,6 +29,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/bus"
+	"github.com/ansflow/ansflow/pkg/topology"
 )
 
 // Service serves login, logout, the user routes and OIDC login, and
@@ -52,8 +53,8 @@ type Service struct {
 }
 
 // New opens (creating if needed) the users and sessions buckets and
-// returns the service. The sessions bucket's TTL is the session lifetime,
-// so the bucket itself forgets ended sessions. With OIDC configured it
+// returns the service. A session ends at its own expiry; the sessions
+// bucket forgets it after topology.SessionsTTL at the latest. With OIDC configured it
 // reads the client secret file; the provider is discovered at the first
 // OIDC login, so that a provider down at start does not stop the service.
 func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logger) (*Service, error) {
@@ -64,11 +65,11 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 	if log == nil {
 		log = zap.NewNop()
 	}
-	ukv, err := bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: auth.UsersBucket, History: 1, Replicas: cfg.Replicas})
+	ukv, err := bus.EnsureKeyValue(ctx, js, topology.MustBucket(auth.UsersBucket, cfg.Replicas))
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", auth.UsersBucket, err)
 	}
-	skv, err := bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: auth.SessionsBucket, History: 1, Replicas: cfg.Replicas, TTL: cfg.SessionLifetime})
+	skv, err := bus.EnsureKeyValue(ctx, js, topology.MustBucket(auth.SessionsBucket, cfg.Replicas))
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", auth.SessionsBucket, err)
 	}
