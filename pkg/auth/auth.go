@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"path"
 	"strings"
+	"time"
 )
 
 // Role is what an identity may do. Roles are ordered: each allows what the
@@ -68,6 +69,9 @@ type Identity struct {
 	// Pipelines limits the grant to pipelines whose name matches one of
 	// these globs (path.Match syntax); empty means every pipeline.
 	Pipelines []string `json:"pipelines,omitempty"`
+	// ExpiresAt is when the credential stops being valid (nil: never); a
+	// token this identity creates may not outlive it.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 }
 
 // Actor is the identity as the audit trail records it:

@@ -1,6 +1,9 @@
 package auth
 
-import "net/http"
+import (
+	"fmt"
+	"net/http"
+)
 
 // Buckets of the access model in JetStream key-value storage. The NATS
 // provisioner creates them; only the pipeline service writes them.
@@ -33,7 +36,31 @@ const (
 	// ScopePublic needs no identity: the route authenticates by other
 	// means (webhook signatures, the login form) or reveals nothing.
 	ScopePublic
+	// ScopeAny lets every grant with the role call the route: it acts on
+	// no stored pipeline (validate, source upload), or its handler checks
+	// the pipeline its body names with [Identity.Can] (apply, a clone's
+	// new name, a token's grant).
+	ScopeAny
 )
+
+// String names the scope as docs/security.md does.
+func (s Scope) String() string {
+	switch s {
+	case ScopeGlobal:
+		return "global"
+	case ScopePipeline:
+		return "pipeline"
+	case ScopeRun:
+		return "run"
+	case ScopeFiltered:
+		return "filtered"
+	case ScopePublic:
+		return "public"
+	case ScopeAny:
+		return "any"
+	}
+	return fmt.Sprintf("scope(%d)", int(s))
+}
 
 // Route is one route of an HTTP API and who may call it.
 type Route struct {

@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
@@ -43,8 +45,13 @@ func run(ctx context.Context) error {
 	stepTimeout := flag.Duration("step-timeout", time.Hour, "timeout of a step that sets none")
 	runTimeout := flag.Duration("run-timeout", 24*time.Hour, "timeout of a run whose pipeline sets none")
 	leaseCheck := flag.Duration("lease-check", 15*time.Second, "how often running steps' leases are checked for runners that are gone")
+	adminTokenFile := flag.String("admin-token-file", os.Getenv("ANSFLOW_ADMIN_TOKEN_FILE"), "file holding an admin API token to register (env ANSFLOW_ADMIN_TOKEN_FILE)")
 	level := flag.String("log-level", env("ANSFLOW_LOG_LEVEL", "info"), "log level")
 	flag.Parse()
+	adminToken, err := readAdminToken(*adminTokenFile)
+	if err != nil {
+		return err
+	}
 	log, err := logging.New(*level, true)
 	if err != nil {
 		return err
@@ -59,11 +66,28 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas,
+	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, AdminToken: adminToken,
 		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, Policy: orchestrator.Policy{
 			NoRunnerTimeout: *noRunner, StepTimeout: *stepTimeout, RunTimeout: *runTimeout}}}, js, log)
 	if err != nil {
 		return err
 	}
 	return svc.Run(ctx)
+}
+
+// readAdminToken reads the token of --admin-token-file ("" for none): the
+// file's content without surrounding white space.
+func readAdminToken(file string) (string, error) {
+	if file == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--admin-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < auth.MinSecretLen {
+		return "", fmt.Errorf("--admin-token-file %s: the token must have at least %d characters", file, auth.MinSecretLen)
+	}
+	return tok, nil
 }

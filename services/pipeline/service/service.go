@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/pipeline/api"
@@ -31,6 +32,13 @@ type Config struct {
 	Listener     net.Listener
 	Replicas     int
 	Orchestrator orchestrator.Config
+	// AdminToken, when set, is registered as an admin token on every
+	// pipeline (the --admin-token-file of a standalone service, the
+	// admin.token of `ansflow up`). It must have at least
+	// [auth.MinSecretLen] characters.
+	AdminToken string
+	// Authenticators are tried after bearer tokens (e.g. session cookies).
+	Authenticators []auth.Authenticator
 }
 
 // Service is the running pipeline service.
@@ -42,6 +50,8 @@ type Service struct {
 	Orc   *orchestrator.Orchestrator
 	API   *api.Server
 	Hooks *webhook.Handler
+	// Tokens is the API token store.
+	Tokens *auth.TokenStore
 	Cron  *schedule.Scheduler
 }
 
@@ -76,9 +86,21 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 	if err != nil {
 		return nil, err
 	}
-	a := api.New(st, orc, js, log)
-	a.Handle("POST /webhooks/{provider}/{pipeline}", hooks)
-	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched}, nil
+	tokens, err := auth.OpenTokenStore(ctx, js, cfg.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.AdminToken != "" {
+		t, err := tokens.Register(ctx, cfg.AdminToken, auth.TokenSpec{Name: "admin", Role: auth.RoleAdmin}, auth.System.Actor())
+		if err != nil {
+			return nil, fmt.Errorf("admin token: %w", err)
+		}
+		log.Info("admin token registered", zap.String("token_id", t.ID))
+	}
+	a := api.New(st, orc, js, tokens, log, cfg.Authenticators...)
+	// Webhooks authenticate by their signatures.
+	a.Mount(auth.Route{Pattern: "POST /webhooks/{provider}/{pipeline}", Scope: auth.ScopePublic, Handler: hooks})
+	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched, Tokens: tokens}, nil
 }
 
 // Run serves the orchestrator and the HTTP API until ctx is done.
