@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/services/audit/audit"
 	"github.com/ansflow/ansflow/services/audit/store"
@@ -60,6 +62,7 @@ func cmdAudit(ctx context.Context, args []string) error {
 	dataDir := fs.String("data-dir", "", "read the embedded audit store of this data directory, without a server")
 	db := fs.String("db", os.Getenv("ANSFLOW_AUDIT_DB"), "read this audit store (PostgreSQL DSN or SQLite file), without a server")
 	output := fs.String("output", "text", "text, json or jsonl")
+	tf := addTokenFlags(fs, false)
 	var filter func(time.Time) (store.Filter, error)
 	if args[0] == "query" {
 		filter = audit.FilterFlags(fs)
@@ -85,10 +88,15 @@ func cmdAudit(ctx context.Context, args []string) error {
 		defer st.Close()
 		r = st
 	default:
-		if *server == "" {
-			*server = "http://127.0.0.1:8080"
+		local := *server == ""
+		if local {
+			*server = localServer
 		}
-		r = audit.NewClient(*server, nil)
+		token, err := tf.resolve(local)
+		if err != nil {
+			return err
+		}
+		r = audit.NewClient(*server, &http.Client{Transport: &auth.BearerTransport{Token: token}})
 	}
 	if args[0] == "verify" {
 		res, err := r.Verify(ctx)

@@ -38,13 +38,15 @@ Embedded:
   run       run a pipeline file end to end (embedded unless --server)
   validate  check a pipeline file
 
-Clients of a running server (--server URL, default $ANSFLOW_SERVER or http://127.0.0.1:8080):
+Clients of a running server (--server URL, default $ANSFLOW_SERVER or http://127.0.0.1:8080;
+--token TOKEN, default $ANSFLOW_TOKEN, else the admin token of --data-dir D or of the local server):
   pipelines apply|list|get|export|delete|versions
   runs      list|get|cancel|rerun|logs
   runners   list: the runners, their pools and busy slots
   trigger   PIPELINE: start a run of a stored pipeline
   registries, clusters  list|add|delete
   audit     query|verify
+  tokens    create|list|revoke: API tokens
 `
 
 func main() {
@@ -65,6 +67,7 @@ func dispatch(ctx context.Context, args []string) int {
 	cmds := map[string]func(context.Context, []string) error{
 		"up": cmdUp, "run": cmdRun, "validate": cmdValidate, "pipelines": cmdPipelines, "runs": cmdRuns,
 		"trigger": cmdTrigger, "runners": cmdRunners, "registries": cmdCatalog("registries"), "clusters": cmdCatalog("clusters"), "audit": cmdAudit,
+		"tokens": cmdTokens,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

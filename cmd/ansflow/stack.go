@@ -48,6 +48,12 @@ type stack struct {
 	err    error
 	cancel context.CancelFunc
 	audit  *audit.Service // nil when the stack runs none
+	// Token is the admin token of DataDir/admin.token, which the pipeline
+	// service accepts; TokenCreated says this start made it.
+	Token        string
+	TokenCreated bool
+	// svc is the pipeline service (nil when the stack runs none).
+	svc *service.Service
 }
 
 // servedEngine is an engine and the pools or clusters it serves.
@@ -130,7 +136,11 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 		if err != nil {
 			return fail(fmt.Errorf("listen on %s: %w", addr, err))
 		}
-		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: cfg.Orchestrator},
+		if st.Token, st.TokenCreated, err = ensureAdminToken(cfg.DataDir); err != nil {
+			ln.Close()
+			return fail(err)
+		}
+		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: cfg.Orchestrator, AdminToken: st.Token},
 			js, log)
 		if err != nil {
 			ln.Close()
@@ -141,9 +151,9 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 			return fail(err)
 		}
 		if st.audit != nil {
-			svc.API.Handle(audit.PathQuery, st.audit.Handler())
-			svc.API.Handle(audit.PathQuery+"/", st.audit.Handler())
+			svc.API.Mount(st.audit.Routes()...)
 		}
+		st.svc = svc
 		st.URL = "http://" + ln.Addr().String()
 		g.Go(func() error { return svc.Run(gctx) })
 	}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/ansflow/ansflow/pkg/logging"
 )
@@ -36,6 +37,9 @@ func cmdUp(ctx context.Context, args []string) error {
 		return err
 	}
 	defer st.stop()
+	if st.TokenCreated {
+		fmt.Fprintf(os.Stderr, "ansflow up: created an admin API token in %s (the CLI on this machine uses it)\n", filepath.Join(*dataDir, adminTokenFile))
+	}
 	fmt.Fprintf(os.Stderr, "ansflow up: API %s, NATS %s, data %s\n", st.URL, st.ns.ClientURL(), *dataDir)
 	select {
 	case <-ctx.Done():

@@ -270,7 +270,12 @@ func (s *TokenStore) Register(ctx context.Context, secret string, spec TokenSpec
 	case err != nil && !errors.Is(err, ErrTokenNotFound):
 		return nil, err
 	}
-	return s.put(ctx, secret, spec, createdBy)
+	t, err = s.put(ctx, secret, spec, createdBy)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		// Another instance registered the same secret meanwhile.
+		return s.Register(ctx, secret, spec, createdBy)
+	}
+	return t, err
 }
 
 func (s *TokenStore) put(ctx context.Context, secret string, spec TokenSpec, createdBy string) (*Token, error) {

@@ -14,10 +14,10 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
-	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
 )
 

@@ -52,7 +52,7 @@ type Service struct {
 	Hooks *webhook.Handler
 	// Tokens is the API token store.
 	Tokens *auth.TokenStore
-	Cron  *schedule.Scheduler
+	Cron   *schedule.Scheduler
 }
 
 // New opens the streams and buckets and builds the service.
