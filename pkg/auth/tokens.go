@@ -267,7 +267,9 @@ func (s *TokenStore) Register(ctx context.Context, secret string, spec TokenSpec
 			return nil, fmt.Errorf("token %s: %w; make a new one", t.ID, ErrTokenRevoked)
 		}
 		return t, nil
-	case err != nil && !errors.Is(err, ErrTokenNotFound):
+	case err == nil:
+		return nil, fmt.Errorf("token id %s is taken by another token", t.ID)
+	case !errors.Is(err, ErrTokenNotFound):
 		return nil, err
 	}
 	t, err = s.put(ctx, secret, spec, createdBy)
