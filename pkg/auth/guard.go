@@ -110,8 +110,27 @@ func (g *Guard) Handler(rt Route) http.Handler {
 			writeError(w, status, reason)
 			return
 		}
-		rt.Handler.ServeHTTP(w, r.WithContext(WithIdentity(r.Context(), id)))
+		ctx := context.WithValue(WithIdentity(r.Context(), id), guardKey{}, &guarded{g: g, rt: rt})
+		rt.Handler.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+type guardKey struct{}
+
+type guarded struct {
+	g  *Guard
+	rt Route
+}
+
+// Deny answers 403 with err's message for a handler that found, past the
+// guard, that the identity may not do what the request asks (a pipeline
+// named in the body, a filter outside the grant). The refusal is reported
+// to the guard's Denied like the guard's own.
+func Deny(w http.ResponseWriter, r *http.Request, err error) {
+	if gd, ok := r.Context().Value(guardKey{}).(*guarded); ok && gd.g.Denied != nil {
+		gd.g.Denied(r, Denial{Identity: FromContext(r.Context()), Status: http.StatusForbidden, Reason: err.Error(), Route: gd.rt})
+	}
+	writeError(w, http.StatusForbidden, err.Error())
 }
 
 // Identify runs the authenticators on r. It returns [ErrNoCredentials]
