@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/ansflow/ansflow/services/audit/audit"
 )
 
 // Exit codes of `ansflow run` and friends.
@@ -77,6 +79,7 @@ func dispatch(ctx context.Context, args []string) int {
 	err := cmd(ctx, args[1:])
 	var ue *usageError
 	var ae *apiError
+	var he *audit.HTTPError
 	switch {
 	case err == nil:
 		return exitOK
@@ -85,7 +88,8 @@ func dispatch(ctx context.Context, args []string) int {
 	case errors.As(err, &ue):
 		fmt.Fprintln(os.Stderr, err)
 		return exitInvalid
-	case errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500:
+	case errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500,
+		errors.As(err, &he) && he.Status >= 400 && he.Status < 500:
 		fmt.Fprintln(os.Stderr, "ansflow:", err)
 		return exitInvalid
 	default:
