@@ -14,17 +14,18 @@ import (
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
-// admin is the admin token of the test's server, which call sends.
-var admin = map[string]string{}
+// bearerFor is the token call sends to each test server (by base URL): the
+// server's admin token unless a test sets another.
+var bearerFor = map[string]string{}
 
 func server(t *testing.T) string {
 	env := pipelinetest.Start(t)
-	admin[env.Srv.URL] = env.AdminToken
+	bearerFor[env.Srv.URL] = env.AdminToken
 	return env.Srv.URL
 }
 
 func tokenFor(url string) string {
-	for base, tok := range admin {
+	for base, tok := range bearerFor {
 		if strings.HasPrefix(url, base) {
 			return tok
 		}
