@@ -93,11 +93,27 @@ func (id *Identity) Actor() string {
 	}
 }
 
-// AllPipelines reports whether the grant covers every pipeline.
-func (id *Identity) AllPipelines() bool { return len(id.Pipelines) == 0 }
+// AllPipelines reports whether the grant covers every pipeline (a nil
+// identity covers none).
+func (id *Identity) AllPipelines() bool { return id != nil && len(id.Pipelines) == 0 }
+
+// Grant describes the pipelines the grant covers, for error messages:
+// "every pipeline" or "pipelines web-*,api".
+func (id *Identity) Grant() string {
+	switch {
+	case id == nil:
+		return "no pipeline"
+	case id.AllPipelines():
+		return "every pipeline"
+	}
+	return "pipelines " + strings.Join(id.Pipelines, ",")
+}
 
 // CoversPipeline reports whether the grant covers the pipeline named name.
 func (id *Identity) CoversPipeline(name string) bool {
+	if id == nil {
+		return false
+	}
 	if id.AllPipelines() {
 		return true
 	}

@@ -170,8 +170,8 @@ func (g *Guard) check(r *http.Request, rt Route) (*Identity, int, string) {
 		return id, 0, ""
 	}
 	limited := func(what string) (*Identity, int, string) {
-		return id, http.StatusForbidden, fmt.Sprintf("%s: the grant of %s (pipelines %s) does not cover %s",
-			rt.Pattern, id.Actor(), strings.Join(id.Pipelines, ","), what)
+		return id, http.StatusForbidden, fmt.Sprintf("%s: the grant of %s (%s) does not cover %s",
+			rt.Pattern, id.Actor(), id.Grant(), what)
 	}
 	switch rt.Scope {
 	case ScopeFiltered, ScopeAny:

@@ -127,11 +127,11 @@ func (id *Identity) MayGrant(spec TokenSpec) error {
 	}
 	if !id.AllPipelines() {
 		if len(spec.Pipelines) == 0 {
-			return fmt.Errorf("%w: a grant limited to pipelines %s cannot grant every pipeline", ErrForbidden, strings.Join(id.Pipelines, ","))
+			return fmt.Errorf("%w: a grant limited to %s cannot grant every pipeline", ErrForbidden, id.Grant())
 		}
 		for _, g := range spec.Pipelines {
 			if !id.coversGlob(g) {
-				return fmt.Errorf("%w: pipelines %q is not within the grant %s", ErrForbidden, g, strings.Join(id.Pipelines, ","))
+				return fmt.Errorf("%w: pipelines %q is not within the grant (%s)", ErrForbidden, g, id.Grant())
 			}
 		}
 	}

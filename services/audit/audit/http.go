@@ -71,8 +71,8 @@ func Routes(r Reader, log *zap.Logger) []auth.Route {
 			return
 		}
 		if id := auth.FromContext(req.Context()); !id.AllPipelines() && (f.Pipeline == "" || !id.CoversPipeline(strings.ToLower(f.Pipeline))) {
-			auth.Deny(w, req, fmt.Errorf("%w: the grant of %s covers pipelines %s only: ask for one of them with pipeline=NAME",
-				auth.ErrForbidden, id.Actor(), strings.Join(id.Pipelines, ",")))
+			auth.Deny(w, req, fmt.Errorf("%w: the grant of %s covers %s only: ask for one of them with pipeline=NAME",
+				auth.ErrForbidden, id.Actor(), id.Grant()))
 			return
 		}
 		if f.Limit > MaxHTTPLimit {

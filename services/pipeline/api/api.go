@@ -648,8 +648,8 @@ type LogLine struct {
 func mayWrite(r *http.Request, pipeline string) error {
 	id := auth.FromContext(r.Context())
 	if !id.Can(auth.RoleOperator, spec.Slug(pipeline)) {
-		return fmt.Errorf("%w: the grant of %s (pipelines %s) does not cover pipeline %q",
-			auth.ErrForbidden, id.Actor(), strings.Join(id.Pipelines, ","), pipeline)
+		return fmt.Errorf("%w: the grant of %s (%s) does not cover pipeline %q",
+			auth.ErrForbidden, id.Actor(), id.Grant(), pipeline)
 	}
 	return nil
 }
