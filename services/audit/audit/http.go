@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/auth"
+	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/audit/store"
 )
 
@@ -70,7 +71,7 @@ func Routes(r Reader, log *zap.Logger) []auth.Route {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		if id := auth.FromContext(req.Context()); !id.AllPipelines() && (f.Pipeline == "" || !id.CoversPipeline(strings.ToLower(f.Pipeline))) {
+		if id := auth.FromContext(req.Context()); !id.AllPipelines() && (f.Pipeline == "" || !id.CoversPipeline(spec.Slug(f.Pipeline))) {
 			auth.Deny(w, req, fmt.Errorf("%w: the grant of %s covers %s only: ask for one of them with pipeline=NAME",
 				auth.ErrForbidden, id.Actor(), id.Grant()))
 			return
