@@ -88,8 +88,8 @@ func cmdAudit(ctx context.Context, args []string) error {
 		defer st.Close()
 		r = st
 	default:
-		local := *server == ""
-		if local {
+		local := isLocalDefault(*server)
+		if *server == "" {
 			*server = localServer
 		}
 		token, err := tf.resolve(local)

@@ -50,8 +50,8 @@ func clientFlags(name string, args []string, extra func(*flag.FlagSet)) (*client
 	if pos != "" {
 		fs = withPositional(fs, pos)
 	}
-	local := *server == ""
-	if local {
+	local := isLocalDefault(*server)
+	if *server == "" {
 		*server = localServer
 	}
 	token, err := tf.resolve(local)

@@ -84,7 +84,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	}
 
 	base := *server
-	token, err := tf.resolve(false)
+	token, err := tf.resolve(base != "" && isLocalDefault(base))
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,16 @@ import (
 // flags.
 const localServer = "http://127.0.0.1:8080"
 
+// isLocalDefault reports whether server is the API of a local `ansflow up`
+// with default flags, whose data directory's admin token the CLI may use.
+func isLocalDefault(server string) bool {
+	switch strings.TrimSuffix(server, "/") {
+	case "", localServer, "http://localhost:8080":
+		return true
+	}
+	return false
+}
+
 // adminTokenFile is where `ansflow up` keeps its admin token, in its data
 // directory.
 const adminTokenFile = "admin.token"

@@ -156,6 +156,9 @@ func TestFirstStartAndTokensCLI(t *testing.T) {
 	if got, _ := tf.resolve(false); got != "" {
 		t.Error("another server was sent the local admin token")
 	}
+	if !isLocalDefault("") || !isLocalDefault("http://127.0.0.1:8080/") || isLocalDefault(url) || isLocalDefault("http://ci.example.com:8080") {
+		t.Error("isLocalDefault misjudges a server")
+	}
 }
 
 // TestRestartReusesTheAdminToken checks that a second start on the same
