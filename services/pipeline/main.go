@@ -57,6 +57,9 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer log.Sync()
+	if adminToken == "" {
+		log.Warn("no --admin-token-file: the API accepts only the tokens already in its tokens bucket")
+	}
 	nc, err := natsutil.Connect(*natsURL, "ansflow-pipeline", *creds)
 	if err != nil {
 		return err
