@@ -11,7 +11,6 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/services/pipeline/api"
@@ -66,14 +65,13 @@ func cmdTokens(ctx context.Context, args []string) error {
 		fmt.Println(ct.Secret) // alone, for $(ansflow tokens create ...)
 		return nil
 	case "list":
-		var ts []*auth.Token
+		var ts []api.TokenInfo
 		if err := c.do(ctx, http.MethodGet, "/api/v1/tokens", "", nil, &ts); err != nil {
 			return err
 		}
 		if output == "json" {
 			return printJSON(os.Stdout, ts)
 		}
-		now := time.Now()
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tNAME\tROLE\tPIPELINES\tSTATE\tEXPIRES\tCREATED BY")
 		for _, t := range ts {
@@ -84,7 +82,7 @@ func cmdTokens(ctx context.Context, args []string) error {
 			if t.ExpiresAt != nil {
 				exp = t.ExpiresAt.Local().Format("2006-01-02 15:04")
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, ps, t.State(now), exp, t.CreatedBy)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Name, t.Role, ps, t.State, exp, t.CreatedBy)
 		}
 		return tw.Flush()
 	case "revoke":
@@ -92,7 +90,7 @@ func cmdTokens(ctx context.Context, args []string) error {
 		if id == "" {
 			return invalid("usage: ansflow tokens revoke ID")
 		}
-		var t auth.Token
+		var t api.TokenInfo
 		if err := c.do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(id), "", nil, &t); err != nil {
 			return err
 		}

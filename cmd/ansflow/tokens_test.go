@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ansflow/ansflow/pkg/auth"
+	"github.com/ansflow/ansflow/services/pipeline/api"
 )
 
 // startUp runs `ansflow up` on dir until the test ends and returns its API
@@ -103,11 +104,11 @@ func TestFirstStartAndTokensCLI(t *testing.T) {
 	}
 
 	code, out = capture(t, "tokens", "list", "--output", "json", "--server", url, "--token", admin)
-	var list []auth.Token
+	var list []api.TokenInfo
 	if err := json.Unmarshal([]byte(out), &list); code != exitOK || err != nil || len(list) != 3 {
 		t.Fatalf("tokens list: exit %d, %v, %d tokens\n%s", code, err, len(list), out)
 	}
-	var ci *auth.Token
+	var ci *api.TokenInfo
 	for i := range list {
 		if list[i].Name == "ci" {
 			ci = &list[i]

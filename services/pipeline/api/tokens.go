@@ -21,10 +21,30 @@ type CreateTokenRequest struct {
 	ExpiresIn string `json:"expires_in,omitempty"`
 }
 
-// CreatedToken answers POST /api/v1/tokens: the stored token and, this
-// once, its secret.
+// TokenInfo is an API token as the API shows it: never its secret or hash.
+type TokenInfo struct {
+	ID        string     `json:"id"`
+	Name      string     `json:"name"`
+	Role      auth.Role  `json:"role"`
+	Pipelines []string   `json:"pipelines,omitempty"`
+	CreatedAt time.Time  `json:"created_at"`
+	CreatedBy string     `json:"created_by"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	RevokedBy string     `json:"revoked_by,omitempty"`
+	// State is "active", "expired" or "revoked" when answered.
+	State string `json:"state"`
+}
+
+func tokenInfo(t *auth.Token, now time.Time) TokenInfo {
+	return TokenInfo{ID: t.ID, Name: t.Name, Role: t.Role, Pipelines: t.Pipelines, CreatedAt: t.CreatedAt, CreatedBy: t.CreatedBy,
+		ExpiresAt: t.ExpiresAt, RevokedAt: t.RevokedAt, RevokedBy: t.RevokedBy, State: t.State(now)}
+}
+
+// CreatedToken answers POST /api/v1/tokens: the new token and, this once,
+// its secret.
 type CreatedToken struct {
-	*auth.Token
+	TokenInfo
 	Secret string `json:"token"`
 }
 
@@ -84,7 +104,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, CreatedToken{Token: t.Public(), Secret: secret})
+	writeJSON(w, http.StatusCreated, CreatedToken{TokenInfo: tokenInfo(t, time.Now()), Secret: secret})
 }
 
 func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
@@ -93,7 +113,12 @@ func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, ts)
+	now := time.Now()
+	out := make([]TokenInfo, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, tokenInfo(t, now))
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
@@ -103,5 +128,5 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, t)
+	writeJSON(w, http.StatusOK, tokenInfo(t, time.Now()))
 }

@@ -32,7 +32,7 @@ func TestTokenRoutes(t *testing.T) {
 		t.Fatalf("create: %d", code)
 	}
 	if ct.ExpiresAt == nil || time.Until(*ct.ExpiresAt) < 119*time.Minute || ct.CreatedBy != "token:"+auth.TokenID(env.AdminToken)+" (admin)" {
-		t.Errorf("created %+v", ct.Token)
+		t.Errorf("created %+v", ct.TokenInfo)
 	}
 	// A limited admin grants within itself only.
 	for body, want := range map[string]int{
@@ -52,8 +52,8 @@ func TestTokenRoutes(t *testing.T) {
 	if code := do(env.AdminToken, "DELETE", "/api/v1/tokens/not-an-id", "", &eb); code != http.StatusNotFound {
 		t.Errorf("revoke malformed id: %d", code)
 	}
-	var list []auth.Token
-	if code := do(env.AdminToken, "GET", "/api/v1/tokens", "", &list); code != http.StatusOK || len(list) != 3 {
+	var list []api.TokenInfo
+	if code := do(env.AdminToken, "GET", "/api/v1/tokens", "", &list); code != http.StatusOK || len(list) != 3 || list[0].State != "active" {
 		t.Fatalf("list: %d, %d tokens", code, len(list))
 	}
 	var out string
