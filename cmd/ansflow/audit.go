@@ -60,6 +60,7 @@ func cmdAudit(ctx context.Context, args []string) error {
 	dataDir := fs.String("data-dir", "", "read the embedded audit store of this data directory, without a server")
 	db := fs.String("db", os.Getenv("ANSFLOW_AUDIT_DB"), "read this audit store (PostgreSQL DSN or SQLite file), without a server")
 	output := fs.String("output", "text", "text, json or jsonl")
+	tf := addTokenFlags(fs, false)
 	var filter func(time.Time) (store.Filter, error)
 	if args[0] == "query" {
 		filter = audit.FilterFlags(fs)
@@ -85,10 +86,19 @@ func cmdAudit(ctx context.Context, args []string) error {
 		defer st.Close()
 		r = st
 	default:
+		local := isLocalDefault(*server)
 		if *server == "" {
-			*server = "http://127.0.0.1:8080"
+			*server = localServer
 		}
-		r = audit.NewClient(*server, nil)
+		token, err := tf.resolve(local)
+		if err != nil {
+			return err
+		}
+		hc, err := tf.httpClient(token)
+		if err != nil {
+			return err
+		}
+		r = audit.NewClient(*server, hc)
 	}
 	if args[0] == "verify" {
 		res, err := r.Verify(ctx)

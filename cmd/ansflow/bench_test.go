@@ -48,7 +48,7 @@ func BenchmarkUpMemory(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer st.stop()
-	c := newClient(st.URL)
+	c := newClient(st.URL, st.Token)
 	var sb strings.Builder
 	sb.WriteString("pipeline:\n  name: mem\n  steps:\n")
 	for i := 0; i < 10; i++ {

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -24,8 +25,10 @@ type client struct {
 	http *http.Client
 }
 
-func newClient(base string) *client {
-	return &client{base: strings.TrimSuffix(base, "/"), http: &http.Client{}}
+// newClient returns a client of the API at base that sends token (none
+// when empty) as `Authorization: Bearer`.
+func newClient(base, token string) *client {
+	return &client{base: strings.TrimSuffix(base, "/"), http: &http.Client{Transport: &auth.BearerTransport{Token: token}}}
 }
 
 // apiError is an error response of the API.
@@ -49,7 +52,11 @@ func (e *apiError) Error() string {
 		}
 		return strings.Join(lines, "\n")
 	}
-	return fmt.Sprintf("%s (HTTP %d)", e.Body.Error, e.Status)
+	msg := fmt.Sprintf("%s (HTTP %d)", e.Body.Error, e.Status)
+	if e.Status == http.StatusUnauthorized {
+		msg += "; pass --token TOKEN, set $ANSFLOW_TOKEN, or --data-dir of the server's `ansflow up`"
+	}
+	return msg
 }
 
 func (c *client) do(ctx context.Context, method, path, ctype string, body io.Reader, out any) error {
@@ -124,7 +131,12 @@ func (c *client) follow(ctx context.Context, id string, fn func(api.LogLine)) er
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("follow run %s: HTTP %d", id, resp.StatusCode)
+		ae := &apiError{Status: resp.StatusCode}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		if json.Unmarshal(b, &ae.Body) != nil {
+			ae.Body.Error = strings.TrimSpace(string(b))
+		}
+		return fmt.Errorf("follow run %s: %w", id, ae)
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 4<<20)

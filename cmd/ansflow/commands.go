@@ -33,11 +33,13 @@ func cmdValidate(_ context.Context, args []string) error {
 	return nil
 }
 
-// clientFlags parses --server and --output for a client subcommand.
+// clientFlags parses --server, --token, --data-dir and --output for a
+// client subcommand.
 func clientFlags(name string, args []string, extra func(*flag.FlagSet)) (*client, string, *flag.FlagSet, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	server := fs.String("server", serverDefault(), "AnsFlow server URL")
 	output := fs.String("output", "text", "text or json")
+	tf := addTokenFlags(fs, true)
 	if extra != nil {
 		extra(fs)
 	}
@@ -48,10 +50,21 @@ func clientFlags(name string, args []string, extra func(*flag.FlagSet)) (*client
 	if pos != "" {
 		fs = withPositional(fs, pos)
 	}
+	local := isLocalDefault(*server)
 	if *server == "" {
-		*server = "http://127.0.0.1:8080"
+		*server = localServer
 	}
-	return newClient(*server), *output, fs, nil
+	token, err := tf.resolve(local)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	hc, err := tf.httpClient(token)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	c := newClient(*server, token)
+	c.http = hc
+	return c, *output, fs, nil
 }
 
 // withPositional re-parses so that fs.Arg(0) is the positional argument.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
 	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/store"
@@ -79,7 +81,8 @@ func TestDistributedMode(t *testing.T) {
 	natsURL := "nats://" + natsAddr
 	daemon(t, filepath.Join(bin, "ansflow"), "up", "--no-pipeline", "--no-runners", "--no-audit", "--nats", natsAddr, "--data-dir", t.TempDir())
 	waitTCP(t, natsAddr)
-	daemon(t, filepath.Join(bin, "pipeline"), "--nats", natsURL, "--http", apiAddr, "--lease-check", "2s")
+	adminFile, admin := adminTokenFileFor(t)
+	daemon(t, filepath.Join(bin, "pipeline"), "--nats", natsURL, "--http", apiAddr, "--lease-check", "2s", "--admin-token-file", adminFile)
 	runners := map[string]*exec.Cmd{}
 	for _, id := range []string{"runner-a", "runner-b"} {
 		runners[id] = daemon(t, filepath.Join(bin, "docker-runner"), "--nats", natsURL, "--pools", "default", "--id", id, "--concurrency", "2",
@@ -89,7 +92,7 @@ func TestDistributedMode(t *testing.T) {
 	waitTCP(t, apiAddr)
 	waitTCP(t, auditAddr)
 
-	c := newClient("http://" + apiAddr)
+	c := newClient("http://"+apiAddr, admin)
 	ctx := context.Background()
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "pipeline:\n  name: spread\n  steps:\n")
@@ -162,9 +165,20 @@ func TestDistributedMode(t *testing.T) {
 			Type string `json:"type"`
 		} `json:"records"`
 	}
+	// with a viewer token made by the CLI, which the audit service reads
+	// from the pipeline service's tokens bucket
+	out, err := exec.Command(filepath.Join(bin, "ansflow"), "tokens", "create", "--role", "viewer", "--name", "auditor",
+		"--server", "http://"+apiAddr, "--token", admin).Output()
+	if err != nil {
+		t.Fatalf("ansflow tokens create: %v", err)
+	}
+	viewer := strings.TrimSpace(string(out))
+	ac := newClient("http://"+auditAddr, viewer)
+	if err := newClient("http://"+auditAddr, "").do(ctx, http.MethodGet, "/api/v1/audit", "", nil, nil); !isStatus(err, http.StatusUnauthorized) {
+		t.Fatalf("audit API without a token: %v, want 401", err)
+	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		page.Records = nil
-		ac := newClient("http://" + auditAddr)
 		if err := ac.do(ctx, http.MethodGet, "/api/v1/audit?run="+run.ID+"&limit=500", "", nil, &page); err != nil {
 			t.Fatal(err)
 		}
@@ -181,6 +195,27 @@ func TestDistributedMode(t *testing.T) {
 			t.Fatalf("audit holds %d step.requested records of the run, want 6 (5 steps, one taken over)", n)
 		}
 	}
+}
+
+// adminTokenFileFor writes a new admin token to a file for a standalone
+// pipeline service's --admin-token-file and returns the file and token.
+func adminTokenFileFor(t testing.TB) (string, string) {
+	t.Helper()
+	tok, err := auth.NewTokenSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "admin.token")
+	if err := os.WriteFile(f, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f, tok
+}
+
+// isStatus reports whether err is an API answer with status code.
+func isStatus(err error, code int) bool {
+	var ae *apiError
+	return errors.As(err, &ae) && ae.Status == code
 }
 
 func waitTCP(t *testing.T, addr string) {

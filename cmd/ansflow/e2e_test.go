@@ -60,7 +60,7 @@ func TestWebhookValuesCannotInjectShell(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.stop()
-	c := newClient(st.URL)
+	c := newClient(st.URL, st.Token)
 	yaml := `pipeline:
   name: injection
   triggers:

@@ -12,6 +12,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/services/audit/audit"
@@ -216,7 +217,7 @@ func (s *faultSuite) checkAudit() []string {
 		bad("dead-lettered at %s: %s %s (%s): %s", m.at.Format("15:04:05.000"), m.typ, m.id, m.subject, m.reason)
 	}
 	s.dlqReported = len(dead)
-	ac := audit.NewClient("http://"+s.auditAt, &http.Client{Timeout: 30 * time.Second})
+	ac := audit.NewClient("http://"+s.auditAt, &http.Client{Timeout: 30 * time.Second, Transport: &auth.BearerTransport{Token: s.token}})
 	var have map[key]int
 	var total int
 	why, ok := pollUntil(120*time.Second, func() (bool, string) {

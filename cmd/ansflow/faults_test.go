@@ -132,6 +132,8 @@ type faultSuite struct {
 	ids     []string // runner ids
 	audit   *faultProc
 	auditAt string
+	// token is the pipeline instances' admin token (--admin-token-file).
+	token string
 
 	tl                 *runTimeline
 	events, steps, dlq *streamLog
@@ -200,10 +202,12 @@ func startFaultSuite(t *testing.T) *faultSuite {
 	t.Cleanup(s.removeContainers)
 	s.docker = followDocker(ctx, cli)
 
+	adminFile, admin := adminTokenFileFor(t)
+	s.token = admin
 	for i := range 2 {
 		addr := freePort(t)
 		p := newFaultProc(t, logDir, fmt.Sprintf("pipeline-%d", i+1), filepath.Join(bin, "pipeline"),
-			"--nats", natsURLs, "--http", addr, "--replicas", "3", "--lease-check", faultLeaseCheck.String())
+			"--nats", natsURLs, "--http", addr, "--replicas", "3", "--lease-check", faultLeaseCheck.String(), "--admin-token-file", adminFile)
 		p.start()
 		s.pipes, s.apis = append(s.pipes, p), append(s.apis, addr)
 		if i == 0 {
@@ -362,7 +366,7 @@ func (s *faultSuite) callAPI(ctx context.Context, fn func(ctx context.Context, c
 				continue
 			}
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := fn(cctx, newClient("http://"+s.apis[i]))
+			err := fn(cctx, newClient("http://"+s.apis[i], s.token))
 			cancel()
 			if err == nil {
 				return nil

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/ansflow/ansflow/services/audit/audit"
 )
 
 // Exit codes of `ansflow run` and friends.
@@ -43,7 +45,8 @@ Securing NATS (see docs/security.md):
   nats      --config DIR/nats.conf: run the embedded nats-server with that configuration
   provision --nats URL --nats-creds DIR/creds/provisioner.creds --nats-ca DIR/tls/ca.pem: create every stream, bucket and consumer
 
-Clients of a running server (--server URL, default $ANSFLOW_SERVER or http://127.0.0.1:8080):
+Clients of a running server (--server URL, default $ANSFLOW_SERVER or http://127.0.0.1:8080;
+--token TOKEN, default $ANSFLOW_TOKEN, else the admin token of --data-dir D or of the local server):
   pipelines apply|list|get|export|delete|versions
   runs      list|get|cancel|rerun|logs
   runners   list: the runners, their pools and busy slots
@@ -51,6 +54,7 @@ Clients of a running server (--server URL, default $ANSFLOW_SERVER or http://127
   registries, clusters  list|add|delete
   audit     query|verify
   users     add|list|delete: the users who log in to the web UI
+  tokens    create|list|revoke: API tokens
 `
 
 func main() {
@@ -72,6 +76,7 @@ func dispatch(ctx context.Context, args []string) int {
 		"up": cmdUp, "run": cmdRun, "validate": cmdValidate, "pipelines": cmdPipelines, "runs": cmdRuns,
 		"trigger": cmdTrigger, "runners": cmdRunners, "registries": cmdCatalog("registries"), "clusters": cmdCatalog("clusters"), "audit": cmdAudit, "users": cmdUsers,
 		"secure": cmdSecure, "nats": cmdNATS, "provision": cmdProvision,
+		"tokens": cmdTokens,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {
@@ -81,6 +86,7 @@ func dispatch(ctx context.Context, args []string) int {
 	err := cmd(ctx, args[1:])
 	var ue *usageError
 	var ae *apiError
+	var he *audit.HTTPError
 	switch {
 	case err == nil:
 		return exitOK
@@ -89,7 +95,8 @@ func dispatch(ctx context.Context, args []string) int {
 	case errors.As(err, &ue):
 		fmt.Fprintln(os.Stderr, err)
 		return exitInvalid
-	case errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500:
+	case errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500,
+		errors.As(err, &he) && he.Status >= 400 && he.Status < 500:
 		fmt.Fprintln(os.Stderr, "ansflow:", err)
 		return exitInvalid
 	default:

@@ -53,6 +53,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	output := fs.String("output", "text", "text or json (the final run as one JSON object on stdout)")
 	config := fs.String("config", os.Getenv("ANSFLOW_CONFIG"), "registries and clusters file (embedded mode)")
 	level := fs.String("log-level", "warn", "log level of the embedded services")
+	tf := addTokenFlags(fs, false)
 	file, rest := splitFirstArg(args)
 	if err := fs.Parse(rest); err != nil {
 		return &usageError{err}
@@ -83,6 +84,10 @@ func cmdRun(ctx context.Context, args []string) error {
 	}
 
 	base := *server
+	token, err := tf.resolve(base != "" && isLocalDefault(base))
+	if err != nil {
+		return err
+	}
 	if base == "" {
 		log, err := logging.New(*level, false)
 		if err != nil {
@@ -102,9 +107,12 @@ func cmdRun(ctx context.Context, args []string) error {
 			return err
 		}
 		defer st.stop()
-		base = st.URL
+		base, token = st.URL, st.Token // in-process: one user, no token to give
 	}
-	c := newClient(base)
+	c := newClient(base, token)
+	if c.http, err = tf.httpClient(token); err != nil {
+		return err
+	}
 	var archive bytes.Buffer
 	if err := source.Pack(dir, &archive); err != nil {
 		return err

@@ -102,14 +102,19 @@ func TestSecureStack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := service.New(ctx, service.Config{Listener: ln}, pjs, log)
+	tokenFile, err := os.ReadFile(filepath.Join(dir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminToken := strings.TrimSpace(string(tokenFile))
+	svc, err := service.New(ctx, service.Config{Listener: ln, AdminToken: adminToken}, pjs, log)
 	if err != nil {
 		t.Fatalf("pipeline service: %v", err)
 	}
-	svc.API.Handle(audit.PathQuery, aud.Handler())
+	svc.API.Mount(aud.Routes()...)
 	g.Go(func() error { return svc.Run(gctx) })
 
-	c := newClient("http://" + ln.Addr().String())
+	c := newClient("http://"+ln.Addr().String(), adminToken)
 	yaml := fmt.Sprintf("pipeline:\n  name: secure\n  steps:\n    - {name: hello, type: docker_run, docker_image: %q, command: \"echo secured\"}\n", image)
 	if _, err := c.applyPipeline(ctx, "secure.yaml", []byte(yaml)); err != nil {
 		t.Fatal(err)

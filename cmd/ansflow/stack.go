@@ -15,10 +15,12 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/audit/audit"
+	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
 )
@@ -36,6 +38,10 @@ type stackConfig struct {
 	Concurrency  int
 	// Orchestrator configures the pipeline service's orchestrator.
 	Orchestrator orchestrator.Config
+	// TLS serves the API over HTTPS only.
+	TLS httpserver.TLS
+	// Login configures human login.
+	Login login.Config
 }
 
 // stack is the embedded AnsFlow: a nats-server and the services in one
@@ -48,6 +54,12 @@ type stack struct {
 	err    error
 	cancel context.CancelFunc
 	audit  *audit.Service // nil when the stack runs none
+	// Token is the admin token of DataDir/admin.token, which the pipeline
+	// service accepts; TokenCreated says this start made it.
+	Token        string
+	TokenCreated bool
+	// svc is the pipeline service (nil when the stack runs none).
+	svc *service.Service
 }
 
 // servedEngine is an engine and the pools or clusters it serves.
@@ -130,7 +142,11 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 		if err != nil {
 			return fail(fmt.Errorf("listen on %s: %w", addr, err))
 		}
-		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: cfg.Orchestrator},
+		if st.Token, st.TokenCreated, err = ensureAdminToken(cfg.DataDir); err != nil {
+			ln.Close()
+			return fail(err)
+		}
+		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: cfg.Orchestrator, AdminToken: st.Token, TLS: cfg.TLS, Login: cfg.Login},
 			js, log)
 		if err != nil {
 			ln.Close()
@@ -141,10 +157,13 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 			return fail(err)
 		}
 		if st.audit != nil {
-			svc.API.Handle(audit.PathQuery, st.audit.Handler())
-			svc.API.Handle(audit.PathQuery+"/", st.audit.Handler())
+			svc.API.Mount(st.audit.Routes()...)
 		}
+		st.svc = svc
 		st.URL = "http://" + ln.Addr().String()
+		if cfg.TLS.Enabled() {
+			st.URL = "https://" + ln.Addr().String()
+		}
 		g.Go(func() error { return svc.Run(gctx) })
 	}
 	go func() { st.err = g.Wait(); close(st.done) }()

@@ -5,8 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 
+	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/logging"
+	"github.com/ansflow/ansflow/services/pipeline/login"
 )
 
 func cmdUp(ctx context.Context, args []string) error {
@@ -22,8 +25,15 @@ func cmdUp(ctx context.Context, args []string) error {
 	noPipeline := fs.Bool("no-pipeline", false, "do not start the pipeline service")
 	concurrency := fs.Int("concurrency", 4, "steps each runner executes at once")
 	level := fs.String("log-level", "info", "log level")
+	var tlsCfg httpserver.TLS
+	fs.StringVar(&tlsCfg.CertFile, "tls-cert", os.Getenv("ANSFLOW_TLS_CERT"), "serve the API and webhooks over HTTPS with this certificate (PEM)")
+	fs.StringVar(&tlsCfg.KeyFile, "tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM)")
+	loginCfg := login.RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return &usageError{err}
+	}
+	if (tlsCfg.CertFile == "") != (tlsCfg.KeyFile == "") {
+		return invalid("--tls-cert and --tls-key go together")
 	}
 	log, err := logging.New(*level, false)
 	if err != nil {
@@ -31,11 +41,14 @@ func cmdUp(ctx context.Context, args []string) error {
 	}
 	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config,
 		DockerRunner: !*noRunners && !*noDocker, K8sRunner: !*noRunners && !*noK8s, Audit: !*noAudit, Pipeline: !*noPipeline,
-		Concurrency: *concurrency}, log)
+		Concurrency: *concurrency, TLS: tlsCfg, Login: *loginCfg}, log)
 	if err != nil {
 		return err
 	}
 	defer st.stop()
+	if st.TokenCreated {
+		fmt.Fprintf(os.Stderr, "ansflow up: created an admin API token in %s (the CLI on this machine uses it)\n", filepath.Join(*dataDir, adminTokenFile))
+	}
 	fmt.Fprintf(os.Stderr, "ansflow up: API %s, NATS %s, data %s\n", st.URL, st.ns.ClientURL(), *dataDir)
 	select {
 	case <-ctx.Done():

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"path"
 	"strings"
+	"time"
 )
 
 // Role is what an identity may do. Roles are ordered: each allows what the
@@ -68,6 +69,9 @@ type Identity struct {
 	// Pipelines limits the grant to pipelines whose name matches one of
 	// these globs (path.Match syntax); empty means every pipeline.
 	Pipelines []string `json:"pipelines,omitempty"`
+	// ExpiresAt is when the credential stops being valid (nil: never); a
+	// token this identity creates may not outlive it.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 }
 
 // Actor is the identity as the audit trail records it:
@@ -89,11 +93,27 @@ func (id *Identity) Actor() string {
 	}
 }
 
-// AllPipelines reports whether the grant covers every pipeline.
-func (id *Identity) AllPipelines() bool { return len(id.Pipelines) == 0 }
+// AllPipelines reports whether the grant covers every pipeline (a nil
+// identity covers none).
+func (id *Identity) AllPipelines() bool { return id != nil && len(id.Pipelines) == 0 }
+
+// Grant describes the pipelines the grant covers, for error messages:
+// "every pipeline" or "pipelines web-*,api".
+func (id *Identity) Grant() string {
+	switch {
+	case id == nil:
+		return "no pipeline"
+	case id.AllPipelines():
+		return "every pipeline"
+	}
+	return "pipelines " + strings.Join(id.Pipelines, ",")
+}
 
 // CoversPipeline reports whether the grant covers the pipeline named name.
 func (id *Identity) CoversPipeline(name string) bool {
+	if id == nil {
+		return false
+	}
 	if id.AllPipelines() {
 		return true
 	}

@@ -1,16 +1,22 @@
 package auth
 
-import "net/http"
+import (
+	"fmt"
+	"net/http"
 
-// Buckets of the access model in JetStream key-value storage. The NATS
-// provisioner creates them; only the pipeline service writes them.
+	"github.com/ansflow/ansflow/pkg/topology"
+)
+
+// Buckets of the access model in JetStream key-value storage (defined in
+// the catalogue, package topology). The NATS provisioner creates them; only
+// the pipeline service writes them.
 const (
 	// TokensBucket holds API tokens by id (hashes only, never a token).
-	TokensBucket = "ansflow_tokens"
+	TokensBucket = topology.BucketTokens
 	// UsersBucket holds human users (password hashes only).
-	UsersBucket = "ansflow_users"
+	UsersBucket = topology.BucketUsers
 	// SessionsBucket holds login sessions (hashes of session ids only).
-	SessionsBucket = "ansflow_sessions"
+	SessionsBucket = topology.BucketSessions
 )
 
 // Scope says which pipeline a route acts on, for grants limited to some
@@ -33,7 +39,31 @@ const (
 	// ScopePublic needs no identity: the route authenticates by other
 	// means (webhook signatures, the login form) or reveals nothing.
 	ScopePublic
+	// ScopeAny lets every grant with the role call the route: it acts on
+	// no stored pipeline (validate, source upload), or its handler checks
+	// the pipeline its body names with [Identity.Can] (apply, a clone's
+	// new name, a token's grant).
+	ScopeAny
 )
+
+// String names the scope as docs/security.md does.
+func (s Scope) String() string {
+	switch s {
+	case ScopeGlobal:
+		return "global"
+	case ScopePipeline:
+		return "pipeline"
+	case ScopeRun:
+		return "run"
+	case ScopeFiltered:
+		return "filtered"
+	case ScopePublic:
+		return "public"
+	case ScopeAny:
+		return "any"
+	}
+	return fmt.Sprintf("scope(%d)", int(s))
+}
 
 // Route is one route of an HTTP API and who may call it.
 type Route struct {

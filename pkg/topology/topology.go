@@ -15,7 +15,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
 )
 
@@ -52,11 +51,12 @@ const (
 	BucketCatalog = "ansflow_catalog"
 	// BucketCounters holds run number counters.
 	BucketCounters = "ansflow_counters"
-	// BucketTokens, BucketUsers and BucketSessions are the access model's
-	// buckets (see package auth).
-	BucketTokens   = auth.TokensBucket
-	BucketUsers    = auth.UsersBucket
-	BucketSessions = auth.SessionsBucket
+	// BucketTokens holds API tokens by id (hashes only, never a token).
+	BucketTokens = "ansflow_tokens"
+	// BucketUsers holds human users (password hashes only).
+	BucketUsers = "ansflow_users"
+	// BucketSessions holds login sessions (hashes of session ids only).
+	BucketSessions = "ansflow_sessions"
 )
 
 // ObjectSources is the object store bucket holding uploaded sources.

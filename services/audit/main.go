@@ -1,6 +1,7 @@
 // Command audit runs AnsFlow's audit service on its own against a NATS
 // server or cluster: it records every event in a hash-chained store and
-// serves GET /api/v1/audit and GET /api/v1/audit/verify.
+// serves GET /api/v1/audit and GET /api/v1/audit/verify to holders of the
+// pipeline service's API tokens (read from its tokens bucket).
 //
 //	audit --nats nats://127.0.0.1:4222 --data-dir /var/lib/ansflow --http 127.0.0.1:8081
 //	audit --db postgres://user:pass@db/ansflow
@@ -25,6 +26,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ansflow/ansflow/pkg/httpserver"
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/services/audit/audit"
@@ -144,8 +146,14 @@ func run(ctx context.Context, cfg config) error {
 	g.Go(func() error { return svc.Run(gctx) })
 	if cfg.HTTPAddr != "off" {
 		mux := http.NewServeMux()
-		mux.Handle(audit.PathQuery, svc.Handler())
-		mux.Handle(audit.PathQuery+"/", svc.Handler())
+		// Tokens are the pipeline service's: read from its bucket, never
+		// written. A refusal is logged (this service may not publish).
+		guard := &auth.Guard{Authenticators: []auth.Authenticator{auth.Bearer{Tokens: auth.ReadTokenStore(js)}},
+			Denied: func(r *http.Request, d auth.Denial) {
+				log.Warn("audit API request denied", zap.String("actor", d.Identity.Actor()), zap.String("route", d.Route.Pattern),
+					zap.String("source_ip", r.RemoteAddr), zap.Int("status", d.Status), zap.String("reason", d.Reason))
+			}}
+		guard.Mount(mux, svc.Routes()...)
 		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 			if !nc.IsConnected() {
 				http.Error(w, "nats disconnected", http.StatusServiceUnavailable)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"os"
@@ -10,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
@@ -58,6 +62,40 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(20 * time.Second)
+	get := func(url, token string) (*http.Response, error) {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		return http.DefaultClient.Do(req)
+	}
+	// Before the pipeline service made its tokens bucket, every token is
+	// unknown, and the audit service does not make the bucket.
+	for {
+		resp, err := get("http://"+addr+audit.PathQuery, "ansf_0123456789abcdefghijklmnopqrstuvwxyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") == "" {
+				t.Fatalf("unknown token: %d %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("API not up: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := ns.JS.KeyValue(ctx, auth.TokensBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Fatalf("the audit service touched the tokens bucket: %v", err)
+	}
+	tokens, err := auth.OpenTokenStore(ctx, ns.JS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewer, _, err := tokens.Create(ctx, auth.TokenSpec{Role: auth.RoleViewer}, auth.System)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for {
 		// The streams exist once the service is up.
 		if err := bus.Publish(ctx, ns.JS, event.LifecycleSubject(event.TypeRunCreated, "r1"), e); err == nil {
@@ -69,7 +107,7 @@ func TestRun(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	for {
-		resp, err := http.Get("http://" + addr + audit.PathQuery + "?run=r1")
+		resp, err := get("http://"+addr+audit.PathQuery+"?run=r1", viewer)
 		if err == nil {
 			var p store.Page
 			err = json.NewDecoder(resp.Body).Decode(&p)

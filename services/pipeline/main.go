@@ -10,12 +10,15 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/ansflow/ansflow/pkg/httpserver"
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
+	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
 )
@@ -48,13 +51,22 @@ func run(ctx context.Context) error {
 	leaseCheck := flag.Duration("lease-check", 15*time.Second, "how often running steps' leases are checked for runners that are gone")
 	tlsCert := flag.String("tls-cert", os.Getenv("ANSFLOW_TLS_CERT"), "serve the API and webhooks over HTTPS with this certificate (PEM; env ANSFLOW_TLS_CERT)")
 	tlsKey := flag.String("tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM; env ANSFLOW_TLS_KEY)")
+	adminTokenFile := flag.String("admin-token-file", os.Getenv("ANSFLOW_ADMIN_TOKEN_FILE"), "file holding an admin API token to register (env ANSFLOW_ADMIN_TOKEN_FILE)")
 	level := flag.String("log-level", env("ANSFLOW_LOG_LEVEL", "info"), "log level")
+	loginCfg := login.RegisterFlags(flag.CommandLine)
 	flag.Parse()
+	adminToken, err := readAdminToken(*adminTokenFile)
+	if err != nil {
+		return err
+	}
 	log, err := logging.New(*level, true)
 	if err != nil {
 		return err
 	}
 	defer log.Sync()
+	if adminToken == "" {
+		log.Warn("no --admin-token-file: the API accepts only the tokens already in its tokens bucket")
+	}
 	nc, err := natsutil.Connect(natsutil.ConnectOptions{URL: *natsURL, Name: "ansflow-pipeline", CredsFile: *creds, CAFile: *natsCA})
 	if err != nil {
 		return err
@@ -67,11 +79,29 @@ func run(ctx context.Context) error {
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
-	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, TLS: httpserver.TLS{CertFile: *tlsCert, KeyFile: *tlsKey},
+	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, AdminToken: adminToken,
+		TLS: httpserver.TLS{CertFile: *tlsCert, KeyFile: *tlsKey}, Login: *loginCfg,
 		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, Policy: orchestrator.Policy{
 			NoRunnerTimeout: *noRunner, StepTimeout: *stepTimeout, RunTimeout: *runTimeout}}}, js, log)
 	if err != nil {
 		return err
 	}
 	return svc.Run(ctx)
+}
+
+// readAdminToken reads the token of --admin-token-file ("" for none): the
+// file's content without surrounding white space.
+func readAdminToken(file string) (string, error) {
+	if file == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--admin-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < auth.MinSecretLen {
+		return "", fmt.Errorf("--admin-token-file %s: the token must have at least %d characters", file, auth.MinSecretLen)
+	}
+	return tok, nil
 }

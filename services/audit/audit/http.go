@@ -14,6 +14,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/auth"
+	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/audit/store"
 )
 
@@ -39,25 +41,39 @@ var (
 	_ Reader = (*Client)(nil)
 )
 
-// Handler serves the REST API over the service's store; see [NewHandler].
-func (s *Service) Handler() http.Handler { return NewHandler(s.st, s.log) }
+// Routes returns the service's REST API over its store; see [Routes].
+func (s *Service) Routes() []auth.Route { return Routes(s.st, s.log) }
 
-// NewHandler serves the REST API over r:
+// NewHandler serves [Routes] over r behind g.
+func NewHandler(r Reader, log *zap.Logger, g *auth.Guard) http.Handler {
+	mux := http.NewServeMux()
+	g.Mount(mux, Routes(r, log)...)
+	return mux
+}
+
+// Routes returns the REST API over r, for an [auth.Guard] to mount:
 //
 //	GET /api/v1/audit?run=&pipeline=&step=&actor=&type=&since=&until=&limit=&cursor=
 //	    -> 200 {"records": [...], "next_cursor": "..."}
 //	GET /api/v1/audit/verify
 //	    -> 200 store.VerifyResult; "ok" is false when the chain is broken
 //
-// since and until take the forms of [ParseTime]. A bad parameter or cursor
-// is a 400 with {"error": "..."}; a failing store a 500. The handler does
-// no authentication: mount it behind the API's.
-func NewHandler(r Reader, log *zap.Logger) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+PathQuery, func(w http.ResponseWriter, req *http.Request) {
+// Both need role viewer. The query is [auth.ScopeFiltered]: a grant limited
+// to some pipelines must name one of them with pipeline= (it then reads
+// that pipeline's records and its runs'), else 403. Verify covers the whole
+// chain, so it needs a grant on every pipeline. since and until take the
+// forms of [ParseTime]. A bad parameter or cursor is a 400 with
+// {"error": "..."}; a failing store a 500.
+func Routes(r Reader, log *zap.Logger) []auth.Route {
+	query := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		f, err := ParseFilter(req.URL.Query(), time.Now())
 		if err != nil {
 			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		if id := auth.FromContext(req.Context()); !id.AllPipelines() && (f.Pipeline == "" || !id.CoversPipeline(spec.Slug(f.Pipeline))) {
+			auth.Deny(w, req, fmt.Errorf("%w: the grant of %s covers %s only: ask for one of them with pipeline=NAME",
+				auth.ErrForbidden, id.Actor(), id.Grant()))
 			return
 		}
 		if f.Limit > MaxHTTPLimit {
@@ -74,7 +90,7 @@ func NewHandler(r Reader, log *zap.Logger) http.Handler {
 			writeJSON(w, http.StatusOK, p)
 		}
 	})
-	mux.HandleFunc("GET "+PathVerify, func(w http.ResponseWriter, req *http.Request) {
+	verify := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		res, err := r.Verify(req.Context())
 		if err != nil {
 			log.Error("audit verify", zap.Error(err))
@@ -83,7 +99,10 @@ func NewHandler(r Reader, log *zap.Logger) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, res)
 	})
-	return mux
+	return []auth.Route{
+		{Pattern: "GET " + PathQuery, Role: auth.RoleViewer, Scope: auth.ScopeFiltered, Handler: query},
+		{Pattern: "GET " + PathVerify, Role: auth.RoleViewer, Scope: auth.ScopeGlobal, Handler: verify},
+	}
 }
 
 type errorBody struct {

@@ -19,7 +19,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/services/audit/store"
 )
 
@@ -45,9 +47,45 @@ func seed(t *testing.T, st store.Store) {
 	}
 }
 
+// testTokens are tokens of a real tokens bucket that the guard of
+// [guarded] reads (never writes), as the standalone service does.
+type testTokens struct {
+	guard           *auth.Guard
+	viewer, limited string
+}
+
+func guarded(t *testing.T) *testTokens {
+	t.Helper()
+	ns := natstest.Run(t)
+	// The pipeline service owns the bucket; the audit side only reads it.
+	w, err := auth.OpenTokenStore(context.Background(), ns.JS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(role auth.Role, pipelines ...string) string {
+		secret, _, err := w.Create(context.Background(), auth.TokenSpec{Role: role, Pipelines: pipelines}, auth.System)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return secret
+	}
+	return &testTokens{
+		guard:   &auth.Guard{Authenticators: []auth.Authenticator{auth.Bearer{Tokens: auth.ReadTokenStore(ns.JS)}}},
+		viewer:  mk(auth.RoleViewer),
+		limited: mk(auth.RoleOperator, "p"),
+	}
+}
+
+// bearer is the token getJSON sends.
+var bearer string
+
 func getJSON(t *testing.T, url string, status int, out any) {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,8 +109,11 @@ func TestHTTPQueryAndVerify(t *testing.T) {
 	}
 	defer st.Close()
 	seed(t, st)
-	srv := httptest.NewServer(NewHandler(st, zap.NewNop()))
+	tt := guarded(t)
+	srv := httptest.NewServer(NewHandler(st, zap.NewNop(), tt.guard))
 	defer srv.Close()
+	bearer = tt.viewer
+	defer func() { bearer = "" }()
 
 	cases := []struct {
 		query string
@@ -124,8 +165,35 @@ func TestHTTPQueryAndVerify(t *testing.T) {
 		t.Fatalf("verify = %+v", res)
 	}
 
+	// Who may read: no token or an unknown one is 401; a grant limited to
+	// pipeline p reads p's records only, and not the whole chain.
+	for _, c := range []struct {
+		token, query string
+		want         int
+	}{
+		{"", "", http.StatusUnauthorized},
+		{"ansf_not-a-token-at-all-but-long-enough", "", http.StatusUnauthorized},
+		{tt.limited, "", http.StatusForbidden},
+		{tt.limited, "?pipeline=other", http.StatusForbidden},
+	} {
+		bearer = c.token
+		var e errorBody
+		getJSON(t, srv.URL+PathQuery+c.query, c.want, &e)
+		if e.Error == "" || strings.Contains(e.Error, tt.limited) {
+			t.Errorf("token %.8s… ?%s: error %q", c.token, c.query, e.Error)
+		}
+	}
+	bearer = tt.limited
+	getJSON(t, srv.URL+PathQuery+"?pipeline=p", http.StatusOK, &p)
+	if len(p.Records) != 12 {
+		t.Errorf("limited grant on p: %d records, want 12", len(p.Records))
+	}
+	var e errorBody
+	getJSON(t, srv.URL+PathVerify, http.StatusForbidden, &e)
+	bearer = tt.viewer
+
 	// The client speaks the same API.
-	c := NewClient(srv.URL+"/", nil)
+	c := NewClient(srv.URL+"/", &http.Client{Transport: &auth.BearerTransport{Token: tt.viewer}})
 	cp, err := c.Query(context.Background(), store.Filter{RunID: "run-2", Since: t0, Limit: 10})
 	if err != nil || len(cp.Records) != 4 {
 		t.Fatalf("client query: %d records, %v", len(cp.Records), err)

@@ -15,12 +15,14 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/source"
@@ -31,49 +33,102 @@ import (
 
 // Server is the HTTP API. Create it with [New].
 type Server struct {
-	st  *store.Store
-	orc *orchestrator.Orchestrator
-	js  jetstream.JetStream
-	log *zap.Logger
-	mux *http.ServeMux
+	st     *store.Store
+	orc    *orchestrator.Orchestrator
+	js     jetstream.JetStream
+	tokens *auth.TokenStore
+	log    *zap.Logger
+	mux    *http.ServeMux
+	guard  *auth.Guard
+
+	mu     sync.Mutex
+	routes []auth.Route
+
 	// MaxSourceBytes bounds a source upload (default
 	// source.MaxArchiveBytes).
 	MaxSourceBytes int64
 }
 
-// New returns the API over the store and orchestrator.
-func New(st *store.Store, orc *orchestrator.Orchestrator, js jetstream.JetStream, log *zap.Logger) *Server {
-	s := &Server{st: st, orc: orc, js: js, log: log, mux: http.NewServeMux(), MaxSourceBytes: source.MaxArchiveBytes}
-	m := s.mux
-	m.HandleFunc("GET /api/v1/pipelines", s.listPipelines)
-	m.HandleFunc("POST /api/v1/pipelines", s.applyPipeline)
-	m.HandleFunc("GET /api/v1/pipelines/{name}", s.getPipeline)
-	m.HandleFunc("PUT /api/v1/pipelines/{name}", s.applyPipeline)
-	m.HandleFunc("DELETE /api/v1/pipelines/{name}", s.deletePipeline)
-	m.HandleFunc("GET /api/v1/pipelines/{name}/export", s.exportPipeline)
-	m.HandleFunc("GET /api/v1/pipelines/{name}/versions", s.pipelineVersions)
-	m.HandleFunc("POST /api/v1/pipelines/{name}/clone", s.clonePipeline)
-	m.HandleFunc("POST /api/v1/pipelines/{name}/runs", s.triggerRun)
-	m.HandleFunc("POST /api/v1/validate", s.validate)
-	m.HandleFunc("GET /api/v1/runs", s.listRuns)
-	m.HandleFunc("GET /api/v1/runs/{id}", s.getRun)
-	m.HandleFunc("POST /api/v1/runs/{id}/cancel", s.cancelRun)
-	m.HandleFunc("POST /api/v1/runs/{id}/rerun", s.rerun)
-	m.HandleFunc("GET /api/v1/runs/{id}/logs", s.logs)
-	m.HandleFunc("GET /api/v1/runners", s.listRunners)
-	m.HandleFunc("POST /api/v1/sources", s.uploadSource)
-	m.HandleFunc("GET /api/v1/registries", s.listRegistries)
-	m.HandleFunc("POST /api/v1/registries", s.putRegistry)
-	m.HandleFunc("DELETE /api/v1/registries/{id}", s.deleteRegistry)
-	m.HandleFunc("GET /api/v1/clusters", s.listClusters)
-	m.HandleFunc("POST /api/v1/clusters", s.putCluster)
-	m.HandleFunc("DELETE /api/v1/clusters/{id}", s.deleteCluster)
-	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+// New returns the API over the store and orchestrator. Requests are
+// authenticated with bearer tokens of tokens first, then with authn in
+// order, and authorized by the route table ([Server.Routes]).
+func New(st *store.Store, orc *orchestrator.Orchestrator, js jetstream.JetStream, tokens *auth.TokenStore, log *zap.Logger, authn ...auth.Authenticator) *Server {
+	s := &Server{st: st, orc: orc, js: js, tokens: tokens, log: log, mux: http.NewServeMux(), MaxSourceBytes: source.MaxArchiveBytes}
+	s.guard = &auth.Guard{
+		Authenticators: append([]auth.Authenticator{auth.Bearer{Tokens: tokens}}, authn...),
+		RunPipeline: func(ctx context.Context, id string) (string, error) {
+			run, err := st.GetRun(ctx, id)
+			if err != nil {
+				return "", err
+			}
+			return run.Pipeline, nil
+		},
+		PipelineName: spec.Slug,
+		Denied:       s.denied,
+	}
+	s.Mount(s.table()...)
 	return s
 }
 
-// Handle mounts another handler (e.g. the audit API) on the same server.
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+// table is the API's own routes, each with the least role that may call
+// it and the pipeline it acts on (see docs/security.md).
+func (s *Server) table() []auth.Route {
+	const (
+		viewer   = auth.RoleViewer
+		operator = auth.RoleOperator
+		admin    = auth.RoleAdmin
+	)
+	r := func(pattern string, role auth.Role, scope auth.Scope, h http.HandlerFunc) auth.Route {
+		return auth.Route{Pattern: pattern, Role: role, Scope: scope, Handler: h}
+	}
+	return []auth.Route{
+		r("GET /api/v1/pipelines", viewer, auth.ScopeFiltered, s.listPipelines),
+		r("POST /api/v1/pipelines", operator, auth.ScopeAny, s.applyPipeline),
+		r("GET /api/v1/pipelines/{name}", viewer, auth.ScopePipeline, s.getPipeline),
+		r("PUT /api/v1/pipelines/{name}", operator, auth.ScopePipeline, s.applyPipeline),
+		r("DELETE /api/v1/pipelines/{name}", operator, auth.ScopePipeline, s.deletePipeline),
+		r("GET /api/v1/pipelines/{name}/export", viewer, auth.ScopePipeline, s.exportPipeline),
+		r("GET /api/v1/pipelines/{name}/versions", viewer, auth.ScopePipeline, s.pipelineVersions),
+		r("POST /api/v1/pipelines/{name}/clone", operator, auth.ScopePipeline, s.clonePipeline),
+		r("POST /api/v1/pipelines/{name}/runs", operator, auth.ScopePipeline, s.triggerRun),
+		r("POST /api/v1/validate", operator, auth.ScopeAny, s.validate),
+		r("GET /api/v1/runs", viewer, auth.ScopeFiltered, s.listRuns),
+		r("GET /api/v1/runs/{id}", viewer, auth.ScopeRun, s.getRun),
+		r("POST /api/v1/runs/{id}/cancel", operator, auth.ScopeRun, s.cancelRun),
+		r("POST /api/v1/runs/{id}/rerun", operator, auth.ScopeRun, s.rerun),
+		r("GET /api/v1/runs/{id}/logs", viewer, auth.ScopeRun, s.logs),
+		r("GET /api/v1/runners", viewer, auth.ScopeGlobal, s.listRunners),
+		r("POST /api/v1/sources", operator, auth.ScopeAny, s.uploadSource),
+		r("GET /api/v1/registries", viewer, auth.ScopeGlobal, s.listRegistries),
+		r("POST /api/v1/registries", admin, auth.ScopeGlobal, s.putRegistry),
+		r("DELETE /api/v1/registries/{id}", admin, auth.ScopeGlobal, s.deleteRegistry),
+		r("GET /api/v1/clusters", viewer, auth.ScopeGlobal, s.listClusters),
+		r("POST /api/v1/clusters", admin, auth.ScopeGlobal, s.putCluster),
+		r("DELETE /api/v1/clusters/{id}", admin, auth.ScopeGlobal, s.deleteCluster),
+		r("POST /api/v1/tokens", admin, auth.ScopeAny, s.createToken),
+		r("GET /api/v1/tokens", admin, auth.ScopeGlobal, s.listTokens),
+		r("DELETE /api/v1/tokens/{id}", admin, auth.ScopeGlobal, s.revokeToken),
+		r("GET /healthz", "", auth.ScopePublic, func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") }),
+	}
+}
+
+// Mount serves more routes (the webhooks, the audit API) behind the same
+// guard. Every route must state its role and scope: there is no way to
+// mount an unguarded handler but [auth.ScopePublic].
+func (s *Server) Mount(routes ...auth.Route) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.routes = append(s.routes, routes...)
+	s.guard.Mount(s.mux, routes...)
+}
+
+// Routes returns every route the server serves, its own and those mounted,
+// in mount order.
+func (s *Server) Routes() []auth.Route {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]auth.Route(nil), s.routes...)
+}
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
@@ -118,6 +173,12 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		code = http.StatusBadRequest
 	case errors.Is(err, orchestrator.ErrFinished):
 		code = http.StatusConflict
+	case errors.Is(err, auth.ErrForbidden):
+		code = http.StatusForbidden
+	case errors.Is(err, auth.ErrTokenNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, auth.ErrBadTokenSpec):
+		code = http.StatusBadRequest
 	}
 	if code == http.StatusInternalServerError {
 		s.log.Error("request failed", zap.Error(err))
@@ -135,12 +196,9 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	return b, nil
 }
 
-func actor(r *http.Request) string {
-	if a := r.Header.Get("X-Ansflow-Actor"); a != "" {
-		return a
-	}
-	return "anonymous@" + clientIP(r)
-}
+// actor is the authenticated identity of r, as the audit trail and the
+// records it changes name it.
+func actor(r *http.Request) string { return auth.FromContext(r.Context()).Actor() }
 
 func clientIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -153,11 +211,31 @@ func clientIP(r *http.Request) string {
 // audit publishes an API action for the audit trail.
 func (s *Server) audit(r *http.Request, action, target string, err error) {
 	outcome := "ok"
-	if err != nil {
+	switch {
+	case errors.Is(err, auth.ErrForbidden):
+		outcome = "denied: " + err.Error()
+	case err != nil:
 		outcome = "error: " + err.Error()
 	}
+	s.publishAction(actor(r), clientIP(r), action, target, outcome)
+}
+
+// denied records a request the guard refused: who (or "anonymous"), from
+// where, which route and why. The reason never holds a credential.
+func (s *Server) denied(r *http.Request, d auth.Denial) {
+	target := r.URL.Path
+	switch {
+	case r.PathValue("name") != "":
+		target = "pipeline/" + r.PathValue("name")
+	case strings.HasPrefix(r.URL.Path, "/api/v1/runs/") && r.PathValue("id") != "":
+		target = "run/" + r.PathValue("id")
+	}
+	s.publishAction(d.Identity.Actor(), clientIP(r), d.Route.Pattern, target, fmt.Sprintf("denied: %d %s", d.Status, d.Reason))
+}
+
+func (s *Server) publishAction(actor, ip, action, target, outcome string) {
 	e, eerr := event.New(orchestrator.Source, event.TypeAPIAction, event.Meta{}, event.Action{
-		Actor: actor(r), SourceIP: clientIP(r), Action: action, Target: target, Outcome: outcome})
+		Actor: actor, SourceIP: ip, Action: action, Target: target, Outcome: outcome})
 	if eerr != nil {
 		return
 	}
@@ -199,6 +277,9 @@ func (s *Server) applyPipeline(w http.ResponseWriter, r *http.Request) {
 	if err == nil && r.PathValue("name") != "" && spec.Slug(r.PathValue("name")) != spec.Slug(p.Name) {
 		err = fmt.Errorf("%w: URL names pipeline %q but the file names %q", errBadRequest, r.PathValue("name"), p.Name)
 	}
+	if err == nil {
+		err = mayWrite(r, p.Name)
+	}
 	var rec *store.PipelineRecord
 	if err == nil {
 		rec, err = s.st.PutPipeline(r.Context(), p, text, actor(r))
@@ -234,7 +315,14 @@ func (s *Server) listPipelines(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writePage(s, w, r, ps, func(p *store.PipelineRecord) string { return p.Name })
+	id := auth.FromContext(r.Context())
+	out := ps[:0]
+	for _, p := range ps {
+		if id.CoversPipeline(spec.Slug(p.Name)) {
+			out = append(out, p)
+		}
+	}
+	writePage(s, w, r, out, func(p *store.PipelineRecord) string { return p.Name })
 }
 
 func (s *Server) getPipeline(w http.ResponseWriter, r *http.Request) {
@@ -304,6 +392,9 @@ func (s *Server) clonePipeline(w http.ResponseWriter, r *http.Request) {
 		rec, err = s.st.GetPipeline(r.Context(), r.PathValue("name"))
 	}
 	if err == nil {
+		err = mayWrite(r, cr.Name)
+	}
+	if err == nil {
 		if _, gerr := s.st.GetPipeline(r.Context(), cr.Name); gerr == nil {
 			err = fmt.Errorf("%w: pipeline %q already exists", errBadRequest, cr.Name)
 		}
@@ -371,10 +462,20 @@ func (s *Server) triggerRun(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	id := auth.FromContext(r.Context())
 	runs, err := s.st.ListRuns(r.Context(), store.RunFilter{Pipeline: q.Get("pipeline"), Status: q.Get("status")})
 	if err != nil {
 		s.fail(w, err)
 		return
+	}
+	if !id.AllPipelines() {
+		kept := runs[:0]
+		for _, run := range runs {
+			if id.CoversPipeline(spec.Slug(run.Pipeline)) {
+				kept = append(kept, run)
+			}
+		}
+		runs = kept
 	}
 	for _, run := range runs {
 		s.orc.Annotate(run)
@@ -541,4 +642,15 @@ type LogLine struct {
 	Status  string    `json:"status,omitempty"`
 	Error   string    `json:"error,omitempty"`
 	Time    time.Time `json:"time"`
+}
+
+// mayWrite checks that r's identity may change the pipeline named in its
+// body (a route of [auth.ScopeAny]); the error wraps [auth.ErrForbidden].
+func mayWrite(r *http.Request, pipeline string) error {
+	id := auth.FromContext(r.Context())
+	if !id.Can(auth.RoleOperator, spec.Slug(pipeline)) {
+		return fmt.Errorf("%w: the grant of %s (%s) does not cover pipeline %q",
+			auth.ErrForbidden, id.Actor(), id.Grant(), pipeline)
+	}
+	return nil
 }

@@ -14,7 +14,24 @@ import (
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
-func server(t *testing.T) string { return pipelinetest.Start(t).Srv.URL }
+// bearerFor is the token call sends to each test server (by base URL): the
+// server's admin token unless a test sets another.
+var bearerFor = map[string]string{}
+
+func server(t *testing.T) string {
+	env := pipelinetest.Start(t)
+	bearerFor[env.Srv.URL] = env.AdminToken
+	return env.Srv.URL
+}
+
+func tokenFor(url string) string {
+	for base, tok := range bearerFor {
+		if strings.HasPrefix(url, base) {
+			return tok
+		}
+	}
+	return ""
+}
 
 func call(t *testing.T, method, url, ctype, body string, out any) int {
 	t.Helper()
@@ -22,6 +39,7 @@ func call(t *testing.T, method, url, ctype, body string, out any) int {
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
 	}
+	req.Header.Set("Authorization", "Bearer "+tokenFor(url))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +100,9 @@ func TestPipelinesAndRuns(t *testing.T) {
 		t.Fatalf("trigger: %d", code)
 	}
 	// live logs: follow until the run ends
-	resp, err := http.Get(base + "/api/v1/runs/" + run.ID + "/logs")
+	lreq, _ := http.NewRequest(http.MethodGet, base+"/api/v1/runs/"+run.ID+"/logs", nil)
+	lreq.Header.Set("Authorization", "Bearer "+tokenFor(base))
+	resp, err := http.DefaultClient.Do(lreq)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
@@ -97,7 +98,7 @@ func TestLogsReleaseTheirGoroutinesAndConsumers(t *testing.T) {
 
 	// Warm up: the first cancel starts what stays (the API's async publish
 	// machinery), so one of each kind of follow runs before the baseline.
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	client := &http.Client{Transport: &auth.BearerTransport{Token: env.AdminToken, Base: &http.Transport{DisableKeepAlives: true}}}
 	for _, tg := range targets[:warmUp] { // a finishing run to the end, a waiting run cancelled
 		if err := followLogs(client, env.Srv.URL, tg.id, tg.how); err != nil {
 			t.Fatalf("warm-up on run %s: %v", tg.id, err)

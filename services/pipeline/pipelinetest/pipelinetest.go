@@ -1,17 +1,20 @@
 // Package pipelinetest starts a pipeline service for tests on real parts: an
 // in-process JetStream server, the service with its orchestrator running,
 // its API on an httptest server, and a runner loop with the scripted
-// [runnertest.Engine] serving the docker pool "default".
+// [runnertest.Engine] serving the docker pool "default", and an admin API
+// token.
 package pipelinetest
 
 import (
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/pkg/runner"
@@ -28,6 +31,20 @@ type Env struct {
 	Srv *httptest.Server
 	// Engine is the scripted engine behind the docker runner.
 	Engine *runnertest.Engine
+	// AdminToken is an admin API token; Client sends it on every request.
+	AdminToken string
+	Client     *http.Client
+}
+
+// Token creates an API token with role on pipelines (none: every pipeline)
+// and returns its secret.
+func (e *Env) Token(t testing.TB, role auth.Role, pipelines ...string) string {
+	t.Helper()
+	secret, _, err := e.Svc.Tokens.Create(context.Background(), auth.TokenSpec{Name: "test-" + string(role), Role: role, Pipelines: pipelines}, auth.System)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return secret
 }
 
 // Start starts the service, its orchestrator and a scripted docker runner,
@@ -38,14 +55,19 @@ func Start(t testing.TB) *Env {
 	ns := natstest.Run(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	e := &Env{NATS: ns, Engine: &runnertest.Engine{}}
+	admin, err := auth.NewTokenSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Env{NATS: ns, Engine: &runnertest.Engine{}, AdminToken: admin,
+		Client: &http.Client{Transport: &auth.BearerTransport{Token: admin}}}
 	cfg := runner.Config{Kind: event.KindDocker, Targets: []string{"default"}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	nc, js := ns.Connect(t)
 	go func() { _ = runner.New(cfg, nc, js, e.Engine, nil, zap.NewNop()).Run(ctx) }()
-	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0",
+	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0", AdminToken: admin,
 		Orchestrator: orchestrator.Config{Policy: orchestrator.Policy{NoRunnerTimeout: 5 * time.Second}}}, ns.JS, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)

@@ -11,10 +11,12 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/pipeline/api"
+	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/schedule"
 	"github.com/ansflow/ansflow/services/pipeline/store"
@@ -31,6 +33,16 @@ type Config struct {
 	Orchestrator orchestrator.Config
 	// TLS, when set, serves the API and webhooks over HTTPS only.
 	TLS httpserver.TLS
+	// AdminToken, when set, is registered as an admin token on every
+	// pipeline (the --admin-token-file of a standalone service, the
+	// admin.token of `ansflow up`). It must have at least
+	// [auth.MinSecretLen] characters.
+	AdminToken string
+	// Authenticators are tried after bearer tokens and login sessions.
+	Authenticators []auth.Authenticator
+	// Login configures human login (passwords, sessions, OpenID Connect);
+	// the zero value serves password login with the defaults.
+	Login login.Config
 }
 
 // Service is the running pipeline service.
@@ -42,7 +54,11 @@ type Service struct {
 	Orc   *orchestrator.Orchestrator
 	API   *api.Server
 	Hooks *webhook.Handler
-	Cron  *schedule.Scheduler
+	// Tokens is the API token store.
+	Tokens *auth.TokenStore
+	// Login serves human login and authenticates its session cookies.
+	Login *login.Service
+	Cron   *schedule.Scheduler
 }
 
 // New opens the streams and buckets and builds the service.
@@ -76,9 +92,29 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 	if err != nil {
 		return nil, err
 	}
-	a := api.New(st, orc, js, log)
-	a.Handle("POST /webhooks/{provider}/{pipeline}", hooks)
-	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched}, nil
+	tokens, err := auth.OpenTokenStore(ctx, js, cfg.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.AdminToken != "" {
+		t, err := tokens.Register(ctx, cfg.AdminToken, auth.TokenSpec{Name: "admin", Role: auth.RoleAdmin}, auth.System.Actor())
+		if err != nil {
+			return nil, fmt.Errorf("admin token: %w", err)
+		}
+		log.Info("admin token registered", zap.String("token_id", t.ID))
+	}
+	if cfg.Login.Replicas == 0 {
+		cfg.Login.Replicas = cfg.Replicas
+	}
+	lsvc, err := login.New(ctx, cfg.Login, js, log)
+	if err != nil {
+		return nil, err
+	}
+	a := api.New(st, orc, js, tokens, log, append([]auth.Authenticator{lsvc}, cfg.Authenticators...)...)
+	a.Mount(lsvc.Routes()...)
+	// Webhooks authenticate by their signatures.
+	a.Mount(auth.Route{Pattern: "POST /webhooks/{provider}/{pipeline}", Scope: auth.ScopePublic, Handler: hooks})
+	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched, Tokens: tokens, Login: lsvc}, nil
 }
 
 // Run serves the orchestrator and the HTTP API until ctx is done.
