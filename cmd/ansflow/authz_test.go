@@ -163,6 +163,13 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"GET /api/v1/audit":                     {auth.RoleViewer, "pipeline", "GET", "/api/v1/audit?pipeline=alpha", "", ""},
 		"GET /api/v1/audit/verify":              {auth.RoleViewer, "global", "GET", "/api/v1/audit/verify", "", ""},
 		"GET /healthz":                          {"", "public", "GET", "/healthz", "", ""},
+		"GET /api/v1/login":                     {"", "public", "GET", "/api/v1/login", "", ""},
+		"POST /api/v1/login":                    {"", "public", "POST", "/api/v1/login", "text/plain", "not JSON"},
+		"POST /api/v1/logout":                   {"", "public", "POST", "/api/v1/logout", "", ""},
+		"GET /api/v1/me":                        {auth.RoleViewer, "open", "GET", "/api/v1/me", "", ""},
+		"GET /api/v1/users":                     {auth.RoleAdmin, "global", "GET", "/api/v1/users", "", ""},
+		"POST /api/v1/users":                    {auth.RoleAdmin, "global", "POST", "/api/v1/users", jsonCT, `{"name":"matrix-user","role":"viewer","password":"matrix-password"}`},
+		"DELETE /api/v1/users/{name}":           {auth.RoleAdmin, "global", "DELETE", "/api/v1/users/nobody", "", ""},
 		"POST /webhooks/{provider}/{pipeline}":  {"", "public", "POST", "/webhooks/github/alpha", jsonCT, `{}`},
 	}
 	routes := st.svc.API.Routes()
