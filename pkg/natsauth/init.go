@@ -48,11 +48,13 @@ type InitConfig struct {
 
 // Files written by [Init], relative to its directory.
 const (
-	ConfFile     = "nats.conf"
-	CAFile       = "tls/ca.pem"
-	caKeyFile    = "tls/ca-key.pem"
+	ConfFile  = "nats.conf"
+	CAFile    = "tls/ca.pem"
+	caKeyFile = "tls/ca-key.pem"
+	// ServerCert and ServerKey are the server certificate (for NATS, and
+	// usable for the HTTPS API on the same host) and its key.
 	ServerCert   = "tls/server.pem"
-	serverKey    = "tls/server-key.pem"
+	ServerKey    = "tls/server-key.pem"
 	operatorSeed = "keys/operator.nk"
 	accountSeed  = "keys/account.nk"
 	accountJWT   = "keys/account.jwt"
@@ -187,7 +189,7 @@ resolver_preload: {
   %[7]s: %[8]q
   %[9]s: %[10]q
 }
-`, filepath.Join(dir, ConfFile), cfg.Listen, filepath.Join(dir, "data"), filepath.Join(dir, ServerCert), filepath.Join(dir, serverKey),
+`, filepath.Join(dir, ConfFile), cfg.Listen, filepath.Join(dir, "data"), filepath.Join(dir, ServerCert), filepath.Join(dir, ServerKey),
 		opJWT, sysPub, sysJWT, accPub, accJWT)
 	if err := os.WriteFile(filepath.Join(dir, ConfFile), []byte(conf), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", ConfFile, err)
@@ -387,7 +389,7 @@ func writeTLS(dir string, hosts []string, validity time.Duration) error {
 	if err := writeSecret(filepath.Join(dir, caKeyFile), pemOf("EC PRIVATE KEY", caKeyDER)); err != nil {
 		return err
 	}
-	return writeSecret(filepath.Join(dir, serverKey), pemOf("EC PRIVATE KEY", srvKeyDER))
+	return writeSecret(filepath.Join(dir, ServerKey), pemOf("EC PRIVATE KEY", srvKeyDER))
 }
 
 func serial() *big.Int {

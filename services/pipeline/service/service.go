@@ -58,7 +58,7 @@ type Service struct {
 	Tokens *auth.TokenStore
 	// Login serves human login and authenticates its session cookies.
 	Login *login.Service
-	Cron   *schedule.Scheduler
+	Cron  *schedule.Scheduler
 }
 
 // New opens the streams and buckets and builds the service.
