@@ -50,7 +50,7 @@ func TestWebhookValuesCannotInjectShell(t *testing.T) {
 	cli := dockertest.Client(t)
 	image := dockertest.BusyboxImage(t, cli)
 	const secret = "e2e-hook-secret"
-	t.Setenv("E2E_HOOK_SECRET", secret)
+	t.Setenv("ANSFLOW_WEBHOOK_E2E", secret)
 	repo, commit := gitRepo(t, map[string]string{"README": "hi\n"})
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -66,7 +66,7 @@ func TestWebhookValuesCannotInjectShell(t *testing.T) {
   triggers:
     - type: webhook
       provider: github
-      secret_env: E2E_HOOK_SECRET
+      secret_env: ANSFLOW_WEBHOOK_E2E
   steps:
     - name: show
       type: docker_run

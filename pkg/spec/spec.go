@@ -5,6 +5,7 @@ package spec
 
 import (
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -132,15 +133,75 @@ const (
 
 // Trigger starts the pipeline from a Git webhook or a schedule.
 type Trigger struct {
-	Type      string   `yaml:"type" json:"type"` // webhook or cron
-	Provider  string   `yaml:"provider,omitempty" json:"provider,omitempty"`
+	Type     string `yaml:"type" json:"type"` // webhook or cron
+	Provider string `yaml:"provider,omitempty" json:"provider,omitempty"`
+	// Secret names the webhook secret in the secret store; it is the way
+	// forward and replaces SecretEnv.
+	Secret string `yaml:"secret,omitempty" json:"secret,omitempty"`
+	// SecretEnv names an environment variable of the pipeline service
+	// holding the webhook secret; only names starting with
+	// [WebhookSecretEnvPrefix] are accepted.
 	SecretEnv string   `yaml:"secret_env,omitempty" json:"secret_env,omitempty"`
 	Events    []string `yaml:"events,omitempty" json:"events,omitempty"`
 	Branches  []string `yaml:"branches,omitempty" json:"branches,omitempty"`
 	Tags      []string `yaml:"tags,omitempty" json:"tags,omitempty"`
 	Paths     []string `yaml:"paths,omitempty" json:"paths,omitempty"`
-	Schedule  string   `yaml:"schedule,omitempty" json:"schedule,omitempty"`
-	Branch    string   `yaml:"branch,omitempty" json:"branch,omitempty"`
+	// PullRequest filters pull (merge) request events.
+	PullRequest *PullRequestRules `yaml:"pull_request,omitempty" json:"pull_request,omitempty"`
+	Schedule    string            `yaml:"schedule,omitempty" json:"schedule,omitempty"`
+	Branch      string            `yaml:"branch,omitempty" json:"branch,omitempty"`
+}
+
+// WebhookSecretEnvPrefix starts every environment variable a trigger's
+// secret_env may name, so that a pipeline cannot use an arbitrary variable
+// of the service (HOME, a cloud key) as its webhook secret.
+const WebhookSecretEnvPrefix = "ANSFLOW_WEBHOOK_"
+
+// triggerSecretName is the shape of a secret name a trigger's secret: may
+// hold.
+var triggerSecretName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
+
+// Fork policies of [PullRequestRules.Forks].
+const (
+	// ForksIgnore answers pull requests from forks "ignored" (the default).
+	ForksIgnore = "ignore"
+	// ForksRun runs them, marked as coming from a fork so that they get no
+	// secrets.
+	ForksRun = "run"
+)
+
+// DefaultPullRequestActions are the pull request actions that start a run
+// when a trigger lists none: new commits to review, not closing or editing.
+var DefaultPullRequestActions = []string{"opened", "synchronize", "reopened"}
+
+// PullRequestActions are the normalised pull request actions a trigger may
+// list (GitLab's open/update/reopen/close/merge and Gitea's synchronized map
+// onto them).
+var PullRequestActions = []string{"opened", "synchronize", "reopened", "closed", "merged", "edited", "ready_for_review"}
+
+// PullRequestRules filters pull request events of a webhook trigger.
+type PullRequestRules struct {
+	// Actions that start a run (default [DefaultPullRequestActions]).
+	Actions []string `yaml:"actions,omitempty" json:"actions,omitempty"`
+	// Forks is what a pull request whose head repository is not the base
+	// repository does: ignore (default) or run (without secrets).
+	Forks string `yaml:"forks,omitempty" json:"forks,omitempty"`
+}
+
+// PullRequestActionsOf returns the actions trigger t starts runs for.
+func (t *Trigger) PullRequestActionsOf() []string {
+	if t.PullRequest != nil && len(t.PullRequest.Actions) > 0 {
+		return t.PullRequest.Actions
+	}
+	return DefaultPullRequestActions
+}
+
+// ForkPolicy returns t's policy for pull requests from forks.
+func (t *Trigger) ForkPolicy() string {
+	if t.PullRequest != nil && t.PullRequest.Forks != "" {
+		return t.PullRequest.Forks
+	}
+	return ForksIgnore
 }
 
 // Ref names a catalogue entry (registry or cluster) by numeric id or name.

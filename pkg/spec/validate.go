@@ -3,6 +3,7 @@ package spec
 import (
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 
@@ -190,8 +191,29 @@ func (p *parser) validateTrigger(f string, t *Trigger) {
 		default:
 			p.add(p.line(f+".provider"), f+".provider", "%q: want github, gitlab or gitea", t.Provider)
 		}
-		if t.SecretEnv == "" {
-			p.add(p.line(f), f+".secret_env", "required: the environment variable holding the webhook secret")
+		switch {
+		case t.Secret == "" && t.SecretEnv == "":
+			p.add(p.line(f), f+".secret", "required: the name of the webhook secret in the secret store")
+		case t.Secret != "" && t.SecretEnv != "":
+			p.add(p.line(f+".secret_env"), f+".secret_env", "set secret or secret_env, not both")
+		case t.Secret != "" && !triggerSecretName.MatchString(t.Secret):
+			p.add(p.line(f+".secret"), f+".secret", "%q: want a secret name of letters, digits, '_', '.' and '-'", t.Secret)
+		case t.SecretEnv != "" && (!strings.HasPrefix(t.SecretEnv, WebhookSecretEnvPrefix) || len(t.SecretEnv) == len(WebhookSecretEnvPrefix)):
+			p.add(p.line(f+".secret_env"), f+".secret_env", "%q: only variables named %s* may hold a webhook secret; better, name a stored secret with secret:", t.SecretEnv, WebhookSecretEnvPrefix)
+		}
+		if pr := t.PullRequest; pr != nil {
+			for _, a := range pr.Actions {
+				if !slices.Contains(PullRequestActions, a) {
+					p.add(p.line(f+".pull_request.actions"), f+".pull_request.actions", "%q: want one of %s", a, strings.Join(PullRequestActions, ", "))
+				}
+			}
+			switch pr.Forks {
+			case "", ForksIgnore, ForksRun:
+			case "approve":
+				p.add(p.line(f+".pull_request.forks"), f+".pull_request.forks", "approve is not supported yet: want ignore or run")
+			default:
+				p.add(p.line(f+".pull_request.forks"), f+".pull_request.forks", "%q: want ignore or run", pr.Forks)
+			}
 		}
 		for _, e := range t.Events {
 			switch e {
@@ -201,6 +223,9 @@ func (p *parser) validateTrigger(f string, t *Trigger) {
 			}
 		}
 	case "cron":
+		if t.Secret != "" || t.SecretEnv != "" || t.PullRequest != nil {
+			p.add(p.line(f), f, "secret, secret_env and pull_request apply to webhook triggers only")
+		}
 		if len(strings.Fields(t.Schedule)) != 5 {
 			p.add(p.line(f+".schedule"), f+".schedule", "%q: want a 5-field cron expression", t.Schedule)
 		}

@@ -22,16 +22,16 @@ const pipelineYAML = `pipeline:
   triggers:
     - type: webhook
       provider: github
-      secret_env: WEB_HOOK_SECRET
+      secret_env: ANSFLOW_WEBHOOK_WEB
       events: [push]
       branches: ["main", "release/*"]
       paths: ["src/**"]
     - type: webhook
       provider: gitlab
-      secret_env: WEB_HOOK_SECRET
+      secret_env: ANSFLOW_WEBHOOK_WEB
     - type: webhook
       provider: gitea
-      secret_env: WEB_HOOK_SECRET
+      secret_env: ANSFLOW_WEBHOOK_WEB
     - type: cron
       schedule: "*/5 * * * *"
       branch: main
@@ -52,7 +52,7 @@ func setup(t testing.TB) *fixture {
 	t.Helper()
 	env := pipelinetest.Start(t)
 	env.Svc.Hooks.Secret = func(name string) string {
-		if name == "WEB_HOOK_SECRET" {
+		if name == "ANSFLOW_WEBHOOK_WEB" {
 			return secret
 		}
 		return ""
