@@ -17,7 +17,7 @@ func TestWebhookTriggerSecretsAndPullRequestRules(t *testing.T) {
 		{"stored secret", "      secret: GH_HOOK\n", ""},
 		{"prefixed env", "      secret_env: ANSFLOW_WEBHOOK_GH\n", ""},
 		{"no secret", "      events: [push]\n", "f.yaml:7: pipeline.triggers[0].secret: required"},
-		{"any env", "      secret_env: HOME\n", `f.yaml:8: pipeline.triggers[0].secret_env: "HOME": only variables named ANSFLOW_WEBHOOK_*`},
+		{"any env", "      secret_env: HOME\n", `f.yaml:9: pipeline.triggers[0].secret_env: "HOME": only variables named ANSFLOW_WEBHOOK_*`},
 		{"bare prefix", "      secret_env: ANSFLOW_WEBHOOK_\n", "only variables named ANSFLOW_WEBHOOK_*"},
 		{"both", "      secret: A\n      secret_env: ANSFLOW_WEBHOOK_A\n", "set secret or secret_env, not both"},
 		{"bad secret name", "      secret: \"a b\"\n", `pipeline.triggers[0].secret: "a b": want a secret name`},
