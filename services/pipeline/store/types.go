@@ -112,6 +112,11 @@ type Trigger struct {
 	Actor    string `json:"actor,omitempty"`
 	Provider string `json:"provider,omitempty"`
 	Delivery string `json:"delivery,omitempty"`
+	// Event is a webhook's normalised event: push, tag or pull_request.
+	Event string `json:"event,omitempty"`
+	// Fork marks a run of a pull request from a fork: it must get no
+	// secrets.
+	Fork bool `json:"fork,omitempty"`
 }
 
 // Source locates the run's source tree for runners.

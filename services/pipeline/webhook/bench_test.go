@@ -30,7 +30,7 @@ func BenchmarkWebhookToStepRequested(b *testing.B) {
 	var lat []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		body := pushBody("main", "bench", "src/x.go")
+		body := pushBody("main", fmt.Sprintf("bench %d", i), "src/x.go")
 		req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/webhooks/github/web", bytes.NewReader(body))
 		for k, v := range github(body, fmt.Sprintf("bench-%d", i)) {
 			req.Header.Set(k, v)

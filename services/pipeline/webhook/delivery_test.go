@@ -39,7 +39,7 @@ func TestDeliveryWhoseRunCannotBeCreatedIsRetried(t *testing.T) {
 	f := setup(t)
 	js := f.svc.Hooks.JS()
 	body := pushBody("main", "first try", "src/a.go")
-	want := webhook.RunID("github", "web", "retry-1")
+	want := webhook.RunID("github", "web", bodyKey(body))
 
 	fillRuns(t, js, true)
 	code, resp := f.post(t, "github", body, github(body, "retry-1"))
@@ -104,7 +104,7 @@ func TestConcurrentCopiesOfADeliveryCreateOneRun(t *testing.T) {
 	}
 	wg.Wait()
 
-	want := webhook.RunID("github", "web", "burst-1")
+	want := webhook.RunID("github", "web", bodyKey(body))
 	accepted := 0
 	for i, a := range answers {
 		switch {

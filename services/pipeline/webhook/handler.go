@@ -2,8 +2,6 @@ package webhook
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -46,16 +45,69 @@ type Handler struct {
 	orc *orchestrator.Orchestrator
 	js  jetstream.JetStream
 	log *zap.Logger
-	// Secret returns the value of the environment variable a trigger names
-	// (os.Getenv by default).
+	// Secret returns the value of the environment variable a trigger's
+	// secret_env names (os.Getenv by default). It is asked only for names
+	// starting with [spec.WebhookSecretEnvPrefix].
 	Secret func(name string) string
+	// Secrets resolves the stored secrets triggers name with secret:. Nil
+	// until the secret store is wired: such triggers then refuse every
+	// delivery, saying why.
+	Secrets SecretSource
+	// Now is the clock signed timestamps are checked against (time.Now by
+	// default).
+	Now func() time.Time
+}
+
+// SecretSource resolves the webhook secret a trigger names with `secret:`
+// (the path forward from secret_env: the secret store implements it).
+// Implementations must be safe for concurrent use and must not log the
+// value.
+type SecretSource interface {
+	// WebhookSecret returns the value of secret name as pipeline sees it
+	// (a pipeline-scoped secret before a global one).
+	WebhookSecret(ctx context.Context, pipeline, name string) (string, error)
+}
+
+// SecretSourceFunc adapts a function to [SecretSource].
+type SecretSourceFunc func(ctx context.Context, pipeline, name string) (string, error)
+
+// WebhookSecret calls f.
+func (f SecretSourceFunc) WebhookSecret(ctx context.Context, pipeline, name string) (string, error) {
+	return f(ctx, pipeline, name)
+}
+
+// errNoSecretStore is returned for a trigger naming a stored secret when
+// no [SecretSource] is configured.
+var errNoSecretStore = errors.New("no secret store is configured")
+
+// secretFor returns the webhook secret of trigger t of pipeline.
+func (h *Handler) secretFor(ctx context.Context, pipeline string, t *spec.Trigger) (string, error) {
+	switch {
+	case t.Secret != "":
+		if h.Secrets == nil {
+			return "", fmt.Errorf("trigger secret %q: %w", t.Secret, errNoSecretStore)
+		}
+		v, err := h.Secrets.WebhookSecret(ctx, pipeline, t.Secret)
+		if err != nil {
+			return "", fmt.Errorf("trigger secret %q: %w", t.Secret, err)
+		}
+		return v, nil
+	case t.SecretEnv != "":
+		// validation refuses other names; a pipeline stored before it
+		// did must not read HOME or a cloud key either
+		if !strings.HasPrefix(t.SecretEnv, spec.WebhookSecretEnvPrefix) {
+			return "", fmt.Errorf("trigger secret_env %q: only %s* variables may hold a webhook secret", t.SecretEnv, spec.WebhookSecretEnvPrefix)
+		}
+		return h.Secret(t.SecretEnv), nil
+	}
+	return "", errors.New("trigger names no secret")
 }
 
 // New returns the webhook handler. It keeps no state of its own: ctx is
 // unused and no error is returned today; both stay so that assembling the
 // service does not change.
 func New(_ context.Context, st *store.Store, orc *orchestrator.Orchestrator, js jetstream.JetStream, log *zap.Logger) (*Handler, error) {
-	return &Handler{st: st, orc: orc, js: js, log: log.Named("webhook"), Secret: os.Getenv}, nil
+	return &Handler{st: st, orc: orc, js: js, log: log.Named("webhook"), Secret: os.Getenv, Now: time.Now}, nil
 }
 
 // Response is the JSON answer to a delivery.
@@ -77,10 +129,11 @@ type Response struct {
 var runNamespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("urn:ansflow:webhook-delivery"))
 
 // RunID is the id of the run a delivery starts: a UUIDv5 of the provider,
-// the pipeline (by slug) and the delivery id, so every copy of one delivery
-// names the same run.
-func RunID(provider, pipeline, delivery string) string {
-	return uuid.NewSHA1(runNamespace, []byte(provider+"\n"+spec.Slug(pipeline)+"\n"+delivery)).String()
+// the pipeline (by slug) and the delivery's signed key ([Delivery].Key), so
+// every copy of one delivery names the same run, whatever unsigned headers
+// a replay changes.
+func RunID(provider, pipeline, key string) string {
+	return uuid.NewSHA1(runNamespace, []byte(provider+"\n"+spec.Slug(pipeline)+"\n"+key)).String()
 }
 
 // RunPath is the API path of run id.
@@ -122,23 +175,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(http.StatusNotFound, Response{Status: "rejected", Reason: fmt.Sprintf("pipeline has no %s webhook trigger", provider)})
 		return
 	}
-	var delivery string
+	var d Delivery
 	verified := false
+	why := ErrSignature.Error()
 	for _, t := range triggers {
-		if d, err := Verify(provider, r.Header, body, h.Secret(t.SecretEnv)); err == nil {
-			delivery, verified = d, true
-			break
-		} else {
-			delivery = d
+		key, err := h.secretFor(r.Context(), rec.Name, t)
+		if err != nil {
+			h.log.Warn("webhook secret", zap.String("pipeline", rec.Name), zap.Error(err))
+			why = err.Error()
+			continue
 		}
+		got, err := Verify(provider, r.Header, body, key, h.Now())
+		d = got
+		if err == nil {
+			verified = true
+			break
+		}
+		why = err.Error()
 	}
+	delivery := d.ID
 	if !verified {
-		reply(http.StatusUnauthorized, Response{Status: "rejected", Delivery: delivery, Reason: ErrSignature.Error()})
+		reply(http.StatusUnauthorized, Response{Status: "rejected", Delivery: delivery, Reason: why})
 		return
 	}
 	if delivery == "" {
-		sum := sha256.Sum256(body)
-		delivery = "sha256-" + hex.EncodeToString(sum[:12])
+		delivery = d.Key
 	}
 	push, err := Parse(provider, r.Header, body)
 	if err != nil {
@@ -149,7 +210,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(http.StatusAccepted, Response{Status: "ignored", Delivery: delivery, Reason: "event does not trigger runs"})
 		return
 	}
-	why := ""
+	why = ""
 	matched := false
 	for _, t := range triggers {
 		ok, reason := Match(t, push)
@@ -163,11 +224,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(http.StatusAccepted, Response{Status: "ignored", Delivery: delivery, Reason: why})
 		return
 	}
-	id := RunID(provider, rec.Name, delivery)
+	id := RunID(provider, rec.Name, d.Key)
 	req := orchestrator.TriggerRequest{Pipeline: rec.Name, RunID: id,
 		Git: orchestrator.GitInfo{Commit: push.Commit, Branch: push.Branch, Tag: push.Tag, RepoURL: push.RepoURL,
 			Author: push.Author, Message: push.Message, Untrusted: true},
-		Trigger: store.Trigger{Kind: "webhook", Provider: provider, Delivery: delivery, Actor: provider + " delivery " + delivery}}
+		Trigger: store.Trigger{Kind: "webhook", Provider: provider, Delivery: delivery, Actor: provider + " delivery " + delivery,
+			Event: push.Event, Fork: push.Fork}}
 	if push.RepoURL != "" {
 		req.Source = &store.Source{RepoURL: push.RepoURL, Commit: push.Commit}
 	}

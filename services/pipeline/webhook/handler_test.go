@@ -3,6 +3,8 @@ package webhook_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -93,6 +95,12 @@ func (f *fixture) post(t *testing.T, provider string, body []byte, headers map[s
 	return resp.StatusCode, r
 }
 
+// bodyKey is the replay key of a body signed over as a whole.
+func bodyKey(body []byte) string {
+	sum := sha256.Sum256(body)
+	return "sha256-" + hex.EncodeToString(sum[:16])
+}
+
 func github(body []byte, delivery string) map[string]string {
 	return map[string]string{"X-GitHub-Event": "push", "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": "sha256=" + webhook.Sign(secret, body)}
 }
@@ -121,7 +129,7 @@ func TestGitHubPushTriggersOnceWithUntrustedVariables(t *testing.T) {
 		t.Fatalf("%d runs, want 1", len(runs))
 	}
 	r := runs[0]
-	if resp.RunID != r.ID || resp.RunURL != "/api/v1/runs/"+r.ID || resp.RunID != webhook.RunID("github", "web", "d-1") {
+	if resp.RunID != r.ID || resp.RunURL != "/api/v1/runs/"+r.ID || resp.RunID != webhook.RunID("github", "web", bodyKey(body)) {
 		t.Errorf("answer names run %q at %q, want %q", resp.RunID, resp.RunURL, r.ID)
 	}
 	for _, k := range []string{"git_branch", "git_message", "git_author", "git_commit", "git_repo_url"} {
@@ -132,10 +140,12 @@ func TestGitHubPushTriggersOnceWithUntrustedVariables(t *testing.T) {
 	if r.Vars["git_branch"].Value != "release/"+branch || r.Vars["git_message"].Value != "$(touch /tmp/pwned)" || r.Trigger.Kind != "webhook" || r.BuildNumber != 1 {
 		t.Errorf("run vars/trigger = %+v %+v", r.Vars, r.Trigger)
 	}
-	// replay: same delivery id, nothing new
-	code, resp = f.post(t, "github", body, github(body, "d-1"))
-	if code != http.StatusOK || resp.Status != "duplicate" || resp.RunID != r.ID || resp.RunURL != "/api/v1/runs/"+r.ID {
-		t.Errorf("replay: %d %+v, want duplicate naming run %s", code, resp, r.ID)
+	// replay: same delivery id, nothing new; nor under a fresh delivery id
+	for _, id := range []string{"d-1", "d-1-fresh"} {
+		code, resp = f.post(t, "github", body, github(body, id))
+		if code != http.StatusOK || resp.Status != "duplicate" || resp.RunID != r.ID || resp.RunURL != "/api/v1/runs/"+r.ID {
+			t.Errorf("replay as %s: %d %+v, want duplicate naming run %s", id, code, resp, r.ID)
+		}
 	}
 	if n := len(f.runs(t)); n != 1 {
 		t.Errorf("replay triggered: %d runs", n)

@@ -2,9 +2,11 @@ package webhook
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/ansflow/ansflow/pkg/spec"
@@ -21,7 +23,35 @@ type Push struct {
 	Author  string
 	Message string
 	Changed []string
+	// Action is a pull request's normalised action (opened, synchronize,
+	// reopened, closed, merged, edited, ...); empty for pushes.
+	Action string
+	// Fork is set for a pull request whose head repository is not its
+	// base repository (or is gone): its code is anyone's.
+	Fork bool
+	// HeadRepo names a pull request's head repository.
+	HeadRepo string
 }
+
+// prRepo is the part of a GitHub/Gitea pull request branch that names its
+// repository.
+type prRepo struct {
+	Ref  string `json:"ref"`
+	SHA  string `json:"sha"`
+	Repo *struct {
+		FullName string `json:"full_name"`
+	} `json:"repo"`
+}
+
+func (b prRepo) name() string {
+	if b.Repo == nil {
+		return ""
+	}
+	return b.Repo.FullName
+}
+
+// gitlabActions maps GitLab merge request actions onto GitHub's names.
+var gitlabActions = map[string]string{"open": "opened", "update": "synchronize", "reopen": "reopened", "close": "closed", "merge": "merged"}
 
 // Parse reads a provider payload. Events AnsFlow does not trigger on
 // (e.g. "ping") return a nil Push and no error.
@@ -60,17 +90,22 @@ func Parse(provider string, h http.Header, body []byte) (*Push, error) {
 			Modified []string `json:"modified"`
 			Removed  []string `json:"removed"`
 		} `json:"commits"`
+		Action      string `json:"action"`
 		PullRequest *struct {
 			Title string `json:"title"`
-			Head  struct {
-				Ref string `json:"ref"`
-				SHA string `json:"sha"`
-			} `json:"head"`
+			Head  prRepo `json:"head"`
+			Base  prRepo `json:"base"`
 		} `json:"pull_request"`
 		ObjectAttributes *struct {
-			Title        string `json:"title"`
-			SourceBranch string `json:"source_branch"`
-			LastCommit   struct {
+			Title           string `json:"title"`
+			Action          string `json:"action"`
+			SourceBranch    string `json:"source_branch"`
+			SourceProjectID int64  `json:"source_project_id"`
+			TargetProjectID int64  `json:"target_project_id"`
+			Source          struct {
+				PathWithNamespace string `json:"path_with_namespace"`
+			} `json:"source"`
+			LastCommit struct {
 				ID string `json:"id"`
 			} `json:"last_commit"`
 		} `json:"object_attributes"`
@@ -108,11 +143,24 @@ func Parse(provider string, h http.Header, body []byte) (*Push, error) {
 			out.Message, out.Author = c.Message, c.Author.Name
 		}
 	}
-	if pr := p.PullRequest; pr != nil {
+	if pr := p.PullRequest; pr != nil && kind == "pull_request" {
 		out.Branch, out.Commit, out.Message = pr.Head.Ref, pr.Head.SHA, pr.Title
+		out.Action, out.HeadRepo = p.Action, pr.Head.name()
+		if out.Action == "synchronized" { // Gitea
+			out.Action = "synchronize"
+		}
+		out.Fork = out.HeadRepo == "" || out.HeadRepo != pr.Base.name()
 	}
 	if mr := p.ObjectAttributes; mr != nil && kind == "pull_request" {
 		out.Branch, out.Commit, out.Message = mr.SourceBranch, mr.LastCommit.ID, mr.Title
+		out.Action, out.HeadRepo = gitlabActions[mr.Action], mr.Source.PathWithNamespace
+		if out.Action == "" {
+			out.Action = mr.Action
+		}
+		out.Fork = mr.SourceProjectID == 0 || mr.SourceProjectID != mr.TargetProjectID
+	}
+	if kind == "pull_request" && p.PullRequest == nil && p.ObjectAttributes == nil {
+		return nil, errors.New("payload: pull request event without a pull request")
 	}
 	if out.Commit == "" || strings.Trim(out.Commit, "0") == "" {
 		return nil, nil // branch deletion
@@ -134,6 +182,14 @@ func Match(t *spec.Trigger, p *Push) (bool, string) {
 	}
 	if !ok {
 		return false, fmt.Sprintf("event %q is not in %v", p.Event, events)
+	}
+	if p.Event == "pull_request" {
+		if actions := t.PullRequestActionsOf(); !slices.Contains(actions, p.Action) {
+			return false, fmt.Sprintf("pull request action %q is not in %v", p.Action, actions)
+		}
+		if p.Fork && t.ForkPolicy() != spec.ForksRun {
+			return false, fmt.Sprintf("pull request from fork %q: the trigger's pull_request.forks is %s", p.HeadRepo, t.ForkPolicy())
+		}
 	}
 	if p.Event == "tag" {
 		if len(t.Tags) > 0 && !anyMatch(t.Tags, p.Tag) {
