@@ -13,7 +13,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -131,14 +130,57 @@ func Pack(dir string, w io.Writer) error {
 	return gz.Close()
 }
 
-// Unpack extracts a gzipped tar into dir, refusing entries that would land
-// outside it.
-func Unpack(r io.Reader, dir string) error {
+// Limits bound what unpacking one upload may put on a runner's disk.
+type Limits struct {
+	// MaxBytes bounds the total size of the unpacked files.
+	MaxBytes int64
+	// MaxEntries bounds the number of files, directories and links.
+	MaxEntries int
+}
+
+// DefaultLimits are the [Limits] a zero field falls back to: four times
+// the largest archive [Upload] accepts, and 100 000 entries.
+var DefaultLimits = Limits{MaxBytes: 4 * MaxArchiveBytes, MaxEntries: 100_000}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = DefaultLimits.MaxBytes
+	}
+	if l.MaxEntries <= 0 {
+		l.MaxEntries = DefaultLimits.MaxEntries
+	}
+	return l
+}
+
+// ErrTooLarge is wrapped by [Unpack]'s error for an archive over its
+// [Limits].
+var ErrTooLarge = errors.New("source archive over the runner's limits")
+
+// Unpack extracts a gzipped tar into dir within [DefaultLimits]; see
+// [UnpackLimited].
+func Unpack(r io.Reader, dir string) error { return UnpackLimited(r, dir, DefaultLimits) }
+
+// UnpackLimited extracts a gzipped tar into dir, refusing entries that
+// would land outside it, links other than relative symlinks inside it,
+// devices and pipes, and archives whose unpacked size or entry count is
+// over lim (zero fields take [DefaultLimits]): an error wrapping
+// [ErrTooLarge] is returned without writing a byte over the cap. On any
+// error what was unpacked is removed, leaving dir empty.
+func UnpackLimited(r io.Reader, dir string, lim Limits) (err error) {
+	lim = lim.withDefaults()
+	defer func() {
+		if err != nil {
+			emptyDir(dir)
+		}
+	}()
 	gz, err := gzip.NewReader(r)
 	if err != nil {
 		return fmt.Errorf("unpack source: %w", err)
 	}
 	tr := tar.NewReader(gz)
+	var written int64
+	entries := 0
+	root := filepath.Clean(dir) + string(os.PathSeparator)
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -147,47 +189,79 @@ func Unpack(r io.Reader, dir string) error {
 		if err != nil {
 			return fmt.Errorf("unpack source: %w", err)
 		}
+		if hdr.Typeflag == tar.TypeXGlobalHeader {
+			continue
+		}
+		if entries++; entries > lim.MaxEntries {
+			return fmt.Errorf("unpack source: %w: more than %d entries", ErrTooLarge, lim.MaxEntries)
+		}
 		target := filepath.Join(dir, filepath.FromSlash(hdr.Name))
-		if !strings.HasPrefix(target, filepath.Clean(dir)+string(os.PathSeparator)) {
+		if !strings.HasPrefix(target, root) {
 			return fmt.Errorf("unpack source: entry %q escapes the directory", hdr.Name)
 		}
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			if err := os.MkdirAll(target, 0o755); err != nil {
-				return err
+				return fmt.Errorf("unpack source: %w", err)
 			}
 		case tar.TypeReg:
+			if hdr.Size > lim.MaxBytes-written {
+				return fmt.Errorf("unpack source: %w: %q would take the tree over %d bytes", ErrTooLarge, hdr.Name, lim.MaxBytes)
+			}
 			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return err
+				return fmt.Errorf("unpack source: %w", err)
 			}
 			f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, os.FileMode(hdr.Mode)&0o777)
 			if err != nil {
-				return err
+				return fmt.Errorf("unpack source: %w", err)
 			}
-			if _, err := io.Copy(f, io.LimitReader(tr, MaxArchiveBytes)); err != nil {
-				f.Close()
-				return err
+			// the header's size is what tar reads; the limit is
+			// checked again so that a lying reader cannot pass it
+			n, err := io.Copy(f, io.LimitReader(tr, lim.MaxBytes-written+1))
+			written += n
+			if cerr := f.Close(); err == nil {
+				err = cerr
 			}
-			if err := f.Close(); err != nil {
-				return err
+			if err != nil {
+				return fmt.Errorf("unpack source %q: %w", hdr.Name, err)
+			}
+			if written > lim.MaxBytes {
+				return fmt.Errorf("unpack source: %w: over %d bytes", ErrTooLarge, lim.MaxBytes)
 			}
 		case tar.TypeSymlink:
 			if filepath.IsAbs(hdr.Linkname) || strings.HasPrefix(filepath.Clean(hdr.Linkname), "..") {
 				return fmt.Errorf("unpack source: symlink %q points outside the directory", hdr.Name)
 			}
 			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return err
+				return fmt.Errorf("unpack source: %w", err)
 			}
 			if err := os.Symlink(hdr.Linkname, target); err != nil {
-				return err
+				return fmt.Errorf("unpack source: %w", err)
 			}
+		default:
+			return fmt.Errorf("unpack source: entry %q: type %q is not allowed (files, directories and relative symlinks only)", hdr.Name, string(hdr.Typeflag))
 		}
+	}
+}
+
+// emptyDir removes dir's contents, keeping dir.
+func emptyDir(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		_ = os.RemoveAll(filepath.Join(dir, e.Name()))
 	}
 }
 
 // Fetcher materialises sources from the object store or a Git repository.
 type Fetcher struct {
 	JS jetstream.JetStream
+	// AllowLocal lets runs clone file:// URLs and paths on the runner's
+	// host (the runner's --allow-local-clone policy; default off: a run's
+	// repo_url must not read the runner's disk).
+	AllowLocal bool
+	// Limits bound an unpacked upload (zero fields take
+	// [DefaultLimits]).
+	Limits Limits
 }
 
 // Fetch puts src into dir (which must exist and be empty).
@@ -205,36 +279,10 @@ func (f *Fetcher) Fetch(ctx context.Context, src *event.Source, dir string) erro
 			return fmt.Errorf("get source %s/%s: %w", src.ObjectStore, src.Object, err)
 		}
 		defer obj.Close()
-		return Unpack(obj, dir)
+		return UnpackLimited(obj, dir, f.Limits)
 	case src.RepoURL != "":
-		return Clone(ctx, src.RepoURL, src.Commit, dir)
+		return Clone(ctx, CloneOptions{AllowLocal: f.AllowLocal}, src.RepoURL, src.Commit, dir)
 	default:
 		return errors.New("source names neither an object nor a repository")
 	}
-}
-
-// Clone clones repo into dir and checks out commit (the default branch's head
-// when commit is empty). Arguments go to git as argv, never through a shell.
-func Clone(ctx context.Context, repo, commit, dir string) error {
-	if strings.HasPrefix(repo, "-") || strings.HasPrefix(commit, "-") {
-		return fmt.Errorf("clone: refusing repository %q / commit %q that look like options", repo, commit)
-	}
-	run := func(args ...string) error {
-		cmd := exec.CommandContext(ctx, "git", args...)
-		cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("git %s: %w: %s", args[0], err, strings.TrimSpace(string(out)))
-		}
-		return nil
-	}
-	if err := run("clone", "--quiet", "--", repo, dir); err != nil {
-		return err
-	}
-	if commit != "" {
-		if err := run("-C", dir, "checkout", "--quiet", "--detach", commit); err != nil {
-			return err
-		}
-	}
-	return nil
 }

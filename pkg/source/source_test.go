@@ -64,9 +64,13 @@ func TestUnpackRefusesEscapes(t *testing.T) {
 }
 
 func TestCloneRefusesOptionLikeArguments(t *testing.T) {
-	err := Clone(context.Background(), "--upload-pack=touch /tmp/pwned", "", t.TempDir())
-	if err == nil || !strings.Contains(err.Error(), "look like options") {
+	err := Clone(context.Background(), CloneOptions{AllowLocal: true}, "--upload-pack=touch /tmp/pwned", "", t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "looks like an option") {
 		t.Errorf("err = %v", err)
+	}
+	err = Clone(context.Background(), CloneOptions{}, "https://example.invalid/r.git", "--output=/tmp/pwned", t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "looks like an option") {
+		t.Errorf("commit option: err = %v", err)
 	}
 }
 
