@@ -127,7 +127,7 @@ func TestCloneErrorsCarryNoCredentials(t *testing.T) {
 
 func TestScrub(t *testing.T) {
 	for in, want := range map[string]string{
-		"fatal: unable to access 'https://u:p@h/r/'":      "fatal: unable to access 'https://***@h/r/'",
+		"fatal: unable to access 'https://u:p@h/r/'":       "fatal: unable to access 'https://***@h/r/'",
 		"remote: token ghp_abcdefghijklmnopqrstuvwxyz0123": "remote: token ***",
 		"glpat-abcdefghijklmnopqrst12 is bad":              "*** is bad",
 		"> Authorization: Basic dXNlcjpwYXNz":              "> Authorization: Basic ***",
