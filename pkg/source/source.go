@@ -275,6 +275,9 @@ func (f *Fetcher) Fetch(ctx context.Context, src *event.Source, dir string) erro
 			return fmt.Errorf("open object store %s: %w", src.ObjectStore, err)
 		}
 		obj, err := store.Get(ctx, src.Object)
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			return fmt.Errorf("get source %s/%s: it expired (sources are kept %s) or was never uploaded: %w", src.ObjectStore, src.Object, topology.SourcesTTL, err)
+		}
 		if err != nil {
 			return fmt.Errorf("get source %s/%s: %w", src.ObjectStore, src.Object, err)
 		}

@@ -10,7 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
+	"github.com/ansflow/ansflow/pkg/topology"
 )
 
 func TestUploadAndFetchRoundTrip(t *testing.T) {
@@ -96,5 +98,28 @@ func TestStoreKeepsTheBucketsReplicas(t *testing.T) {
 	}
 	if n := st.Replicas(); n != 3 {
 		t.Fatalf("sources bucket has %d replicas after opening, want 3", n)
+	}
+}
+
+func TestSourcesExpire(t *testing.T) {
+	ns := natstest.Run(t)
+	ctx := context.Background()
+	if _, err := Upload(ctx, ns.JS, t.TempDir(), "r1"); err != nil {
+		t.Fatal(err)
+	}
+	store, err := Store(ctx, ns.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL() != topology.SourcesTTL || st.TTL() == 0 {
+		t.Errorf("sources bucket TTL %s, want %s", st.TTL(), topology.SourcesTTL)
+	}
+	err = (&Fetcher{JS: ns.JS}).Fetch(ctx, &event.Source{ObjectStore: Bucket, Object: "gone"}, t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("missing source: %v", err)
 	}
 }

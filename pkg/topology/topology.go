@@ -74,6 +74,11 @@ const (
 	// the longest session lifetime the pipeline service accepts. A session
 	// ends earlier by its own expiry or at logout.
 	SessionsTTL = 7 * 24 * time.Hour
+	// SourcesTTL is how long the sources object store keeps an uploaded
+	// source tree: long enough for a run, its retries and a rerun within
+	// the week, not forever. A rerun of an older uploaded run fails with
+	// an error saying its source expired.
+	SourcesTTL = 7 * 24 * time.Hour
 )
 
 // Durable consumers of the pipeline service.
@@ -160,7 +165,7 @@ func MustBucket(name string, replicas int) jetstream.KeyValueConfig {
 
 // ObjectStores returns the configuration of every object store.
 func ObjectStores(replicas int) []jetstream.ObjectStoreConfig {
-	return []jetstream.ObjectStoreConfig{{Bucket: ObjectSources, Description: "run sources", Replicas: max(replicas, 1)}}
+	return []jetstream.ObjectStoreConfig{{Bucket: ObjectSources, Description: "run sources", TTL: SourcesTTL, Replicas: max(replicas, 1)}}
 }
 
 // KVStream is the name of the stream behind key-value bucket b.
