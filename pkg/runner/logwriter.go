@@ -14,13 +14,20 @@ const (
 
 // logWriter buffers one output stream of an attempt and hands complete lines
 // to emit, masked; a partial line is emitted by Flush. It keeps the last
-// tailBytes for the completion event.
+// tailBytes for the completion event. What it emits is bounded by budget
+// (shared by the attempt's streams; nil: a budget of [DefaultMaxLogBytes]
+// of its own): past it, output is dropped behind a marker line, and the
+// final Flush says how many bytes were dropped. The tail keeps the real
+// end of the output.
 type logWriter struct {
-	mu     sync.Mutex
-	buf    bytes.Buffer
-	tail   []byte
-	masker *Masker
-	emit   func(text string)
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	tail    []byte
+	masker  *Masker
+	emit    func(text string)
+	budget  *logBudget
+	dropped int64
+	ended   bool
 }
 
 func (w *logWriter) Write(p []byte) (int, error) {
@@ -48,6 +55,9 @@ func (w *logWriter) flushLocked(all bool) {
 		n = bytes.LastIndexByte(data, '\n') + 1
 	}
 	if n == 0 {
+		if all {
+			w.emitLocked("", true)
+		}
 		return
 	}
 	// never split a UTF-8 sequence
@@ -64,7 +74,34 @@ func (w *logWriter) flushLocked(all bool) {
 		}
 		w.tail = append([]byte(nil), w.tail[cut:]...)
 	}
-	w.emit(text)
+	w.emitLocked(text, all)
+}
+
+// emitLocked emits as much of text as the budget grants, and the cut
+// markers.
+func (w *logWriter) emitLocked(text string, final bool) {
+	if w.budget == nil {
+		w.budget = newLogBudget(0)
+	}
+	n := 0 // once cut, a stream stays cut
+	if w.dropped == 0 {
+		n = w.budget.take(text)
+	}
+	if n > 0 {
+		w.emit(text[:n])
+	}
+	if n < len(text) {
+		if w.dropped == 0 {
+			w.emit(w.budget.cutMarker(0, false))
+		}
+		w.dropped += int64(len(text) - n)
+	}
+	if final && w.dropped > 0 && !w.ended {
+		w.ended = true
+		marker := w.budget.cutMarker(w.dropped, true)
+		w.tail = append(w.tail, marker...)
+		w.emit(marker)
+	}
 }
 
 // Tail returns the last bytes written (masked).
