@@ -3,7 +3,7 @@ MODULES := ./pkg/... ./services/pipeline/... ./services/docker-runner/... ./serv
 BIN     := bin
 GOFLAGS ?=
 
-.PHONY: images build test test-faults test-short bench bench-dispatch lint demo cluster-up cluster-down clean
+.PHONY: images build test test-faults test-short bench bench-dispatch fuzz lint demo cluster-up cluster-down clean
 
 build: ## build ansflow and every service binary into bin/
 	go build -o $(BIN)/ansflow ./cmd/ansflow
@@ -35,6 +35,14 @@ bench: ## run every benchmark and print comparable figures
 
 bench-dispatch: ## orchestration overhead, throughput and the queue only
 	go test -p 1 -run '^$$' -bench 'Dispatch|Throughput|Queue' -timeout 10m ./services/pipeline/orchestrator/
+
+FUZZTIME ?= 30s
+fuzz: ## run each fuzz target (webhook verification and parsing, the source unpacker, the spec parser, the templater) for FUZZTIME
+	go test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./services/pipeline/webhook/
+	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./services/pipeline/webhook/
+	go test -run '^$$' -fuzz '^FuzzUnpack$$' -fuzztime $(FUZZTIME) ./pkg/source/
+	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/spec/
+	go test -run '^$$' -fuzz '^FuzzRender$$' -fuzztime $(FUZZTIME) ./pkg/tmpl/
 
 lint: ## gofmt, go vet
 	@out=$$(gofmt -l pkg services cmd); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
