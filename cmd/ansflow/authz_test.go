@@ -148,6 +148,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"GET /api/v1/runs/{id}":                 {auth.RoleViewer, "pipeline", "GET", runP, "", ""},
 		"POST /api/v1/runs/{id}/cancel":         {auth.RoleOperator, "pipeline", "POST", runP + "/cancel", "", ""},
 		"POST /api/v1/runs/{id}/rerun":          {auth.RoleOperator, "pipeline", "POST", runP + "/rerun", "", ""},
+		"POST /api/v1/runs/{id}/approve":        {auth.RoleOperator, "pipeline", "POST", runP + "/approve", "", ""},
 		"GET /api/v1/runs/{id}/logs":            {auth.RoleViewer, "pipeline", "GET", runP + "/logs", "", ""},
 		"GET /api/v1/runners":                   {auth.RoleViewer, "global", "GET", "/api/v1/runners", "", ""},
 		"POST /api/v1/sources":                  {auth.RoleOperator, "open", "POST", "/api/v1/sources", "application/gzip", "not really a tarball"},

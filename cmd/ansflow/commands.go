@@ -154,7 +154,7 @@ func cmdPipelines(ctx context.Context, args []string) error {
 
 func cmdRuns(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return invalid("usage: ansflow runs list|get|cancel|rerun|logs ...")
+		return invalid("usage: ansflow runs list|get|cancel|approve|rerun|logs ...")
 	}
 	var pipeline, status string
 	c, output, fs, err := clientFlags("runs "+args[0], args[1:], func(fs *flag.FlagSet) {
@@ -205,6 +205,12 @@ func cmdRuns(ctx context.Context, args []string) error {
 			return err
 		}
 		fmt.Printf("run %s: cancel requested\n", id)
+	case "approve":
+		var run store.Run
+		if err := c.do(ctx, http.MethodPost, "/api/v1/runs/"+url.PathEscape(id)+"/approve", "", nil, &run); err != nil {
+			return err
+		}
+		fmt.Printf("run %s: approved by %s\n", id, run.Approval.ApprovedBy)
 	case "rerun":
 		var run store.Run
 		if err := c.do(ctx, http.MethodPost, "/api/v1/runs/"+url.PathEscape(id)+"/rerun", "", nil, &run); err != nil {

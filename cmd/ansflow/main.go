@@ -48,7 +48,7 @@ Securing NATS (see docs/security.md):
 Clients of a running server (--server URL, default $ANSFLOW_SERVER or http://127.0.0.1:8080;
 --token TOKEN, default $ANSFLOW_TOKEN, else the admin token of --data-dir D or of the local server):
   pipelines apply|list|get|export|delete|versions
-  runs      list|get|cancel|rerun|logs
+  runs      list|get|cancel|approve|rerun|logs
   runners   list: the runners, their pools and busy slots
   trigger   PIPELINE: start a run of a stored pipeline
   registries, clusters  list|add|delete

@@ -242,6 +242,12 @@ func printSummary(w io.Writer, r *store.Run) {
 	if r.Error != "" {
 		fmt.Fprintf(w, " — %s", r.Error)
 	}
+	if r.Waiting != "" {
+		fmt.Fprintf(w, " — waiting: %s", r.Waiting)
+		if r.AwaitingApproval() {
+			fmt.Fprintf(w, " (%s; ansflow runs approve %s)", r.Approval.Reason, r.ID)
+		}
+	}
 	fmt.Fprintln(w)
 	for _, s := range r.Steps {
 		d := ""

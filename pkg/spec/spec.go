@@ -161,12 +161,15 @@ const WebhookSecretEnvPrefix = "ANSFLOW_WEBHOOK_"
 // hold.
 var triggerSecretName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
 
-// Fork policies of [PullRequestRules.Forks].
+// Fork policies of [PullRequestRules.Forks]. Every run of a pull request
+// from a fork is marked as such, so that it gets no secrets.
 const (
-	// ForksIgnore answers pull requests from forks "ignored" (the default).
+	// ForksApprove creates the run held until an operator approves it
+	// (the default).
+	ForksApprove = "approve"
+	// ForksIgnore answers pull requests from forks "ignored".
 	ForksIgnore = "ignore"
-	// ForksRun runs them, marked as coming from a fork so that they get no
-	// secrets.
+	// ForksRun runs them at once.
 	ForksRun = "run"
 )
 
@@ -184,7 +187,8 @@ type PullRequestRules struct {
 	// Actions that start a run (default [DefaultPullRequestActions]).
 	Actions []string `yaml:"actions,omitempty" json:"actions,omitempty"`
 	// Forks is what a pull request whose head repository is not the base
-	// repository does: ignore (default) or run (without secrets).
+	// repository does: approve (default), ignore or run; never with
+	// secrets.
 	Forks string `yaml:"forks,omitempty" json:"forks,omitempty"`
 }
 
@@ -201,7 +205,7 @@ func (t *Trigger) ForkPolicy() string {
 	if t.PullRequest != nil && t.PullRequest.Forks != "" {
 		return t.PullRequest.Forks
 	}
-	return ForksIgnore
+	return ForksApprove
 }
 
 // Ref names a catalogue entry (registry or cluster) by numeric id or name.

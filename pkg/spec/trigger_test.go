@@ -23,8 +23,8 @@ func TestWebhookTriggerSecretsAndPullRequestRules(t *testing.T) {
 		{"bad secret name", "      secret: \"a b\"\n", `pipeline.triggers[0].secret: "a b": want a secret name`},
 		{"actions and forks", "      secret: A\n      pull_request: {actions: [opened, closed], forks: run}\n", ""},
 		{"bad action", "      secret: A\n      pull_request:\n        actions: [labeled]\n", `f.yaml:11: pipeline.triggers[0].pull_request.actions: "labeled": want one of`},
-		{"approve", "      secret: A\n      pull_request:\n        forks: approve\n", "f.yaml:11: pipeline.triggers[0].pull_request.forks: approve is not supported yet"},
-		{"bad forks", "      secret: A\n      pull_request: {forks: always}\n", `pull_request.forks: "always": want ignore or run`},
+		{"approve", "      secret: A\n      pull_request:\n        forks: approve\n", ""},
+		{"bad forks", "      secret: A\n      pull_request:\n        forks: always\n", `f.yaml:11: pipeline.triggers[0].pull_request.forks: "always": want approve, ignore or run`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -51,8 +51,8 @@ func TestPullRequestDefaults(t *testing.T) {
 	if got := tr.PullRequestActionsOf(); !slices.Equal(got, []string{"opened", "synchronize", "reopened"}) {
 		t.Errorf("default actions %v", got)
 	}
-	if got := tr.ForkPolicy(); got != ForksIgnore {
-		t.Errorf("default fork policy %q, want ignore", got)
+	if got := tr.ForkPolicy(); got != ForksApprove {
+		t.Errorf("default fork policy %q, want approve", got)
 	}
 	tr.PullRequest = &PullRequestRules{Actions: []string{"closed"}, Forks: ForksRun}
 	if got := tr.PullRequestActionsOf(); !slices.Equal(got, []string{"closed"}) || tr.ForkPolicy() != ForksRun {

@@ -208,11 +208,9 @@ func (p *parser) validateTrigger(f string, t *Trigger) {
 				}
 			}
 			switch pr.Forks {
-			case "", ForksIgnore, ForksRun:
-			case "approve":
-				p.add(p.line(f+".pull_request.forks"), f+".pull_request.forks", "approve is not supported yet: want ignore or run")
+			case "", ForksApprove, ForksIgnore, ForksRun:
 			default:
-				p.add(p.line(f+".pull_request.forks"), f+".pull_request.forks", "%q: want ignore or run", pr.Forks)
+				p.add(p.line(f+".pull_request.forks"), f+".pull_request.forks", "%q: want approve, ignore or run", pr.Forks)
 			}
 		}
 		for _, e := range t.Events {

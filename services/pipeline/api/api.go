@@ -96,6 +96,7 @@ func (s *Server) table() []auth.Route {
 		r("GET /api/v1/runs/{id}", viewer, auth.ScopeRun, s.getRun),
 		r("POST /api/v1/runs/{id}/cancel", operator, auth.ScopeRun, s.cancelRun),
 		r("POST /api/v1/runs/{id}/rerun", operator, auth.ScopeRun, s.rerun),
+		r("POST /api/v1/runs/{id}/approve", operator, auth.ScopeRun, s.approveRun),
 		r("GET /api/v1/runs/{id}/logs", viewer, auth.ScopeRun, s.logs),
 		r("GET /api/v1/runners", viewer, auth.ScopeGlobal, s.listRunners),
 		r("POST /api/v1/sources", operator, auth.ScopeAny, s.uploadSource),
@@ -515,6 +516,19 @@ func (s *Server) cancelRun(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
+	writeJSON(w, http.StatusOK, run)
+}
+
+// approveRun lets a run held for approval (a pull request from a fork)
+// start.
+func (s *Server) approveRun(w http.ResponseWriter, r *http.Request) {
+	run, err := s.orc.Approve(r.Context(), r.PathValue("id"), actor(r))
+	s.audit(r, "run.approve", "run/"+r.PathValue("id"), err)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.orc.Annotate(run)
 	writeJSON(w, http.StatusOK, run)
 }
 

@@ -67,7 +67,7 @@ func (o *Orchestrator) admit(ctx context.Context, pipeline string) {
 		}
 		var queued []*store.Run
 		for _, r := range runs {
-			if r.Status == event.StatusQueued && !r.Admitted && !slices.Contains(live, r.ID) {
+			if r.Status == event.StatusQueued && !r.Admitted && !r.AwaitingApproval() && !slices.Contains(live, r.ID) {
 				queued = append(queued, r)
 			}
 		}

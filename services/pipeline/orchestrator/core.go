@@ -209,6 +209,11 @@ func (d *decision) apply(in Input) {
 			r.Admitted = true
 			d.changed = true
 		}
+	case Approved:
+		if r.AwaitingApproval() {
+			r.Approval.ApprovedBy, r.Approval.ApprovedAt = in.By, ptr(d.env.Now)
+			d.changed = true
+		}
 	}
 }
 
@@ -249,6 +254,15 @@ func (d *decision) reconcile() {
 		d.changed = true
 	}
 	if r.StartedAt == nil && r.CancelRequested == "" && !now.After(*r.Deadline) {
+		if r.AwaitingApproval() {
+			// Wait for an operator: the run's deadline still runs, so an
+			// unapproved run ends by timing out.
+			if r.Status != event.StatusQueued {
+				r.Status = event.StatusQueued
+				d.changed = true
+			}
+			return
+		}
 		if r.Spec.Concurrency > 0 && !r.Admitted {
 			// Wait for a slot of the pipeline's concurrency limit.
 			if r.Status != event.StatusQueued {

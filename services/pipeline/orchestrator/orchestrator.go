@@ -139,7 +139,9 @@ func (o *Orchestrator) Runners() []runner.RunnerInfo {
 
 // Annotate fills in why r, or each of its queued steps, is still waiting.
 func (o *Orchestrator) Annotate(r *store.Run) {
-	if r.Status == event.StatusQueued && r.Spec != nil && r.Spec.Concurrency > 0 {
+	if r.Status == event.StatusQueued && r.AwaitingApproval() {
+		r.Waiting = WaitingApproval
+	} else if r.Status == event.StatusQueued && r.Spec != nil && r.Spec.Concurrency > 0 {
 		r.Waiting = fmt.Sprintf("waiting for one of the %d concurrency slots of pipeline %q", r.Spec.Concurrency, r.Pipeline)
 	}
 	d := o.pools.Load()
@@ -198,6 +200,8 @@ type TriggerRequest struct {
 	// Source is the uploaded tree or repository the runners build.
 	Source  *store.Source
 	Trigger store.Trigger
+	// Approval, when set, holds the run queued until [Orchestrator.Approve].
+	Approval *store.Approval
 	// RunID, when set, is the new run's id. A trigger that must happen at
 	// most once (a webhook delivery, a cron minute) derives it from what
 	// identifies the firing, so a retry after a failure creates the run and
@@ -260,7 +264,7 @@ func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (*store.
 	}
 	now := time.Now().UTC()
 	r := &store.Run{ID: id, Pipeline: rec.Name, PipelineVersion: rec.Version, BuildNumber: n,
-		Status: event.StatusPending, CreatedAt: now, Trigger: req.Trigger, Vars: vars, Spec: rec.Spec, Source: req.Source}
+		Status: event.StatusPending, CreatedAt: now, Trigger: req.Trigger, Vars: vars, Spec: rec.Spec, Source: req.Source, Approval: req.Approval}
 	r.Vars["build_number"] = store.Var{Value: fmt.Sprint(n)}
 	r.Vars["run_id"] = store.Var{Value: r.ID}
 	r.Vars["pipeline_name"] = store.Var{Value: rec.Name}

@@ -150,10 +150,26 @@ type Run struct {
 	// Admitted is set once a run of a pipeline with a concurrency limit
 	// holds one of its slots; until then it is queued, and Waiting says so
 	// (filled in when the run is read through the API, not stored).
-	Admitted bool   `json:"admitted,omitempty"`
-	Waiting  string `json:"waiting,omitempty"`
-	Revision uint64 `json:"-"`
+	Admitted bool `json:"admitted,omitempty"`
+	// Approval is set on a run that may not start before an operator
+	// approves it (a pull request from a fork); until then it is queued
+	// and Waiting says "approval".
+	Approval *Approval `json:"approval,omitempty"`
+	Waiting  string    `json:"waiting,omitempty"`
+	Revision uint64    `json:"-"`
 }
+
+// Approval records why a run waits for an operator and who approved it.
+type Approval struct {
+	// Reason says why the run needs approval.
+	Reason     string     `json:"reason"`
+	ApprovedBy string     `json:"approved_by,omitempty"`
+	ApprovedAt *time.Time `json:"approved_at,omitempty"`
+}
+
+// AwaitingApproval reports whether r may not start before an operator
+// approves it.
+func (r *Run) AwaitingApproval() bool { return r.Approval != nil && r.Approval.ApprovedBy == "" }
 
 // Branch is the run's git branch, if any.
 func (r *Run) Branch() string { return r.Vars["git_branch"].Value }

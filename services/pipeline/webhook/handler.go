@@ -211,16 +211,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	why = ""
-	matched := false
+	var matched *spec.Trigger
 	for _, t := range triggers {
 		ok, reason := Match(t, push)
 		if ok {
-			matched = true
+			matched = t
 			break
 		}
 		why = reason
 	}
-	if !matched {
+	if matched == nil {
 		reply(http.StatusAccepted, Response{Status: "ignored", Delivery: delivery, Reason: why})
 		return
 	}
@@ -232,6 +232,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Event: push.Event, Fork: push.Fork}}
 	if push.RepoURL != "" {
 		req.Source = &store.Source{RepoURL: push.RepoURL, Commit: push.Commit}
+	}
+	if push.Fork && matched.ForkPolicy() == spec.ForksApprove {
+		from := push.HeadRepo
+		if from == "" {
+			from = "(deleted)"
+		}
+		req.Approval = &store.Approval{Reason: "pull request from fork " + from}
 	}
 	// The forge hanging up must not abandon a run half made: the trigger
 	// runs to its own deadline.

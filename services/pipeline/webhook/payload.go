@@ -187,7 +187,7 @@ func Match(t *spec.Trigger, p *Push) (bool, string) {
 		if actions := t.PullRequestActionsOf(); !slices.Contains(actions, p.Action) {
 			return false, fmt.Sprintf("pull request action %q is not in %v", p.Action, actions)
 		}
-		if p.Fork && t.ForkPolicy() != spec.ForksRun {
+		if p.Fork && t.ForkPolicy() == spec.ForksIgnore {
 			return false, fmt.Sprintf("pull request from fork %q: the trigger's pull_request.forks is %s", p.HeadRepo, t.ForkPolicy())
 		}
 	}

@@ -29,6 +29,11 @@ const prYAML = `pipeline:
       secret: GH_HOOK
       events: [merge_request]
       pull_request: {forks: run}
+    - type: webhook
+      provider: gitea
+      secret: GH_HOOK
+      events: [pull_request]
+      pull_request: {forks: ignore}
   steps:
     - name: show
       type: docker_run
@@ -122,8 +127,11 @@ func TestPullRequestActionsAndForks(t *testing.T) {
 		{"synchronize", "github", githubPR("synchronize", "team/app", "team/app", sha('b')), nil, 202, "accepted", "", false},
 		{"closed", "github", githubPR("closed", "team/app", "team/app", sha('c')), nil, 202, "ignored", `action "closed"`, false},
 		{"labeled", "github", githubPR("labeled", "team/app", "team/app", sha('d')), nil, 202, "ignored", `action "labeled"`, false},
-		{"from a fork", "github", githubPR("opened", "mallory/app", "team/app", sha('e')), nil, 202, "ignored", `fork "mallory/app"`, false},
-		{"fork deleted", "github", githubPR("opened", "", "team/app", sha('f')), nil, 202, "ignored", "fork", false},
+		{"from a fork", "github", githubPR("opened", "mallory/app", "team/app", sha('e')), nil, 202, "accepted", "", true},
+		{"fork deleted", "github", githubPR("opened", "", "team/app", sha('f')), nil, 202, "accepted", "", true},
+		{"gitea fork, forks: ignore", "gitea", githubPR("synchronized", "mallory/app", "team/app", sha('g')), func(b []byte) map[string]string {
+			return map[string]string{"X-Gitea-Event": "pull_request", "X-Gitea-Delivery": "t1", "X-Gitea-Signature": webhook.Sign(secret, b)}
+		}, 202, "ignored", `fork "mallory/app": the trigger's pull_request.forks is ignore`, false},
 		{"gitlab fork, forks: run", "gitlab", gitlabMR("open", 7, 3, sha('1')), func(b []byte) map[string]string { return standard(b, "msg_1", time.Now()) }, 202, "accepted", "", true},
 		{"gitlab update", "gitlab", gitlabMR("update", 3, 3, sha('2')), func(b []byte) map[string]string { return standard(b, "msg_2", time.Now()) }, 202, "accepted", "", false},
 		{"gitlab merged", "gitlab", gitlabMR("merge", 3, 3, sha('3')), func(b []byte) map[string]string { return standard(b, "msg_3", time.Now()) }, 202, "ignored", `action "merged"`, false},
@@ -150,10 +158,14 @@ func TestPullRequestActionsAndForks(t *testing.T) {
 		if r.Trigger.Event != "pull_request" || r.Trigger.Fork != c.fork {
 			t.Errorf("%s: run trigger %+v, want a pull_request with fork=%v", c.name, r.Trigger, c.fork)
 		}
+		// github's default forks: approve holds the run; gitlab's forks: run does not
+		if held := r.Approval != nil; held != (c.fork && c.provider == "github") {
+			t.Errorf("%s: approval %+v", c.name, r.Approval)
+		}
 	}
 	runs, err := f.env.Svc.Store.ListRuns(context.Background(), store.RunFilter{Pipeline: "prs"})
-	if err != nil || len(runs) != 4 {
-		t.Errorf("%d runs (%v), want 4", len(runs), err)
+	if err != nil || len(runs) != 6 {
+		t.Errorf("%d runs (%v), want 6", len(runs), err)
 	}
 	// a Standard Webhooks retry: same id, re-signed later, same run
 	body := gitlabMR("open", 7, 3, sha('1'))
@@ -187,5 +199,71 @@ func TestWebhookSecretsComeOnlyFromTheStoreOrPrefixedVariables(t *testing.T) {
 	}
 	if strings.Contains(resp.Reason, secret) {
 		t.Error("the answer quotes the secret")
+	}
+}
+
+// call sends an API request with token and decodes the run it answers.
+func (f *prFixture) call(t *testing.T, method, path, token string) (int, store.Run) {
+	t.Helper()
+	req, _ := http.NewRequest(method, f.url+path, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r store.Run
+	_ = json.NewDecoder(resp.Body).Decode(&r)
+	return resp.StatusCode, r
+}
+
+func TestForkRunWaitsForAnOperatorsApproval(t *testing.T) {
+	f := setupPR(t)
+	body := githubPR("opened", "mallory/app", "team/app", strings.Repeat("e", 40))
+	code, resp := f.post(t, "github", body, ghHeaders(body, "fork-1"))
+	if code != 202 || resp.Status != "accepted" {
+		t.Fatalf("fork delivery: %d %+v", code, resp)
+	}
+	viewer := f.env.Token(t, "viewer", "prs")
+	operator := f.env.Token(t, "operator", "prs")
+	otherOperator := f.env.Token(t, "operator", "web")
+	path := "/api/v1/runs/" + resp.RunID
+
+	code, r := f.call(t, http.MethodGet, path, viewer)
+	if code != 200 || r.Status != "queued" || r.Waiting != "approval" || r.Steps[0].Status != "pending" {
+		t.Fatalf("held run: %d status %s waiting %q step %s", code, r.Status, r.Waiting, r.Steps[0].Status)
+	}
+	if !strings.Contains(r.Approval.Reason, "mallory/app") {
+		t.Errorf("approval reason %q", r.Approval.Reason)
+	}
+	for name, tok := range map[string]string{"viewer": viewer, "operator of another pipeline": otherOperator} {
+		if code, _ := f.call(t, http.MethodPost, path+"/approve", tok); code != http.StatusForbidden {
+			t.Errorf("%s approved: %d, want 403", name, code)
+		}
+	}
+	code, r = f.call(t, http.MethodPost, path+"/approve", operator)
+	if code != 200 || r.Approval == nil || r.Approval.ApprovedBy == "" {
+		t.Fatalf("approve: %d %+v", code, r.Approval)
+	}
+	// 400 already approved, or 409 when the run has finished already
+	if code, _ := f.call(t, http.MethodPost, path+"/approve", operator); code != http.StatusBadRequest && code != http.StatusConflict {
+		t.Errorf("second approval: %d, want 400 or 409", code)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, r = f.call(t, http.MethodGet, path, viewer)
+		if r.Status == "succeeded" {
+			break
+		}
+		if time.Now().After(deadline) || r.Status == "failed" {
+			t.Fatalf("approved run is %s (%s)", r.Status, r.Error)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// a run that needs no approval cannot be approved
+	body = githubPR("opened", "team/app", "team/app", strings.Repeat("7", 40))
+	_, resp = f.post(t, "github", body, ghHeaders(body, "same-repo"))
+	if code, _ := f.call(t, http.MethodPost, "/api/v1/runs/"+resp.RunID+"/approve", operator); code != http.StatusBadRequest && code != http.StatusConflict {
+		t.Errorf("approving a run that needs none: %d", code)
 	}
 }
