@@ -55,7 +55,7 @@ func TestWebhookValuesCannotInjectShell(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	st, err := startStack(ctx, stackConfig{DataDir: t.TempDir(), NATSAddr: "off", DockerRunner: true, Pipeline: true, Concurrency: 2}, zap.NewNop())
+	st, err := startStack(ctx, stackConfig{DataDir: t.TempDir(), NATSAddr: "off", DockerRunner: true, Pipeline: true, Concurrency: 2, AllowLocalClone: true}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,6 +36,9 @@ type stackConfig struct {
 	Pipeline     bool
 	ConfigFile   string
 	Concurrency  int
+	// AllowLocalClone lets the runners clone file:// URLs and local paths
+	// ([source.Fetcher].AllowLocal).
+	AllowLocalClone bool
 	// Orchestrator configures the pipeline service's orchestrator.
 	Orchestrator orchestrator.Config
 	// TLS serves the API over HTTPS only.
@@ -189,7 +192,7 @@ func (s *stack) startRunner(ctx, gctx context.Context, g *errgroup.Group, conn f
 	if err := os.MkdirAll(rc.WorkDir, 0o700); err != nil {
 		return err
 	}
-	r := runner.New(rc, nc, js, se.Engine, &source.Fetcher{JS: js}, log.With(zap.String("service", kind+"-runner")))
+	r := runner.New(rc, nc, js, se.Engine, &source.Fetcher{JS: js, AllowLocal: cfg.AllowLocalClone}, log.With(zap.String("service", kind+"-runner")))
 	g.Go(func() error { return r.Run(gctx) })
 	for _, t := range se.Targets {
 		if err := waitConsumer(ctx, js, kind, t); err != nil {

@@ -24,6 +24,7 @@ func cmdUp(ctx context.Context, args []string) error {
 	noAudit := fs.Bool("no-audit", false, "do not start the audit service")
 	noPipeline := fs.Bool("no-pipeline", false, "do not start the pipeline service")
 	concurrency := fs.Int("concurrency", 4, "steps each runner executes at once")
+	allowLocalClone := fs.Bool("allow-local-clone", false, "let runs clone file:// URLs and paths on this host (default: https, ssh and git only)")
 	level := fs.String("log-level", "info", "log level")
 	var tlsCfg httpserver.TLS
 	fs.StringVar(&tlsCfg.CertFile, "tls-cert", os.Getenv("ANSFLOW_TLS_CERT"), "serve the API and webhooks over HTTPS with this certificate (PEM)")
@@ -41,11 +42,14 @@ func cmdUp(ctx context.Context, args []string) error {
 	}
 	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config,
 		DockerRunner: !*noRunners && !*noDocker, K8sRunner: !*noRunners && !*noK8s, Audit: !*noAudit, Pipeline: !*noPipeline,
-		Concurrency: *concurrency, TLS: tlsCfg, Login: *loginCfg}, log)
+		Concurrency: *concurrency, AllowLocalClone: *allowLocalClone, TLS: tlsCfg, Login: *loginCfg}, log)
 	if err != nil {
 		return err
 	}
 	defer st.stop()
+	if *allowLocalClone {
+		fmt.Fprintln(os.Stderr, "ansflow up: --allow-local-clone: runs may clone file:// URLs and local paths of this host")
+	}
 	if st.TokenCreated {
 		fmt.Fprintf(os.Stderr, "ansflow up: created an admin API token in %s (the CLI on this machine uses it)\n", filepath.Join(*dataDir, adminTokenFile))
 	}
