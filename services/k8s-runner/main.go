@@ -72,6 +72,9 @@ type config struct {
 	LogLevel  string
 	LogJSON   bool
 	Clusters  []cluster
+	// AllowLocalClone lets runs clone file:// URLs and local paths
+	// ([source.Fetcher].AllowLocal).
+	AllowLocalClone bool
 	// Runner is the template of every cluster's runner configuration: its
 	// Targets list every cluster, and each cluster's runner serves its own.
 	Runner runner.Config
@@ -151,6 +154,7 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	fs.DurationVar(&c.Runner.DefaultTimeout, "default-timeout", durEnv("ANSFLOW_DEFAULT_TIMEOUT", time.Hour), "timeout of a step that sets none (env ANSFLOW_DEFAULT_TIMEOUT)")
 	fs.DurationVar(&c.Runner.Lease, "lease", durEnv("ANSFLOW_LEASE", 30*time.Second), "how long a step's claim stays held without renewal before another runner may take it over (env ANSFLOW_LEASE)")
 	fs.DurationVar(&c.Runner.Heartbeat, "heartbeat", durEnv("ANSFLOW_HEARTBEAT", 5*time.Second), "how often the runner announces itself (env ANSFLOW_HEARTBEAT)")
+	fs.BoolVar(&c.AllowLocalClone, "allow-local-clone", getenv("ANSFLOW_ALLOW_LOCAL_CLONE", "") == "true", "let runs clone file:// URLs and paths on this host; default https, ssh and git only (env ANSFLOW_ALLOW_LOCAL_CLONE=true)")
 	fs.IntVar(&c.Runner.Replicas, "replicas", 1, "replicas of the buckets the runner creates (3 on a NATS cluster); existing ones keep theirs")
 	fs.DurationVar(&c.Runner.Grace, "grace", durEnv("ANSFLOW_GRACE", 30*time.Second), "on SIGTERM, how long running steps may finish before they are stopped (env ANSFLOW_GRACE)")
 	fs.StringVar(&c.LogLevel, "log-level", getenv("ANSFLOW_LOG_LEVEL", "info"), "debug, info, warn or error (env ANSFLOW_LOG_LEVEL)")
@@ -214,6 +218,9 @@ func run(ctx context.Context, cfg *config) error {
 	if err != nil {
 		return err
 	}
+	if cfg.AllowLocalClone {
+		log.Warn("--allow-local-clone: runs may clone file:// URLs and local paths of this host")
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, cl := range cfg.Clusters {
 		rc := cfg.Runner
@@ -221,7 +228,7 @@ func run(ctx context.Context, cfg *config) error {
 		if len(cfg.Clusters) > 1 {
 			rc.ID = cfg.Runner.ID + "/" + cl.Name
 		}
-		r := runner.New(rc, nc, js, engines[i], &source.Fetcher{JS: js}, log)
+		r := runner.New(rc, nc, js, engines[i], &source.Fetcher{JS: js, AllowLocal: cfg.AllowLocalClone}, log)
 		g.Go(func() error { return r.Run(gctx) })
 	}
 	err = g.Wait()
