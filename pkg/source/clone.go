@@ -73,7 +73,8 @@ func CheckRepoURL(repo string, opts CloneOptions) error {
 }
 
 // Clone clones repo into dir and checks out commit (the default branch's
-// head when commit is empty), after [CheckRepoURL]. Arguments go to git as
+// head when commit is empty; a commit on no branch, such as a pull
+// request's head, is fetched by its id), after [CheckRepoURL]. Arguments go to git as
 // argv, never through a shell; git runs with a minimal environment (PATH,
 // a fresh HOME, no system or global config, no prompts, only the allowed
 // protocols, for submodules too), so it neither reads the runner's
@@ -98,7 +99,11 @@ func Clone(ctx context.Context, opts CloneOptions, repo, commit, dir string) err
 		cmd.Env = env
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			return fmt.Errorf("clone %s: git %s: %w: %s", Scrub(repo), args[0], err, scrubWith(strings.TrimSpace(string(out)), secrets))
+			sub := args[0]
+			if sub == "-C" && len(args) > 2 {
+				sub = args[2]
+			}
+			return fmt.Errorf("clone %s: git %s: %w: %s", Scrub(repo), sub, err, scrubWith(strings.TrimSpace(string(out)), secrets))
 		}
 		return nil
 	}
@@ -107,7 +112,12 @@ func Clone(ctx context.Context, opts CloneOptions, repo, commit, dir string) err
 	}
 	if commit != "" {
 		if err := run("-C", dir, "checkout", "--quiet", "--detach", commit); err != nil {
-			return err
+			// a commit on no branch (a pull request's head, refs/pull/N/head
+			// on GitHub, a fork's commit) is fetched by its id
+			if ferr := run("-C", dir, "fetch", "--quiet", "origin", "--", commit); ferr != nil {
+				return err
+			}
+			return run("-C", dir, "checkout", "--quiet", "--detach", commit)
 		}
 	}
 	return nil

@@ -36,6 +36,35 @@ func bareRepo(t *testing.T) (string, string) {
 	return bare, first
 }
 
+func TestCloneFetchesACommitOnNoBranch(t *testing.T) {
+	bare, _ := bareRepo(t)
+	work := t.TempDir()
+	git := func(dir string, args ...string) string {
+		out, err := exec.Command("git", append([]string{"-C", dir, "-c", "user.name=t", "-c", "user.email=t@example.com"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v: %s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	git(work, "clone", "-q", bare, "w")
+	w := filepath.Join(work, "w")
+	os.WriteFile(filepath.Join(w, "v.txt"), []byte("pr\n"), 0o644)
+	git(w, "commit", "-q", "-am", "pull request")
+	head := git(w, "rev-parse", "HEAD")
+	git(w, "push", "-q", "origin", "HEAD:refs/pull/1/head") // as GitHub keeps a pull request's head
+	dir := filepath.Join(t.TempDir(), "c")
+	if err := Clone(context.Background(), CloneOptions{AllowLocal: true}, "file://"+bare, head, dir); err != nil {
+		t.Fatalf("clone of a pull request head: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "v.txt")); string(b) != "pr\n" {
+		t.Errorf("checked out %q", b)
+	}
+	err := Clone(context.Background(), CloneOptions{AllowLocal: true}, "file://"+bare, strings.Repeat("ab", 20), filepath.Join(t.TempDir(), "d"))
+	if err == nil || !strings.Contains(err.Error(), "checkout") {
+		t.Errorf("unknown commit: %v", err)
+	}
+}
+
 func TestCheckRepoURL(t *testing.T) {
 	cases := []struct {
 		repo       string
