@@ -98,3 +98,18 @@ func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
 }
+
+func TestUnpackAcceptsTheRootEntryOfTarC(t *testing.T) {
+	a := archive(t, func(tw *tar.Writer) {
+		tw.WriteHeader(&tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755})
+		tw.WriteHeader(&tar.Header{Name: "./a.txt", Typeflag: tar.TypeReg, Mode: 0o644, Size: 2})
+		tw.Write([]byte("hi"))
+	})
+	dir := t.TempDir()
+	if err := Unpack(bytes.NewReader(a), dir); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "a.txt")); string(b) != "hi" {
+		t.Errorf("a.txt = %q", b)
+	}
+}

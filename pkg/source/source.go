@@ -196,6 +196,9 @@ func UnpackLimited(r io.Reader, dir string, lim Limits) (err error) {
 			return fmt.Errorf("unpack source: %w: more than %d entries", ErrTooLarge, lim.MaxEntries)
 		}
 		target := filepath.Join(dir, filepath.FromSlash(hdr.Name))
+		if target == filepath.Clean(dir) && hdr.Typeflag == tar.TypeDir {
+			continue // "./" of `tar -C dir .`
+		}
 		if !strings.HasPrefix(target, root) {
 			return fmt.Errorf("unpack source: entry %q escapes the directory", hdr.Name)
 		}
