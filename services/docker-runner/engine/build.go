@@ -19,6 +19,7 @@ import (
 	"github.com/moby/patternmatcher/ignorefile"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/services/docker-runner/policy"
 )
 
 // build executes docker_build: the run's source (or its docker_config
@@ -40,6 +41,9 @@ func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO) 
 		return nil, fmt.Errorf("docker_build %s: %w", name, err)
 	}
 	opts.Tags = []string{name}
+	if err := e.cfg.Policy.Check(policy.Step{Type: req.Type, Pipeline: req.Pipeline, Image: name, Network: opts.NetworkMode}); err != nil {
+		return nil, fmt.Errorf("docker_build %s: %w", name, err)
+	}
 	opts.AuthConfigs = e.buildAuths(t)
 
 	src, err := t.SourceDir(ctx)
