@@ -20,7 +20,7 @@ func init() {
 
 // newK8sEngines builds one Kubernetes engine for the current kubeconfig
 // context (cluster "default") and one per cluster of the config file.
-func newK8sEngines(ctx context.Context, fc *fileConfig, log *zap.Logger) ([]servedEngine, error) {
+func newK8sEngines(ctx context.Context, fc *fileConfig, _ stackConfig, log *zap.Logger) ([]servedEngine, error) {
 	type cluster struct{ name, kubeconfig, context string }
 	clusters := []cluster{{name: "default"}}
 	for _, c := range fc.Clusters {
@@ -52,8 +52,8 @@ func newK8sEngines(ctx context.Context, fc *fileConfig, log *zap.Logger) ([]serv
 }
 
 // newDockerEngine builds the embedded docker runner's engine, holding the
-// credentials of the config file's registries.
-func newDockerEngine(ctx context.Context, fc *fileConfig, log *zap.Logger) ([]servedEngine, error) {
+// credentials of the config file's registries, under cfg's runner policy.
+func newDockerEngine(ctx context.Context, fc *fileConfig, cfg stackConfig, log *zap.Logger) ([]servedEngine, error) {
 	creds := dockerengine.Credentials{}
 	if path := os.Getenv("ANSFLOW_DOCKER_CREDENTIALS"); path != "" {
 		loaded, err := dockerengine.LoadCredentials(path)
@@ -73,7 +73,15 @@ func newDockerEngine(ctx context.Context, fc *fileConfig, log *zap.Logger) ([]se
 		c := dockerengine.Credential{Server: r.URL, Username: r.Username, Password: pw}
 		creds[r.Name], creds[r.ID] = c, c
 	}
-	eng, err := dockerengine.New(dockerengine.Config{Credentials: creds}, log.With(zap.String("service", "docker-runner")))
+	log = log.With(zap.String("service", "docker-runner"))
+	if rel := cfg.DockerPolicy.Relaxations(); len(rel) > 0 {
+		for _, r := range rel {
+			log.Warn("runner policy relaxed: " + r)
+		}
+	} else {
+		log.Info("runner policy: strict (no host paths, Docker socket, privileged containers or host network)")
+	}
+	eng, err := dockerengine.New(dockerengine.Config{Credentials: creds, Policy: cfg.DockerPolicy}, log)
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/spec"
+	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
 	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -53,6 +54,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	output := fs.String("output", "text", "text or json (the final run as one JSON object on stdout)")
 	config := fs.String("config", os.Getenv("ANSFLOW_CONFIG"), "registries and clusters file (embedded mode)")
 	level := fs.String("log-level", "warn", "log level of the embedded services")
+	policyFlags := dockerpolicy.RegisterFlags(fs, os.LookupEnv)
 	tf := addTokenFlags(fs, false)
 	file, rest := splitFirstArg(args)
 	if err := fs.Parse(rest); err != nil {
@@ -101,7 +103,11 @@ func cmdRun(ctx context.Context, args []string) error {
 			defer os.RemoveAll(tmp)
 			*dataDir = tmp
 		}
-		st, err := startStack(ctx, stackConfig{DataDir: *dataDir, NATSAddr: "off", ConfigFile: *config,
+		pol, err := policyFlags.Policy()
+		if err != nil {
+			return &usageError{err}
+		}
+		st, err := startStack(ctx, stackConfig{DataDir: *dataDir, NATSAddr: "off", ConfigFile: *config, DockerPolicy: pol,
 			DockerRunner: true, K8sRunner: true, Audit: true, Pipeline: true, Concurrency: 4}, log.With(zap.String("mode", "embedded")))
 		if err != nil {
 			return err

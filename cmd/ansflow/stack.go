@@ -20,6 +20,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/audit/audit"
+	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
@@ -42,6 +43,9 @@ type stackConfig struct {
 	TLS httpserver.TLS
 	// Login configures human login.
 	Login login.Config
+	// DockerPolicy is the embedded docker runner's policy (strict when
+	// zero).
+	DockerPolicy dockerpolicy.Policy
 }
 
 // stack is the embedded AnsFlow: a nats-server and the services in one
@@ -70,7 +74,7 @@ type servedEngine struct {
 
 // engineFactory builds the runner engines of one kind for the embedded
 // stack.
-type engineFactory func(ctx context.Context, cfg *fileConfig, log *zap.Logger) ([]servedEngine, error)
+type engineFactory func(ctx context.Context, fc *fileConfig, cfg stackConfig, log *zap.Logger) ([]servedEngine, error)
 
 // engines registers the engines compiled into this binary, by kind.
 var engines = map[string]engineFactory{}
@@ -109,7 +113,7 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 		if !ok {
 			continue
 		}
-		served, err := factory(ctx, fc, log)
+		served, err := factory(ctx, fc, cfg, log)
 		if err != nil {
 			log.Warn("runner not started", zap.String("kind", kind), zap.Error(err))
 			continue

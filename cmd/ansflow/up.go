@@ -9,6 +9,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/logging"
+	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 )
 
@@ -25,6 +26,7 @@ func cmdUp(ctx context.Context, args []string) error {
 	noPipeline := fs.Bool("no-pipeline", false, "do not start the pipeline service")
 	concurrency := fs.Int("concurrency", 4, "steps each runner executes at once")
 	level := fs.String("log-level", "info", "log level")
+	policyFlags := dockerpolicy.RegisterFlags(fs, os.LookupEnv)
 	var tlsCfg httpserver.TLS
 	fs.StringVar(&tlsCfg.CertFile, "tls-cert", os.Getenv("ANSFLOW_TLS_CERT"), "serve the API and webhooks over HTTPS with this certificate (PEM)")
 	fs.StringVar(&tlsCfg.KeyFile, "tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM)")
@@ -39,7 +41,11 @@ func cmdUp(ctx context.Context, args []string) error {
 	if err != nil {
 		return &usageError{err}
 	}
-	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config,
+	pol, err := policyFlags.Policy()
+	if err != nil {
+		return &usageError{err}
+	}
+	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config, DockerPolicy: pol,
 		DockerRunner: !*noRunners && !*noDocker, K8sRunner: !*noRunners && !*noK8s, Audit: !*noAudit, Pipeline: !*noPipeline,
 		Concurrency: *concurrency, TLS: tlsCfg, Login: *loginCfg}, log)
 	if err != nil {
