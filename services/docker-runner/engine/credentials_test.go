@@ -37,6 +37,7 @@ registries:
     username: robot
     password_file: example.pw
   inline:
+    server: inline.example.com
     username: me
     password: inline-secret
 docker_config: config.json
@@ -98,6 +99,7 @@ func TestLoadCredentialsErrors(t *testing.T) {
 		{"missing file", "registries: {r: {username: u, password_file: nope.pw}}", "password_file"},
 		{"bad auth", `{"auths": {"h": {"auth": "!!secret!!"}}}`, "not base64"},
 		{"not yaml", "registries: [secret-in-bad-yaml: {", "is not valid YAML or JSON"},
+		{"catalogue name without server", "registries: {prod: {username: u, password: pw-1}}", `registry "prod": no server: a credential is only sent to the host it was made for`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "_")+".yaml")

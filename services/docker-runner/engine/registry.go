@@ -58,11 +58,15 @@ func (e *Engine) targetRegistry(req *event.StepRequested, p params) (*registryTa
 	if req.Registry != nil {
 		t.name, t.id, t.url = req.Registry.Name, req.Registry.ID, req.Registry.URL
 	}
+	u, err := p.str("registry_url")
+	if err != nil {
+		return nil, err
+	}
+	if t.url != "" && u != "" && registryHost(u) != registryHost(t.url) {
+		return nil, fmt.Errorf("%w: docker_config.registry_url %q is not a URL of registry %q (%s): a registry's credentials go only to its own host",
+			ErrInvalidStep, u, firstNonEmpty(t.name, t.id), registryHost(t.url))
+	}
 	if t.url == "" {
-		u, err := p.str("registry_url")
-		if err != nil {
-			return nil, err
-		}
 		t.url = u
 	}
 	if t.url == "" && (t.name != "" || t.id != "") {
@@ -127,11 +131,16 @@ func serverAddress(host string) string {
 }
 
 // registryAuth returns the encoded X-Registry-Auth for host, from the
-// runner's credentials found under any of keys or host itself, registering
-// the password with the step's masker. ok reports whether credentials were
-// found; without them the auth is anonymous.
+// runner's credential for the registry named by keys (catalogue name, id,
+// URL) or for host itself, registering the password with the step's masker.
+// ok reports whether a credential was found; without one the auth is
+// anonymous. A credential the keys find that was made for another host is
+// an error wrapping [ErrCredentialHost]: it is not sent.
 func (e *Engine) registryAuth(t stepIO, host string, keys ...string) (auth string, ok bool, err error) {
-	cred, ok := e.cfg.Credentials.Lookup(append(keys, host)...)
+	cred, ok, err := e.cfg.Credentials.For(host, keys...)
+	if err != nil {
+		return "", false, err
+	}
 	var ac registry.AuthConfig
 	if ok {
 		t.Mask(cred.Password)
