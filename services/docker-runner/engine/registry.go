@@ -40,6 +40,16 @@ type registryTarget struct {
 	url    string
 	host   string // host[:port]
 	prefix string // repository path prefix under host, e.g. "team"
+	// ignored is a docker_config.registry_url on another host than the
+	// catalogue entry's URL, which wins.
+	ignored string
+}
+
+// note tells the step's log about an ignored registry_url.
+func (r *registryTarget) note(t stepIO) {
+	if r != nil && r.ignored != "" {
+		fmt.Fprintf(t.Stdout(), "docker_config.registry_url %s is ignored: registry %s has the URL %s\n", r.ignored, firstNonEmpty(r.name, r.id), r.url)
+	}
 }
 
 func (r *registryTarget) String() string {
@@ -63,8 +73,9 @@ func (e *Engine) targetRegistry(req *event.StepRequested, p params) (*registryTa
 		return nil, err
 	}
 	if t.url != "" && u != "" && registryHost(u) != registryHost(t.url) {
-		return nil, fmt.Errorf("%w: docker_config.registry_url %q is not a URL of registry %q (%s): a registry's credentials go only to its own host",
-			ErrInvalidStep, u, firstNonEmpty(t.name, t.id), registryHost(t.url))
+		// the catalogue's URL wins, as it always did: the registry's
+		// credential goes to its own host, never to registry_url's
+		t.ignored = u
 	}
 	if t.url == "" {
 		t.url = u
@@ -172,6 +183,7 @@ func (e *Engine) push(ctx context.Context, req *event.StepRequested, t stepIO) (
 		}
 		reg = &registryTarget{host: reference.Domain(ref), name: reference.Domain(ref)}
 	}
+	reg.note(t)
 	repo, err := p.str("repository")
 	if err != nil {
 		return nil, fmt.Errorf("docker_push %s: %w", local, err)
@@ -241,6 +253,7 @@ func (e *Engine) pull(ctx context.Context, req *event.StepRequested, t stepIO) (
 		return nil, fmt.Errorf("docker_pull %s: %w", reference.FamiliarString(ref), err)
 	}
 	keys := []string{}
+	reg.note(t)
 	if reg != nil {
 		repo, err := p.str("repository")
 		if err != nil {
