@@ -137,4 +137,17 @@ func TestBuildFromPrivateBase(t *testing.T) {
 	r := h.exec(build, 2*time.Minute)
 	wantStatus(t, r, event.StatusSucceeded)
 	wantContains(t, "build log", r.Stdout, "built on the private base")
+
+	// a runner holding only another registry's credential hands the build
+	// none for this one: the base cannot be pulled
+	dockertest.RemoveImage(t, h.cli, baseRemote)
+	dockertest.RemoveImage(t, h.cli, "ansflow-e2e/from-private:"+tag)
+	h2 := newHarness(t, engine.Config{Credentials: engine.Credentials{
+		"elsewhere": {Server: "registry.example.com", Username: regUser, Password: regPass}}})
+	build2 := h2.newRequest(engine.TypeBuild)
+	build2.Image, build2.Tag, build2.DockerConfig = build.Image, build.Tag, build.DockerConfig
+	h2.upload(build2, writeTree(t, map[string]string{"Dockerfile": "FROM " + baseRemote + "\nRUN true\n"}))
+	r = h2.exec(build2, 2*time.Minute)
+	wantStatus(t, r, event.StatusFailed)
+	wantContains(t, "error", r.Error, "no basic auth credentials")
 }
