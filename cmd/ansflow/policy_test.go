@@ -82,6 +82,9 @@ func TestRunPolicy(t *testing.T) {
 	if code != exitFailed || !strings.Contains(r.Steps[0].Error, `only for pipelines matching trusted_pipelines [other], not pipeline "allowed"`) {
 		t.Errorf("untrusted pipeline: exit %d, error %q", code, r.Steps[0].Error)
 	}
+	if code, _ := capture(t, "run", allowed, "--server", "http://127.0.0.1:1", "--allow-privileged"); code != exitInvalid {
+		t.Errorf("--allow-privileged with --server: exit %d, want %d", code, exitInvalid)
+	}
 	os.WriteFile(pol, []byte("allow_everything: true\n"), 0o600)
 	if code, _ := capture(t, "run", allowed, "--data-dir", t.TempDir()); code != exitInvalid {
 		t.Errorf("bad policy file: exit %d, want %d", code, exitInvalid)

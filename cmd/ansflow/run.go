@@ -88,6 +88,18 @@ func cmdRun(ctx context.Context, args []string) error {
 	}
 
 	base := *server
+	if base != "" {
+		var embeddedOnly []string
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "policy", "allow-host-path", "allow-docker-socket", "allow-privileged", "allow-host-network", "kube-context":
+				embeddedOnly = append(embeddedOnly, "--"+f.Name)
+			}
+		})
+		if len(embeddedOnly) > 0 {
+			return invalid("%s: only for the embedded runners; a server's runners have their own policy and clusters", strings.Join(embeddedOnly, ", "))
+		}
+	}
 	token, err := tf.resolve(base != "" && isLocalDefault(base))
 	if err != nil {
 		return err
