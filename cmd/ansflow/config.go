@@ -27,11 +27,16 @@ type registryConfig struct {
 	PasswordFile string `yaml:"password_file"`
 }
 
+// clusterConfig is a cluster entry. Namespaces and Kinds limit what its
+// steps may touch (see k8s-runner/engine.Access); an entry named "default"
+// configures the cluster of the steps that name none.
 type clusterConfig struct {
-	ID         string `yaml:"id"`
-	Name       string `yaml:"name"`
-	Kubeconfig string `yaml:"kubeconfig"`
-	Context    string `yaml:"context"`
+	ID         string   `yaml:"id"`
+	Name       string   `yaml:"name"`
+	Kubeconfig string   `yaml:"kubeconfig"`
+	Context    string   `yaml:"context"`
+	Namespaces []string `yaml:"namespaces"`
+	Kinds      []string `yaml:"kinds"`
 }
 
 func loadFileConfig(path string) (*fileConfig, error) {

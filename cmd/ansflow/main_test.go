@@ -20,7 +20,7 @@ import (
 func useScriptedEngines(t testing.TB) {
 	saved := engines
 	eng := &runnertest.Engine{}
-	f := func(context.Context, *fileConfig, *zap.Logger) ([]servedEngine, error) {
+	f := func(context.Context, *fileConfig, stackConfig, *zap.Logger) ([]servedEngine, error) {
 		return []servedEngine{{Engine: eng, Targets: []string{"default"}}}, nil
 	}
 	engines = map[string]engineFactory{"docker": f, "k8s": f}

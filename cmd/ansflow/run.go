@@ -15,9 +15,11 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/spec"
+	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
 	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -53,6 +55,8 @@ func cmdRun(ctx context.Context, args []string) error {
 	output := fs.String("output", "text", "text or json (the final run as one JSON object on stdout)")
 	config := fs.String("config", os.Getenv("ANSFLOW_CONFIG"), "registries and clusters file (embedded mode)")
 	level := fs.String("log-level", "warn", "log level of the embedded services")
+	policyFlags := dockerpolicy.RegisterFlags(fs, os.LookupEnv)
+	kubeContext := fs.String("kube-context", os.Getenv("ANSFLOW_KUBE_CONTEXT"), "kubeconfig context of the steps without k8s_cluster (default: the current context of an explicitly set $KUBECONFIG, else none)")
 	tf := addTokenFlags(fs, false)
 	file, rest := splitFirstArg(args)
 	if err := fs.Parse(rest); err != nil {
@@ -84,6 +88,18 @@ func cmdRun(ctx context.Context, args []string) error {
 	}
 
 	base := *server
+	if base != "" {
+		var embeddedOnly []string
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "policy", "allow-host-path", "allow-docker-socket", "allow-privileged", "allow-host-network", "kube-context":
+				embeddedOnly = append(embeddedOnly, "--"+f.Name)
+			}
+		})
+		if len(embeddedOnly) > 0 {
+			return invalid("%s: only for the embedded runners; a server's runners have their own policy and clusters", strings.Join(embeddedOnly, ", "))
+		}
+	}
 	token, err := tf.resolve(base != "" && isLocalDefault(base))
 	if err != nil {
 		return err
@@ -101,12 +117,20 @@ func cmdRun(ctx context.Context, args []string) error {
 			defer os.RemoveAll(tmp)
 			*dataDir = tmp
 		}
-		st, err := startStack(ctx, stackConfig{DataDir: *dataDir, NATSAddr: "off", ConfigFile: *config,
-			DockerRunner: true, K8sRunner: true, Audit: true, Pipeline: true, Concurrency: 4}, log.With(zap.String("mode", "embedded")))
+		pol, err := policyFlags.Policy()
+		if err != nil {
+			return &usageError{err}
+		}
+		st, err := startStack(ctx, stackConfig{DataDir: *dataDir, NATSAddr: "off", ConfigFile: *config, DockerPolicy: pol,
+			DockerRunner: true, K8sRunner: true, Audit: true, Pipeline: true, Concurrency: 4, KubeContext: *kubeContext},
+			log.With(zap.String("mode", "embedded")))
 		if err != nil {
 			return err
 		}
 		defer st.stop()
+		if err := announceClusters(os.Stderr, p, st); err != nil {
+			return err
+		}
 		base, token = st.URL, st.Token // in-process: one user, no token to give
 	}
 	c := newClient(base, token)
@@ -266,4 +290,24 @@ func printSummary(w io.Writer, r *store.Run) {
 		}
 		fmt.Fprintf(w, "  %-10s %-28s %-13s attempts=%d %8s  %s\n", s.Status, s.Name, s.Type, s.Attempts, d, why)
 	}
+}
+
+// announceClusters says which cluster and context each Kubernetes step of p
+// will use, and fails before the run when a step's cluster has no context.
+func announceClusters(w io.Writer, p *spec.Pipeline, st *stack) error {
+	for _, s := range p.Steps {
+		if s.Kind() != event.KindK8s {
+			continue
+		}
+		name, se, ok := st.StepCluster(string(s.K8sCluster))
+		switch {
+		case !ok:
+			fmt.Fprintf(w, "ansflow run: step %q (%s): cluster %q is not in --config\n", s.Name, s.Type, name)
+		case se.Unserved != nil:
+			return fmt.Errorf("step %q (%s): %w", s.Name, s.Type, se.Unserved)
+		default:
+			fmt.Fprintf(w, "ansflow run: step %q (%s) uses cluster %q: %s\n", s.Name, s.Type, name, se.Desc)
+		}
+	}
+	return nil
 }

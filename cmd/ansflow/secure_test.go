@@ -79,7 +79,7 @@ func TestSecureStack(t *testing.T) {
 	log := zap.NewNop()
 	cfg := stackConfig{DataDir: t.TempDir(), Concurrency: 2}
 
-	served, err := newDockerEngine(ctx, &fileConfig{}, log)
+	served, err := newDockerEngine(ctx, &fileConfig{}, stackConfig{}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

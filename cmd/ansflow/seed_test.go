@@ -39,7 +39,8 @@ func TestSeedPipelineEndToEnd(t *testing.T) {
 	os.WriteFile(cfg, []byte(`registries:
   - {id: "1", name: local, url: "`+reg.Host+`", username: seed, password_env: SEED_REGISTRY_PASSWORD}
 clusters:
-  - {id: "1", name: local, context: ansflow-local}
+  - {id: "1", name: local, context: ansflow-local, namespaces: [development]}
+  - {id: "0", name: default, context: ansflow-local, namespaces: [development]}
 `), 0o600)
 
 	// the cluster side of the seed: its namespace, and the integration tests

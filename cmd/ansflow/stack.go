@@ -20,6 +20,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/audit/audit"
+	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
@@ -45,18 +46,29 @@ type stackConfig struct {
 	TLS httpserver.TLS
 	// Login configures human login.
 	Login login.Config
+	// DockerPolicy is the embedded docker runner's policy (strict when
+	// zero).
+	DockerPolicy dockerpolicy.Policy
+	// KubeContext is the kubeconfig context of cluster "default"; empty
+	// means the current context of an explicitly set $KUBECONFIG, or none.
+	KubeContext string
 }
 
 // stack is the embedded AnsFlow: a nats-server and the services in one
 // process.
 type stack struct {
-	ns     *server.Server
-	nc     *nats.Conn
-	URL    string        // API base URL
-	done   chan struct{} // closed when every service returned; err says why
-	err    error
-	cancel context.CancelFunc
-	audit  *audit.Service // nil when the stack runs none
+	// Clusters says, by cluster name, what the embedded k8s runner serves
+	// (Desc) or why it serves nothing (Unserved); clusterIDs maps the
+	// config's cluster ids to names.
+	Clusters   map[string]servedEngine
+	clusterIDs map[string]string
+	ns         *server.Server
+	nc         *nats.Conn
+	URL        string        // API base URL
+	done       chan struct{} // closed when every service returned; err says why
+	err        error
+	cancel     context.CancelFunc
+	audit      *audit.Service // nil when the stack runs none
 	// Token is the admin token of DataDir/admin.token, which the pipeline
 	// service accepts; TokenCreated says this start made it.
 	Token        string
@@ -69,11 +81,16 @@ type stack struct {
 type servedEngine struct {
 	Engine  runner.Engine
 	Targets []string
+	// Desc says what the engine reaches (a cluster's context and server),
+	// for the start-up lines of `ansflow run`.
+	Desc string
+	// Unserved, when set, says why Targets get no engine (Engine is nil).
+	Unserved error
 }
 
 // engineFactory builds the runner engines of one kind for the embedded
 // stack.
-type engineFactory func(ctx context.Context, cfg *fileConfig, log *zap.Logger) ([]servedEngine, error)
+type engineFactory func(ctx context.Context, fc *fileConfig, cfg stackConfig, log *zap.Logger) ([]servedEngine, error)
 
 // engines registers the engines compiled into this binary, by kind.
 var engines = map[string]engineFactory{}
@@ -112,12 +129,18 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 		if !ok {
 			continue
 		}
-		served, err := factory(ctx, fc, log)
+		served, err := factory(ctx, fc, cfg, log)
+		if kind == event.KindK8s {
+			st.recordClusters(fc, served)
+		}
 		if err != nil {
 			log.Warn("runner not started", zap.String("kind", kind), zap.Error(err))
 			continue
 		}
 		for _, se := range served {
+			if se.Engine == nil {
+				continue
+			}
 			if err := st.startRunner(ctx, gctx, g, conn, kind, se, cfg, log); err != nil {
 				return fail(err)
 			}
@@ -249,4 +272,32 @@ func defaultDataDir() string {
 		return filepath.Join(home, ".local", "share", "ansflow")
 	}
 	return ".ansflow"
+}
+
+// recordClusters keeps what the k8s engines serve, for [stack.StepCluster].
+func (s *stack) recordClusters(fc *fileConfig, served []servedEngine) {
+	s.Clusters, s.clusterIDs = map[string]servedEngine{}, map[string]string{}
+	for _, se := range served {
+		for _, t := range se.Targets {
+			s.Clusters[t] = se
+		}
+	}
+	for _, c := range fc.Clusters {
+		s.clusterIDs[c.ID], s.clusterIDs[c.Name] = c.Name, c.Name
+	}
+}
+
+// StepCluster returns the cluster name a step's k8s_cluster (an id or a
+// name; "" for the default) selects, and what serves it.
+func (s *stack) StepCluster(ref string) (string, servedEngine, bool) {
+	name := "default"
+	if ref != "" {
+		n, ok := s.clusterIDs[ref]
+		if !ok {
+			return ref, servedEngine{}, false
+		}
+		name = n
+	}
+	se, ok := s.Clusters[name]
+	return name, se, ok
 }

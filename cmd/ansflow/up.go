@@ -9,6 +9,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/logging"
+	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 )
 
@@ -26,6 +27,8 @@ func cmdUp(ctx context.Context, args []string) error {
 	concurrency := fs.Int("concurrency", 4, "steps each runner executes at once")
 	allowLocalClone := fs.Bool("allow-local-clone", false, "let runs clone file:// URLs and paths on this host (default: https, ssh and git only)")
 	level := fs.String("log-level", "info", "log level")
+	policyFlags := dockerpolicy.RegisterFlags(fs, os.LookupEnv)
+	kubeContext := fs.String("kube-context", os.Getenv("ANSFLOW_KUBE_CONTEXT"), "kubeconfig context of cluster \"default\" (default: the current context of an explicitly set $KUBECONFIG, else none)")
 	var tlsCfg httpserver.TLS
 	fs.StringVar(&tlsCfg.CertFile, "tls-cert", os.Getenv("ANSFLOW_TLS_CERT"), "serve the API and webhooks over HTTPS with this certificate (PEM)")
 	fs.StringVar(&tlsCfg.KeyFile, "tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM)")
@@ -40,9 +43,13 @@ func cmdUp(ctx context.Context, args []string) error {
 	if err != nil {
 		return &usageError{err}
 	}
-	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config,
+	pol, err := policyFlags.Policy()
+	if err != nil {
+		return &usageError{err}
+	}
+	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config, DockerPolicy: pol,
 		DockerRunner: !*noRunners && !*noDocker, K8sRunner: !*noRunners && !*noK8s, Audit: !*noAudit, Pipeline: !*noPipeline,
-		Concurrency: *concurrency, AllowLocalClone: *allowLocalClone, TLS: tlsCfg, Login: *loginCfg}, log)
+		Concurrency: *concurrency, AllowLocalClone: *allowLocalClone, TLS: tlsCfg, Login: *loginCfg, KubeContext: *kubeContext}, log)
 	if err != nil {
 		return err
 	}

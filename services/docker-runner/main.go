@@ -6,7 +6,9 @@
 //
 // Configuration comes from flags, each with an environment variable as its
 // default; run `docker-runner -h` for the list. Registry credentials are read
-// from the file given by --credentials (see engine.LoadCredentials).
+// from the file given by --credentials (see engine.LoadCredentials). What
+// steps may ask of the host is the runner policy: strict unless relaxed by
+// --policy FILE or the --allow-* flags (see package policy).
 package main
 
 import (
@@ -30,6 +32,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/docker-runner/engine"
+	"github.com/ansflow/ansflow/services/docker-runner/policy"
 )
 
 func main() {
@@ -96,9 +99,11 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	fs.StringVar(&c.CredentialsFile, "credentials", getenv("ANSFLOW_DOCKER_CREDENTIALS", ""), "registry credentials file, YAML or JSON, or a Docker config.json (env ANSFLOW_DOCKER_CREDENTIALS)")
 	fs.StringVar(&c.Engine.DockerHost, "docker-host", getenv("DOCKER_HOST", ""), "Docker Engine API endpoint (env DOCKER_HOST)")
 	fs.StringVar(&c.Engine.Network, "network", getenv("ANSFLOW_DOCKER_NETWORK", ""), "network for docker_run containers whose step names none (env ANSFLOW_DOCKER_NETWORK)")
+	policyFlags := policy.RegisterFlags(fs, env)
 	fs.StringVar(&c.LogLevel, "log-level", getenv("ANSFLOW_LOG_LEVEL", "info"), "debug, info, warn or error (env ANSFLOW_LOG_LEVEL)")
 	fs.BoolVar(&c.LogJSON, "log-json", getenv("ANSFLOW_LOG_JSON", "") == "true", "log JSON instead of text (env ANSFLOW_LOG_JSON=true)")
-	if err := fs.Parse(args); err != nil {
+	err := fs.Parse(args)
+	if err != nil {
 		return nil, err
 	}
 	if ev.Err() != nil {
@@ -111,6 +116,9 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 		if p = strings.TrimSpace(p); p != "" {
 			c.Runner.Targets = append(c.Runner.Targets, p)
 		}
+	}
+	if c.Engine.Policy, err = policyFlags.Policy(); err != nil {
+		return nil, err
 	}
 	if c.Runner.ID == "" {
 		host, _ := os.Hostname()
@@ -139,6 +147,7 @@ func run(ctx context.Context, cfg *config) error {
 		cfg.Engine.Credentials = creds
 		log.Info("registry credentials loaded", zap.Int("registries", len(creds)))
 	}
+	logPolicy(log, cfg.Engine.Policy)
 	eng, err := engine.New(cfg.Engine, log)
 	if err != nil {
 		return err
@@ -167,4 +176,16 @@ func run(ctx context.Context, cfg *config) error {
 		return nil
 	}
 	return err
+}
+
+// logPolicy states at start what the runner's policy relaxes, one line each.
+func logPolicy(log *zap.Logger, p policy.Policy) {
+	rel := p.Relaxations()
+	if len(rel) == 0 {
+		log.Info("runner policy: strict (no host paths, Docker socket, privileged containers or host network)")
+		return
+	}
+	for _, r := range rel {
+		log.Warn("runner policy relaxed: " + r)
+	}
 }

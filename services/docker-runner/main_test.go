@@ -65,6 +65,23 @@ func TestParseConfig(t *testing.T) {
 	if _, err := parseConfig([]string{"--pools", " , "}, func(string) (string, bool) { return "", false }, &out); err == nil {
 		t.Error("no pools accepted")
 	}
+	none := func(string) (string, bool) { return "", false }
+	c, err = parseConfig([]string{"--allow-host-path", "/srv/cache", "--allow-privileged"}, none, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Engine.Policy; len(p.AllowedHostPaths) != 1 || !p.AllowPrivileged || p.AllowHostNetwork || p.AllowDockerSocket {
+		t.Errorf("policy %+v", p)
+	}
+	if c, _ := parseConfig(nil, none, &out); len(c.Engine.Policy.Relaxations()) != 0 {
+		t.Errorf("default policy relaxes %v", c.Engine.Policy.Relaxations())
+	}
+	if _, err := parseConfig([]string{"--allow-host-path", "cache"}, none, &out); err == nil || !strings.Contains(err.Error(), "not an absolute path") {
+		t.Errorf("relative host path: %v", err)
+	}
+	if _, err := parseConfig([]string{"--policy", "/no/such/policy.yaml"}, none, &out); err == nil || !strings.Contains(err.Error(), "runner policy") {
+		t.Errorf("missing policy file: %v", err)
+	}
 }
 
 // TestKilledRunner starts the real docker-runner process, kills it

@@ -13,6 +13,10 @@
 // "default", which uses the kubeconfig's current context (or the in-cluster
 // service account when there is no kubeconfig). The default is "default".
 //
+// Each cluster's steps may use only the namespaces of --namespaces (default:
+// the context's namespace) and apply, scale and delete only the kinds of
+// --kinds (default engine.DefaultKinds).
+//
 // Configuration comes from flags, each with an environment variable as its
 // default; run `k8s-runner -h` for the list.
 package main
@@ -157,6 +161,8 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	fs.BoolVar(&c.AllowLocalClone, "allow-local-clone", getenv("ANSFLOW_ALLOW_LOCAL_CLONE", "") == "true", "let runs clone file:// URLs and paths on this host; default https, ssh and git only (env ANSFLOW_ALLOW_LOCAL_CLONE=true)")
 	fs.IntVar(&c.Runner.Replicas, "replicas", 1, "replicas of the buckets the runner creates (3 on a NATS cluster); existing ones keep theirs")
 	fs.DurationVar(&c.Runner.Grace, "grace", durEnv("ANSFLOW_GRACE", 30*time.Second), "on SIGTERM, how long running steps may finish before they are stopped (env ANSFLOW_GRACE)")
+	namespaces := fs.String("namespaces", getenv("ANSFLOW_K8S_NAMESPACES", ""), "namespaces (globs) steps may use on every served cluster, comma-separated; default the context's namespace (env ANSFLOW_K8S_NAMESPACES)")
+	kinds := fs.String("kinds", getenv("ANSFLOW_K8S_KINDS", ""), "kinds steps may apply, scale and delete, comma-separated (\"*\": every namespaced kind; cluster-scoped ones by name); default "+strings.Join(engine.DefaultKinds, ",")+" (env ANSFLOW_K8S_KINDS)")
 	fs.StringVar(&c.LogLevel, "log-level", getenv("ANSFLOW_LOG_LEVEL", "info"), "debug, info, warn or error (env ANSFLOW_LOG_LEVEL)")
 	fs.BoolVar(&c.LogJSON, "log-json", getenv("ANSFLOW_LOG_JSON", "") == "true", "log JSON instead of text (env ANSFLOW_LOG_JSON=true)")
 	if err := fs.Parse(args); err != nil {
@@ -168,6 +174,7 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+	c.Engine.Access = engine.Access{Namespaces: splitList(*namespaces), Kinds: splitList(*kinds)}
 	var err error
 	if c.Clusters, err = parseClusters(*clusters); err != nil {
 		return nil, err
@@ -205,7 +212,9 @@ func run(ctx context.Context, cfg *config) error {
 		if err != nil {
 			return err
 		}
-		log.Info("cluster reachable", zap.String("cluster", cl.Name), zap.String("context", cl.Context), zap.String("version", version))
+		acc := eng.Access()
+		log.Info("cluster reachable", zap.String("cluster", cl.Name), zap.String("context", cl.Context), zap.String("version", version),
+			zap.Strings("namespaces", acc.Namespaces), zap.Strings("kinds", acc.Kinds))
 		engines[i] = eng
 	}
 
@@ -237,4 +246,15 @@ func run(ctx context.Context, cfg *config) error {
 		return nil
 	}
 	return err
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/services/k8s-runner/engine"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -27,6 +28,15 @@ func TestParseConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if c.Engine.Access.Namespaces != nil || len(c.Engine.Access.Kinds) != len(engine.DefaultKinds) {
+		t.Errorf("default access %+v", c.Engine.Access)
+	}
+	env["ANSFLOW_K8S_NAMESPACES"] = "apps, team-*"
+	if ac, err := parseConfig([]string{"--kinds", "*,ClusterRole"}, lookup, &out); err != nil ||
+		fmt.Sprint(ac.Engine.Access.Namespaces) != "[apps team-*]" || fmt.Sprint(ac.Engine.Access.Kinds) != "[* ClusterRole]" {
+		t.Errorf("access flags: %+v, %v", ac, err)
+	}
+	delete(env, "ANSFLOW_K8S_NAMESPACES")
 	want := []cluster{{"prod", "ctx-prod"}, {"dev", "dev"}, {"default", ""}}
 	if fmt.Sprint(c.Clusters) != fmt.Sprint(want) {
 		t.Errorf("clusters %v, want %v", c.Clusters, want)

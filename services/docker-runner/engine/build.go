@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/moby/patternmatcher/ignorefile"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/services/docker-runner/policy"
 )
 
 // build executes docker_build: the run's source (or its docker_config
@@ -40,7 +42,9 @@ func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO) 
 		return nil, fmt.Errorf("docker_build %s: %w", name, err)
 	}
 	opts.Tags = []string{name}
-	opts.AuthConfigs = e.buildAuths(t)
+	if err := e.cfg.Policy.Check(policy.Step{Type: req.Type, Pipeline: req.Pipeline, Image: name, Network: opts.NetworkMode}); err != nil {
+		return nil, fmt.Errorf("docker_build %s: %w", name, err)
+	}
 
 	src, err := t.SourceDir(ctx)
 	if err != nil {
@@ -63,6 +67,18 @@ func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO) 
 		return nil, fmt.Errorf("docker_build %s: %w", name, err)
 	}
 	opts.Dockerfile = dfInContext
+	dfPath := dfOutside
+	if dfPath == "" {
+		dfPath = filepath.Join(ctxDir, filepath.FromSlash(dfInContext))
+	}
+	dfText, err := os.ReadFile(dfPath)
+	if err != nil {
+		return nil, fmt.Errorf("docker_build %s: read dockerfile: %w", name, err)
+	}
+	args, _ := p.strMap("build_args")
+	refs := append(dockerfileImages(dfText, args), opts.CacheFrom...)
+	refs = append(refs, name)
+	opts.AuthConfigs = e.buildAuths(t, refs)
 
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(writeContext(pw, ctxDir, dfInContext, dfOutside)) }()
@@ -141,22 +157,122 @@ func buildOptions(p params) (build.ImageBuildOptions, error) {
 	return opts, nil
 }
 
-// buildAuths hands the daemon every credential whose registry host is
-// known, for base images in private registries.
-func (e *Engine) buildAuths(t stepIO) map[string]registry.AuthConfig {
+// buildAuths hands the daemon the credentials of the registries refs name
+// (the Dockerfile's base images, cache_from and the build's own tag), and
+// no other: a build must not receive every credential the runner holds.
+func (e *Engine) buildAuths(t stepIO, refs []string) map[string]registry.AuthConfig {
+	held := e.cfg.Credentials.hosts()
 	auths := map[string]registry.AuthConfig{}
-	for key, c := range e.cfg.Credentials {
-		host := c.Server
-		if host == "" && (strings.ContainsAny(key, ".:") || key == "localhost") {
-			host = registryHost(key)
+	for _, r := range refs {
+		named, err := reference.ParseNormalizedNamed(r)
+		if err != nil {
+			continue
 		}
-		if host == "" {
+		host := reference.Domain(named)
+		c, ok := held[host]
+		if !ok {
 			continue
 		}
 		t.Mask(c.Password)
-		auths[host] = registry.AuthConfig{Username: c.Username, Password: c.Password, ServerAddress: serverAddress(host)}
+		auths[serverAddress(host)] = registry.AuthConfig{Username: c.Username, Password: c.Password, ServerAddress: serverAddress(host)}
 	}
 	return auths
+}
+
+// dockerfileImages returns the images a Dockerfile pulls: its FROM images
+// and COPY/ADD --from images that are not stages, with ARGs declared before
+// the first FROM expanded (build args win over their defaults). A reference
+// that still holds a variable is left out: its registry gets no credential.
+func dockerfileImages(df []byte, buildArgs map[string]string) []string {
+	args := map[string]string{}
+	stages := map[string]bool{}
+	var out []string
+	seenFrom := false
+	expand := func(s string) (string, bool) {
+		v := os.Expand(s, func(k string) string {
+			name, def, hasDef := strings.Cut(k, ":-")
+			if v, ok := args[name]; ok && v != "" {
+				return v
+			}
+			if hasDef {
+				return def
+			}
+			return "$" + k
+		})
+		return v, !strings.Contains(v, "$")
+	}
+	add := func(img string) {
+		img, ok := expand(img)
+		if !ok || img == "" || strings.EqualFold(img, "scratch") || stages[strings.ToLower(img)] {
+			return
+		}
+		out = append(out, img)
+	}
+	for _, line := range dockerfileLines(df) {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		switch strings.ToUpper(f[0]) {
+		case "ARG":
+			if seenFrom {
+				continue
+			}
+			for _, a := range f[1:] {
+				k, v, _ := strings.Cut(a, "=")
+				if bv, ok := buildArgs[k]; ok {
+					v = bv
+				}
+				args[k] = strings.Trim(v, `"'`)
+			}
+		case "FROM":
+			seenFrom = true
+			rest := f[1:]
+			for len(rest) > 0 && strings.HasPrefix(rest[0], "--") {
+				rest = rest[1:]
+			}
+			if len(rest) == 0 {
+				continue
+			}
+			add(rest[0])
+			if len(rest) >= 3 && strings.EqualFold(rest[1], "AS") {
+				stages[strings.ToLower(rest[2])] = true
+			}
+		case "COPY", "ADD":
+			for _, a := range f[1:] {
+				if from, ok := strings.CutPrefix(a, "--from="); ok {
+					if _, err := strconv.Atoi(from); err != nil {
+						add(from)
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+// dockerfileLines returns a Dockerfile's instructions, continuation lines
+// joined and comments dropped.
+func dockerfileLines(df []byte) []string {
+	var out []string
+	var cur strings.Builder
+	for _, l := range strings.Split(string(df), "\n") {
+		t := strings.TrimSpace(l)
+		if strings.HasPrefix(t, "#") {
+			continue
+		}
+		if c, ok := strings.CutSuffix(t, "\\"); ok {
+			cur.WriteString(c + " ")
+			continue
+		}
+		cur.WriteString(t)
+		out = append(out, cur.String())
+		cur.Reset()
+	}
+	if cur.Len() > 0 {
+		out = append(out, cur.String())
+	}
+	return out
 }
 
 // locateDockerfile finds the Dockerfile: df (default "Dockerfile") relative

@@ -65,6 +65,80 @@ func (c Credentials) Lookup(keys ...string) (Credential, bool) {
 	return Credential{}, false
 }
 
+// ErrCredentialHost reports that the runner holds a credential for the
+// registry a step names, but for another host (or for no known host): the
+// engine sends it nowhere, and the step fails before contacting the
+// registry.
+var ErrCredentialHost = errors.New("registry credential bound to another host")
+
+// host returns the registry host[:port] the credential stored under key was
+// made for: its Server, or the key itself when the key is a host. It is ""
+// when neither says.
+func (c Credential) host(key string) string {
+	if c.Server != "" {
+		return registryHost(c.Server)
+	}
+	if looksLikeHost(key) {
+		return registryHost(key)
+	}
+	return ""
+}
+
+// looksLikeHost reports whether a credentials key is a registry host rather
+// than a catalogue name.
+func looksLikeHost(key string) bool {
+	return strings.ContainsAny(key, ".:/") || key == "localhost"
+}
+
+// For returns the credential to send to host (host[:port]) for a registry
+// the step names by names (its catalogue name, id or URL; empty ones are
+// skipped), or by host alone. A credential is only ever returned for the
+// host it was made for: when a name finds one made for another host, or for
+// no known host, For returns an error wrapping [ErrCredentialHost] and the
+// caller sends nothing. ok is false when the runner holds no credential for
+// the registry (the request is then anonymous).
+func (c Credentials) For(host string, names ...string) (cred Credential, ok bool, err error) {
+	host = registryHost(host)
+	for _, n := range names {
+		if n == "" {
+			continue
+		}
+		entry, found := c[n]
+		if !found {
+			continue
+		}
+		switch h := entry.host(n); {
+		case h == "":
+			return Credential{}, false, fmt.Errorf("%w: the runner's credential for registry %q names no server, so it is sent to none (set server: to the registry's host)", ErrCredentialHost, n)
+		case h != host:
+			return Credential{}, false, fmt.Errorf("%w: the runner's credential for registry %q is for %s, not %s: nothing was sent", ErrCredentialHost, n, h, host)
+		}
+		return entry, true, nil
+	}
+	if entry, found := c[host]; found && entry.host(host) == host {
+		return entry, true, nil
+	}
+	for _, k := range c.sortedKeys() {
+		if entry := c[k]; entry.Server != "" && registryHost(entry.Server) == host {
+			return entry, true, nil
+		}
+	}
+	return Credential{}, false, nil
+}
+
+// hosts returns each host the runner holds a credential for, with it.
+func (c Credentials) hosts() map[string]Credential {
+	out := map[string]Credential{}
+	for _, k := range c.sortedKeys() {
+		if h := c[k].host(k); h != "" {
+			if _, dup := out[h]; !dup {
+				out[h] = c[k]
+			}
+		}
+	}
+	return out
+}
+
 func (c Credentials) sortedKeys() []string {
 	keys := make([]string, 0, len(c))
 	for k := range c {
@@ -128,7 +202,9 @@ type dockerAuth struct {
 //	    password_file: /run/secrets/example     # trailing newlines dropped
 //	docker_config: /root/.docker/config.json    # optional: add its "auths"
 //
-// Exactly one of password, password_env and password_file is set per entry;
+// An entry keyed by a catalogue name must set server: the credential is
+// only ever sent to that host ([Credentials.For]). Exactly one of password,
+// password_env and password_file is set per entry;
 // relative paths are relative to path's directory. path may also be a Docker
 // config.json itself: its "auths" entries (base64 "auth" or username and
 // password) are keyed by registry host. Credential helpers (credsStore,
@@ -175,6 +251,9 @@ func (c Credentials) load(path string, allowInclude bool) error {
 		cred, err := e.credential(rel)
 		if err != nil {
 			return fmt.Errorf("credentials file %s: registry %q: %w", path, name, err)
+		}
+		if cred.host(name) == "" {
+			return fmt.Errorf("credentials file %s: registry %q: no server: a credential is only sent to the host it was made for, so set server: to the registry's host[:port]", path, name)
 		}
 		c[name] = cred
 	}

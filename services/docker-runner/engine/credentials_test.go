@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -37,6 +38,7 @@ registries:
     username: robot
     password_file: example.pw
   inline:
+    server: inline.example.com
     username: me
     password: inline-secret
 docker_config: config.json
@@ -98,6 +100,7 @@ func TestLoadCredentialsErrors(t *testing.T) {
 		{"missing file", "registries: {r: {username: u, password_file: nope.pw}}", "password_file"},
 		{"bad auth", `{"auths": {"h": {"auth": "!!secret!!"}}}`, "not base64"},
 		{"not yaml", "registries: [secret-in-bad-yaml: {", "is not valid YAML or JSON"},
+		{"catalogue name without server", "registries: {prod: {username: u, password: pw-1}}", `registry "prod": no server: a credential is only sent to the host it was made for`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "_")+".yaml")
@@ -138,6 +141,46 @@ func TestExampleCredentialsFile(t *testing.T) {
 		"registry.example.com": "robot-password"} {
 		if c, ok := creds.Lookup(key); !ok || c.Password != want {
 			t.Errorf("Lookup(%q) = %v %v", key, c, ok)
+		}
+	}
+}
+
+// TestCredentialsFor: a credential is returned only for the host it was made
+// for.
+func TestCredentialsFor(t *testing.T) {
+	creds := engine.Credentials{
+		"prod":                 {Server: "prod.example.com", Username: "p", Password: "pw-prod"},
+		"1":                    {Server: "https://prod.example.com/v2/", Username: "p", Password: "pw-prod"},
+		"registry.example.com": {Username: "r", Password: "pw-r"},
+		"nameonly":             {Username: "n", Password: "pw-n"},
+	}
+	for _, tc := range []struct {
+		host  string
+		names []string
+		user  string // "" for none
+		err   string
+	}{
+		{"prod.example.com", []string{"prod"}, "p", ""},
+		{"prod.example.com", []string{"", "1"}, "p", ""},
+		{"prod.example.com", nil, "p", ""}, // by host
+		{"registry.example.com", []string{"registry.example.com"}, "r", ""},
+		{"other.example", []string{"prod"}, "", `the runner's credential for registry "prod" is for prod.example.com, not other.example: nothing was sent`},
+		{"other.example", []string{"unknown", "1"}, "", `registry "1" is for prod.example.com, not other.example`},
+		{"other.example", []string{"nameonly"}, "", `registry "nameonly" names no server`},
+		{"other.example", []string{"unknown"}, "", ""},
+		{"other.example", nil, "", ""},
+	} {
+		c, ok, err := creds.For(tc.host, tc.names...)
+		switch {
+		case tc.err != "":
+			if !errors.Is(err, engine.ErrCredentialHost) || !strings.Contains(err.Error(), tc.err) || ok || c.Password != "" {
+				t.Errorf("For(%s, %q) = %v %v %v, want error %q", tc.host, tc.names, c, ok, err, tc.err)
+			}
+			if err != nil && strings.Contains(err.Error(), "pw-") {
+				t.Errorf("error quotes a password: %v", err)
+			}
+		case err != nil || ok != (tc.user != "") || c.Username != tc.user:
+			t.Errorf("For(%s, %q) = %v %v %v, want user %q", tc.host, tc.names, c, ok, err, tc.user)
 		}
 	}
 }

@@ -11,6 +11,11 @@
 // (timeout, cancellation, runner shutdown) the engine kills and removes its
 // container, or aborts its build, before Execute returns.
 //
+// What a step may ask of the runner's host (bind mounts of host paths, the
+// Docker socket, privileged mode, host network) is decided by the runner's
+// [policy.Policy] ([Config.Policy]), strict by default: a refused step fails
+// with an error wrapping [policy.ErrDenied] before any container is created.
+//
 // Registry credentials are held by the runner ([Config.Credentials], loaded
 // with [LoadCredentials]); a step request only names the registry. Passwords
 // are registered with the step's masker and never appear in errors.
@@ -21,7 +26,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -32,6 +40,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/services/docker-runner/policy"
 )
 
 // Step types executed by the engine.
@@ -84,6 +93,10 @@ type Config struct {
 	// SourceMount is where mount_source mounts the run's source when the
 	// step sets no workdir (default [DefaultSourceMount]).
 	SourceMount string
+	// Policy is what steps may ask of the runner's host; the zero value is
+	// strict (see package policy). The engine adds the socket of the Docker
+	// Engine it talks to to Policy.DockerSockets.
+	Policy policy.Policy
 	// CleanupTimeout bounds the API calls that stop and remove a container
 	// after its step's context ended (default 30s).
 	CleanupTimeout time.Duration
@@ -102,6 +115,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Credentials == nil {
 		c.Credentials = Credentials{}
+	}
+	if err := c.Policy.Validate(); err != nil {
+		return fmt.Errorf("runner policy: %w", err)
 	}
 	return nil
 }
@@ -137,6 +153,12 @@ func New(cfg Config, log *zap.Logger) (*Engine, error) {
 	}
 	if log == nil {
 		log = zap.NewNop()
+	}
+	if len(cfg.Policy.DockerSockets) == 0 {
+		cfg.Policy.DockerSockets = append([]string(nil), policy.DefaultDockerSockets...)
+	}
+	if sock, ok := strings.CutPrefix(cli.DaemonHost(), "unix://"); ok && !slices.Contains(cfg.Policy.DockerSockets, sock) {
+		cfg.Policy.DockerSockets = append(cfg.Policy.DockerSockets, filepath.Clean(sock))
 	}
 	return &Engine{cfg: cfg, cli: cli, log: log.Named("docker")}, nil
 }

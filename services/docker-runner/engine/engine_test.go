@@ -270,11 +270,14 @@ func TestRunOptions(t *testing.T) {
 // TestFailures: every failure is a failed step with a clear error.
 func TestFailures(t *testing.T) {
 	reg := dockertest.StartRegistry(t, regUser, regPass)
-	// keyed by catalogue name only, so a bare registry_url finds none
+	// keyed by catalogue name; the registry reached as localhost:PORT is
+	// another host, for which the runner holds no credential
 	h := newHarness(t, engine.Config{Credentials: engine.Credentials{
-		"local":    {Username: regUser, Password: regPass},
-		"wrong-pw": {Username: regUser, Password: "Wrong-Password-123"},
+		"local":    {Server: reg.Host, Username: regUser, Password: regPass},
+		"wrong-pw": {Server: reg.Host, Username: regUser, Password: "Wrong-Password-123"},
 	}})
+	_, port, _ := strings.Cut(reg.Host, ":")
+	otherName := "localhost:" + port
 	tag := fmt.Sprint(time.Now().UnixNano())
 	for _, tc := range []struct {
 		name  string
@@ -321,8 +324,8 @@ func TestFailures(t *testing.T) {
 		}, []string{"authentication failed for registry wrong-pw (" + reg.Host + ")"}, -1},
 		{"registry without credentials", func(r *event.StepRequested) {
 			r.Type, r.Image = engine.TypePush, h.base
-			r.DockerConfig["registry_url"] = "http://" + reg.Host + "/anonymous"
-		}, []string{"authentication failed for registry " + reg.Host, "holds no credentials"}, -1},
+			r.DockerConfig["registry_url"] = "http://" + otherName + "/anonymous"
+		}, []string{"authentication failed for registry " + otherName, "holds no credentials"}, -1},
 		{"wrong password on pull", func(r *event.StepRequested) {
 			r.Type, r.Image = engine.TypePull, "ansflow-test/busybox"
 			r.Registry = &event.Registry{Name: "wrong-pw", URL: reg.Host}

@@ -40,6 +40,16 @@ type registryTarget struct {
 	url    string
 	host   string // host[:port]
 	prefix string // repository path prefix under host, e.g. "team"
+	// ignored is a docker_config.registry_url on another host than the
+	// catalogue entry's URL, which wins.
+	ignored string
+}
+
+// note tells the step's log about an ignored registry_url.
+func (r *registryTarget) note(t stepIO) {
+	if r != nil && r.ignored != "" {
+		fmt.Fprintf(t.Stdout(), "docker_config.registry_url %s is ignored: registry %s has the URL %s\n", r.ignored, firstNonEmpty(r.name, r.id), r.url)
+	}
 }
 
 func (r *registryTarget) String() string {
@@ -58,11 +68,16 @@ func (e *Engine) targetRegistry(req *event.StepRequested, p params) (*registryTa
 	if req.Registry != nil {
 		t.name, t.id, t.url = req.Registry.Name, req.Registry.ID, req.Registry.URL
 	}
+	u, err := p.str("registry_url")
+	if err != nil {
+		return nil, err
+	}
+	if t.url != "" && u != "" && registryHost(u) != registryHost(t.url) {
+		// the catalogue's URL wins, as it always did: the registry's
+		// credential goes to its own host, never to registry_url's
+		t.ignored = u
+	}
 	if t.url == "" {
-		u, err := p.str("registry_url")
-		if err != nil {
-			return nil, err
-		}
 		t.url = u
 	}
 	if t.url == "" && (t.name != "" || t.id != "") {
@@ -127,11 +142,16 @@ func serverAddress(host string) string {
 }
 
 // registryAuth returns the encoded X-Registry-Auth for host, from the
-// runner's credentials found under any of keys or host itself, registering
-// the password with the step's masker. ok reports whether credentials were
-// found; without them the auth is anonymous.
+// runner's credential for the registry named by keys (catalogue name, id,
+// URL) or for host itself, registering the password with the step's masker.
+// ok reports whether a credential was found; without one the auth is
+// anonymous. A credential the keys find that was made for another host is
+// an error wrapping [ErrCredentialHost]: it is not sent.
 func (e *Engine) registryAuth(t stepIO, host string, keys ...string) (auth string, ok bool, err error) {
-	cred, ok := e.cfg.Credentials.Lookup(append(keys, host)...)
+	cred, ok, err := e.cfg.Credentials.For(host, keys...)
+	if err != nil {
+		return "", false, err
+	}
 	var ac registry.AuthConfig
 	if ok {
 		t.Mask(cred.Password)
@@ -163,6 +183,7 @@ func (e *Engine) push(ctx context.Context, req *event.StepRequested, t stepIO) (
 		}
 		reg = &registryTarget{host: reference.Domain(ref), name: reference.Domain(ref)}
 	}
+	reg.note(t)
 	repo, err := p.str("repository")
 	if err != nil {
 		return nil, fmt.Errorf("docker_push %s: %w", local, err)
@@ -232,6 +253,7 @@ func (e *Engine) pull(ctx context.Context, req *event.StepRequested, t stepIO) (
 		return nil, fmt.Errorf("docker_pull %s: %w", reference.FamiliarString(ref), err)
 	}
 	keys := []string{}
+	reg.note(t)
 	if reg != nil {
 		repo, err := p.str("repository")
 		if err != nil {

@@ -3,6 +3,8 @@ package engine
 import (
 	"context"
 	"fmt"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/services/docker-runner/policy"
 )
 
 // shell runs a command given as a string.
@@ -239,6 +242,9 @@ func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p 
 	if hc.AutoRemove, err = p.boolean("remove", true); err != nil {
 		return nil, nil, err
 	}
+	if hc.Privileged, err = p.boolean("privileged", false); err != nil {
+		return nil, nil, err
+	}
 
 	mountSource, err := p.boolean("mount_source", false)
 	if err != nil {
@@ -260,6 +266,8 @@ func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p 
 		src = s
 		return s, nil
 	}
+	ask := policy.Step{Type: req.Type, Pipeline: req.Pipeline, Image: img, Privileged: hc.Privileged,
+		Network: network, Unsupported: hostAccessKeys(p)}
 	if mountSource {
 		s, err := source()
 		if err != nil {
@@ -275,18 +283,84 @@ func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p 
 		if !ok || host == "" || rest == "" {
 			return nil, nil, fmt.Errorf("%w: volume %q is not SOURCE:TARGET[:OPTIONS]", ErrInvalidStep, v)
 		}
-		if host == "." || strings.HasPrefix(host, "./") || strings.HasPrefix(host, "../") {
+		switch {
+		case host == "." || strings.HasPrefix(host, "./") || strings.HasPrefix(host, "../"):
 			s, err := source()
 			if err != nil {
 				return nil, nil, err
 			}
+			rel := host
 			if host, err = within(s, host, "volume"); err != nil {
 				return nil, nil, err
 			}
+			// the Docker Engine follows links: one in the source may
+			// point anywhere on the host
+			if resolved, ok := outsideSource(s, host); ok {
+				ask.HostPaths = append(ask.HostPaths, policy.HostPath{Given: rel, Resolved: resolved})
+			}
+		case strings.HasPrefix(host, "/"):
+			hp := policy.HostPath{Given: filepath.Clean(host)}
+			if r := resolveLinks(hp.Given); r != hp.Given {
+				hp.Resolved = r
+			}
+			ask.HostPaths = append(ask.HostPaths, hp)
+		case !volumeName.MatchString(host):
+			return nil, nil, fmt.Errorf("%w: volume %q: source %q is neither an absolute host path, a path of the run's source (./...) nor a volume name", ErrInvalidStep, v, host)
 		}
 		hc.Binds = append(hc.Binds, host+":"+rest)
 	}
+	if err := e.cfg.Policy.Check(ask); err != nil {
+		return nil, nil, err
+	}
 	return cfg, hc, nil
+}
+
+// volumeName is what Docker accepts as a named volume.
+var volumeName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+
+// hostAccessKeys returns the docker_config keys of p that would grant the
+// container host access the engine never gives on its own. Validation of
+// pipeline files rejects them; a request carrying them anyway is refused,
+// not run with them silently dropped.
+func hostAccessKeys(p params) []string {
+	var out []string
+	for _, k := range []string{"cap_add", "devices", "pid", "ipc", "uts", "userns_mode", "cgroupns", "security_opt", "sysctls", "device_requests"} {
+		if _, ok := p[k]; ok {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// outsideSource resolves the links of p, a path under the source root src,
+// and returns the result when it leaves src.
+func outsideSource(src, p string) (string, bool) {
+	root := resolveLinks(src)
+	r := resolveLinks(p)
+	rel, err := filepath.Rel(root, r)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return r, true
+	}
+	return "", false
+}
+
+// resolveLinks resolves the symbolic links of the longest existing prefix of
+// the absolute path p, as the Docker Engine will when it creates a missing
+// bind source. It sees the runner's filesystem, which is the Engine's for a
+// local Engine.
+func resolveLinks(p string) string {
+	rest := ""
+	for cur := filepath.Clean(p); ; {
+		if r, err := filepath.EvalSymlinks(cur); err == nil {
+			return filepath.Join(r, rest)
+		}
+		parent := filepath.Dir(cur)
+		if parent == cur {
+			return filepath.Clean(p)
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+		cur = parent
+	}
 }
 
 // startFailureCode maps a failure to start the command to the exit code a

@@ -161,7 +161,7 @@ func BenchCompare(b *testing.B, viaEngine, viaKubectl func(i int)) {
 // same Deployment.
 func BenchmarkDeployWait(b *testing.B) {
 	kubeconfig := BenchKubeconfig(b)
-	e, err := New(Config{Kubeconfig: kubeconfig, Cluster: "local"}, nil)
+	e, err := New(Config{Kubeconfig: kubeconfig, Cluster: "local", Access: Access{Namespaces: []string{"*"}, Kinds: []string{"*"}}}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -27,7 +27,7 @@ func TestEngineContract(t *testing.T) {
 	runnertest.EngineContract(t, runnertest.Contract{
 		Kind: event.KindK8s, Target: clusterAdmin,
 		NewEngine: func(t testing.TB) runner.Engine {
-			eng, err := engine.New(engine.Config{Kubeconfig: c.path, Cluster: clusterAdmin}, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
+			eng, err := engine.New(engine.Config{Kubeconfig: c.path, Cluster: clusterAdmin, Access: testAccess}, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
 			if err != nil {
 				t.Fatal(err)
 			}

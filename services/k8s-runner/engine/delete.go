@@ -63,6 +63,9 @@ func (s *step) delete(ctx context.Context) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.e.allowKind(k); err != nil {
+		return nil, fmt.Errorf("k8s_delete: %w", err)
+	}
 	sel := selection{kind: k}
 	if selector != "" {
 		if _, err := labels.Parse(selector); err != nil {

@@ -163,6 +163,14 @@ func (s *step) deploySpec(ctx context.Context, opts deployOptions) (map[string]s
 	if err != nil {
 		return nil, err
 	}
+	if err := s.e.allowKind(kindDeployment); err != nil {
+		return nil, fmt.Errorf("k8s_deploy: %w", err)
+	}
+	if svc != nil {
+		if err := s.e.allowKind(kindService); err != nil {
+			return nil, fmt.Errorf("k8s_deploy: %w", err)
+		}
+	}
 	if err := s.checkNamespace(ctx, ns); err != nil {
 		return nil, err
 	}

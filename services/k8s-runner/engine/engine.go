@@ -14,6 +14,10 @@
 // that serves several clusters creates one engine per cluster. The engine
 // holds the cluster's credentials; step requests only name the cluster.
 //
+// A cluster's [Access] (set by the runner's operator) limits the namespaces
+// its steps use and the kinds they apply, scale and delete; a refused step
+// fails with an [*AccessError] before any request changes the cluster.
+//
 // Errors carry their meaning: a missing namespace wraps
 // [ErrNamespaceNotFound], an RBAC denial is a [*ForbiddenError] naming the
 // verb and resource, an empty pod selection wraps [ErrNoPods], a failed
@@ -93,6 +97,9 @@ type Config struct {
 	// WaitTimeout bounds waits whose step sets no timeout (default
 	// [DefaultWaitTimeout]).
 	WaitTimeout time.Duration
+	// Access limits the namespaces and kinds steps may touch (default: the
+	// default namespace and [DefaultKinds]).
+	Access Access
 }
 
 // Validate fills c's defaults; it fails on values that cannot work.
@@ -106,7 +113,10 @@ func (c *Config) Validate() error {
 	if c.WaitTimeout == 0 {
 		c.WaitTimeout = DefaultWaitTimeout
 	}
-	return nil
+	if len(c.Access.Kinds) == 0 {
+		c.Access.Kinds = append([]string(nil), DefaultKinds...)
+	}
+	return c.Access.validate()
 }
 
 // Engine executes Kubernetes steps against one cluster. It is safe for
@@ -176,6 +186,9 @@ func New(cfg Config, log *zap.Logger) (*Engine, error) {
 			}
 		}
 	}
+	if len(cfg.Access.Namespaces) == 0 {
+		cfg.Access.Namespaces = []string{cfg.DefaultNamespace}
+	}
 	// client-go's defaults (5 QPS, burst 10) throttle a runner executing
 	// several steps at once; the apiserver's own flow control protects it.
 	if rc.QPS == 0 {
@@ -210,6 +223,13 @@ func newWithHTTPClient(cfg Config, rc *rest.Config, hc *http.Client, log *zap.Lo
 	e.expand = restmapper.NewShortcutExpander(mapper, cached, func(msg string) { e.log.Debug("discovery", zap.String("warning", msg)) })
 	return e, nil
 }
+
+// Access returns the namespaces and kinds the engine's steps may touch, with
+// defaults filled in.
+func (e *Engine) Access() Access { return e.cfg.Access }
+
+// Host is the API server's URL.
+func (e *Engine) Host() string { return e.rest.Host }
 
 // Cluster is the name of the served cluster as used in messages.
 func (e *Engine) Cluster() string { return e.cfg.Cluster }
@@ -282,6 +302,9 @@ func (e *Engine) execute(ctx context.Context, req *event.StepRequested, t stepIO
 		run = s.logs
 	default:
 		return nil, fmt.Errorf("k8s engine does not execute step type %q", req.Type)
+	}
+	if err := e.allowNamespace(s.namespace()); err != nil {
+		return nil, fmt.Errorf("%s: %w", req.Type, err)
 	}
 	start := time.Now()
 	out, err := run(ctx)

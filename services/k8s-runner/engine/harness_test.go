@@ -210,7 +210,7 @@ func newHarness(t testing.TB) *harness {
 	if err := bus.EnsureStreams(ctx, h.ns.JS, 1); err != nil {
 		t.Fatal(err)
 	}
-	eng, err := engine.New(engine.Config{Kubeconfig: c.path, Cluster: clusterAdmin}, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
+	eng, err := engine.New(engine.Config{Kubeconfig: c.path, Cluster: clusterAdmin, Access: testAccess}, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func (h *harness) with(t testing.TB) *harness {
 // service account of ns without rights.
 func (h *harness) restrict(ns string) {
 	h.t.Helper()
-	eng, err := engine.New(engine.Config{RESTConfig: h.c.restricted(h.t, ns), Cluster: clusterRestricted},
+	eng, err := engine.New(engine.Config{RESTConfig: h.c.restricted(h.t, ns), Cluster: clusterRestricted, Access: testAccess},
 		zaptest.NewLogger(h.t, zaptest.Level(zap.WarnLevel)))
 	if err != nil {
 		h.t.Fatal(err)
@@ -415,3 +415,8 @@ func TestMissingClusterFails(t *testing.T) {
 		t.Errorf("fatal messages %q, want one telling to run make cluster-up", rec.msgs)
 	}
 }
+
+// testAccess lets the tests' steps touch every namespace and the kinds they
+// use; TestAccess covers the defaults.
+var testAccess = engine.Access{Namespaces: []string{"*"},
+	Kinds: []string{"*", "Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}}

@@ -72,6 +72,31 @@ func (s *step) deployManifests(ctx context.Context, opts deployOptions) (map[str
 	}
 
 	defaultNS := s.namespace()
+	// every object is checked against the cluster's access before any is
+	// applied, so that a refused manifest changes nothing
+	for _, d := range docs {
+		gvk := d.obj.GroupVersionKind()
+		if gvk.Kind == "" || gvk.Version == "" {
+			continue // reported below
+		}
+		k, err := s.e.kindOf(gvk)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", d.origin, err)
+		}
+		if err := s.e.allowKind(k); err != nil {
+			return nil, fmt.Errorf("k8s_deploy: %s (%s %s): %w", d.origin, gvk.Kind, d.obj.GetName(), err)
+		}
+		if ns := d.obj.GetNamespace(); k.namespaced && ns != "" {
+			if err := s.e.allowNamespace(ns); err != nil {
+				return nil, fmt.Errorf("k8s_deploy: %s (%s %s): %w", d.origin, gvk.Kind, d.obj.GetName(), err)
+			}
+		}
+		if gvk.Kind == "Namespace" && gvk.Group == "" {
+			if err := s.e.allowNamespace(d.obj.GetName()); err != nil {
+				return nil, fmt.Errorf("k8s_deploy: %s (Namespace %s): %w", d.origin, d.obj.GetName(), err)
+			}
+		}
+	}
 	checked := map[string]bool{}
 	var applied []appliedObject
 	for _, d := range docs {

@@ -52,6 +52,9 @@ func (s *step) scale(ctx context.Context) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.e.allowKind(k); err != nil {
+		return nil, fmt.Errorf("k8s_scale: %w", err)
+	}
 	name := strings.TrimSpace(s.req.ResourceName)
 	if name == "" {
 		return nil, fmt.Errorf("%w: k8s_scale needs k8s_resource_name (on this step or an earlier k8s step)", ErrInvalidConfig)
