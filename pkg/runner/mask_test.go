@@ -50,7 +50,10 @@ func TestMaskerLengths(t *testing.T) {
 
 type collect struct{ chunks []string }
 
-func (c *collect) Write(p []byte) (int, error) { c.chunks = append(c.chunks, string(p)); return len(p), nil }
+func (c *collect) Write(p []byte) (int, error) {
+	c.chunks = append(c.chunks, string(p))
+	return len(p), nil
+}
 
 // A secret written in two pieces (two log chunks) is masked as a whole,
 // and text that merely starts like a secret is let through once it turns
