@@ -18,6 +18,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
@@ -52,6 +53,7 @@ func run(ctx context.Context) error {
 	tlsCert := flag.String("tls-cert", os.Getenv("ANSFLOW_TLS_CERT"), "serve the API and webhooks over HTTPS with this certificate (PEM; env ANSFLOW_TLS_CERT)")
 	tlsKey := flag.String("tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM; env ANSFLOW_TLS_KEY)")
 	adminTokenFile := flag.String("admin-token-file", os.Getenv("ANSFLOW_ADMIN_TOKEN_FILE"), "file holding an admin API token to register (env ANSFLOW_ADMIN_TOKEN_FILE)")
+	secretsKeyFile := flag.String("secrets-key-file", os.Getenv("ANSFLOW_SECRETS_KEY_FILE"), "file holding the secrets key (32 bytes, base64) that encrypts the secret store; without it the service keeps no secrets (env ANSFLOW_SECRETS_KEY_FILE)")
 	level := flag.String("log-level", env("ANSFLOW_LOG_LEVEL", "info"), "log level")
 	loginCfg := login.RegisterFlags(flag.CommandLine)
 	flag.Parse()
@@ -64,6 +66,14 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer log.Sync()
+	var secretsKey *secret.Key
+	if *secretsKeyFile != "" {
+		if secretsKey, err = secret.LoadKey(*secretsKeyFile); err != nil {
+			return err
+		}
+	} else {
+		log.Warn("no --secrets-key-file: the service keeps no secrets, and steps asking for one fail")
+	}
 	if adminToken == "" {
 		log.Warn("no --admin-token-file: the API accepts only the tokens already in its tokens bucket")
 	}
@@ -79,7 +89,7 @@ func run(ctx context.Context) error {
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
-	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, AdminToken: adminToken,
+	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, AdminToken: adminToken, SecretsKey: secretsKey,
 		TLS: httpserver.TLS{CertFile: *tlsCert, KeyFile: *tlsKey}, Login: *loginCfg,
 		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, Policy: orchestrator.Policy{
 			NoRunnerTimeout: *noRunner, StepTimeout: *stepTimeout, RunTimeout: *runTimeout}}}, js, log)
