@@ -37,6 +37,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/k8s-runner/engine"
 )
@@ -153,6 +154,7 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	fs.DurationVar(&c.Runner.Heartbeat, "heartbeat", durEnv("ANSFLOW_HEARTBEAT", 5*time.Second), "how often the runner announces itself (env ANSFLOW_HEARTBEAT)")
 	fs.IntVar(&c.Runner.Replicas, "replicas", 1, "replicas of the buckets the runner creates (3 on a NATS cluster); existing ones keep theirs")
 	fs.DurationVar(&c.Runner.Grace, "grace", durEnv("ANSFLOW_GRACE", 30*time.Second), "on SIGTERM, how long running steps may finish before they are stopped (env ANSFLOW_GRACE)")
+	identity := fs.String("secrets-identity", getenv("ANSFLOW_SECRETS_IDENTITY", ""), "the pool's secrets identity file (made on first use); without it steps asking for secrets fail (env ANSFLOW_SECRETS_IDENTITY)")
 	fs.StringVar(&c.LogLevel, "log-level", getenv("ANSFLOW_LOG_LEVEL", "info"), "debug, info, warn or error (env ANSFLOW_LOG_LEVEL)")
 	fs.BoolVar(&c.LogJSON, "log-json", getenv("ANSFLOW_LOG_JSON", "") == "true", "log JSON instead of text (env ANSFLOW_LOG_JSON=true)")
 	if err := fs.Parse(args); err != nil {
@@ -163,6 +165,13 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *identity != "" {
+		id, _, err := secret.LoadOrCreateIdentity(*identity)
+		if err != nil {
+			return nil, err
+		}
+		c.Runner.Identity = id
 	}
 	var err error
 	if c.Clusters, err = parseClusters(*clusters); err != nil {
