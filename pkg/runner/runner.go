@@ -617,6 +617,9 @@ func (r *Runner) openSecrets(req *event.StepRequested, task *Task) error {
 	}
 	env := make(map[string]string, len(req.Secrets))
 	for _, s := range req.Secrets {
+		if !secret.ValidName(s.Env) {
+			return fmt.Errorf("secrets: %q is not a valid environment variable name", s.Env)
+		}
 		v, err := r.cfg.Identity.Open(s.Boxes, secret.Binding{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt, Name: s.Name, Env: s.Env})
 		if err != nil {
 			return fmt.Errorf("secrets: %w", err)
