@@ -20,9 +20,12 @@ import (
 // cmdSecrets is "ansflow secrets set|list|delete".
 func cmdSecrets(ctx context.Context, args []string) error {
 	const use = "usage: ansflow secrets set NAME [--pipeline P] [--events E,...] [--branches G,...] [--images G,...] [--allow-forks] < value" +
-		" | list [--pipeline P] | delete NAME [--pipeline P]"
+		" | list [--pipeline P] | delete NAME [--pipeline P] | identity FILE"
 	if len(args) == 0 {
 		return invalid(use)
+	}
+	if args[0] == "identity" {
+		return secretsIdentity(args[1:])
 	}
 	var pipeline, events, branches, images string
 	var f secret.Filters
@@ -123,4 +126,22 @@ func orAll(l []string) string {
 		return "*"
 	}
 	return strings.Join(l, ",")
+}
+
+// secretsIdentity is "ansflow secrets identity FILE": it prints the public
+// key of the runner secrets identity in FILE, making FILE (mode 0600) when
+// there is none, for `pipeline --pool-secrets-key`.
+func secretsIdentity(args []string) error {
+	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
+		return invalid("usage: ansflow secrets identity FILE")
+	}
+	id, created, err := secret.LoadOrCreateIdentity(args[0])
+	if err != nil {
+		return err
+	}
+	if created {
+		fmt.Fprintf(os.Stderr, "ansflow secrets: created the secrets identity %s\n", args[0])
+	}
+	fmt.Println(id.PublicKey())
+	return nil
 }

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"go.uber.org/zap"
+
 	"github.com/ansflow/ansflow/pkg/secret"
+	"github.com/ansflow/ansflow/services/pipeline/api"
+	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 )
 
 // TestSecretsCLI drives `ansflow secrets` against `ansflow up`: the first
@@ -75,5 +80,50 @@ func TestSecretsCLI(t *testing.T) {
 	}
 	if code, _ = capture(t, append([]string{"secrets", "delete", "NPM_TOKEN"}, common...)...); code != exitInvalid {
 		t.Errorf("second delete: exit %d, want %d", code, exitInvalid)
+	}
+}
+
+// A pool whose keys the pipeline service pins gets its secrets sealed to
+// those keys only: a runner announcing another identity cannot open them,
+// and the step fails saying so. `ansflow secrets identity FILE` prints the
+// key to pin.
+func TestPinnedPoolKeys(t *testing.T) {
+	useScriptedEngines(t)
+	file := filepath.Join(t.TempDir(), "other.identity")
+	code, out := capture(t, "secrets", "identity", file)
+	pinned := strings.TrimSpace(out)
+	if code != exitOK || secret.CheckPublicKey(pinned) != nil {
+		t.Fatalf("secrets identity: exit %d: %q", code, out)
+	}
+	if _, again := capture(t, "secrets", "identity", file); strings.TrimSpace(again) != pinned {
+		t.Fatalf("the identity changed: %q, then %q", pinned, again)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := startStack(ctx, stackConfig{DataDir: t.TempDir(), NATSAddr: "off", DockerRunner: true, Pipeline: true, Concurrency: 2,
+		Orchestrator: orchestrator.Config{PoolKeys: map[string][]string{"docker/default": {pinned}}}}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.stop()
+	if _, err := st.svc.Secrets.Set(ctx, secret.Scope{}, "TOKEN", []byte("pinned-value"), secret.Filters{}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(st.URL, st.Token)
+	yaml := "pipeline:\n  name: pinned\n  steps:\n    - {name: a, type: docker_run, command: \"echo hi\", secrets: [{name: TOKEN}]}\n"
+	if _, err := c.applyPipeline(ctx, "pinned.yaml", []byte(yaml)); err != nil {
+		t.Fatal(err)
+	}
+	run, err := c.trigger(ctx, "pinned", api.TriggerBody{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRun(t, c, run.ID)
+	r, err := c.getRun(ctx, run.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Status != "failed" || !strings.Contains(r.Steps[0].Error, "was not sealed to this runner's identity") {
+		t.Fatalf("run %s, step error %q; want failed: not sealed to this runner's identity", r.Status, r.Steps[0].Error)
 	}
 }

@@ -77,6 +77,16 @@ func LoadOrCreateIdentity(path string) (*Identity, bool, error) {
 // PublicKey is the identity's public key in standard base64, as announced.
 func (id *Identity) PublicKey() string { return base64.StdEncoding.EncodeToString(id.pub[:]) }
 
+// CheckPublicKey fails unless key is a public key in its announced form
+// (32 bytes in standard base64).
+func CheckPublicKey(key string) error {
+	raw, err := base64.StdEncoding.DecodeString(key)
+	if err != nil || len(raw) != 32 {
+		return fmt.Errorf("secrets public key %q: want 32 bytes in standard base64", key)
+	}
+	return nil
+}
+
 // KeyID names a public key: the first 16 hex digits of its SHA-256.
 func KeyID(publicKey string) string {
 	sum := sha256.Sum256([]byte(publicKey))
@@ -111,10 +121,10 @@ func Seal(value []byte, b Binding, publicKeys []string) (map[string]string, erro
 	}
 	out := map[string]string{}
 	for _, pk := range publicKeys {
-		raw, err := base64.StdEncoding.DecodeString(pk)
-		if err != nil || len(raw) != 32 {
-			return nil, fmt.Errorf("runner public key %q is not 32 bytes of base64", pk)
+		if err := CheckPublicKey(pk); err != nil {
+			return nil, err
 		}
+		raw, _ := base64.StdEncoding.DecodeString(pk)
 		var pub [32]byte
 		copy(pub[:], raw)
 		sealed, err := box.SealAnonymous(nil, msg, &pub, rand.Reader)

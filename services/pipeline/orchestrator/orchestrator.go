@@ -56,7 +56,14 @@ type Config struct {
 	IOTimeout time.Duration
 	// Replicas of the buckets the orchestrator creates (default 1).
 	Replicas int
+	// PoolKeys pins the secrets public keys of runner pools, by
+	// [PoolKeyID] ("docker/default"): a pool listed here gets its steps'
+	// secrets sealed to these keys only, whatever its runners announce.
+	PoolKeys map[string][]string
 }
+
+// PoolKeyID names a pool in [Config.PoolKeys]: "KIND/TARGET".
+func PoolKeyID(kind, target string) string { return kind + "/" + target }
 
 // ErrInvalid is wrapped by errors caused by the caller's input.
 var ErrInvalid = errors.New("invalid request")

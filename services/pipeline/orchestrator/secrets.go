@@ -66,8 +66,8 @@ func (o *Orchestrator) seal(ctx context.Context, r *store.Run, req *event.StepRe
 	if o.secrets == nil {
 		return errors.New("the step asks for secrets but this pipeline service has no secret store")
 	}
-	var keys []string
-	if d := o.pools.Load(); d != nil {
+	keys, pinned := o.cfg.PoolKeys[PoolKeyID(req.Kind, req.Target)]
+	if d := o.pools.Load(); d != nil && !pinned {
 		keys = d.SecretKeys(req.Kind, req.Target)
 	}
 	if len(keys) == 0 {
