@@ -73,7 +73,7 @@ func (o *Orchestrator) seal(ctx context.Context, r *store.Run, req *event.StepRe
 	if len(keys) == 0 {
 		return fmt.Errorf("no runner of %s pool %q announced a secrets key (start its runners with --secrets-identity FILE)", req.Kind, req.Target)
 	}
-	facts := secret.RunFacts{Trigger: r.Trigger.Kind, Branch: r.Vars["git_branch"].Value, Image: req.Image}
+	facts := secret.RunFacts{Trigger: r.Trigger.Kind, Event: r.Trigger.Event, Fork: r.Trigger.Fork, Branch: r.Vars["git_branch"].Value, Image: req.Image}
 	if req.Tag != "" {
 		facts.Image += ":" + req.Tag
 	}
