@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/logging"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/api"
@@ -53,6 +56,8 @@ func cmdRun(ctx context.Context, args []string) error {
 	output := fs.String("output", "text", "text or json (the final run as one JSON object on stdout)")
 	config := fs.String("config", os.Getenv("ANSFLOW_CONFIG"), "registries and clusters file (embedded mode)")
 	level := fs.String("log-level", "warn", "log level of the embedded services")
+	secretEnvs := secretEnvFlag{}
+	fs.Var(&secretEnvs, "secret", "embedded mode: give the run's steps the secret NAME from the environment variable NAME, or NAME=VAR from VAR (repeatable)")
 	tf := addTokenFlags(fs, false)
 	file, rest := splitFirstArg(args)
 	if err := fs.Parse(rest); err != nil {
@@ -83,6 +88,9 @@ func cmdRun(ctx context.Context, args []string) error {
 		*commit = gitOut(dir, "rev-parse", "HEAD")
 	}
 
+	if len(secretEnvs) > 0 && *server != "" {
+		return invalid("--secret works in embedded mode only; on a server, use `ansflow secrets set NAME --pipeline %s`", p.Name)
+	}
 	base := *server
 	token, err := tf.resolve(base != "" && isLocalDefault(base))
 	if err != nil {
@@ -123,6 +131,16 @@ func cmdRun(ctx context.Context, args []string) error {
 	}
 	if _, err := c.applyPipeline(ctx, file, text); err != nil {
 		return err
+	}
+	for _, se := range secretEnvs {
+		body, err := json.Marshal(api.SetSecretRequest{Value: os.Getenv(se.env)})
+		if err == nil {
+			err = c.do(ctx, http.MethodPut, "/api/v1/pipelines/"+url.PathEscape(p.Name)+"/secrets/"+url.PathEscape(se.name), "application/json", bytes.NewReader(body), nil)
+		}
+		clear(body)
+		if err != nil {
+			return fmt.Errorf("--secret %s (from $%s): %w", se.name, se.env, err)
+		}
 	}
 	run, err := c.trigger(ctx, p.Name, api.TriggerBody{Vars: vars, Branch: *branch, Commit: *commit, SourceObject: obj})
 	if err != nil {
@@ -260,4 +278,25 @@ func printSummary(w io.Writer, r *store.Run) {
 		}
 		fmt.Fprintf(w, "  %-10s %-28s %-13s attempts=%d %8s  %s\n", s.Status, s.Name, s.Type, s.Attempts, d, why)
 	}
+}
+
+// secretEnvFlag collects --secret NAME or NAME=VAR: a secret of the run's
+// pipeline taken from an environment variable.
+type secretEnvFlag []struct{ name, env string }
+
+func (f *secretEnvFlag) String() string { return "" }
+
+func (f *secretEnvFlag) Set(v string) error {
+	name, env, ok := strings.Cut(v, "=")
+	if !ok {
+		env = name
+	}
+	if err := secret.CheckName(name); err != nil {
+		return err
+	}
+	if _, set := os.LookupEnv(env); !set {
+		return fmt.Errorf("secret %s: environment variable %s is not set", name, env)
+	}
+	*f = append(*f, struct{ name, env string }{name, env})
+	return nil
 }

@@ -281,3 +281,36 @@ func assertNoLeak(t *testing.T, where string, b []byte, forms map[string]string)
 		}
 	}
 }
+
+// `ansflow run FILE --secret NAME=VAR` gives an embedded run's steps a
+// secret from the environment; the run's output shows it masked only.
+func TestRunWithSecretFromEnvironment(t *testing.T) {
+	cli := dockertest.Client(t)
+	image := dockertest.BusyboxImage(t, cli)
+	const value = "run-flag-secret-value"
+	t.Setenv("E2E_RUN_SECRET", value)
+	file := filepath.Join(t.TempDir(), "secret-run.yaml")
+	yaml := `pipeline:
+  name: secret-run
+  steps:
+    - name: use
+      type: docker_run
+      docker_image: "` + image + `"
+      command: 'printf %s "$TOKEN" | sha256sum; echo "raw: $TOKEN"'
+      secrets: [{name: DEPLOY, env: TOKEN}]
+`
+	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out := capture(t, "run", file, "--secret", "DEPLOY=E2E_RUN_SECRET", "--output", "json", "--data-dir", t.TempDir())
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+	if !strings.Contains(out, fmt.Sprintf("%x", sha256.Sum256([]byte(value)))) || !strings.Contains(out, "raw: ****") {
+		t.Errorf("the step did not get the secret, or it was not masked: %s", out)
+	}
+	assertNoLeak(t, "ansflow run's output", []byte(out), leakForms(value))
+	if code, _ = capture(t, "run", file, "--secret", "DEPLOY=E2E_UNSET_VARIABLE"); code != exitInvalid {
+		t.Errorf("--secret from an unset variable: exit %d, want %d", code, exitInvalid)
+	}
+}
