@@ -49,6 +49,9 @@ type stackConfig struct {
 	// SecretsIdentityFile holds the embedded runners' secrets identity
 	// (default DataDir/secrets.identity, made on first start).
 	SecretsIdentityFile string
+	// SecretsOldKeyFile, when set, holds the previous secrets key, whose
+	// secrets are re-encrypted with the current one at start.
+	SecretsOldKeyFile string
 }
 
 // stack is the embedded AnsFlow: a nats-server and the services in one
@@ -183,8 +186,15 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 			return fail(err)
 		}
 		st.KeyCreated = created
+		var oldKey *secret.Key
+		if cfg.SecretsOldKeyFile != "" {
+			if oldKey, err = secret.LoadKey(cfg.SecretsOldKeyFile); err != nil {
+				ln.Close()
+				return fail(err)
+			}
+		}
 		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: cfg.Orchestrator, AdminToken: st.Token, TLS: cfg.TLS, Login: cfg.Login,
-			SecretsKey: key}, js, log)
+			SecretsKey: key, SecretsOldKey: oldKey}, js, log)
 		if err != nil {
 			ln.Close()
 			return fail(err)

@@ -30,6 +30,7 @@ func cmdUp(ctx context.Context, args []string) error {
 	fs.StringVar(&tlsCfg.KeyFile, "tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM)")
 	loginCfg := login.RegisterFlags(fs)
 	keyFile := fs.String("secrets-key-file", os.Getenv("ANSFLOW_SECRETS_KEY_FILE"), "the secret store's key (32 bytes, base64); default DATA_DIR/secrets.key, made on first start")
+	oldKeyFile := fs.String("secrets-old-key-file", "", "the previous secrets key, when rotating it: its secrets are re-encrypted with the current key at start")
 	identityFile := fs.String("secrets-identity", os.Getenv("ANSFLOW_SECRETS_IDENTITY"), "the embedded runners' secrets identity; default DATA_DIR/secrets.identity, made on first start")
 	if err := fs.Parse(args); err != nil {
 		return &usageError{err}
@@ -44,7 +45,7 @@ func cmdUp(ctx context.Context, args []string) error {
 	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config,
 		DockerRunner: !*noRunners && !*noDocker, K8sRunner: !*noRunners && !*noK8s, Audit: !*noAudit, Pipeline: !*noPipeline,
 		Concurrency: *concurrency, TLS: tlsCfg, Login: *loginCfg,
-		SecretsKeyFile: *keyFile, SecretsIdentityFile: *identityFile}, log)
+		SecretsKeyFile: *keyFile, SecretsIdentityFile: *identityFile, SecretsOldKeyFile: *oldKeyFile}, log)
 	if err != nil {
 		return err
 	}

@@ -151,3 +151,46 @@ func TestSealing(t *testing.T) {
 		t.Fatalf("open for another attempt: %v", err)
 	}
 }
+
+// Rotating the secrets key: a store with the new key and the old one
+// rewrites every secret under the new key; the old key no longer opens
+// them, and a second pass rewrites nothing.
+func TestRekey(t *testing.T) {
+	_, js := natstest.Run(t).Connect(t)
+	ctx := context.Background()
+	kv, err := bus.EnsureKeyValue(ctx, js, topology.MustBucket(topology.BucketSecrets, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	oldKey, _, _ := secret.LoadOrCreateKey(filepath.Join(dir, "old.key"))
+	newKey, _, _ := secret.LoadOrCreateKey(filepath.Join(dir, "new.key"))
+	old := secret.NewStore(kv, oldKey)
+	for _, sc := range []secret.Scope{{}, {Pipeline: "web"}} {
+		if _, err := old.Set(ctx, sc, "TOKEN", []byte("value-of-"+sc.String()), secret.Filters{}, "t"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur := secret.NewStore(kv, newKey)
+	if _, _, err := cur.Resolve(ctx, "web", "TOKEN"); err == nil || !strings.Contains(err.Error(), "cannot decrypt") {
+		t.Fatalf("before rekeying, the new key opened an old secret: %v", err)
+	}
+	if n, err := cur.Rekey(ctx, oldKey); err != nil || n != 2 {
+		t.Fatalf("rekey = %d, %v; want 2", n, err)
+	}
+	for _, p := range []string{"web", "api"} {
+		if _, v, err := cur.Resolve(ctx, p, "TOKEN"); err != nil || !strings.HasPrefix(string(v), "value-of-") {
+			t.Errorf("after rekeying, %s resolves %q, %v", p, v, err)
+		}
+		if _, _, err := old.Resolve(ctx, p, "TOKEN"); err == nil {
+			t.Errorf("after rekeying, the old key still opens %s's secret", p)
+		}
+	}
+	if n, err := cur.Rekey(ctx, oldKey); err != nil || n != 0 {
+		t.Errorf("second rekey = %d, %v; want 0", n, err)
+	}
+	other, _, _ := secret.LoadOrCreateKey(filepath.Join(dir, "other.key"))
+	if _, err := secret.NewStore(kv, other).Rekey(ctx, oldKey); err == nil {
+		t.Error("rekeying with a key that opens nothing succeeded")
+	}
+}

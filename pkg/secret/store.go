@@ -17,6 +17,7 @@ import (
 type KV interface {
 	Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error)
 	Put(ctx context.Context, key string, value []byte) (uint64, error)
+	Update(ctx context.Context, key string, value []byte, revision uint64) (uint64, error)
 	Delete(ctx context.Context, key string, opts ...jetstream.KVDeleteOpt) error
 	ListKeysFiltered(ctx context.Context, filters ...string) (jetstream.KeyLister, error)
 }
@@ -178,4 +179,55 @@ func (st *Store) Exists(ctx context.Context, pipeline, name string) error {
 		return fmt.Errorf("%w: %q is neither a secret of pipeline %q nor a global one", ErrNotFound, name, pipeline)
 	}
 	return err
+}
+
+// Rekey re-encrypts, with the store's key, every secret that opens only
+// with old (the previous secrets key), and reports how many it rewrote.
+// Secrets already under the store's key are left alone, so Rekey may run
+// on every start and on every instance. A secret that opens with neither
+// key fails it.
+func (st *Store) Rekey(ctx context.Context, old *Key) (int, error) {
+	kl, err := st.kv.ListKeysFiltered(ctx, "g.*", "p.*.*")
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("rekey secrets: %w", err)
+	}
+	n := 0
+	for k := range kl.Keys() {
+		e, err := st.kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("rekey secret %s: %w", k, err)
+		}
+		var r record
+		if err := json.Unmarshal(e.Value(), &r); err != nil {
+			return n, fmt.Errorf("rekey secret %s: %w", k, err)
+		}
+		ad := aad(r.Scope, r.Name)
+		if _, err := st.key.decrypt(r.Ciphertext, ad); err == nil {
+			continue
+		}
+		plain, err := old.decrypt(r.Ciphertext, ad)
+		if err != nil {
+			return n, fmt.Errorf("rekey secret %s (%s): it opens with neither the current nor the old key", r.Name, r.Scope)
+		}
+		r.Ciphertext, err = st.key.encrypt(plain, ad)
+		clear(plain)
+		if err != nil {
+			return n, fmt.Errorf("rekey secret %s: %w", r.Name, err)
+		}
+		b, err := json.Marshal(r)
+		if err != nil {
+			return n, err
+		}
+		if _, err := st.kv.Update(ctx, k, b, e.Revision()); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			return n, fmt.Errorf("rekey secret %s: %w", r.Name, err)
+		}
+		n++
+	}
+	return n, nil
 }

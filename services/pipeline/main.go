@@ -55,6 +55,7 @@ func run(ctx context.Context) error {
 	tlsKey := flag.String("tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM; env ANSFLOW_TLS_KEY)")
 	adminTokenFile := flag.String("admin-token-file", os.Getenv("ANSFLOW_ADMIN_TOKEN_FILE"), "file holding an admin API token to register (env ANSFLOW_ADMIN_TOKEN_FILE)")
 	secretsKeyFile := flag.String("secrets-key-file", os.Getenv("ANSFLOW_SECRETS_KEY_FILE"), "file holding the secrets key (32 bytes, base64) that encrypts the secret store; without it the service keeps no secrets (env ANSFLOW_SECRETS_KEY_FILE)")
+	oldKeyFile := flag.String("secrets-old-key-file", os.Getenv("ANSFLOW_SECRETS_OLD_KEY_FILE"), "the previous secrets key, when rotating it: secrets still under it are re-encrypted with --secrets-key-file at start (env ANSFLOW_SECRETS_OLD_KEY_FILE)")
 	var poolKeys poolKeyFlag
 	flag.Var(&poolKeys, "pool-secrets-key", "KIND/POOL=PUBLIC_KEY: seal that pool's secrets to this key only, not to the keys its runners announce (repeatable; 'ansflow secrets identity FILE' prints a key)")
 	level := flag.String("log-level", env("ANSFLOW_LOG_LEVEL", "info"), "log level")
@@ -69,10 +70,15 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer log.Sync()
-	var secretsKey *secret.Key
+	var secretsKey, oldKey *secret.Key
 	if *secretsKeyFile != "" {
 		if secretsKey, err = secret.LoadKey(*secretsKeyFile); err != nil {
 			return err
+		}
+		if *oldKeyFile != "" {
+			if oldKey, err = secret.LoadKey(*oldKeyFile); err != nil {
+				return err
+			}
 		}
 	} else {
 		log.Warn("no --secrets-key-file: the service keeps no secrets, and steps asking for one fail")
@@ -92,7 +98,7 @@ func run(ctx context.Context) error {
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
-	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, AdminToken: adminToken, SecretsKey: secretsKey,
+	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, AdminToken: adminToken, SecretsKey: secretsKey, SecretsOldKey: oldKey,
 		TLS: httpserver.TLS{CertFile: *tlsCert, KeyFile: *tlsKey}, Login: *loginCfg,
 		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, PoolKeys: poolKeys.keys, Policy: orchestrator.Policy{
 			NoRunnerTimeout: *noRunner, StepTimeout: *stepTimeout, RunTimeout: *runTimeout}}}, js, log)

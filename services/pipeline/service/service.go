@@ -49,6 +49,9 @@ type Config struct {
 	// secrets.key `ansflow up` makes); without it the service keeps no
 	// secrets and a step asking for one fails.
 	SecretsKey *secret.Key
+	// SecretsOldKey, when set, is the previous secrets key: every secret
+	// still under it is re-encrypted with SecretsKey at start.
+	SecretsOldKey *secret.Key
 }
 
 // Service is the running pipeline service.
@@ -126,6 +129,13 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 			return nil, fmt.Errorf("secrets bucket: %w", err)
 		}
 		secrets = secret.NewStore(kv, cfg.SecretsKey)
+		if cfg.SecretsOldKey != nil {
+			n, err := secrets.Rekey(ctx, cfg.SecretsOldKey)
+			if err != nil {
+				return nil, err
+			}
+			log.Info("secrets re-encrypted with the new secrets key", zap.Int("secrets", n))
+		}
 		orc.WithSecrets(secrets)
 		a.WithSecrets(secrets)
 	}
