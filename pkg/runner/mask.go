@@ -92,9 +92,16 @@ func (m *Masker) pendingPrefix(s string) int {
 	defer m.mu.RUnlock()
 	best := 0
 	for _, f := range m.forms {
-		for n := min(len(f)-1, len(s)); n > best; n-- {
-			if strings.HasSuffix(s, f[:n]) {
-				best = n
+		// The leftmost start of a prefix of f within the last len(f)-1
+		// bytes is the longest; only bytes equal to f[0] can start one.
+		for i := max(len(s)-(len(f)-1), 0); i < len(s) && len(s)-i > best; i++ {
+			j := strings.IndexByte(s[i:], f[0])
+			if j < 0 {
+				break
+			}
+			i += j
+			if len(s)-i > best && strings.HasPrefix(f, s[i:]) {
+				best = len(s) - i
 				break
 			}
 		}

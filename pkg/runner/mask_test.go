@@ -2,6 +2,7 @@ package runner
 
 import (
 	"encoding/base64"
+	"io"
 	"net/url"
 	"strings"
 	"testing"
@@ -98,5 +99,17 @@ func TestMaskWriterSplitEncoded(t *testing.T) {
 	w.Flush()
 	if got := strings.Join(c.chunks, ""); got != "auth ****\n" {
 		t.Fatalf("stream = %q", got)
+	}
+}
+
+// A large secret (a 64 KiB key file) costs little per write.
+func BenchmarkMaskWriterLargeSecret(b *testing.B) {
+	m := &Masker{}
+	m.Add(strings.Repeat("MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", 2048))
+	w := &maskWriter{m: m, w: io.Discard}
+	line := []byte(strings.Repeat("ordinary build output ", 4) + "\n")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		_, _ = w.Write(line)
 	}
 }
