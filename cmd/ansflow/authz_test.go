@@ -172,6 +172,13 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"POST /api/v1/users":                    {auth.RoleAdmin, "global", "POST", "/api/v1/users", jsonCT, `{"name":"matrix-user","role":"viewer","password":"matrix-password"}`},
 		"DELETE /api/v1/users/{name}":           {auth.RoleAdmin, "global", "DELETE", "/api/v1/users/nobody", "", ""},
 		"POST /webhooks/{provider}/{pipeline}":  {"", "public", "POST", "/webhooks/github/alpha", jsonCT, `{}`},
+		"GET /api/v1/secrets":                   {auth.RoleOperator, "global", "GET", "/api/v1/secrets", "", ""},
+		"PUT /api/v1/secrets/{secret}":          {auth.RoleAdmin, "global", "PUT", "/api/v1/secrets/MATRIX", "text/plain", "matrix-value"},
+		"DELETE /api/v1/secrets/{secret}":       {auth.RoleAdmin, "global", "DELETE", "/api/v1/secrets/NOBODY", "", ""},
+		"GET /api/v1/pipelines/{name}/secrets":  {auth.RoleOperator, "pipeline", "GET", "/api/v1/pipelines/alpha/secrets", "", ""},
+		"PUT /api/v1/pipelines/{name}/secrets/{secret}": {auth.RoleOperator, "pipeline", "PUT", "/api/v1/pipelines/alpha/secrets/MATRIX", jsonCT,
+			`{"value":"matrix-value","filters":{"branches":["main"]}}`},
+		"DELETE /api/v1/pipelines/{name}/secrets/{secret}": {auth.RoleOperator, "pipeline", "DELETE", "/api/v1/pipelines/alpha/secrets/NOBODY", "", ""},
 	}
 	routes := st.svc.API.Routes()
 	seen := map[string]bool{}

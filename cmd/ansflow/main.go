@@ -55,6 +55,7 @@ Clients of a running server (--server URL, default $ANSFLOW_SERVER or http://127
   audit     query|verify
   users     add|list|delete: the users who log in to the web UI
   tokens    create|list|revoke: API tokens
+  secrets   set NAME (value on stdin)|list|delete NAME [--pipeline P]: secrets steps ask for
 `
 
 func main() {
@@ -76,7 +77,7 @@ func dispatch(ctx context.Context, args []string) int {
 		"up": cmdUp, "run": cmdRun, "validate": cmdValidate, "pipelines": cmdPipelines, "runs": cmdRuns,
 		"trigger": cmdTrigger, "runners": cmdRunners, "registries": cmdCatalog("registries"), "clusters": cmdCatalog("clusters"), "audit": cmdAudit, "users": cmdUsers,
 		"secure": cmdSecure, "nats": cmdNATS, "provision": cmdProvision,
-		"tokens": cmdTokens,
+		"tokens": cmdTokens, "secrets": cmdSecrets,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/logging"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/spec"
 	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
@@ -57,6 +60,8 @@ func cmdRun(ctx context.Context, args []string) error {
 	level := fs.String("log-level", "warn", "log level of the embedded services")
 	policyFlags := dockerpolicy.RegisterFlags(fs, os.LookupEnv)
 	kubeContext := fs.String("kube-context", os.Getenv("ANSFLOW_KUBE_CONTEXT"), "kubeconfig context of the steps without k8s_cluster (default: the current context of an explicitly set $KUBECONFIG, else none)")
+	secretEnvs := secretEnvFlag{}
+	fs.Var(&secretEnvs, "secret", "embedded mode: give the run's steps the secret NAME from the environment variable NAME, or NAME=VAR from VAR (repeatable)")
 	tf := addTokenFlags(fs, false)
 	file, rest := splitFirstArg(args)
 	if err := fs.Parse(rest); err != nil {
@@ -87,6 +92,9 @@ func cmdRun(ctx context.Context, args []string) error {
 		*commit = gitOut(dir, "rev-parse", "HEAD")
 	}
 
+	if len(secretEnvs) > 0 && *server != "" {
+		return invalid("--secret works in embedded mode only; on a server, use `ansflow secrets set NAME --pipeline %s`", p.Name)
+	}
 	base := *server
 	if base != "" {
 		var embeddedOnly []string
@@ -147,6 +155,16 @@ func cmdRun(ctx context.Context, args []string) error {
 	}
 	if _, err := c.applyPipeline(ctx, file, text); err != nil {
 		return err
+	}
+	for _, se := range secretEnvs {
+		body, err := json.Marshal(api.SetSecretRequest{Value: os.Getenv(se.env)})
+		if err == nil {
+			err = c.do(ctx, http.MethodPut, "/api/v1/pipelines/"+url.PathEscape(p.Name)+"/secrets/"+url.PathEscape(se.name), "application/json", bytes.NewReader(body), nil)
+		}
+		clear(body)
+		if err != nil {
+			return fmt.Errorf("--secret %s (from $%s): %w", se.name, se.env, err)
+		}
 	}
 	run, err := c.trigger(ctx, p.Name, api.TriggerBody{Vars: vars, Branch: *branch, Commit: *commit, SourceObject: obj})
 	if err != nil {
@@ -309,5 +327,23 @@ func announceClusters(w io.Writer, p *spec.Pipeline, st *stack) error {
 			fmt.Fprintf(w, "ansflow run: step %q (%s) uses cluster %q: %s\n", s.Name, s.Type, name, se.Desc)
 		}
 	}
+// secretEnvFlag collects --secret NAME or NAME=VAR: a secret of the run's
+// pipeline taken from an environment variable.
+type secretEnvFlag []struct{ name, env string }
+
+func (f *secretEnvFlag) String() string { return "" }
+
+func (f *secretEnvFlag) Set(v string) error {
+	name, env, ok := strings.Cut(v, "=")
+	if !ok {
+		env = name
+	}
+	if err := secret.CheckName(name); err != nil {
+		return err
+	}
+	if _, set := os.LookupEnv(env); !set {
+		return fmt.Errorf("secret %s: environment variable %s is not set", name, env)
+	}
+	*f = append(*f, struct{ name, env string }{name, env})
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/audit/audit"
 	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
@@ -52,6 +53,15 @@ type stackConfig struct {
 	// KubeContext is the kubeconfig context of cluster "default"; empty
 	// means the current context of an explicitly set $KUBECONFIG, or none.
 	KubeContext string
+	// SecretsKeyFile holds the key of the secret store (default
+	// DataDir/secrets.key, made on first start).
+	SecretsKeyFile string
+	// SecretsIdentityFile holds the embedded runners' secrets identity
+	// (default DataDir/secrets.identity, made on first start).
+	SecretsIdentityFile string
+	// SecretsOldKeyFile, when set, holds the previous secrets key, whose
+	// secrets are re-encrypted with the current one at start.
+	SecretsOldKeyFile string
 }
 
 // stack is the embedded AnsFlow: a nats-server and the services in one
@@ -75,7 +85,20 @@ type stack struct {
 	TokenCreated bool
 	// svc is the pipeline service (nil when the stack runs none).
 	svc *service.Service
+	// identity is the embedded runners' secrets identity; IdentityCreated
+	// and KeyCreated say this start made it and the secrets key.
+	identity        *secret.Identity
+	IdentityCreated bool
+	KeyCreated      bool
 }
+
+// Files `ansflow up` keeps in its data directory besides admin.token.
+const (
+	// secretsKeyFile holds the secret store's key.
+	secretsKeyFile = "secrets.key"
+	// secretsIdentityFile holds the embedded runners' secrets identity.
+	secretsIdentityFile = "secrets.identity"
+)
 
 // servedEngine is an engine and the pools or clusters it serves.
 type servedEngine struct {
@@ -112,6 +135,14 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 	}
 	st := &stack{ns: ns, done: make(chan struct{})}
 	fail := func(err error) (*stack, error) { st.stop(); return nil, err }
+	if cfg.DockerRunner || cfg.K8sRunner {
+		if cfg.SecretsIdentityFile == "" {
+			cfg.SecretsIdentityFile = filepath.Join(cfg.DataDir, secretsIdentityFile)
+		}
+		if st.identity, st.IdentityCreated, err = secret.LoadOrCreateIdentity(cfg.SecretsIdentityFile); err != nil {
+			return fail(err)
+		}
+	}
 	conn := func(name string) (*nats.Conn, error) { return natsutil.ConnectInProcess(ns, name) }
 	st.nc, err = conn("ansflow-cli")
 	if err != nil {
@@ -172,8 +203,24 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 			ln.Close()
 			return fail(err)
 		}
-		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: cfg.Orchestrator, AdminToken: st.Token, TLS: cfg.TLS, Login: cfg.Login},
-			js, log)
+		if cfg.SecretsKeyFile == "" {
+			cfg.SecretsKeyFile = filepath.Join(cfg.DataDir, secretsKeyFile)
+		}
+		key, created, err := secret.LoadOrCreateKey(cfg.SecretsKeyFile)
+		if err != nil {
+			ln.Close()
+			return fail(err)
+		}
+		st.KeyCreated = created
+		var oldKey *secret.Key
+		if cfg.SecretsOldKeyFile != "" {
+			if oldKey, err = secret.LoadKey(cfg.SecretsOldKeyFile); err != nil {
+				ln.Close()
+				return fail(err)
+			}
+		}
+		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: cfg.Orchestrator, AdminToken: st.Token, TLS: cfg.TLS, Login: cfg.Login,
+			SecretsKey: key, SecretsOldKey: oldKey}, js, log)
 		if err != nil {
 			ln.Close()
 			return fail(err)
@@ -208,7 +255,8 @@ func (s *stack) startRunner(ctx, gctx context.Context, g *errgroup.Group, conn f
 	if err != nil {
 		return err
 	}
-	rc := runner.Config{Kind: kind, Targets: se.Targets, Concurrency: cfg.Concurrency, WorkDir: filepath.Join(cfg.DataDir, "work")}
+	rc := runner.Config{Kind: kind, Targets: se.Targets, Concurrency: cfg.Concurrency, WorkDir: filepath.Join(cfg.DataDir, "work"),
+		Identity: s.identity}
 	if err := rc.Validate(); err != nil {
 		return err
 	}

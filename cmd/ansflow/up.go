@@ -33,6 +33,9 @@ func cmdUp(ctx context.Context, args []string) error {
 	fs.StringVar(&tlsCfg.CertFile, "tls-cert", os.Getenv("ANSFLOW_TLS_CERT"), "serve the API and webhooks over HTTPS with this certificate (PEM)")
 	fs.StringVar(&tlsCfg.KeyFile, "tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM)")
 	loginCfg := login.RegisterFlags(fs)
+	keyFile := fs.String("secrets-key-file", os.Getenv("ANSFLOW_SECRETS_KEY_FILE"), "the secret store's key (32 bytes, base64); default DATA_DIR/secrets.key, made on first start")
+	oldKeyFile := fs.String("secrets-old-key-file", "", "the previous secrets key, when rotating it: its secrets are re-encrypted with the current key at start")
+	identityFile := fs.String("secrets-identity", os.Getenv("ANSFLOW_SECRETS_IDENTITY"), "the embedded runners' secrets identity; default DATA_DIR/secrets.identity, made on first start")
 	if err := fs.Parse(args); err != nil {
 		return &usageError{err}
 	}
@@ -49,7 +52,8 @@ func cmdUp(ctx context.Context, args []string) error {
 	}
 	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config, DockerPolicy: pol,
 		DockerRunner: !*noRunners && !*noDocker, K8sRunner: !*noRunners && !*noK8s, Audit: !*noAudit, Pipeline: !*noPipeline,
-		Concurrency: *concurrency, AllowLocalClone: *allowLocalClone, TLS: tlsCfg, Login: *loginCfg, KubeContext: *kubeContext}, log)
+		Concurrency: *concurrency, AllowLocalClone: *allowLocalClone, TLS: tlsCfg, Login: *loginCfg, KubeContext: *kubeContext,
+		SecretsKeyFile: *keyFile, SecretsIdentityFile: *identityFile, SecretsOldKeyFile: *oldKeyFile}, log)
 	if err != nil {
 		return err
 	}
@@ -59,6 +63,12 @@ func cmdUp(ctx context.Context, args []string) error {
 	}
 	if st.TokenCreated {
 		fmt.Fprintf(os.Stderr, "ansflow up: created an admin API token in %s (the CLI on this machine uses it)\n", filepath.Join(*dataDir, adminTokenFile))
+	}
+	if st.KeyCreated {
+		fmt.Fprintf(os.Stderr, "ansflow up: created the secrets key in %s (back it up: without it the stored secrets cannot be read)\n", secretsKeyPath(*dataDir, *keyFile))
+	}
+	if st.IdentityCreated {
+		fmt.Fprintf(os.Stderr, "ansflow up: created the embedded runners' secrets identity in %s\n", secretsIdentityPath(*dataDir, *identityFile))
 	}
 	fmt.Fprintf(os.Stderr, "ansflow up: API %s, NATS %s, data %s\n", st.URL, st.ns.ClientURL(), *dataDir)
 	select {
@@ -71,4 +81,20 @@ func cmdUp(ctx context.Context, args []string) error {
 		<-ctx.Done()
 		return nil
 	}
+}
+
+// secretsKeyPath is the secrets key file `ansflow up` uses.
+func secretsKeyPath(dataDir, flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	return filepath.Join(dataDir, secretsKeyFile)
+}
+
+// secretsIdentityPath is the secrets identity file `ansflow up` uses.
+func secretsIdentityPath(dataDir, flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	return filepath.Join(dataDir, secretsIdentityFile)
 }

@@ -14,8 +14,9 @@ const (
 )
 
 // StepRequested asks a runner to execute one attempt of one step. Every
-// template is already resolved. It never carries credentials: a registry or
-// cluster is named, and the runner serving it holds the secrets.
+// template is already resolved. It never carries a plaintext credential: a
+// registry or cluster is named, and the runner serving it holds its
+// credentials; secrets the step asked for travel sealed in Secrets.
 type StepRequested struct {
 	RunID        string            `json:"run_id"`
 	StepID       string            `json:"step_id"`
@@ -35,7 +36,10 @@ type StepRequested struct {
 	K8sConfig    map[string]any    `json:"k8s_config,omitempty"`
 	Command      any               `json:"command,omitempty"`
 	Env          map[string]string `json:"env,omitempty"`
-	Source       *Source           `json:"source,omitempty"`
+	// Secrets are the secrets the step asked for, each sealed to the
+	// public keys of its pool's runners; never a plaintext.
+	Secrets []SealedSecret `json:"secrets,omitempty"`
+	Source  *Source        `json:"source,omitempty"`
 	// TimeoutSeconds bounds the attempt at the runner; 0 means the runner's
 	// default.
 	TimeoutSeconds float64   `json:"timeout_seconds,omitempty"`
@@ -44,6 +48,16 @@ type StepRequested struct {
 	// retry: "runner_lost" when the previous attempt's runner stopped
 	// renewing its lease, so the runner removes what that attempt left.
 	Reason string `json:"reason,omitempty"`
+}
+
+// SealedSecret is one secret on its way to a runner: the environment
+// variable it becomes and its value sealed (NaCl box, anonymous sender) to
+// each runner public key of the pool, by key id (package secret). Only a
+// runner holding one of those identities can open it.
+type SealedSecret struct {
+	Name  string            `json:"name"`
+	Env   string            `json:"env"`
+	Boxes map[string]string `json:"boxes"`
 }
 
 // Registry names a container registry of the catalogue. Credentials are held

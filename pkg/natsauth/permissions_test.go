@@ -81,3 +81,25 @@ func TestEveryConsumerHasExactlyItsReaders(t *testing.T) {
 		}
 	}
 }
+
+// Only the pipeline service may read or write the secrets bucket: its
+// ciphertext is useless without the secrets key, but nobody else has a
+// reason to hold it.
+func TestOnlyThePipelineServiceTouchesTheSecretsBucket(t *testing.T) {
+	perms := natsauth.Permissions(topology.Pools{Docker: []string{"default"}, K8s: []string{"default"}})
+	kvStream := topology.KVStream(topology.BucketSecrets)
+	subjects := []string{
+		"$KV." + topology.BucketSecrets + ".g.NPM_TOKEN",
+		"$JS.API.DIRECT.GET." + kvStream,
+		"$JS.API.STREAM.MSG.GET." + kvStream,
+	}
+	for id, p := range perms {
+		for _, s := range subjects {
+			got := allowed(p, s)
+			want := id == natsauth.Pipeline
+			if got != want {
+				t.Errorf("identity %s: publish to %s allowed=%v, want %v", id, s, got, want)
+			}
+		}
+	}
+}

@@ -65,19 +65,45 @@ type SourceFetcher interface {
 }
 
 // Task is what an engine gets besides the request: the step's output
-// streams, secret masking, and its source tree.
+// streams, secret masking, the secrets it asked for, and its source tree.
 type Task struct {
 	stdout, stderr *logWriter
-	masker         *Masker
-	logs           *pendingLogs
-	source         func(ctx context.Context) (string, error)
+	// maskOut and maskErr mask the streams across writes before the log
+	// writers cut them into chunks.
+	maskOut, maskErr *maskWriter
+	masker           *Masker
+	logs             *pendingLogs
+	source           func(ctx context.Context) (string, error)
+	secretEnv        map[string]string
 }
 
 // Stdout is the step's standard output log stream.
-func (t *Task) Stdout() io.Writer { return t.stdout }
+func (t *Task) Stdout() io.Writer { return t.maskOut }
 
 // Stderr is the step's standard error log stream.
-func (t *Task) Stderr() io.Writer { return t.stderr }
+func (t *Task) Stderr() io.Writer { return t.maskErr }
+
+// SecretEnv returns the secrets the step asked for (its request's Secrets,
+// opened with the runner's identity) by environment variable name. The
+// engine passes them to the step's container or exec as environment
+// variables, never as arguments, and never logs them; every value is
+// already registered with the task's masking. The map is a copy.
+func (t *Task) SecretEnv() map[string]string {
+	out := make(map[string]string, len(t.secretEnv))
+	for k, v := range t.secretEnv {
+		out[k] = v
+	}
+	return out
+}
+
+// flushLogs writes out what the masking held back, then every buffered
+// line and partial line.
+func (t *Task) flushLogs() {
+	t.maskOut.Flush()
+	t.maskErr.Flush()
+	t.stdout.Flush(true)
+	t.stderr.Flush(true)
+}
 
 // Mask registers a secret value: it is replaced by "****" in logs, outputs
 // and error messages of this attempt.

@@ -47,6 +47,10 @@ type RunnerInfo struct {
 	Interval time.Duration `json:"interval"`
 	// Stopped is set by a runner that shut down cleanly.
 	Stopped bool `json:"stopped,omitempty"`
+	// SecretsKey is the public key (X25519, standard base64) of the
+	// runner's secrets identity: the pipeline service seals the secrets of
+	// its pools' steps to it (package secret).
+	SecretsKey string `json:"secrets_key,omitempty"`
 }
 
 // Online reports whether the runner was heard from recently enough at now:
@@ -182,6 +186,25 @@ func (d *Directory) Pool(kind, target string, now time.Time) PoolStatus {
 		}
 	}
 	return p
+}
+
+// SecretKeys returns the distinct secrets public keys announced by the
+// runners the bucket remembers serving target of kind, sorted: a secret
+// sealed to all of them opens on whichever runner of the pool claims the
+// step.
+func (d *Directory) SecretKeys(kind, target string) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	seen := map[string]bool{}
+	var out []string
+	for _, ri := range d.runners {
+		if ri.Serves(kind, target) && ri.SecretsKey != "" && !seen[ri.SecretsKey] {
+			seen[ri.SecretsKey] = true
+			out = append(out, ri.SecretsKey)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Pools is a point-in-time view of runner pools for a decision; nil

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/topology"
 )
 
@@ -67,6 +68,10 @@ type Config struct {
 	// (a SIGTERM) before they are stopped and left to another runner, which takes them over once their lease lapses
 	// (default 0).
 	Grace time.Duration
+	// Identity is the pool's secrets identity: the private key that opens
+	// the secrets sealed to the pool, whose public key the runner
+	// announces. Without it the runner fails steps that ask for secrets.
+	Identity *secret.Identity
 }
 
 // Validate checks cfg and fills defaults.
@@ -199,6 +204,9 @@ func (r *Runner) announce(ctx context.Context, kv jetstream.KeyValue, stopped bo
 	ri := RunnerInfo{ID: r.cfg.ID, Kind: r.cfg.Kind, Pools: r.cfg.Targets, Slots: r.cfg.Concurrency * len(r.cfg.Targets), Busy: busy,
 		PoolSlots: r.cfg.Concurrency, BusyByPool: byPool,
 		Version: Version, StartedAt: r.started, LastSeen: time.Now().UTC(), Interval: r.cfg.Heartbeat, Stopped: stopped}
+	if r.cfg.Identity != nil {
+		ri.SecretsKey = r.cfg.Identity.PublicKey()
+	}
 	b, _ := json.Marshal(ri)
 	if _, err := kv.Put(ctx, presenceKey(r.cfg.Kind, r.cfg.ID), b); err != nil {
 		return fmt.Errorf("announce runner %s: %w", r.cfg.ID, err)
@@ -366,12 +374,16 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 
 	task, workdir := r.newTask(&req, log)
 	defer os.RemoveAll(workdir)
+	if err := r.openSecrets(&req, task); err != nil {
+		stopRenewing()
+		log.Info("step did not succeed", zap.String("status", event.StatusFailed), zap.String("error", err.Error()))
+		return done(event.StatusFailed, nil, nil, err.Error(), task)
+	}
 	stop := make(chan struct{})
 	go flushEvery(200*time.Millisecond, stop, task.stdout, task.stderr)
 	outputs, execErr := r.eng.Execute(sctx, &req, task)
 	close(stop)
-	task.stdout.Flush(true)
-	task.stderr.Flush(true)
+	task.flushLogs()
 	if err := task.logs.wait(ctx, 5*time.Second); err != nil {
 		log.Warn("log chunks not stored before the completion", zap.Error(err))
 	}
@@ -593,6 +605,32 @@ func (r *Runner) publishCompleted(ctx context.Context, c *event.StepCompleted, p
 	return bus.Publish(ctx, r.js, event.LifecycleSubject(event.TypeStepCompleted, c.RunID), e)
 }
 
+// openSecrets opens the request's sealed secrets with the runner's
+// identity into task, registering every value with its masking. The error
+// names what is missing; it never holds a value.
+func (r *Runner) openSecrets(req *event.StepRequested, task *Task) error {
+	if len(req.Secrets) == 0 {
+		return nil
+	}
+	if r.cfg.Identity == nil {
+		return fmt.Errorf("the step asks for secrets but runner %s has no secrets identity (start it with --secrets-identity FILE)", r.cfg.ID)
+	}
+	env := make(map[string]string, len(req.Secrets))
+	for _, s := range req.Secrets {
+		if !secret.ValidName(s.Env) {
+			return fmt.Errorf("secrets: %q is not a valid environment variable name", s.Env)
+		}
+		v, err := r.cfg.Identity.Open(s.Boxes, secret.Binding{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt, Name: s.Name, Env: s.Env})
+		if err != nil {
+			return fmt.Errorf("secrets: %w", err)
+		}
+		task.Mask(string(v))
+		env[s.Env] = string(v)
+	}
+	task.secretEnv = env
+	return nil
+}
+
 func (r *Runner) newTask(req *event.StepRequested, log *zap.Logger) (*Task, string) {
 	m := &Masker{}
 	logs := &pendingLogs{}
@@ -626,6 +664,7 @@ func (r *Runner) newTask(req *event.StepRequested, log *zap.Logger) (*Task, stri
 		masker: m,
 		logs:   logs,
 	}
+	t.maskOut, t.maskErr = &maskWriter{m: m, w: t.stdout}, &maskWriter{m: m, w: t.stderr}
 	t.source = func(ctx context.Context) (string, error) {
 		once.Do(func() {
 			if err := os.MkdirAll(workdir, 0o755); err != nil {

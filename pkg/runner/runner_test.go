@@ -19,6 +19,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/runner/runnertest"
+	"github.com/ansflow/ansflow/pkg/secret"
 )
 
 type reapingEngine struct {
@@ -380,5 +381,37 @@ func TestRunnerAnnouncesItself(t *testing.T) {
 	rs := dir.Runners()
 	if len(rs) != 1 || rs[0].ID != "announced" || !rs[0].Stopped || rs[0].Slots != 2 {
 		t.Fatalf("runners = %+v", rs)
+	}
+}
+
+// A runner without a secrets identity fails a step that asks for secrets,
+// naming the flag that would let it, and never executes it.
+func TestStepWithSecretsNeedsAnIdentity(t *testing.T) {
+	s := natstest.Run(t)
+	eng := &runnertest.Engine{}
+	startRunner(t, s, eng, "no-identity")
+	done := watchCompleted(t, s)
+	other, err := secret.GenerateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := secret.Binding{RunID: "r-secrets", StepID: "step", Attempt: 1, Name: "T", Env: "T"}
+	boxes, err := secret.Seal([]byte("value"), b, []string{other.PublicKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := event.StepRequested{RunID: b.RunID, StepID: b.StepID, Attempt: 1, Type: "docker_run", Kind: event.KindDocker, Target: "default",
+		Command: "echo hi", Secrets: []event.SealedSecret{{Name: "T", Env: "T", Boxes: boxes}}}
+	e, err := event.New("test", event.TypeStepRequested, event.Meta{RunID: req.RunID, StepID: req.StepID, Attempt: 1}, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Publish(context.Background(), s.JS, event.StepRequestedSubject(event.KindDocker, "default"), e); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool { return len(done.list()) == 1 })
+	c := done.list()[0]
+	if c.Status != event.StatusFailed || !strings.Contains(c.Error, "--secrets-identity") || eng.Executed.Load() != 0 {
+		t.Fatalf("completion %s %q, executed %d; want failed naming --secrets-identity, not executed", c.Status, c.Error, eng.Executed.Load())
 	}
 }

@@ -56,7 +56,28 @@ type Step struct {
 	Timeout           Duration       `yaml:"timeout,omitempty" json:"timeout,omitempty"`
 	RetryPolicy       *RetryPolicy   `yaml:"retry_policy,omitempty" json:"retry_policy,omitempty"`
 	ContinueOnFailure bool           `yaml:"continue_on_failure,omitempty" json:"continue_on_failure,omitempty"`
+	// Secrets are the stored secrets the step's container (or exec)
+	// receives as environment variables.
+	Secrets []SecretRef `yaml:"secrets,omitempty" json:"secrets,omitempty"`
 }
+
+// SecretRef asks for one stored secret (the pipeline's own, else the global
+// one of that name) as the environment variable Env (default: Name).
+type SecretRef struct {
+	Name string `yaml:"name" json:"name"`
+	Env  string `yaml:"env,omitempty" json:"env,omitempty"`
+}
+
+// EnvName is the environment variable the secret becomes.
+func (r SecretRef) EnvName() string {
+	if r.Env != "" {
+		return r.Env
+	}
+	return r.Name
+}
+
+// SecretTypes are the step types that may ask for secrets.
+var SecretTypes = []string{"docker_run", "k8s_exec"}
 
 // ID is the step's identifier in subjects, URLs and events: its name as a
 // lower-case slug.

@@ -68,6 +68,10 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{"duplicate names", "pipeline:\n  name: x\n  steps:\n    - name: Build it\n      type: docker_run\n    - name: build-it\n      type: docker_run\n", []string{"collides with step"}},
 		{"unknown condition", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      conditions:\n        - type: branch_equal\n          value: main\n",
 			[]string{`did you mean "branch_equals"`}},
+		{"bad secrets", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      secrets:\n        - name: 1TOKEN\n        - name: OK\n          env: HAS-DASH\n        - name: OK\n        - name: T\n          env: OK\n",
+			[]string{`f.yaml:7: pipeline.steps[0].secrets[0].name: "1TOKEN"`, `f.yaml:9: pipeline.steps[0].secrets[1].env: "HAS-DASH"`, `f.yaml:11: pipeline.steps[0].secrets[3].env: "OK" is already set by secrets[2]`}},
+		{"secrets on a push", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_push\n      secrets: [{name: T}]\n",
+			[]string{`f.yaml:6: pipeline.steps[0].secrets: a docker_push step cannot receive secrets; only docker_run and k8s_exec steps can`}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -175,11 +176,40 @@ func (p *parser) validate(pl *Pipeline) {
 			p.add(p.line(f+".command"), f+".command", "want a string or a list of strings")
 		}
 		p.validateConfig(f, s)
+		p.validateSecrets(f, s)
 	}
 	before := len(p.errs)
 	p.validateGraph(pl)
 	if len(p.errs) == before {
 		p.validateRefs(pl)
+	}
+}
+
+// secretName is a secret's and an environment variable's name.
+var secretName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+
+func (p *parser) validateSecrets(f string, s *Step) {
+	if len(s.Secrets) == 0 {
+		return
+	}
+	if !contains(SecretTypes, s.Type) {
+		p.add(p.line(f+".secrets"), f+".secrets", "a %s step cannot receive secrets; only %s steps can", s.Type, strings.Join(SecretTypes, " and "))
+		return
+	}
+	envs := map[string]int{}
+	for j, r := range s.Secrets {
+		g := fmt.Sprintf("%s.secrets[%d]", f, j)
+		if !secretName.MatchString(r.Name) {
+			p.add(p.line(g), g+".name", "%q: want a secret name (letters, digits and _, not starting with a digit)", r.Name)
+		}
+		if r.Env != "" && !secretName.MatchString(r.Env) {
+			p.add(p.line(g+".env"), g+".env", "%q is not a valid environment variable name", r.Env)
+		}
+		if k, dup := envs[r.EnvName()]; dup {
+			p.add(p.line(g), g+".env", "%q is already set by secrets[%d]", r.EnvName(), k)
+		} else {
+			envs[r.EnvName()] = j
+		}
 	}
 }
 

@@ -57,6 +57,10 @@ const (
 	BucketUsers = "ansflow_users"
 	// BucketSessions holds login sessions (hashes of session ids only).
 	BucketSessions = "ansflow_sessions"
+	// BucketSecrets holds the secret store: ciphertext and metadata only,
+	// never a value (package secret). Only the pipeline service may read
+	// or write it.
+	BucketSecrets = "ansflow_secrets"
 )
 
 // ObjectSources is the object store bucket holding uploaded sources.
@@ -138,6 +142,7 @@ func Buckets(replicas int) []jetstream.KeyValueConfig {
 		kv(BucketSlots, 0), kv(BucketPipelines, 0), kv(BucketVersions, 0), kv(BucketRuns, 0),
 		kv(BucketCatalog, 0), kv(BucketCounters, 0),
 		kv(BucketTokens, 0), kv(BucketUsers, 0), kv(BucketSessions, SessionsTTL),
+		kv(BucketSecrets, 0),
 	}
 }
 

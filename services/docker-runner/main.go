@@ -30,6 +30,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/docker-runner/engine"
 	"github.com/ansflow/ansflow/services/docker-runner/policy"
@@ -100,6 +101,7 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	fs.StringVar(&c.Engine.DockerHost, "docker-host", getenv("DOCKER_HOST", ""), "Docker Engine API endpoint (env DOCKER_HOST)")
 	fs.StringVar(&c.Engine.Network, "network", getenv("ANSFLOW_DOCKER_NETWORK", ""), "network for docker_run containers whose step names none (env ANSFLOW_DOCKER_NETWORK)")
 	policyFlags := policy.RegisterFlags(fs, env)
+	identity := fs.String("secrets-identity", getenv("ANSFLOW_SECRETS_IDENTITY", ""), "the pool's secrets identity file (made on first use); without it steps asking for secrets fail (env ANSFLOW_SECRETS_IDENTITY)")
 	fs.StringVar(&c.LogLevel, "log-level", getenv("ANSFLOW_LOG_LEVEL", "info"), "debug, info, warn or error (env ANSFLOW_LOG_LEVEL)")
 	fs.BoolVar(&c.LogJSON, "log-json", getenv("ANSFLOW_LOG_JSON", "") == "true", "log JSON instead of text (env ANSFLOW_LOG_JSON=true)")
 	err := fs.Parse(args)
@@ -111,6 +113,13 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *identity != "" {
+		id, _, err := secret.LoadOrCreateIdentity(*identity)
+		if err != nil {
+			return nil, err
+		}
+		c.Runner.Identity = id
 	}
 	for _, p := range strings.Split(*pools, ",") {
 		if p = strings.TrimSpace(p); p != "" {

@@ -41,6 +41,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/k8s-runner/engine"
 )
@@ -163,6 +164,7 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	fs.DurationVar(&c.Runner.Grace, "grace", durEnv("ANSFLOW_GRACE", 30*time.Second), "on SIGTERM, how long running steps may finish before they are stopped (env ANSFLOW_GRACE)")
 	namespaces := fs.String("namespaces", getenv("ANSFLOW_K8S_NAMESPACES", ""), "namespaces (globs) steps may use on every served cluster, comma-separated; default the context's namespace (env ANSFLOW_K8S_NAMESPACES)")
 	kinds := fs.String("kinds", getenv("ANSFLOW_K8S_KINDS", ""), "kinds steps may apply, scale and delete, comma-separated (\"*\": every namespaced kind; cluster-scoped ones by name); default "+strings.Join(engine.DefaultKinds, ",")+" (env ANSFLOW_K8S_KINDS)")
+	identity := fs.String("secrets-identity", getenv("ANSFLOW_SECRETS_IDENTITY", ""), "the pool's secrets identity file (made on first use); without it steps asking for secrets fail (env ANSFLOW_SECRETS_IDENTITY)")
 	fs.StringVar(&c.LogLevel, "log-level", getenv("ANSFLOW_LOG_LEVEL", "info"), "debug, info, warn or error (env ANSFLOW_LOG_LEVEL)")
 	fs.BoolVar(&c.LogJSON, "log-json", getenv("ANSFLOW_LOG_JSON", "") == "true", "log JSON instead of text (env ANSFLOW_LOG_JSON=true)")
 	if err := fs.Parse(args); err != nil {
@@ -175,6 +177,13 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	c.Engine.Access = engine.Access{Namespaces: splitList(*namespaces), Kinds: splitList(*kinds)}
+	if *identity != "" {
+		id, _, err := secret.LoadOrCreateIdentity(*identity)
+		if err != nil {
+			return nil, err
+		}
+		c.Runner.Identity = id
+	}
 	var err error
 	if c.Clusters, err = parseClusters(*clusters); err != nil {
 		return nil, err

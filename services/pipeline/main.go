@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"github.com/ansflow/ansflow/pkg/auth"
+	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
@@ -52,6 +54,10 @@ func run(ctx context.Context) error {
 	tlsCert := flag.String("tls-cert", os.Getenv("ANSFLOW_TLS_CERT"), "serve the API and webhooks over HTTPS with this certificate (PEM; env ANSFLOW_TLS_CERT)")
 	tlsKey := flag.String("tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM; env ANSFLOW_TLS_KEY)")
 	adminTokenFile := flag.String("admin-token-file", os.Getenv("ANSFLOW_ADMIN_TOKEN_FILE"), "file holding an admin API token to register (env ANSFLOW_ADMIN_TOKEN_FILE)")
+	secretsKeyFile := flag.String("secrets-key-file", os.Getenv("ANSFLOW_SECRETS_KEY_FILE"), "file holding the secrets key (32 bytes, base64) that encrypts the secret store; without it the service keeps no secrets (env ANSFLOW_SECRETS_KEY_FILE)")
+	oldKeyFile := flag.String("secrets-old-key-file", os.Getenv("ANSFLOW_SECRETS_OLD_KEY_FILE"), "the previous secrets key, when rotating it: secrets still under it are re-encrypted with --secrets-key-file at start (env ANSFLOW_SECRETS_OLD_KEY_FILE)")
+	var poolKeys poolKeyFlag
+	flag.Var(&poolKeys, "pool-secrets-key", "KIND/POOL=PUBLIC_KEY: seal that pool's secrets to this key only, not to the keys its runners announce (repeatable; 'ansflow secrets identity FILE' prints a key)")
 	level := flag.String("log-level", env("ANSFLOW_LOG_LEVEL", "info"), "log level")
 	loginCfg := login.RegisterFlags(flag.CommandLine)
 	flag.Parse()
@@ -64,6 +70,19 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer log.Sync()
+	var secretsKey, oldKey *secret.Key
+	if *secretsKeyFile != "" {
+		if secretsKey, err = secret.LoadKey(*secretsKeyFile); err != nil {
+			return err
+		}
+		if *oldKeyFile != "" {
+			if oldKey, err = secret.LoadKey(*oldKeyFile); err != nil {
+				return err
+			}
+		}
+	} else {
+		log.Warn("no --secrets-key-file: the service keeps no secrets, and steps asking for one fail")
+	}
 	if adminToken == "" {
 		log.Warn("no --admin-token-file: the API accepts only the tokens already in its tokens bucket")
 	}
@@ -79,9 +98,9 @@ func run(ctx context.Context) error {
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
-	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, AdminToken: adminToken,
+	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, AdminToken: adminToken, SecretsKey: secretsKey, SecretsOldKey: oldKey,
 		TLS: httpserver.TLS{CertFile: *tlsCert, KeyFile: *tlsKey}, Login: *loginCfg,
-		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, Policy: orchestrator.Policy{
+		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, PoolKeys: poolKeys.keys, Policy: orchestrator.Policy{
 			NoRunnerTimeout: *noRunner, StepTimeout: *stepTimeout, RunTimeout: *runTimeout}}}, js, log)
 	if err != nil {
 		return err
@@ -104,4 +123,26 @@ func readAdminToken(file string) (string, error) {
 		return "", fmt.Errorf("--admin-token-file %s: the token must have at least %d characters", file, auth.MinSecretLen)
 	}
 	return tok, nil
+}
+
+// poolKeyFlag collects --pool-secrets-key KIND/POOL=KEY values.
+type poolKeyFlag struct{ keys map[string][]string }
+
+func (f *poolKeyFlag) String() string { return "" }
+
+func (f *poolKeyFlag) Set(v string) error {
+	pool, key, ok := strings.Cut(v, "=")
+	kind, target, kok := strings.Cut(pool, "/")
+	if !ok || !kok || (kind != event.KindDocker && kind != event.KindK8s) || target == "" {
+		return fmt.Errorf("%q: want docker/POOL=KEY or k8s/CLUSTER=KEY", v)
+	}
+	if err := secret.CheckPublicKey(key); err != nil {
+		return err
+	}
+	if f.keys == nil {
+		f.keys = map[string][]string{}
+	}
+	id := orchestrator.PoolKeyID(kind, target)
+	f.keys[id] = append(f.keys[id], key)
+	return nil
 }

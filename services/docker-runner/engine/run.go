@@ -217,9 +217,14 @@ func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p 
 	if err != nil {
 		return nil, nil, err
 	}
-	// req.Env last: the pipeline service passes values from outside
+	// req.Env next: the pipeline service passes values from outside
 	// (webhook payloads) there, and commands refer to them as variables.
-	if cfg.Env, err = envList(stepEnv, req.Env); err != nil {
+	// The step's secrets last, so neither can shadow them.
+	var secrets map[string]string
+	if se, ok := t.(secretEnver); ok {
+		secrets = se.SecretEnv()
+	}
+	if cfg.Env, err = envList(stepEnv, req.Env, secrets); err != nil {
 		return nil, nil, err
 	}
 	if cfg.WorkingDir, err = p.str("workdir"); err != nil {
@@ -376,3 +381,8 @@ func startFailureCode(err error) int {
 	}
 	return 0
 }
+
+// secretEnver is implemented by [runner.Task]: the secrets the step asked
+// for, by environment variable. They reach the container only as
+// environment variables, never as arguments.
+type secretEnver interface{ SecretEnv() map[string]string }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -84,8 +85,9 @@ func (s *step) exec(ctx context.Context) (map[string]string, error) {
 	out := map[string]string{"namespace": ns, "pod": pod.Name, "container": container}
 	s.log.Debug("exec", zap.String("pod", pod.Name), zap.String("container", container))
 
+	stdin := s.secretsStdin()
 	req := s.e.cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod.Name).SubResource("exec").
-		VersionedParams(&corev1.PodExecOptions{Container: container, Command: argv, Stdout: true, Stderr: true}, scheme.ParameterCodec)
+		VersionedParams(&corev1.PodExecOptions{Container: container, Command: argv, Stdin: stdin != nil, Stdout: true, Stderr: true}, scheme.ParameterCodec)
 	ws, err := remotecommand.NewWebSocketExecutor(s.e.rest, "GET", req.URL().String())
 	if err != nil {
 		return out, fmt.Errorf("exec in pod %s/%s: websocket executor: %w", ns, pod.Name, err)
@@ -101,7 +103,11 @@ func (s *step) exec(ctx context.Context) (map[string]string, error) {
 		return out, fmt.Errorf("exec in pod %s/%s: %w", ns, pod.Name, err)
 	}
 	start := time.Now()
-	err = ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: s.io.Stdout(), Stderr: s.io.Stderr()})
+	streams := remotecommand.StreamOptions{Stdout: s.io.Stdout(), Stderr: s.io.Stderr()}
+	if stdin != nil {
+		streams.Stdin = stdin
+	}
+	err = ex.StreamWithContext(ctx, streams)
 	s.log.Debug("exec done", zap.Duration("took", time.Since(start)))
 	if err == nil {
 		out["exit_code"] = "0"
@@ -188,7 +194,51 @@ func (s *step) command() ([]string, error) {
 	for _, k := range names {
 		prefix = append(prefix, k+"="+s.req.Env[k])
 	}
+	if len(s.secrets()) > 0 {
+		// The secrets arrive on standard input (see secretsStdin), never in
+		// the argv, which the apiserver may log.
+		prefix = append(prefix, "sh", "-c", secretsScript, "ansflow-secrets")
+	}
 	return append(prefix, argv...), nil
+}
+
+// secretsScript reads the step's secrets from standard input, one
+// NAME=base64(value) line each up to an empty line, exports them and
+// executes its arguments (the step's command). The trailing x keeps a
+// value's own trailing newlines, which $(...) would strip. It needs sh and
+// base64 in the container, as busybox and every distribution image have.
+const secretsScript = `while IFS= read -r l && [ -n "$l" ]; do n=${l%%=*}; ` +
+	`v=$(printf '%s' "${l#*=}" | base64 -d; echo x) || exit 97; export "$n=${v%x}"; done; exec "$@"`
+
+// secretEnver is implemented by [runner.Task]: the secrets the step asked
+// for, by environment variable name.
+type secretEnver interface{ SecretEnv() map[string]string }
+
+func (s *step) secrets() map[string]string {
+	if se, ok := s.io.(secretEnver); ok {
+		return se.SecretEnv()
+	}
+	return nil
+}
+
+// secretsStdin is what secretsScript reads, nil when the step has no
+// secrets.
+func (s *step) secretsStdin() io.Reader {
+	sec := s.secrets()
+	if len(sec) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(sec))
+	for k := range sec {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, k := range names {
+		b.WriteString(k + "=" + base64.StdEncoding.EncodeToString([]byte(sec[k])) + "\n")
+	}
+	b.WriteString("\n")
+	return strings.NewReader(b.String())
 }
 
 // redactEnv hides env values in a message that may quote the argv.

@@ -32,6 +32,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/runner/runnertest"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/k8s-runner/engine"
 )
@@ -237,12 +238,33 @@ func (h *harness) restrict(ns string) {
 	h.serve(clusterRestricted, eng)
 }
 
+// poolIdentity is the secrets identity of the test runners' pools.
+var poolIdentity = func() *secret.Identity {
+	id, err := secret.GenerateIdentity()
+	if err != nil {
+		panic(err)
+	}
+	return id
+}()
+
+// seal seals value as the secret name, environment variable env, to the
+// test runners' identity for req's attempt.
+func seal(t testing.TB, req *event.StepRequested, name, env, value string) event.SealedSecret {
+	t.Helper()
+	boxes, err := secret.Seal([]byte(value), secret.Binding{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt, Name: name, Env: env},
+		[]string{poolIdentity.PublicKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return event.SealedSecret{Name: name, Env: env, Boxes: boxes}
+}
+
 // serve runs a runner loop for target with eng until the test ends.
 func (h *harness) serve(target string, eng runner.Engine) {
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cfg := runner.Config{Kind: event.KindK8s, Targets: []string{target}, ID: "test-" + target, Concurrency: 4,
-		WorkDir: h.t.TempDir(), Lease: 30 * time.Second}
+		WorkDir: h.t.TempDir(), Lease: 30 * time.Second, Identity: poolIdentity}
 	if err := cfg.Validate(); err != nil {
 		h.t.Fatal(err)
 	}

@@ -1,6 +1,8 @@
 package engine_test
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/services/k8s-runner/engine"
 )
 
@@ -33,6 +36,31 @@ func TestExec(t *testing.T) {
 		if r.ExitCode == nil || *r.ExitCode != 0 {
 			t.Errorf("exit code %v, want 0", r.ExitCode)
 		}
+	})
+
+	t.Run("secrets arrive as env, through stdin, masked", func(t *testing.T) {
+		h := h.with(t)
+		const value = "k8s-s3cret value\nwith a newline\n"
+		req := h.step(engine.TypeExec, ns, "", map[string]any{"pod": "shell"})
+		req.Command = `printf '%s' "$TOKEN" | sha256sum; echo "raw: $TOKEN"; echo "greeting: $GREETING"`
+		req.Env = map[string]string{"GREETING": "hi"}
+		req.Secrets = []event.SealedSecret{seal(t, req, "DEPLOY_TOKEN", "TOKEN", value)}
+		r := h.run(req, event.StatusSucceeded, 30*time.Second)
+		wantContains(t, "stdout", r.Stdout, fmt.Sprintf("%x", sha256.Sum256([]byte(value))), "raw: ****", "greeting: hi")
+		if strings.Contains(r.Stdout, "k8s-s3cret") {
+			t.Errorf("stdout holds the secret: %q", r.Stdout)
+		}
+	})
+
+	t.Run("secrets sealed to another pool", func(t *testing.T) {
+		h := h.with(t)
+		req := h.step(engine.TypeExec, ns, "", map[string]any{"pod": "shell"})
+		req.Command = "true"
+		other, _ := secret.GenerateIdentity()
+		boxes, _ := secret.Seal([]byte("value"), secret.Binding{RunID: req.RunID, StepID: req.StepID, Attempt: 1, Name: "T", Env: "T"}, []string{other.PublicKey()})
+		req.Secrets = []event.SealedSecret{{Name: "T", Env: "T", Boxes: boxes}}
+		r := h.run(req, event.StatusFailed, 30*time.Second)
+		wantContains(t, "error", r.Error, "secret T was not sealed to this runner's identity")
 	})
 
 	t.Run("argv command by selector", func(t *testing.T) {

@@ -25,6 +25,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
@@ -43,6 +44,8 @@ type Server struct {
 
 	mu     sync.Mutex
 	routes []auth.Route
+
+	secrets *secret.Store
 
 	// MaxSourceBytes bounds a source upload (default
 	// source.MaxArchiveBytes).
@@ -109,6 +112,12 @@ func (s *Server) table() []auth.Route {
 		r("POST /api/v1/tokens", admin, auth.ScopeAny, s.createToken),
 		r("GET /api/v1/tokens", admin, auth.ScopeGlobal, s.listTokens),
 		r("DELETE /api/v1/tokens/{id}", admin, auth.ScopeGlobal, s.revokeToken),
+		r("GET /api/v1/secrets", operator, auth.ScopeGlobal, s.listSecrets),
+		r("PUT /api/v1/secrets/{secret}", admin, auth.ScopeGlobal, s.putSecret),
+		r("DELETE /api/v1/secrets/{secret}", admin, auth.ScopeGlobal, s.deleteSecret),
+		r("GET /api/v1/pipelines/{name}/secrets", operator, auth.ScopePipeline, s.listSecrets),
+		r("PUT /api/v1/pipelines/{name}/secrets/{secret}", operator, auth.ScopePipeline, s.putSecret),
+		r("DELETE /api/v1/pipelines/{name}/secrets/{secret}", operator, auth.ScopePipeline, s.deleteSecret),
 		r("GET /healthz", "", auth.ScopePublic, func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") }),
 	}
 }
@@ -168,8 +177,10 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		for _, e := range se {
 			body.Errors = append(body.Errors, ErrorDetail{File: e.File, Line: e.Line, Field: e.Field, Message: e.Msg})
 		}
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, errSecretNotFound):
 		code = http.StatusNotFound
+	case errors.Is(err, errUnavailable):
+		code = http.StatusServiceUnavailable
 	case errors.Is(err, orchestrator.ErrInvalid), errors.Is(err, errBadRequest):
 		code = http.StatusBadRequest
 	case errors.Is(err, orchestrator.ErrFinished):

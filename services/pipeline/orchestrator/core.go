@@ -199,6 +199,11 @@ func (d *decision) apply(in Input) {
 			d.fail(s, &r.Spec.Steps[i], "the step request was dead-lettered: "+in.Reason)
 			d.changed = true
 		}
+	case SecretsRefused:
+		if i, s := d.current(in.StepID, in.Attempt); s != nil {
+			d.fail(s, &r.Spec.Steps[i], "secrets: "+in.Reason)
+			d.changed = true
+		}
 	case CancelRequested:
 		if r.CancelRequested == "" {
 			r.CancelRequested = in.Reason

@@ -56,7 +56,14 @@ type Config struct {
 	IOTimeout time.Duration
 	// Replicas of the buckets the orchestrator creates (default 1).
 	Replicas int
+	// PoolKeys pins the secrets public keys of runner pools, by
+	// [PoolKeyID] ("docker/default"): a pool listed here gets its steps'
+	// secrets sealed to these keys only, whatever its runners announce.
+	PoolKeys map[string][]string
 }
+
+// PoolKeyID names a pool in [Config.PoolKeys]: "KIND/TARGET".
+func PoolKeyID(kind, target string) string { return kind + "/" + target }
 
 // ErrInvalid is wrapped by errors caused by the caller's input.
 var ErrInvalid = errors.New("invalid request")
@@ -85,6 +92,8 @@ type Orchestrator struct {
 	unpublished map[string]*event.StepRequested
 
 	fold folder
+
+	secrets SecretStore
 }
 
 // New returns an orchestrator over st, creating the buckets it shares with
@@ -276,6 +285,9 @@ func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (*store.
 		r.Steps = append(r.Steps, &store.StepState{Name: st.Name, ID: st.ID(), Type: st.Type, Status: event.StatusPending,
 			Kind: st.Kind(), Outputs: map[string]string{}})
 	}
+	if err := o.checkSecrets(ctx, r); err != nil {
+		return nil, err
+	}
 	return r, o.start(ctx, r)
 }
 
@@ -449,7 +461,7 @@ func (o *Orchestrator) carryOut(ctx context.Context, r *store.Run, cmds []Comman
 	for _, c := range cmds {
 		switch {
 		case c.Dispatch != nil:
-			o.dispatch(ctx, c.Dispatch)
+			o.dispatch(ctx, r, c.Dispatch)
 		case c.Cancel != nil:
 			o.publish(ctx, event.TypeStepCancel, event.Meta{RunID: r.ID, StepID: c.Cancel.StepID}, "", c.Cancel)
 		case c.Fence != nil:
@@ -481,7 +493,11 @@ func (o *Orchestrator) fence(ctx context.Context, runID string, f *Fence) {
 // dispatch publishes a step request, retrying transient failures within
 // the I/O deadline. A request that still could not be published is kept
 // and tried again every second by republish while its attempt is current.
-func (o *Orchestrator) dispatch(ctx context.Context, req *event.StepRequested) {
+func (o *Orchestrator) dispatch(ctx context.Context, r *store.Run, req *event.StepRequested) {
+	if err := o.seal(ctx, r, req); err != nil {
+		o.refuse(ctx, req, err)
+		return
+	}
 	var perm *bus.PermanentError
 	if err := o.publishRequest(ctx, req); errors.As(err, &perm) {
 		o.log.Error("publish step request", zap.String("run_id", req.RunID), zap.String("step_id", req.StepID), zap.Error(err))
@@ -681,7 +697,7 @@ func (o *Orchestrator) recover(ctx context.Context, r *store.Run) {
 			if err != nil {
 				continue
 			}
-			o.dispatch(ctx, req)
+			o.dispatch(ctx, r, req)
 		}
 	}
 }

@@ -14,7 +14,9 @@ import (
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/httpserver"
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
+	"github.com/ansflow/ansflow/pkg/topology"
 	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
@@ -43,6 +45,13 @@ type Config struct {
 	// Login configures human login (passwords, sessions, OpenID Connect);
 	// the zero value serves password login with the defaults.
 	Login login.Config
+	// SecretsKey encrypts the secret store (--secrets-key-file, or the
+	// secrets.key `ansflow up` makes); without it the service keeps no
+	// secrets and a step asking for one fails.
+	SecretsKey *secret.Key
+	// SecretsOldKey, when set, is the previous secrets key: every secret
+	// still under it is re-encrypted with SecretsKey at start.
+	SecretsOldKey *secret.Key
 }
 
 // Service is the running pipeline service.
@@ -59,6 +68,8 @@ type Service struct {
 	// Login serves human login and authenticates its session cookies.
 	Login *login.Service
 	Cron  *schedule.Scheduler
+	// Secrets is the secret store, nil without [Config.SecretsKey].
+	Secrets *secret.Store
 }
 
 // New opens the streams and buckets and builds the service.
@@ -111,10 +122,27 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 		return nil, err
 	}
 	a := api.New(st, orc, js, tokens, log, append([]auth.Authenticator{lsvc}, cfg.Authenticators...)...)
+	var secrets *secret.Store
+	if cfg.SecretsKey != nil {
+		kv, err := bus.EnsureKeyValue(ctx, js, topology.MustBucket(topology.BucketSecrets, cfg.Replicas))
+		if err != nil {
+			return nil, fmt.Errorf("secrets bucket: %w", err)
+		}
+		secrets = secret.NewStore(kv, cfg.SecretsKey)
+		if cfg.SecretsOldKey != nil {
+			n, err := secrets.Rekey(ctx, cfg.SecretsOldKey)
+			if err != nil {
+				return nil, err
+			}
+			log.Info("secrets re-encrypted with the new secrets key", zap.Int("secrets", n))
+		}
+		orc.WithSecrets(secrets)
+		a.WithSecrets(secrets)
+	}
 	a.Mount(lsvc.Routes()...)
 	// Webhooks authenticate by their signatures.
 	a.Mount(auth.Route{Pattern: "POST /webhooks/{provider}/{pipeline}", Scope: auth.ScopePublic, Handler: hooks})
-	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched, Tokens: tokens, Login: lsvc}, nil
+	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched, Tokens: tokens, Login: lsvc, Secrets: secrets}, nil
 }
 
 // Run serves the orchestrator and the HTTP API until ctx is done.

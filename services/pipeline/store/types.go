@@ -112,10 +112,11 @@ type Trigger struct {
 	Actor    string `json:"actor,omitempty"`
 	Provider string `json:"provider,omitempty"`
 	Delivery string `json:"delivery,omitempty"`
-	// Event is a webhook's normalised event: push, tag or pull_request.
+	// Event is the webhook event (push, tag, pull_request), which secret
+	// filters match.
 	Event string `json:"event,omitempty"`
-	// Fork marks a run of a pull request from a fork: it must get no
-	// secrets.
+	// Fork marks a run of a pull request from a fork: it gets no secret
+	// whose filters do not allow forks.
 	Fork bool `json:"fork,omitempty"`
 }
 
