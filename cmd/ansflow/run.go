@@ -327,6 +327,9 @@ func announceClusters(w io.Writer, p *spec.Pipeline, st *stack) error {
 			fmt.Fprintf(w, "ansflow run: step %q (%s) uses cluster %q: %s\n", s.Name, s.Type, name, se.Desc)
 		}
 	}
+	return nil
+}
+
 // secretEnvFlag collects --secret NAME or NAME=VAR: a secret of the run's
 // pipeline taken from an environment variable.
 type secretEnvFlag []struct{ name, env string }

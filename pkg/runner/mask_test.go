@@ -49,9 +49,9 @@ func TestMaskerLengths(t *testing.T) {
 	}
 }
 
-type collect struct{ chunks []string }
+type chunkSink struct{ chunks []string }
 
-func (c *collect) Write(p []byte) (int, error) {
+func (c *chunkSink) Write(p []byte) (int, error) {
 	c.chunks = append(c.chunks, string(p))
 	return len(p), nil
 }
@@ -63,7 +63,7 @@ func TestMaskWriterSplitAcrossWrites(t *testing.T) {
 	const secret = "hunter2-is-the-secret"
 	m := &Masker{}
 	m.Add(secret)
-	c := &collect{}
+	c := &chunkSink{}
 	w := &maskWriter{m: m, w: c}
 	for _, p := range []string{"line one\nthe value is hunter2-i", "s-the-secret and more\n", "almost hunter", "3 but not\n", "ends with hunt"} {
 		if _, err := w.Write([]byte(p)); err != nil {
@@ -91,7 +91,7 @@ func TestMaskWriterSplitEncoded(t *testing.T) {
 	const secret = "a-base64-split-secret"
 	m := &Masker{}
 	m.Add(secret)
-	c := &collect{}
+	c := &chunkSink{}
 	w := &maskWriter{m: m, w: c}
 	enc := base64.StdEncoding.EncodeToString([]byte(secret))
 	_, _ = w.Write([]byte("auth " + enc[:10]))

@@ -68,6 +68,10 @@ type Config struct {
 	// (a SIGTERM) before they are stopped and left to another runner, which takes them over once their lease lapses
 	// (default 0).
 	Grace time.Duration
+	// MaxLogBytes bounds the log one step attempt publishes, stdout and
+	// stderr together; past it the log is cut with a marker line (default
+	// [DefaultMaxLogBytes]).
+	MaxLogBytes int64
 	// Identity is the pool's secrets identity: the private key that opens
 	// the secrets sealed to the pool, whose public key the runner
 	// announces. Without it the runner fails steps that ask for secrets.
@@ -658,9 +662,10 @@ func (r *Runner) newTask(req *event.StepRequested, log *zap.Logger) (*Task, stri
 	workdir := fmt.Sprintf("%s/ansflow-%s-%s-%d", r.cfg.WorkDir, event.Token(req.RunID), event.Token(req.StepID), req.Attempt)
 	var once sync.Once
 	var srcErr error
+	budget := newLogBudget(r.cfg.MaxLogBytes)
 	t := &Task{
-		stdout: &logWriter{masker: m, emit: emit(event.Stdout)},
-		stderr: &logWriter{masker: m, emit: emit(event.Stderr)},
+		stdout: &logWriter{masker: m, emit: emit(event.Stdout), budget: budget},
+		stderr: &logWriter{masker: m, emit: emit(event.Stderr), budget: budget},
 		masker: m,
 		logs:   logs,
 	}

@@ -3,8 +3,8 @@ package spec
 import (
 	"fmt"
 	"path"
-	"slices"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 

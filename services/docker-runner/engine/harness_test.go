@@ -72,7 +72,7 @@ func (h *harness) startRunner(id string, eng runner.Engine, ackWait time.Duratio
 		h.t.Fatal(err)
 	}
 	log := zaptest.NewLogger(h.t, zaptest.Level(zap.WarnLevel))
-	r := runner.New(cfg, h.ns.NC, h.ns.JS, eng, &source.Fetcher{JS: h.ns.JS}, log)
+	r := runner.New(cfg, h.ns.NC, h.ns.JS, eng, &source.Fetcher{JS: h.ns.JS, AllowLocal: true}, log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -138,6 +138,15 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 		}
 		orc.WithSecrets(secrets)
 		a.WithSecrets(secrets)
+		// A webhook trigger's `secret: NAME` is a stored secret of its
+		// pipeline (or a global one).
+		hooks.Secrets = webhook.SecretSourceFunc(func(ctx context.Context, pipeline, name string) (string, error) {
+			_, value, err := secrets.Resolve(ctx, pipeline, name)
+			if err != nil {
+				return "", err
+			}
+			return string(value), nil
+		})
 	}
 	a.Mount(lsvc.Routes()...)
 	// Webhooks authenticate by their signatures.
