@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nkeys"
 
+	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/topology"
 )
 
@@ -194,8 +195,19 @@ resolver_preload: {
 	if err := os.WriteFile(filepath.Join(dir, ConfFile), []byte(conf), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", ConfFile, err)
 	}
-	return writeAdminToken(filepath.Join(dir, AdminTokenFile))
+	if err := writeAdminToken(filepath.Join(dir, AdminTokenFile)); err != nil {
+		return err
+	}
+	if _, _, err := secret.LoadOrCreateKey(filepath.Join(dir, SecretsKeyFile)); err != nil {
+		return fmt.Errorf("secrets key: %w", err)
+	}
+	return nil
 }
+
+// SecretsKeyFile is the file, relative to the directory of [Init], holding
+// the key that encrypts the secret store, for the pipeline service's
+// --secrets-key-file. Like the admin token, an existing one is kept.
+const SecretsKeyFile = "secrets.key"
 
 // AdminTokenFile is the file, relative to the directory of [Init], holding a
 // random admin API token for the pipeline service's --admin-token-file. An
