@@ -9,11 +9,13 @@ import (
 // Flags are the runner flags that relax the policy, registered by
 // [RegisterFlags]. Read them with [Flags.Policy] after parsing.
 type Flags struct {
-	File         string
-	HostPaths    listFlag
-	DockerSocket bool
-	Privileged   bool
-	HostNetwork  bool
+	// File is --policy, the policy file ("" for none: strict).
+	File string
+	// HostPaths are the --allow-host-path values.
+	HostPaths listFlag
+	// DockerSocket, Privileged and HostNetwork are --allow-docker-socket,
+	// --allow-privileged and --allow-host-network.
+	DockerSocket, Privileged, HostNetwork bool
 }
 
 // RegisterFlags adds --policy (default $ANSFLOW_RUNNER_POLICY),
