@@ -49,11 +49,7 @@ func cmdTokens(ctx context.Context, args []string) error {
 				return invalid("--expires: %v", err)
 			}
 		}
-		for _, p := range strings.Split(pipelines, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				req.Pipelines = append(req.Pipelines, p)
-			}
-		}
+		req.Pipelines = splitList(pipelines)
 		body, _ := json.Marshal(req)
 		var ct api.CreatedToken
 		if err := c.do(ctx, http.MethodPost, "/api/v1/tokens", "application/json", bytes.NewReader(body), &ct); err != nil {

@@ -50,12 +50,7 @@ func cmdUsers(ctx context.Context, args []string) error {
 		if err != nil {
 			return invalid("--role: %v", err)
 		}
-		var globs []string
-		for g := range strings.SplitSeq(pipelines, ",") {
-			if g = strings.TrimSpace(g); g != "" {
-				globs = append(globs, g)
-			}
-		}
+		globs := splitList(pipelines)
 		password, err := readPassword(passwordFile, os.Stdin, os.Stderr)
 		if err != nil {
 			return err
