@@ -289,12 +289,15 @@ func cmdCatalog(kind string) func(context.Context, []string) error {
 		if len(args) == 0 {
 			return invalid("usage: ansflow %s list|add|delete", kind)
 		}
-		var id, name, u, kctx string
+		var id, name, u, kctx, user, pwSecret, tokenSecret string
 		c, _, fs, err := clientFlags(kind+" "+args[0], args[1:], func(fs *flag.FlagSet) {
 			fs.StringVar(&id, "id", "", "id")
 			fs.StringVar(&name, "name", "", "name")
 			fs.StringVar(&u, "url", "", "registry URL (registries)")
+			fs.StringVar(&user, "username", "", "registry username, with --password-secret (registries)")
+			fs.StringVar(&pwSecret, "password-secret", "", "secret holding the registry password, sent only to --url's host (registries)")
 			fs.StringVar(&kctx, "context", "", "kubeconfig context (clusters)")
+			fs.StringVar(&tokenSecret, "token-secret", "", "secret holding a bearer token the cluster's steps authenticate with (clusters)")
 		})
 		if err != nil {
 			return err
@@ -308,9 +311,9 @@ func cmdCatalog(kind string) func(context.Context, []string) error {
 			}
 			return printJSON(os.Stdout, v)
 		case "add":
-			var body any = store.Registry{ID: id, Name: name, URL: u}
+			var body any = store.Registry{ID: id, Name: name, URL: u, Username: user, PasswordSecret: pwSecret}
 			if kind == "clusters" {
-				body = store.Cluster{ID: id, Name: name, Context: kctx}
+				body = store.Cluster{ID: id, Name: name, Context: kctx, TokenSecret: tokenSecret}
 			}
 			b, _ := json.Marshal(body)
 			return c.do(ctx, http.MethodPost, path, "application/json", bytes.NewReader(b), nil)

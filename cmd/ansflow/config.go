@@ -18,13 +18,26 @@ type fileConfig struct {
 	Clusters   []clusterConfig  `yaml:"clusters"`
 }
 
+// registryConfig is a registry entry. Its password is the local runner's
+// (PasswordEnv, PasswordFile) or kept in the secret store (PasswordSecret,
+// stored in the catalogue entry and sealed to the runner per step).
 type registryConfig struct {
-	ID           string `yaml:"id"`
-	Name         string `yaml:"name"`
-	URL          string `yaml:"url"`
-	Username     string `yaml:"username"`
-	PasswordEnv  string `yaml:"password_env"`
-	PasswordFile string `yaml:"password_file"`
+	ID             string `yaml:"id"`
+	Name           string `yaml:"name"`
+	URL            string `yaml:"url"`
+	Username       string `yaml:"username"`
+	PasswordEnv    string `yaml:"password_env"`
+	PasswordFile   string `yaml:"password_file"`
+	PasswordSecret string `yaml:"password_secret"`
+}
+
+// entry is the registry's catalogue entry.
+func (r registryConfig) entry() *store.Registry {
+	e := &store.Registry{ID: r.ID, Name: r.Name, URL: r.URL}
+	if r.PasswordSecret != "" {
+		e.Username, e.PasswordSecret = r.Username, r.PasswordSecret
+	}
+	return e
 }
 
 // clusterConfig is a cluster entry. Namespaces and Kinds limit what its
@@ -37,6 +50,9 @@ type clusterConfig struct {
 	Context    string   `yaml:"context"`
 	Namespaces []string `yaml:"namespaces"`
 	Kinds      []string `yaml:"kinds"`
+	// TokenSecret names the secret holding the bearer token its steps
+	// authenticate with (see store.Cluster).
+	TokenSecret string `yaml:"token_secret"`
 }
 
 func loadFileConfig(path string) (*fileConfig, error) {
@@ -57,27 +73,42 @@ func loadFileConfig(path string) (*fileConfig, error) {
 		if r.ID == "" || r.Name == "" || r.URL == "" {
 			return nil, fmt.Errorf("config %s: registries[%d]: id, name and url are required", path, i)
 		}
+		if r.PasswordSecret != "" && (r.PasswordEnv != "" || r.PasswordFile != "") {
+			return nil, fmt.Errorf("config %s: registries[%d]: password_secret excludes password_env and password_file", path, i)
+		}
+		if err := r.entry().Check(); err != nil {
+			return nil, fmt.Errorf("config %s: registries[%d]: %w", path, i, err)
+		}
 	}
 	for i, c := range fc.Clusters {
 		if c.ID == "" || c.Name == "" {
 			return nil, fmt.Errorf("config %s: clusters[%d]: id and name are required", path, i)
+		}
+		if err := c.entry().Check(); err != nil {
+			return nil, fmt.Errorf("config %s: clusters[%d]: %w", path, i, err)
 		}
 	}
 	return fc, nil
 }
 
 // applyCatalog stores the file's registries and clusters (without
-// credentials) in the pipeline service's catalogue.
+// credentials, only the names of secrets holding them) in the pipeline
+// service's catalogue.
 func applyCatalog(ctx context.Context, svc *service.Service, fc *fileConfig) error {
 	for _, r := range fc.Registries {
-		if err := svc.Store.PutRegistry(ctx, &store.Registry{ID: r.ID, Name: r.Name, URL: r.URL}); err != nil {
+		if err := svc.Store.PutRegistry(ctx, r.entry()); err != nil {
 			return err
 		}
 	}
 	for _, c := range fc.Clusters {
-		if err := svc.Store.PutCluster(ctx, &store.Cluster{ID: c.ID, Name: c.Name, Context: c.Context}); err != nil {
+		if err := svc.Store.PutCluster(ctx, c.entry()); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// entry is the cluster's catalogue entry.
+func (c clusterConfig) entry() *store.Cluster {
+	return &store.Cluster{ID: c.ID, Name: c.Name, Context: c.Context, TokenSecret: c.TokenSecret}
 }

@@ -113,8 +113,8 @@ func newDockerEngine(ctx context.Context, fc *fileConfig, cfg stackConfig, log *
 		creds = loaded
 	}
 	for _, r := range fc.Registries {
-		if r.Username == "" {
-			continue
+		if r.Username == "" || r.PasswordSecret != "" {
+			continue // anonymous, or sealed to the runner per step
 		}
 		pw, err := r.password()
 		if err != nil {

@@ -177,14 +177,37 @@ func TestSecretReachesItsContainerAndNothingElse(t *testing.T) {
 		assertNoLeak(t, fmt.Sprintf("API answer %d", i), a, forms)
 	}
 
-	// The audit trail: caught up, then every record.
+	setAudited := false
+	found := searchStack(t, ctx, st, c, dataDir, forms, func(data []byte) {
+		if bytes.Contains(data, []byte(`"secret.set"`)) && bytes.Contains(data, []byte("secret/pipeline/publish/NPM_TOKEN")) {
+			setAudited = true
+		}
+	})
+	if !setAudited || !found.sealed {
+		t.Errorf("secret.set of publish/NPM_TOKEN audited: %v; a sealed step request seen: %v", setAudited, found.sealed)
+	}
+}
+
+// searched counts what searchStack read.
+type searched struct {
+	records, streams, msgs, files int
+	// sealed reports a step request carrying sealed boxes.
+	sealed bool
+}
+
+// searchStack fails t when any form of a secret is in the audit trail
+// (every record, after it caught up; each also handed to audited), in any
+// message of any stream (the KV buckets, the object store, the steps,
+// events, logs and dead letters, headers included), or in any file of the
+// data directory (JetStream's store, the audit database, the keys).
+func searchStack(t *testing.T, ctx context.Context, st *stack, c *client, dataDir string, forms map[string]string, audited func([]byte)) searched {
+	t.Helper()
+	var n searched
 	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
 	if err := st.audit.WaitCaughtUp(wctx); err != nil {
 		t.Fatal(err)
 	}
 	wcancel()
-	var records int
-	setAudited := false
 	for cursor := ""; ; {
 		q := url.Values{"limit": {"1000"}, "cursor": {cursor}}
 		var page store.Page
@@ -192,22 +215,15 @@ func TestSecretReachesItsContainerAndNothingElse(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, rec := range page.Records {
-			records++
+			n.records++
 			assertNoLeak(t, fmt.Sprintf("audit record %d", rec.Seq), rec.Data, forms)
-			if bytes.Contains(rec.Data, []byte(`"secret.set"`)) && bytes.Contains(rec.Data, []byte("secret/pipeline/publish/NPM_TOKEN")) {
-				setAudited = true
-			}
+			audited(rec.Data)
 		}
 		if cursor = page.NextCursor; cursor == "" {
 			break
 		}
 	}
-	if records == 0 || !setAudited {
-		t.Errorf("audit trail: %d records, secret.set of publish/NPM_TOKEN recorded: %v", records, setAudited)
-	}
 
-	// Every message of every stream: the KV buckets (KV_*), the object
-	// store, the steps, events, logs and dead letters.
 	nc, err := natsutil.ConnectInProcess(st.ns, "secrets-proof")
 	if err != nil {
 		t.Fatal(err)
@@ -217,10 +233,8 @@ func TestSecretReachesItsContainerAndNothingElse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var streams, msgs int
-	sawSealed := false
 	for name := range js.StreamNames(ctx).Name() {
-		streams++
+		n.streams++
 		stream, err := js.Stream(ctx, name)
 		if err != nil {
 			t.Fatal(err)
@@ -237,24 +251,18 @@ func TestSecretReachesItsContainerAndNothingElse(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s seq %d: %v", name, seq, err)
 			}
-			msgs++
+			n.msgs++
 			where := fmt.Sprintf("stream %s message %d (%s)", name, seq, m.Subject)
 			assertNoLeak(t, where, m.Data, forms)
 			for k, vs := range m.Header {
 				assertNoLeak(t, where+" header "+k, []byte(strings.Join(vs, "\n")), forms)
 			}
 			if strings.HasPrefix(m.Subject, "ansflow.step.") && bytes.Contains(m.Data, []byte(`"boxes"`)) {
-				sawSealed = true
+				n.sealed = true
 			}
 		}
 	}
-	if streams < 5 || msgs == 0 || !sawSealed {
-		t.Errorf("searched %d streams, %d messages; a sealed step request seen: %v", streams, msgs, sawSealed)
-	}
 
-	// Every file of the data directory: JetStream's store, the audit
-	// database, the keys.
-	var files int
 	err = filepath.WalkDir(dataDir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -263,14 +271,18 @@ func TestSecretReachesItsContainerAndNothingElse(t *testing.T) {
 		if err != nil {
 			return nil // removed meanwhile
 		}
-		files++
+		n.files++
 		assertNoLeak(t, "file "+p, b, forms)
 		return nil
 	})
-	if err != nil || files == 0 {
-		t.Fatalf("walk %s: %d files, %v", dataDir, files, err)
+	if err != nil {
+		t.Fatalf("walk %s: %v", dataDir, err)
 	}
-	t.Logf("searched %d API answers, %d audit records, %d messages of %d streams, %d files", len(answers), records, msgs, streams, files)
+	if n.records == 0 || n.streams < 5 || n.msgs == 0 || n.files == 0 {
+		t.Errorf("searched too little: %d audit records, %d messages of %d streams, %d files", n.records, n.msgs, n.streams, n.files)
+	}
+	t.Logf("searched %d audit records, %d messages of %d streams, %d files", n.records, n.msgs, n.streams, n.files)
+	return n
 }
 
 func assertNoLeak(t *testing.T, where string, b []byte, forms map[string]string) {

@@ -15,8 +15,9 @@ const (
 
 // StepRequested asks a runner to execute one attempt of one step. Every
 // template is already resolved. It never carries a plaintext credential: a
-// registry or cluster is named, and the runner serving it holds its
-// credentials; secrets the step asked for travel sealed in Secrets.
+// registry or cluster is named and the runner serving it holds its
+// credentials, or they travel sealed (Registry.Password, ClusterToken), as
+// do the secrets the step asked for (Secrets).
 type StepRequested struct {
 	RunID        string            `json:"run_id"`
 	StepID       string            `json:"step_id"`
@@ -40,6 +41,10 @@ type StepRequested struct {
 	// public keys of its pool's runners; never a plaintext.
 	Secrets []SealedSecret `json:"secrets,omitempty"`
 	Source  *Source        `json:"source,omitempty"`
+	// ClusterToken is the bearer token the step authenticates to its
+	// cluster with, sealed to the pool's runners, when the catalogue's
+	// cluster entry keeps one in the secret store.
+	ClusterToken *SealedSecret `json:"k8s_cluster_token,omitempty"`
 	// TimeoutSeconds bounds the attempt at the runner; 0 means the runner's
 	// default.
 	TimeoutSeconds float64   `json:"timeout_seconds,omitempty"`
@@ -60,12 +65,16 @@ type SealedSecret struct {
 	Boxes map[string]string `json:"boxes"`
 }
 
-// Registry names a container registry of the catalogue. Credentials are held
-// by the runner under Name (or URL), never sent.
+// Registry names a container registry of the catalogue. Its credential is
+// held by the runner under Name (or URL), or, when the catalogue entry
+// keeps it in the secret store, travels as Username and Password sealed to
+// the pool's runners, which send it only to URL's host.
 type Registry struct {
-	ID   string `json:"id,omitempty"`
-	Name string `json:"name"`
-	URL  string `json:"url"`
+	ID       string        `json:"id,omitempty"`
+	Name     string        `json:"name"`
+	URL      string        `json:"url"`
+	Username string        `json:"username,omitempty"`
+	Password *SealedSecret `json:"password,omitempty"`
 }
 
 // Source tells a runner where the run's source tree is: an archive in the

@@ -75,6 +75,8 @@ type Task struct {
 	logs             *pendingLogs
 	source           func(ctx context.Context) (string, error)
 	secretEnv        map[string]string
+	registryPassword string
+	clusterToken     string
 }
 
 // Stdout is the step's standard output log stream.
@@ -94,6 +96,21 @@ func (t *Task) SecretEnv() map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// RegistryPassword returns the password of the step's registry
+// (Registry.Username's) when its catalogue entry keeps it in the secret
+// store: opened with the runner's identity and registered with the task's
+// masking. ok is false when the request carried none.
+func (t *Task) RegistryPassword() (password string, ok bool) {
+	return t.registryPassword, t.registryPassword != ""
+}
+
+// ClusterToken returns the bearer token the step authenticates to its
+// cluster with when the cluster's catalogue entry keeps one in the secret
+// store, opened and masked like RegistryPassword's.
+func (t *Task) ClusterToken() (token string, ok bool) {
+	return t.clusterToken, t.clusterToken != ""
 }
 
 // flushLogs writes out what the masking held back, then every buffered

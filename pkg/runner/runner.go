@@ -609,27 +609,49 @@ func (r *Runner) publishCompleted(ctx context.Context, c *event.StepCompleted, p
 	return bus.Publish(ctx, r.js, event.LifecycleSubject(event.TypeStepCompleted, c.RunID), e)
 }
 
-// openSecrets opens the request's sealed secrets with the runner's
+// openSecrets opens the request's sealed secrets and credentials with the runner's
 // identity into task, registering every value with its masking. The error
 // names what is missing; it never holds a value.
 func (r *Runner) openSecrets(req *event.StepRequested, task *Task) error {
-	if len(req.Secrets) == 0 {
+	var regPassword *event.SealedSecret
+	if req.Registry != nil {
+		regPassword = req.Registry.Password
+	}
+	if len(req.Secrets) == 0 && regPassword == nil && req.ClusterToken == nil {
 		return nil
 	}
 	if r.cfg.Identity == nil {
 		return fmt.Errorf("the step asks for secrets but runner %s has no secrets identity (start it with --secrets-identity FILE)", r.cfg.ID)
+	}
+	open := func(s *event.SealedSecret, env string) (string, error) {
+		v, err := r.cfg.Identity.Open(s.Boxes, secret.Binding{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt, Name: s.Name, Env: env})
+		if err != nil {
+			return "", fmt.Errorf("secrets: %w", err)
+		}
+		task.Mask(string(v))
+		return string(v), nil
+	}
+	var err error
+	if regPassword != nil {
+		if task.registryPassword, err = open(regPassword, secret.EnvRegistryPassword); err != nil {
+			return err
+		}
+	}
+	if req.ClusterToken != nil {
+		if task.clusterToken, err = open(req.ClusterToken, secret.EnvClusterToken); err != nil {
+			return err
+		}
 	}
 	env := make(map[string]string, len(req.Secrets))
 	for _, s := range req.Secrets {
 		if !secret.ValidName(s.Env) {
 			return fmt.Errorf("secrets: %q is not a valid environment variable name", s.Env)
 		}
-		v, err := r.cfg.Identity.Open(s.Boxes, secret.Binding{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt, Name: s.Name, Env: s.Env})
+		v, err := open(&s, s.Env)
 		if err != nil {
-			return fmt.Errorf("secrets: %w", err)
+			return err
 		}
-		task.Mask(string(v))
-		env[s.Env] = string(v)
+		env[s.Env] = v
 	}
 	task.secretEnv = env
 	return nil

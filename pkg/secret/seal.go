@@ -104,6 +104,15 @@ type Binding struct {
 	Env     string `json:"env"`
 }
 
+// Binding Env values of the credentials sealed into a step request beside
+// its secrets: a registry entry's password and a cluster entry's token. No
+// environment variable has such a name, so a credential's box never opens
+// as a step's secret, nor a secret's as a credential.
+const (
+	EnvRegistryPassword = "@registry-password"
+	EnvClusterToken     = "@cluster-token"
+)
+
 type sealedPayload struct {
 	Binding
 	Value []byte `json:"value"`

@@ -22,11 +22,17 @@ import (
 type benchTask struct {
 	out, err bytes.Buffer
 	src      string
+	// registryPassword is what the runner would have opened from the
+	// request's sealed registry credential.
+	registryPassword string
 }
 
 func (t *benchTask) Stdout() io.Writer { return &t.out }
 func (t *benchTask) Stderr() io.Writer { return &t.err }
 func (t *benchTask) Mask(string)       {}
+func (t *benchTask) RegistryPassword() (string, bool) {
+	return t.registryPassword, t.registryPassword != ""
+}
 func (t *benchTask) SourceDir(context.Context) (string, error) {
 	if t.src == "" {
 		return "", fmt.Errorf("no source")

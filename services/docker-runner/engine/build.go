@@ -30,7 +30,7 @@ import (
 // BuildKit is not used: through the plain Engine API it needs the
 // client-side session protocol, and the classic builder gives the same
 // results for the Dockerfiles pipelines use.
-func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO) (map[string]string, error) {
+func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO, creds Credentials) (map[string]string, error) {
 	ref, err := namedRef(req.Image, req.Tag)
 	if err != nil {
 		return nil, fmt.Errorf("docker_build: %w", err)
@@ -78,7 +78,7 @@ func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO) 
 	args, _ := p.strMap("build_args")
 	refs := append(dockerfileImages(dfText, args), opts.CacheFrom...)
 	refs = append(refs, name)
-	opts.AuthConfigs = e.buildAuths(t, refs)
+	opts.AuthConfigs = e.buildAuths(t, creds, refs)
 
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(writeContext(pw, ctxDir, dfInContext, dfOutside)) }()
@@ -160,8 +160,8 @@ func buildOptions(p params) (build.ImageBuildOptions, error) {
 // buildAuths hands the daemon the credentials of the registries refs name
 // (the Dockerfile's base images, cache_from and the build's own tag), and
 // no other: a build must not receive every credential the runner holds.
-func (e *Engine) buildAuths(t stepIO, refs []string) map[string]registry.AuthConfig {
-	held := e.cfg.Credentials.hosts()
+func (e *Engine) buildAuths(t stepIO, creds Credentials, refs []string) map[string]registry.AuthConfig {
+	held := creds.hosts()
 	auths := map[string]registry.AuthConfig{}
 	for _, r := range refs {
 		named, err := reference.ParseNormalizedNamed(r)

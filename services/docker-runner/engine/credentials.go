@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/ansflow/ansflow/pkg/event"
 )
 
 // Credential is a username and password for one registry. Its String and
@@ -124,6 +126,34 @@ func (c Credentials) For(host string, names ...string) (cred Credential, ok bool
 		}
 	}
 	return Credential{}, false, nil
+}
+
+// stepCredentials returns the credentials a step may use: the runner's,
+// and, when the step's registry entry keeps its credential in the secret
+// store, that one under the registry's name and id, bound to the entry's
+// URL host (it replaces a runner credential of the same name for this
+// step only).
+func (e *Engine) stepCredentials(req *event.StepRequested, t stepIO) (Credentials, error) {
+	password, ok := t.RegistryPassword()
+	if req.Registry == nil || !ok {
+		return e.cfg.Credentials, nil
+	}
+	reg := req.Registry
+	host := registryHost(reg.URL)
+	if host == "" || reg.Username == "" {
+		return nil, fmt.Errorf("%w: registry %q: a credential from the secret store needs the entry's url and username", ErrInvalidStep, firstNonEmpty(reg.Name, reg.ID))
+	}
+	out := make(Credentials, len(e.cfg.Credentials)+2)
+	for k, v := range e.cfg.Credentials {
+		out[k] = v
+	}
+	c := Credential{Server: host, Username: reg.Username, Password: password}
+	for _, k := range []string{reg.Name, reg.ID} {
+		if k != "" {
+			out[k] = c
+		}
+	}
+	return out, nil
 }
 
 // hosts returns each host the runner holds a credential for, with it.

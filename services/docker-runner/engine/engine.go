@@ -185,6 +185,7 @@ type stepIO interface {
 	Stderr() io.Writer
 	Mask(secret string)
 	SourceDir(ctx context.Context) (string, error)
+	RegistryPassword() (password string, ok bool)
 }
 
 // Execute runs one attempt of a Docker step and returns its outputs:
@@ -210,15 +211,19 @@ func (e *Engine) execute(ctx context.Context, req *event.StepRequested, t stepIO
 	for _, c := range e.cfg.Credentials {
 		t.Mask(c.Password)
 	}
+	creds, err := e.stepCredentials(req, t)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", req.Type, err)
+	}
 	switch req.Type {
 	case TypeBuild:
-		return e.build(ctx, req, t)
+		return e.build(ctx, req, t, creds)
 	case TypeRun:
-		return e.run(ctx, req, t)
+		return e.run(ctx, req, t, creds)
 	case TypePush:
-		return e.push(ctx, req, t)
+		return e.push(ctx, req, t, creds)
 	case TypePull:
-		return e.pull(ctx, req, t)
+		return e.pull(ctx, req, t, creds)
 	default:
 		return nil, fmt.Errorf("%w: the docker runner does not execute step type %q", ErrInvalidStep, req.Type)
 	}

@@ -63,7 +63,7 @@ func (r *registryTarget) String() string {
 // (catalogue entry) or else its docker_config.registry_url, or nil when it
 // names none. A catalogue entry without URL is resolved through the
 // runner's credentials.
-func (e *Engine) targetRegistry(req *event.StepRequested, p params) (*registryTarget, error) {
+func (e *Engine) targetRegistry(req *event.StepRequested, p params, creds Credentials) (*registryTarget, error) {
 	t := &registryTarget{}
 	if req.Registry != nil {
 		t.name, t.id, t.url = req.Registry.Name, req.Registry.ID, req.Registry.URL
@@ -81,7 +81,7 @@ func (e *Engine) targetRegistry(req *event.StepRequested, p params) (*registryTa
 		t.url = u
 	}
 	if t.url == "" && (t.name != "" || t.id != "") {
-		if c, ok := e.cfg.Credentials.Lookup(t.name, t.id); ok && c.Server != "" {
+		if c, ok := creds.Lookup(t.name, t.id); ok && c.Server != "" {
 			t.url = c.Server
 		} else {
 			return nil, fmt.Errorf("%w: registry %q has no URL", ErrInvalidStep, firstNonEmpty(t.name, t.id))
@@ -142,13 +142,13 @@ func serverAddress(host string) string {
 }
 
 // registryAuth returns the encoded X-Registry-Auth for host, from the
-// runner's credential for the registry named by keys (catalogue name, id,
+// step's credential (creds) for the registry named by keys (catalogue name, id,
 // URL) or for host itself, registering the password with the step's masker.
 // ok reports whether a credential was found; without one the auth is
 // anonymous. A credential the keys find that was made for another host is
 // an error wrapping [ErrCredentialHost]: it is not sent.
-func (e *Engine) registryAuth(t stepIO, host string, keys ...string) (auth string, ok bool, err error) {
-	cred, ok, err := e.cfg.Credentials.For(host, keys...)
+func (e *Engine) registryAuth(t stepIO, creds Credentials, host string, keys ...string) (auth string, ok bool, err error) {
+	cred, ok, err := creds.For(host, keys...)
 	if err != nil {
 		return "", false, err
 	}
@@ -166,14 +166,14 @@ func (e *Engine) registryAuth(t stepIO, host string, keys ...string) (auth strin
 
 // push executes docker_push: tag the step's image into the registry and push
 // it with the runner's credentials.
-func (e *Engine) push(ctx context.Context, req *event.StepRequested, t stepIO) (_ map[string]string, pushErr error) {
+func (e *Engine) push(ctx context.Context, req *event.StepRequested, t stepIO, creds Credentials) (_ map[string]string, pushErr error) {
 	ref, err := namedRef(req.Image, req.Tag)
 	if err != nil {
 		return nil, fmt.Errorf("docker_push: %w", err)
 	}
 	local := reference.FamiliarString(ref)
 	p := params(req.DockerConfig)
-	reg, err := e.targetRegistry(req, p)
+	reg, err := e.targetRegistry(req, p, creds)
 	if err != nil {
 		return nil, fmt.Errorf("docker_push %s: %w", local, err)
 	}
@@ -193,7 +193,7 @@ func (e *Engine) push(ctx context.Context, req *event.StepRequested, t stepIO) (
 		return nil, fmt.Errorf("docker_push %s: %w", local, err)
 	}
 	remote := reference.FamiliarString(target)
-	auth, haveCreds, err := e.registryAuth(t, reg.host, reg.name, reg.id, reg.url)
+	auth, haveCreds, err := e.registryAuth(t, creds, reg.host, reg.name, reg.id, reg.url)
 	if err != nil {
 		return nil, fmt.Errorf("docker_push %s: %w", local, err)
 	}
@@ -242,13 +242,13 @@ func (e *Engine) push(ctx context.Context, req *event.StepRequested, t stepIO) (
 
 // pull executes docker_pull, qualifying the image with the step's registry
 // when it names one.
-func (e *Engine) pull(ctx context.Context, req *event.StepRequested, t stepIO) (map[string]string, error) {
+func (e *Engine) pull(ctx context.Context, req *event.StepRequested, t stepIO, creds Credentials) (map[string]string, error) {
 	ref, err := namedRef(req.Image, req.Tag)
 	if err != nil {
 		return nil, fmt.Errorf("docker_pull: %w", err)
 	}
 	p := params(req.DockerConfig)
-	reg, err := e.targetRegistry(req, p)
+	reg, err := e.targetRegistry(req, p, creds)
 	if err != nil {
 		return nil, fmt.Errorf("docker_pull %s: %w", reference.FamiliarString(ref), err)
 	}
@@ -269,7 +269,7 @@ func (e *Engine) pull(ctx context.Context, req *event.StepRequested, t stepIO) (
 	if err != nil {
 		return nil, fmt.Errorf("docker_pull %s: %w", name, err)
 	}
-	digest, err := e.pullImage(ctx, ref, platform, t, keys...)
+	digest, err := e.pullImage(ctx, ref, platform, t, creds, keys...)
 	if err != nil {
 		return nil, err
 	}
@@ -290,14 +290,14 @@ func (e *Engine) pull(ctx context.Context, req *event.StepRequested, t stepIO) (
 
 // pullImage pulls ref with the runner's credentials for its registry (found
 // by keys or its host) and returns the manifest digest the daemon reports.
-func (e *Engine) pullImage(ctx context.Context, ref reference.Named, platform string, t stepIO, keys ...string) (string, error) {
+func (e *Engine) pullImage(ctx context.Context, ref reference.Named, platform string, t stepIO, creds Credentials, keys ...string) (string, error) {
 	name := reference.FamiliarString(ref)
 	host := reference.Domain(ref)
 	regName := host
 	if len(keys) > 0 && keys[0] != "" && keys[0] != host {
 		regName = fmt.Sprintf("%s (%s)", keys[0], host)
 	}
-	auth, haveCreds, err := e.registryAuth(t, host, keys...)
+	auth, haveCreds, err := e.registryAuth(t, creds, host, keys...)
 	if err != nil {
 		return "", fmt.Errorf("docker_pull %s: %w", name, err)
 	}

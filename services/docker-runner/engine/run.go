@@ -32,7 +32,7 @@ var shell = []string{"/bin/sh", "-c"}
 // image missing from the engine is pulled first, as the CLI does. Unlike the
 // CLI, the step ends at the container's exit rather than after its removal,
 // which the daemon completes in the background.
-func (e *Engine) run(ctx context.Context, req *event.StepRequested, t stepIO) (map[string]string, error) {
+func (e *Engine) run(ctx context.Context, req *event.StepRequested, t stepIO, creds Credentials) (map[string]string, error) {
 	img, named, err := runImage(req)
 	if err != nil {
 		return nil, fmt.Errorf("docker_run: %w", err)
@@ -55,7 +55,7 @@ func (e *Engine) run(ctx context.Context, req *event.StepRequested, t stepIO) (m
 	}
 	created, err := create()
 	if cerrdefs.IsNotFound(err) && named != nil && ctx.Err() == nil {
-		if _, perr := e.pullImage(ctx, named, "", t); perr != nil {
+		if _, perr := e.pullImage(ctx, named, "", t, creds); perr != nil {
 			return nil, fmt.Errorf("docker_run: image %s is not on this runner's Docker Engine, and pulling it failed: %w", img, perr)
 		}
 		created, err = create()

@@ -19,12 +19,18 @@ import (
 
 // benchTask is the engine's view of a runner.Task for benchmarks: output is
 // kept in memory and there is no source.
-type benchTask struct{ out, err bytes.Buffer }
+type benchTask struct {
+	out, err bytes.Buffer
+	// token is what the runner would have opened from the request's
+	// sealed cluster token.
+	token string
+}
 
 func (t *benchTask) Stdout() io.Writer                         { return &t.out }
 func (t *benchTask) Stderr() io.Writer                         { return &t.err }
 func (t *benchTask) Mask(string)                               {}
 func (t *benchTask) SourceDir(context.Context) (string, error) { return "", fmt.Errorf("no source") }
+func (t *benchTask) ClusterToken() (string, bool)              { return t.token, t.token != "" }
 
 // BenchReplicas is the size of the Deployment both sides roll out.
 const BenchReplicas = 2

@@ -224,6 +224,32 @@ func newWithHTTPClient(cfg Config, rc *rest.Config, hc *http.Client, log *zap.Lo
 	return e, nil
 }
 
+// withToken returns an engine for one step that authenticates with a bearer
+// token (the cluster entry's token_secret) instead of the runner's own
+// credentials: same API server and CA, no client certificate, exec plugin
+// or basic auth of the runner's. API discovery stays shared: it is the
+// same cluster.
+func (e *Engine) withToken(token string) (*Engine, error) {
+	rc := rest.AnonymousClientConfig(e.rest)
+	rc.BearerToken = token
+	rc.QPS, rc.Burst, rc.UserAgent = e.rest.QPS, e.rest.Burst, e.rest.UserAgent
+	hc, err := rest.HTTPClientFor(rc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %q: http client for the entry's token: %w", e.cfg.Cluster, err)
+	}
+	cs, err := kubernetes.NewForConfigAndClient(rc, hc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %q: clientset for the entry's token: %w", e.cfg.Cluster, err)
+	}
+	dyn, err := dynamic.NewForConfigAndClient(rc, hc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %q: dynamic client for the entry's token: %w", e.cfg.Cluster, err)
+	}
+	c := *e
+	c.rest, c.cs, c.dyn = rc, cs, dyn
+	return &c, nil
+}
+
 // Access returns the namespaces and kinds the engine's steps may touch, with
 // defaults filled in.
 func (e *Engine) Access() Access { return e.cfg.Access }
@@ -269,6 +295,7 @@ type stepIO interface {
 	Stderr() io.Writer
 	Mask(secret string)
 	SourceDir(ctx context.Context) (string, error)
+	ClusterToken() (token string, ok bool)
 }
 
 // step is one attempt being executed.
@@ -281,6 +308,12 @@ type step struct {
 }
 
 func (e *Engine) execute(ctx context.Context, req *event.StepRequested, t stepIO) (map[string]string, error) {
+	if token, ok := t.ClusterToken(); ok {
+		var err error
+		if e, err = e.withToken(token); err != nil {
+			return nil, fmt.Errorf("%s: %w", req.Type, err)
+		}
+	}
 	s := &step{e: e, req: req, io: t, p: params(req.K8sConfig),
 		log: e.log.With(zap.String("run_id", req.RunID), zap.String("step_id", req.StepID), zap.Int("attempt", req.Attempt))}
 	if s.p == nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/secret"
+	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
@@ -39,28 +40,86 @@ func (o *Orchestrator) WithSecrets(st SecretStore) *Orchestrator {
 }
 
 // checkSecrets fails when a step of the run asks for a secret that does not
-// exist, so the trigger is refused with a clear error instead of a run that
-// fails later.
+// exist, or its registry or cluster entry names one that does not, so the
+// trigger is refused with a clear error instead of a run that fails later.
 func (o *Orchestrator) checkSecrets(ctx context.Context, r *store.Run) error {
+	cat := o.store.Catalog()
 	for i := range r.Spec.Steps {
 		st := &r.Spec.Steps[i]
-		for j, ref := range st.Secrets {
-			if o.secrets == nil {
-				return fmt.Errorf("%w: step %q secrets[%d]: this pipeline service has no secret store", ErrInvalid, st.Name, j)
+		var names []string
+		for _, ref := range st.Secrets {
+			names = append(names, ref.Name)
+		}
+		reg, cl := o.credentialSecrets(cat, st)
+		for j, name := range append(names, reg, cl) {
+			if name == "" {
+				continue
 			}
-			if err := o.secrets.Exists(ctx, r.Pipeline, ref.Name); err != nil {
-				return fmt.Errorf("%w: step %q secrets[%d]: %w", ErrInvalid, st.Name, j, err)
+			what := fmt.Sprintf("secrets[%d]", j)
+			switch {
+			case j == len(names):
+				what = fmt.Sprintf("docker_registry %s: password_secret", st.DockerRegistry)
+			case j > len(names):
+				what = fmt.Sprintf("k8s_cluster %s: token_secret", o.clusterOf(st))
+			}
+			if o.secrets == nil {
+				return fmt.Errorf("%w: step %q %s: this pipeline service has no secret store", ErrInvalid, st.Name, what)
+			}
+			if err := o.secrets.Exists(ctx, r.Pipeline, name); err != nil {
+				return fmt.Errorf("%w: step %q %s: %w", ErrInvalid, st.Name, what, err)
 			}
 		}
 	}
 	return nil
 }
 
-// seal attaches the sealed secrets step req asks for to req. Its errors
-// never hold a value.
+// clusterOf is the catalogue name of a Kubernetes step's cluster.
+func (o *Orchestrator) clusterOf(st *spec.Step) string {
+	if st.K8sCluster != "" {
+		return string(st.K8sCluster)
+	}
+	return o.cfg.Policy.DefaultCluster
+}
+
+// credentialSecrets returns the secrets the catalogue entries of a step's
+// registry and cluster keep their credentials in ("" for none).
+func (o *Orchestrator) credentialSecrets(cat *store.Catalog, st *spec.Step) (registry, cluster string) {
+	if st.DockerRegistry != "" {
+		if reg, err := cat.Registry(string(st.DockerRegistry)); err == nil {
+			registry = reg.PasswordSecret
+		}
+	}
+	if st.Kind() == event.KindK8s {
+		if c, err := cat.Cluster(o.clusterOf(st)); err == nil {
+			cluster = c.TokenSecret
+		}
+	}
+	return registry, cluster
+}
+
+// seal attaches to req, sealed to the runners of its pool, the secrets the
+// step asks for and the credentials its registry or cluster entry keeps in
+// the secret store. Its errors never hold a value.
 func (o *Orchestrator) seal(ctx context.Context, r *store.Run, req *event.StepRequested) error {
 	i := r.Spec.StepIndex(req.StepID)
-	if i < 0 || len(r.Spec.Steps[i].Secrets) == 0 {
+	if i < 0 {
+		return nil
+	}
+	st := &r.Spec.Steps[i]
+	var regSecret, clusterSecret string
+	cat := o.store.Catalog()
+	if req.Registry != nil {
+		if reg, err := cat.Registry(req.Registry.ID); err == nil && reg.PasswordSecret != "" {
+			regSecret = reg.PasswordSecret
+			req.Registry.Username = reg.Username
+		}
+	}
+	if req.Kind == event.KindK8s {
+		if c, err := cat.Cluster(req.Target); err == nil {
+			clusterSecret = c.TokenSecret
+		}
+	}
+	if len(st.Secrets) == 0 && regSecret == "" && clusterSecret == "" {
 		return nil
 	}
 	if o.secrets == nil {
@@ -77,22 +136,40 @@ func (o *Orchestrator) seal(ctx context.Context, r *store.Run, req *event.StepRe
 	if req.Tag != "" {
 		facts.Image += ":" + req.Tag
 	}
-	req.Secrets = nil
-	for j, ref := range r.Spec.Steps[i].Secrets {
-		meta, value, err := o.secrets.Resolve(ctx, r.Pipeline, ref.Name)
+	sealOne := func(what, name, env string) (*event.SealedSecret, error) {
+		meta, value, err := o.secrets.Resolve(ctx, r.Pipeline, name)
 		if err != nil {
-			return fmt.Errorf("secrets[%d]: %w", j, err)
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
+		defer clear(value)
 		if err := meta.Filters.Allow(facts); err != nil {
-			return fmt.Errorf("secrets[%d] %s (%s): %w", j, ref.Name, meta.Scope, err)
+			return nil, fmt.Errorf("%s %s (%s): %w", what, name, meta.Scope, err)
 		}
-		b := secret.Binding{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt, Name: ref.Name, Env: ref.EnvName()}
+		b := secret.Binding{RunID: req.RunID, StepID: req.StepID, Attempt: req.Attempt, Name: name, Env: env}
 		boxes, err := secret.Seal(value, b, keys)
-		clear(value)
 		if err != nil {
-			return fmt.Errorf("secrets[%d] %s: %w", j, ref.Name, err)
+			return nil, fmt.Errorf("%s %s: %w", what, name, err)
 		}
-		req.Secrets = append(req.Secrets, event.SealedSecret{Name: ref.Name, Env: ref.EnvName(), Boxes: boxes})
+		return &event.SealedSecret{Name: name, Env: env, Boxes: boxes}, nil
+	}
+	req.Secrets = nil
+	for j, ref := range st.Secrets {
+		s, err := sealOne(fmt.Sprintf("secrets[%d]", j), ref.Name, ref.EnvName())
+		if err != nil {
+			return err
+		}
+		req.Secrets = append(req.Secrets, *s)
+	}
+	var err error
+	if regSecret != "" {
+		if req.Registry.Password, err = sealOne("registry "+req.Registry.Name+" password_secret", regSecret, secret.EnvRegistryPassword); err != nil {
+			return err
+		}
+	}
+	if clusterSecret != "" {
+		if req.ClusterToken, err = sealOne("cluster "+req.Target+" token_secret", clusterSecret, secret.EnvClusterToken); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -407,11 +407,17 @@ func (s *Store) ListRuns(ctx context.Context, f RunFilter) ([]*Run, error) {
 
 // PutRegistry stores a catalogue registry.
 func (s *Store) PutRegistry(ctx context.Context, r *Registry) error {
+	if err := r.Check(); err != nil {
+		return err
+	}
 	return s.putCatalog(ctx, "registry", r.ID, r.Name, r)
 }
 
 // PutCluster stores a catalogue cluster.
 func (s *Store) PutCluster(ctx context.Context, c *Cluster) error {
+	if err := c.Check(); err != nil {
+		return err
+	}
 	return s.putCatalog(ctx, "cluster", c.ID, c.Name, c)
 }
 
