@@ -229,3 +229,36 @@ func bucketSettled(cur, want jetstream.KeyValueConfig) bool {
 		cur.Storage == want.Storage && cur.Compression == want.Compression &&
 		cur.LimitMarkerTTL == want.LimitMarkerTTL && cur.Replicas >= want.Replicas
 }
+
+// EnsureObjectStore creates the object store cfg describes, or brings an
+// existing one to cfg's time to live (a store made before it had one would
+// keep its objects forever), never lowering its replicas. A store already
+// right is returned without an update; a lost creation race is read back.
+func EnsureObjectStore(ctx context.Context, js jetstream.JetStream, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
+	cfg.Replicas = max(cfg.Replicas, 1)
+	store, err := apiCall(ctx, func(ctx context.Context) (jetstream.ObjectStore, error) { return js.ObjectStore(ctx, cfg.Bucket) })
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		store, err = apiCall(ctx, func(ctx context.Context) (jetstream.ObjectStore, error) { return js.CreateObjectStore(ctx, cfg) })
+		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			store, err = apiCall(ctx, func(ctx context.Context) (jetstream.ObjectStore, error) { return js.ObjectStore(ctx, cfg.Bucket) })
+		} else if err == nil {
+			return store, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ensure object store %s: %w", cfg.Bucket, err)
+	}
+	st, err := apiCall(ctx, store.Status)
+	if err != nil {
+		return nil, fmt.Errorf("ensure object store %s: status: %w", cfg.Bucket, err)
+	}
+	if st.TTL() == cfg.TTL && st.Replicas() >= cfg.Replicas {
+		return store, nil
+	}
+	cfg.Replicas = max(cfg.Replicas, st.Replicas())
+	store, err = apiCall(ctx, func(ctx context.Context) (jetstream.ObjectStore, error) { return js.UpdateObjectStore(ctx, cfg) })
+	if err != nil {
+		return nil, fmt.Errorf("ensure object store %s: update to TTL %s, %d replicas: %w", cfg.Bucket, cfg.TTL, cfg.Replicas, err)
+	}
+	return store, nil
+}

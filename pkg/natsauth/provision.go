@@ -2,7 +2,6 @@ package natsauth
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -40,7 +39,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg ProvisionConfig)
 		}
 	}
 	for _, o := range topology.ObjectStores(cfg.Replicas) {
-		if err := ensureObjectStore(ctx, js, o); err != nil {
+		if _, err := bus.EnsureObjectStore(ctx, js, o); err != nil {
 			return fmt.Errorf("provision object store %s: %w", o.Bucket, err)
 		}
 	}
@@ -50,28 +49,4 @@ func Provision(ctx context.Context, js jetstream.JetStream, cfg ProvisionConfig)
 		}
 	}
 	return nil
-}
-
-// ensureObjectStore creates the object store o, or brings an existing one to
-// o's time to live (a store made before the catalogue set one keeps
-// sources forever otherwise), never lowering its replicas.
-func ensureObjectStore(ctx context.Context, js jetstream.JetStream, o jetstream.ObjectStoreConfig) error {
-	store, err := js.ObjectStore(ctx, o.Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		_, err = js.CreateObjectStore(ctx, o)
-		return err
-	}
-	if err != nil {
-		return err
-	}
-	st, err := store.Status(ctx)
-	if err != nil {
-		return err
-	}
-	if st.TTL() == o.TTL && st.Replicas() >= o.Replicas {
-		return nil
-	}
-	o.Replicas = max(o.Replicas, st.Replicas())
-	_, err = js.UpdateObjectStore(ctx, o)
-	return err
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/topology"
 )
@@ -35,10 +36,12 @@ func Store(ctx context.Context, js jetstream.JetStream) (jetstream.ObjectStore, 
 	return open(ctx, js, 1)
 }
 
-// Ensure creates the sources bucket with replicas when it does not exist;
-// the pipeline service calls it at start.
+// Ensure creates the sources bucket with replicas when it does not exist,
+// and brings an existing one to the catalogue's time to live
+// ([topology.SourcesTTL]) without lowering its replicas; the pipeline
+// service calls it at start (so does `ansflow provision`).
 func Ensure(ctx context.Context, js jetstream.JetStream, replicas int) error {
-	_, err := open(ctx, js, replicas)
+	_, err := bus.EnsureObjectStore(ctx, js, topology.ObjectStores(replicas)[0])
 	return err
 }
 

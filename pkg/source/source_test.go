@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/pkg/topology"
@@ -121,5 +123,39 @@ func TestSourcesExpire(t *testing.T) {
 	err = (&Fetcher{JS: ns.JS}).Fetch(ctx, &event.Source{ObjectStore: Bucket, Object: "gone"}, t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Errorf("missing source: %v", err)
+	}
+}
+
+// TestEnsureBringsAnOldStoreToItsTTL: a sources bucket made before it had
+// a time to live (by an older release) gets one when the pipeline service
+// starts (as inside `ansflow up`), and keeps its objects and replicas.
+func TestEnsureBringsAnOldStoreToItsTTL(t *testing.T) {
+	c := natstest.RunCluster(t, 3)
+	ctx := context.Background()
+	old, err := c.JS.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: Bucket, Description: "run sources", Replicas: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.PutBytes(ctx, "r0", []byte("kept")); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := Ensure(ctx, c.JS, 1); err != nil {
+			t.Fatal(err)
+		}
+		store, err := Store(ctx, c.JS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := store.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.TTL() != topology.SourcesTTL || st.Replicas() != 3 {
+			t.Fatalf("after Ensure: TTL %s, %d replicas; want %s, 3", st.TTL(), st.Replicas(), topology.SourcesTTL)
+		}
+		if b, err := store.GetBytes(ctx, "r0"); err != nil || string(b) != "kept" {
+			t.Fatalf("object r0 after Ensure: %q %v", b, err)
+		}
 	}
 }
