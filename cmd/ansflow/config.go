@@ -7,6 +7,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	k8sengine "github.com/ansflow/ansflow/services/k8s-runner/engine"
 	"github.com/ansflow/ansflow/services/pipeline/service"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -40,16 +41,13 @@ func (r registryConfig) entry() *store.Registry {
 	return e
 }
 
-// clusterConfig is a cluster entry. Namespaces and Kinds limit what its
-// steps may touch (see k8s-runner/engine.Access); an entry named "default"
-// configures the cluster of the steps that name none.
+// clusterConfig is a cluster entry: its catalogue id, where the embedded
+// k8s runner finds its credentials and what its steps may touch (the same
+// form as the k8s runner's --clusters-file, [k8sengine.Cluster]); an entry
+// named "default" configures the cluster of the steps that name none.
 type clusterConfig struct {
-	ID         string   `yaml:"id"`
-	Name       string   `yaml:"name"`
-	Kubeconfig string   `yaml:"kubeconfig"`
-	Context    string   `yaml:"context"`
-	Namespaces []string `yaml:"namespaces"`
-	Kinds      []string `yaml:"kinds"`
+	ID                string `yaml:"id"`
+	k8sengine.Cluster `yaml:",inline"`
 	// TokenSecret names the secret holding the bearer token its steps
 	// authenticate with (see store.Cluster).
 	TokenSecret string `yaml:"token_secret"`

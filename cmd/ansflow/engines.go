@@ -34,7 +34,7 @@ func newK8sEngines(ctx context.Context, fc *fileConfig, cfg stackConfig, log *za
 		hasDefault = hasDefault || c.Name == "default"
 	}
 	if !hasDefault {
-		clusters = append([]clusterConfig{{Name: "default", Context: cfg.KubeContext}}, clusters...)
+		clusters = append([]clusterConfig{{Cluster: k8sengine.Cluster{Name: "default", Context: cfg.KubeContext}}}, clusters...)
 	}
 	var out []servedEngine
 	served := 0
@@ -48,8 +48,7 @@ func newK8sEngines(ctx context.Context, fc *fileConfig, cfg stackConfig, log *za
 			out = append(out, servedEngine{Targets: []string{c.Name}, Unserved: why})
 			continue
 		}
-		eng, err := k8sengine.New(k8sengine.Config{Kubeconfig: c.Kubeconfig, Context: c.Context, Cluster: c.Name,
-			Access: k8sengine.Access{Namespaces: c.Namespaces, Kinds: c.Kinds}}, clog)
+		eng, err := k8sengine.New(c.Config(k8sengine.Config{}), clog)
 		if err == nil {
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			_, err = eng.Ping(pctx)

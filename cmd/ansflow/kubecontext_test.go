@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/spec"
+	k8sengine "github.com/ansflow/ansflow/services/k8s-runner/engine"
 )
 
 // TestKubeContext: the embedded k8s runner uses only a context named by the
@@ -41,7 +42,7 @@ func TestKubeContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fc := &fileConfig{Clusters: []clusterConfig{{ID: "1", Name: "local", Context: "ansflow-local", Namespaces: []string{"apps"}}}}
+	fc := &fileConfig{Clusters: []clusterConfig{{ID: "1", Cluster: k8sengine.Cluster{Name: "local", Context: "ansflow-local", Namespaces: []string{"apps"}}}}}
 	announce := func(cfg stackConfig) (string, error) {
 		served, _ := newK8sEngines(ctx, fc, cfg, zap.NewNop())
 		st := &stack{}

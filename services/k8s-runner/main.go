@@ -17,6 +17,10 @@
 // the context's namespace) and apply, scale and delete only the kinds of
 // --kinds (default engine.DefaultKinds).
 //
+// --clusters-file FILE lists the clusters instead, each with its own
+// kubeconfig, context, namespaces and kinds ([engine.LoadClusters]); the
+// flags are then the defaults of the entries that set none.
+//
 // Configuration comes from flags, each with an environment variable as its
 // default; run `k8s-runner -h` for the list.
 package main
@@ -63,12 +67,6 @@ func main() {
 	}
 }
 
-// cluster is one served cluster: its catalogue name and kubeconfig context.
-type cluster struct {
-	Name    string
-	Context string // "" for the current context
-}
-
 // config is everything main reads from flags and the environment.
 type config struct {
 	NATSURL   string
@@ -76,7 +74,7 @@ type config struct {
 	NATSCA    string
 	LogLevel  string
 	LogJSON   bool
-	Clusters  []cluster
+	Clusters  []engine.Cluster
 	// AllowLocalClone lets runs clone file:// URLs and local paths
 	// ([source.Fetcher].AllowLocal).
 	AllowLocalClone bool
@@ -84,7 +82,7 @@ type config struct {
 	// Targets list every cluster, and each cluster's runner serves its own.
 	Runner runner.Config
 	// Engine is the template of every cluster's engine configuration;
-	// Context and Cluster are filled per cluster.
+	// each cluster fills its own part ([engine.Cluster.Config]).
 	Engine engine.Config
 }
 
@@ -114,8 +112,8 @@ func (c *config) Validate() error {
 }
 
 // parseClusters reads "name=context,name,...".
-func parseClusters(s string) ([]cluster, error) {
-	var out []cluster
+func parseClusters(s string) ([]engine.Cluster, error) {
+	var out []engine.Cluster
 	for _, item := range strings.Split(s, ",") {
 		item = strings.TrimSpace(item)
 		if item == "" {
@@ -131,7 +129,7 @@ func parseClusters(s string) ([]cluster, error) {
 		case !explicit && name != "default":
 			ctx = name
 		}
-		out = append(out, cluster{Name: name, Context: ctx})
+		out = append(out, engine.Cluster{Name: name, Context: ctx})
 	}
 	return out, nil
 }
@@ -150,6 +148,8 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	fs.StringVar(&c.NATSCA, "nats-ca", getenv("ANSFLOW_NATS_CA", ""), "PEM file of the CA of the NATS server's TLS certificate; TLS is required when set (env ANSFLOW_NATS_CA)")
 	clusters := fs.String("clusters", getenv("ANSFLOW_K8S_CLUSTERS", "default"),
 		`clusters served, comma-separated name=context; a bare name uses the context of that name, bare "default" the current context (env ANSFLOW_K8S_CLUSTERS)`)
+	clustersFile := fs.String("clusters-file", getenv("ANSFLOW_K8S_CLUSTERS_FILE", ""),
+		"YAML file listing the clusters served, each with its own kubeconfig, context, namespaces and kinds (instead of --clusters; the flags are the defaults of entries that set none) (env ANSFLOW_K8S_CLUSTERS_FILE)")
 	fs.StringVar(&c.Engine.Kubeconfig, "kubeconfig", getenv("ANSFLOW_KUBECONFIG", ""), "kubeconfig file; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account (env ANSFLOW_KUBECONFIG)")
 	fs.StringVar(&c.Engine.FieldManager, "field-manager", getenv("ANSFLOW_FIELD_MANAGER", engine.DefaultFieldManager), "server-side apply field manager (env ANSFLOW_FIELD_MANAGER)")
 	fs.DurationVar(&c.Engine.WaitTimeout, "wait-timeout", durEnv("ANSFLOW_K8S_WAIT_TIMEOUT", engine.DefaultWaitTimeout), "bound of a wait whose step sets no timeout (env ANSFLOW_K8S_WAIT_TIMEOUT)")
@@ -185,7 +185,16 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 		c.Runner.Identity = id
 	}
 	var err error
-	if c.Clusters, err = parseClusters(*clusters); err != nil {
+	if *clustersFile != "" {
+		explicit := false
+		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "clusters" })
+		if _, set := env("ANSFLOW_K8S_CLUSTERS"); set || explicit {
+			return nil, errors.New("--clusters and --clusters-file exclude each other: list every cluster in the file")
+		}
+		if c.Clusters, err = engine.LoadClusters(*clustersFile); err != nil {
+			return nil, err
+		}
+	} else if c.Clusters, err = parseClusters(*clusters); err != nil {
 		return nil, err
 	}
 	if c.Runner.ID == "" {
@@ -209,9 +218,7 @@ func run(ctx context.Context, cfg *config) error {
 
 	engines := make([]*engine.Engine, len(cfg.Clusters))
 	for i, cl := range cfg.Clusters {
-		ec := cfg.Engine
-		ec.Context, ec.Cluster = cl.Context, cl.Name
-		eng, err := engine.New(ec, log)
+		eng, err := engine.New(cl.Config(cfg.Engine), log)
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -37,7 +38,7 @@ func TestParseConfig(t *testing.T) {
 		t.Errorf("access flags: %+v, %v", ac, err)
 	}
 	delete(env, "ANSFLOW_K8S_NAMESPACES")
-	want := []cluster{{"prod", "ctx-prod"}, {"dev", "dev"}, {"default", ""}}
+	want := []engine.Cluster{{Name: "prod", Context: "ctx-prod"}, {Name: "dev", Context: "dev"}, {Name: "default"}}
 	if fmt.Sprint(c.Clusters) != fmt.Sprint(want) {
 		t.Errorf("clusters %v, want %v", c.Clusters, want)
 	}
@@ -51,7 +52,7 @@ func TestParseConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(c.Clusters) != "[{default }]" || c.Runner.Concurrency != 4 || !strings.HasPrefix(c.Runner.ID, "k8s-runner@") ||
+	if len(c.Clusters) != 1 || c.Clusters[0].Name != "default" || c.Clusters[0].Context != "" || c.Runner.Concurrency != 4 || !strings.HasPrefix(c.Runner.ID, "k8s-runner@") ||
 		c.Engine.FieldManager != "ansflow" {
 		t.Errorf("defaults %+v", c)
 	}
@@ -63,6 +64,62 @@ func TestParseConfig(t *testing.T) {
 	env["ANSFLOW_CONCURRENCY"] = "many"
 	if _, err := parseConfig(nil, lookup, &out); err == nil || !strings.Contains(err.Error(), "ANSFLOW_CONCURRENCY") {
 		t.Errorf("bad env: %v", err)
+	}
+}
+
+// TestClustersFile: --clusters-file lists each cluster with its own
+// kubeconfig, context, namespaces and kinds; the flags are the defaults of
+// entries that set none; mistakes name the file and line.
+func TestClustersFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("clusters.yaml", `clusters:
+  - name: prod
+    kubeconfig: /etc/ansflow/prod.kubeconfig
+    context: prod-deployer
+    namespaces: [apps-*]
+    kinds: [Deployment, Service]
+  - name: dev
+    context: dev
+`)
+	none := func(string) (string, bool) { return "", false }
+	var out strings.Builder
+	c, err := parseConfig([]string{"--clusters-file", good, "--namespaces", "dev-*", "--kubeconfig", "/etc/kube/config"}, none, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.Runner.Targets, ",") != "prod,dev" {
+		t.Fatalf("targets %v", c.Runner.Targets)
+	}
+	prod, dev := c.Clusters[0].Config(c.Engine), c.Clusters[1].Config(c.Engine)
+	if prod.Kubeconfig != "/etc/ansflow/prod.kubeconfig" || prod.Context != "prod-deployer" || prod.Cluster != "prod" ||
+		fmt.Sprint(prod.Access.Namespaces) != "[apps-*]" || fmt.Sprint(prod.Access.Kinds) != "[Deployment Service]" {
+		t.Errorf("prod engine config %+v", prod)
+	}
+	if dev.Kubeconfig != "/etc/kube/config" || dev.Context != "dev" || fmt.Sprint(dev.Access.Namespaces) != "[dev-*]" ||
+		len(dev.Access.Kinds) != len(engine.DefaultKinds) {
+		t.Errorf("dev engine config (flag defaults) %+v", dev)
+	}
+	for _, tc := range []struct{ body, want string }{
+		{"clusters:\n  - name: a\n    contxt: x\n", "line 3: field contxt not found"},
+		{"clusters:\n  - context: x\n", "bad.yaml:2: clusters[0].name: required"},
+		{"clusters:\n  - name: a\n  - name: a\n", `bad.yaml:3: clusters[1].name: "a" is also listed at line 2`},
+		{"clusters:\n  - name: a\n    namespaces: [\"[\"]\n", "bad.yaml:2: clusters[0] (a): namespaces:"},
+		{"clusters: []\n", "no clusters listed"},
+	} {
+		_, err := parseConfig([]string{"--clusters-file", write("bad.yaml", tc.body)}, none, &out)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.body, err, tc.want)
+		}
+	}
+	if _, err := parseConfig([]string{"--clusters-file", good, "--clusters", "x"}, none, &out); err == nil || !strings.Contains(err.Error(), "exclude each other") {
+		t.Errorf("--clusters with --clusters-file: %v", err)
 	}
 }
 
