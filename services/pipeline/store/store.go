@@ -502,15 +502,10 @@ func getJSON[T any](ctx context.Context, kv jetstream.KeyValue, key, what string
 // written just before the call is always included (ListKeys can end before
 // it).
 func listJSON[T any](ctx context.Context, kv jetstream.KeyValue, prefix string) ([]*T, error) {
-	st, err := kv.Status(ctx)
+	last, err := lastRevision(ctx, kv)
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", kv.Bucket(), err)
+		return nil, err
 	}
-	bs, ok := st.(*jetstream.KeyValueBucketStatus)
-	if !ok {
-		return nil, fmt.Errorf("list %s: unexpected status type %T", kv.Bucket(), st)
-	}
-	last := bs.StreamInfo().State.LastSeq
 	values := map[string][]byte{}
 	if last > 0 {
 		w, err := kv.WatchAll(ctx)
@@ -523,7 +518,12 @@ func listJSON[T any](ctx context.Context, kv jetstream.KeyValue, prefix string) 
 		var grace <-chan time.Time // after it
 		// Read both to the end of the watcher's snapshot (every key's
 		// latest value: stopping at the first revision >= last would drop
-		// keys rewritten since, which come later) and up to last.
+		// keys rewritten since, which come later) and up to last. The
+		// marker alone is not enough: a key of the snapshot rewritten
+		// while it is delivered (its old revision removed, History 1) can
+		// come after the marker, so once the marker is in, read on up to
+		// the bucket's last revision at that moment, which holds every
+		// such rewrite.
 	read:
 		for initial || seen < last {
 			select {
@@ -537,6 +537,11 @@ func listJSON[T any](ctx context.Context, kv jetstream.KeyValue, prefix string) 
 				}
 				if e == nil {
 					initial = false
+					now, err := lastRevision(ctx, kv)
+					if err != nil {
+						return nil, err
+					}
+					last = max(last, now)
 					grace = time.After(time.Second)
 					continue
 				}
@@ -565,6 +570,19 @@ func listJSON[T any](ctx context.Context, kv jetstream.KeyValue, prefix string) 
 		out = append(out, &v)
 	}
 	return out, nil
+}
+
+// lastRevision is the revision of the bucket's last write (0 when empty).
+func lastRevision(ctx context.Context, kv jetstream.KeyValue) (uint64, error) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list %s: %w", kv.Bucket(), err)
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return 0, fmt.Errorf("list %s: unexpected status type %T", kv.Bucket(), st)
+	}
+	return bs.StreamInfo().State.LastSeq, nil
 }
 
 // catalogCache keeps an in-memory copy of the catalogue, fed by a watch of
