@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -104,8 +105,19 @@ func (g *Guard) Handler(rt Route) http.Handler {
 			if g.Denied != nil {
 				g.Denied(r, Denial{Identity: id, Status: status, Reason: reason, Route: rt})
 			}
+			if rt.Page && status == http.StatusUnauthorized && r.Header.Get("Authorization") == "" {
+				http.Redirect(w, r, LoginPath+"?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+				return
+			}
 			if status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="ansflow"`)
+			}
+			if rt.Page {
+				w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+				w.Header().Set("X-Content-Type-Options", "nosniff")
+				w.WriteHeader(status)
+				fmt.Fprintf(w, "%d %s: %s\n", status, http.StatusText(status), reason)
+				return
 			}
 			writeError(w, status, reason)
 			return

@@ -75,4 +75,14 @@ type Route struct {
 	Role    Role
 	Scope   Scope
 	Handler http.Handler
+	// Page marks an HTML page of the web UI: a browser request without
+	// any credentials is sent to the login page ([LoginPath], with the
+	// page to come back to) instead of a 401, and a refusal is a short
+	// text answer instead of a JSON one. A request with a bearer token is
+	// answered as on any other route.
+	Page bool
 }
+
+// LoginPath is the web UI's login page, where a page redirects a browser
+// that is not logged in.
+const LoginPath = "/login"

@@ -135,3 +135,14 @@ func isForm(r *http.Request) bool {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	return err == nil && mt == "application/x-www-form-urlencoded"
 }
+
+// CSRFToken returns the CSRF token of the session r's cookie names, or ""
+// without one: a page of the web UI gives it to its scripts, which send it
+// as the CSRFHeader of every state-changing request.
+func CSRFToken(r *http.Request) string {
+	id := sessionID(r)
+	if id == "" {
+		return ""
+	}
+	return csrfToken(id)
+}

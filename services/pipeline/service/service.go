@@ -22,6 +22,7 @@ import (
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/schedule"
 	"github.com/ansflow/ansflow/services/pipeline/store"
+	"github.com/ansflow/ansflow/services/pipeline/ui"
 	"github.com/ansflow/ansflow/services/pipeline/webhook"
 )
 
@@ -149,6 +150,11 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 		})
 	}
 	a.Mount(lsvc.Routes()...)
+	pages, err := ui.New(st, orc, log)
+	if err != nil {
+		return nil, err
+	}
+	a.Mount(pages.Routes()...)
 	// Webhooks authenticate by their signatures.
 	a.Mount(auth.Route{Pattern: "POST /webhooks/{provider}/{pipeline}", Scope: auth.ScopePublic, Handler: hooks})
 	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched, Tokens: tokens, Login: lsvc, Secrets: secrets}, nil

@@ -1,0 +1,275 @@
+// AnsFlow web UI: plain JavaScript, no build step. Pages are rendered on
+// the server; this script adds what must happen in the browser: live run
+// updates and logs (the API's server-sent events), and the actions, which
+// call the REST API with the session's CSRF token.
+"use strict";
+(function () {
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+
+  function csrf() {
+    const m = $('meta[name="csrf-token"]');
+    return m ? m.content : "";
+  }
+
+  // api calls the REST API; it throws an Error with the API's message.
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const token = csrf();
+    if (token) headers["X-CSRF-Token"] = token;
+    const resp = await fetch(path, {
+      method, headers, credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let data = null;
+    try { data = await resp.json(); } catch (e) { /* no JSON body */ }
+    if (!resp.ok) throw new Error((data && data.error) || resp.status + " " + resp.statusText);
+    return data;
+  }
+
+  const terminal = (s) => ["succeeded", "failed", "cancelled", "skipped"].includes(s);
+
+  function setStatus(el, status) {
+    if (!el) return;
+    el.textContent = status;
+    el.className = "status s-" + status;
+    el.dataset.status = status;
+  }
+
+  // --- frame --------------------------------------------------------
+  const logout = $("#logout");
+  if (logout) logout.addEventListener("click", async () => {
+    try { await api("POST", "/api/v1/logout"); } catch (e) { /* gone already */ }
+    location.href = "/login";
+  });
+
+  // --- login --------------------------------------------------------
+  const loginForm = $("#login");
+  if (loginForm) loginForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(loginForm);
+    try {
+      await api("POST", "/api/v1/login", { username: f.get("username"), password: f.get("password") });
+      location.href = loginForm.dataset.next || "/pipelines";
+    } catch (e) {
+      $("#login-error").textContent = e.message;
+    }
+  });
+
+  // --- pipelines: search as you type --------------------------------
+  const search = $("#pipeline-search");
+  if (search && $("#pipelines")) search.addEventListener("input", () => {
+    const q = search.value.trim().toLowerCase();
+    for (const tr of $$("#pipelines tbody tr")) tr.hidden = q !== "" && !tr.dataset.name.toLowerCase().includes(q);
+  });
+
+  // --- pipeline: trigger form ---------------------------------------
+  const trigger = $("#trigger");
+  if (trigger) {
+    $("#add-var").addEventListener("click", () => {
+      const row = document.createElement("div");
+      row.className = "kv";
+      row.innerHTML = '<input name="var-key" aria-label="variable name"><input name="var-value" aria-label="value">';
+      $("#add-var").before(row);
+    });
+    trigger.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const body = { branch: trigger.elements.branch.value.trim(), commit: trigger.elements.commit.value.trim(), vars: {} };
+      for (const row of $$(".kv", trigger)) {
+        const k = $('[name="var-key"]', row).value.trim();
+        const v = $('[name="var-value"]', row).value;
+        if (k !== "" && v !== "") body.vars[k] = v;
+      }
+      try {
+        const run = await api("POST", "/api/v1/pipelines/" + encodeURIComponent(trigger.dataset.pipeline) + "/runs", body);
+        location.href = "/runs/" + run.id;
+      } catch (e) {
+        $("#trigger-error").textContent = e.message;
+      }
+    });
+  }
+
+  // --- runs: batch cancel and rerun ---------------------------------
+  const pickAll = $("#pick-all");
+  if (pickAll) pickAll.addEventListener("change", () => { for (const c of $$(".pick")) c.checked = pickAll.checked; });
+  const batch = $("#batch");
+  if (batch) for (const b of $$("button", batch)) b.addEventListener("click", async () => {
+    const ids = $$(".pick").filter((c) => c.checked).map((c) => c.value);
+    const out = $("#batch-result");
+    if (ids.length === 0) { out.textContent = "Select runs first."; return; }
+    const action = b.dataset.action;
+    if (!confirm(action[0].toUpperCase() + action.slice(1) + " " + ids.length + " run(s)?")) return;
+    let ok = 0; const failed = [];
+    for (const id of ids) {
+      try { await api("POST", "/api/v1/runs/" + id + "/" + action); ok++; } catch (e) { failed.push(id.slice(0, 8) + ": " + e.message); }
+    }
+    out.textContent = action + ": " + ok + " done" + (failed.length ? "; " + failed.join("; ") : "");
+    if (ok > 0) setTimeout(() => location.reload(), 800);
+  });
+
+  // --- run page -----------------------------------------------------
+  const runEl = $("#run");
+  if (runEl) runPage(runEl);
+
+  function runPage(root) {
+    const id = root.dataset.run;
+    for (const b of $$(".actions button[data-action]")) b.addEventListener("click", async () => {
+      const action = b.dataset.action;
+      if (action === "cancel" && !confirm("Cancel this run?")) return;
+      try {
+        const r = await api("POST", "/api/v1/runs/" + id + "/" + action);
+        if (action === "rerun") location.href = "/runs/" + r.id;
+      } catch (e) { $("#action-error").textContent = e.message; }
+    });
+
+    const follow = $("#follow");
+    const term = $("#log-search");
+    const state = {}; // step -> {n, attempt, partial: {stdout, stderr}, text}
+    const st = (step) => state[step] || (state[step] = { n: 0, attempt: 0, partial: { stdout: "", stderr: "" }, text: "" });
+    let anchored = false;
+
+    function lineMatches(el) {
+      const q = term.value.trim().toLowerCase();
+      return q === "" || el.textContent.toLowerCase().includes(q);
+    }
+    term.addEventListener("input", () => { for (const l of $$(".log .line")) l.hidden = !lineMatches(l); });
+
+    function addLine(step, stream, text) {
+      const pre = $('pre.log[data-step="' + CSS.escape(step) + '"]');
+      if (!pre) return;
+      const s = st(step);
+      s.n++;
+      s.text += text + "\n";
+      const line = document.createElement("span");
+      line.className = "line " + stream;
+      line.id = "L-" + step + "-" + s.n;
+      const a = document.createElement("a");
+      a.className = "ln";
+      a.href = "#" + line.id;
+      a.textContent = s.n;
+      line.append(a);
+      const t = document.createElement("span");
+      t.className = "t";
+      ansi(text, t);
+      line.append(t, "\n");
+      line.hidden = !lineMatches(line);
+      pre.append(line);
+      if (!anchored && location.hash === "#" + line.id) {
+        anchored = true;
+        line.classList.add("target");
+        line.scrollIntoView({ block: "center" });
+      } else if (follow.checked && !location.hash.startsWith("#L-")) {
+        line.scrollIntoView({ block: "end" });
+      }
+    }
+
+    function onLog(l) {
+      const s = st(l.step);
+      if (l.attempt && l.attempt !== s.attempt) {
+        if (s.attempt !== 0) addLine(l.step, "marker", "── attempt " + l.attempt + " ──");
+        s.attempt = l.attempt;
+      }
+      const stream = l.stream === "stderr" ? "stderr" : "stdout";
+      const parts = (s.partial[stream] + l.text).split("\n");
+      s.partial[stream] = parts.pop();
+      for (const p of parts) addLine(l.step, stream, p);
+    }
+
+    function flush(step) {
+      const s = st(step);
+      for (const stream of ["stdout", "stderr"]) {
+        if (s.partial[stream] !== "") { addLine(step, stream, s.partial[stream]); s.partial[stream] = ""; }
+      }
+    }
+
+    function onStep(l) {
+      const sec = $('section.step[data-step="' + CSS.escape(l.step) + '"]');
+      if (sec) {
+        setStatus($(".step-status .status", sec), l.status);
+        const err = $(".step-error", sec);
+        if (l.error) { err.textContent = l.error; err.hidden = false; }
+      }
+      const node = $('#graph g.node[data-step="' + CSS.escape(l.step) + '"]');
+      if (node) {
+        node.setAttribute("class", "node s-" + l.status);
+        const label = $("text.label", node);
+        if (label) label.textContent = l.status + (l.attempt > 1 ? " · attempt " + l.attempt : "");
+      }
+      if (terminal(l.status)) flush(l.step);
+    }
+
+    function onRun(l) {
+      setStatus($("#run-status .status"), l.status);
+      root.dataset.status = l.status;
+      if (terminal(l.status)) {
+        const c = $("#cancel");
+        if (c) c.hidden = true;
+        for (const step of Object.keys(state)) flush(step);
+      }
+      if (l.error) { const e = $("#run-error"); e.textContent = l.error; e.hidden = false; }
+    }
+
+    let es = null;
+    let ended = false;
+    function connect() {
+      es = new EventSource("/api/v1/runs/" + encodeURIComponent(id) + "/logs");
+      es.addEventListener("log", (ev) => onLog(JSON.parse(ev.data)));
+      es.addEventListener("step", (ev) => onStep(JSON.parse(ev.data)));
+      es.addEventListener("run", (ev) => onRun(JSON.parse(ev.data)));
+      es.addEventListener("end", () => { ended = true; es.close(); root.dataset.ended = "true"; for (const step of Object.keys(state)) flush(step); });
+      es.onerror = () => {
+        es.close();
+        if (ended) return;
+        // The stream replays the history on a new connection: start over.
+        for (const pre of $$("pre.log")) pre.textContent = "";
+        for (const k of Object.keys(state)) delete state[k];
+        setTimeout(connect, 2000);
+      };
+    }
+    connect();
+
+    for (const b of $$("button.download")) b.addEventListener("click", () => {
+      const step = b.dataset.step;
+      flush(step);
+      const blob = new Blob([st(step).text], { type: "text/plain" });
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = id.slice(0, 8) + "-" + step + ".log";
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+    });
+  }
+
+  // ansi appends text to el, turning SGR colour codes (ESC [ ... m) into
+  // spans with classes; other escape sequences are dropped. Text is only
+  // ever set as text, never parsed as HTML.
+  function ansi(text, el) {
+    const re = /\x1b\[([0-9;]*)([A-Za-z])/g;
+    let cls = [];
+    let last = 0;
+    const put = (s) => {
+      if (s === "") return;
+      if (cls.length === 0) { el.append(s); return; }
+      const span = document.createElement("span");
+      span.className = cls.join(" ");
+      span.textContent = s;
+      el.append(span);
+    };
+    for (let m; (m = re.exec(text)) !== null;) {
+      put(text.slice(last, m.index));
+      last = re.lastIndex;
+      if (m[2] !== "m") continue;
+      for (const code of (m[1] === "" ? ["0"] : m[1].split(";"))) {
+        const n = parseInt(code, 10);
+        if (n === 0) cls = [];
+        else if (n === 1) cls.push("ansi-bold");
+        else if ((n >= 30 && n <= 37) || (n >= 90 && n <= 97)) { cls = cls.filter((c) => !c.startsWith("ansi-fg")); cls.push("ansi-fg-" + n); }
+        else if ((n >= 40 && n <= 47) || (n >= 100 && n <= 107)) { cls = cls.filter((c) => !c.startsWith("ansi-bg")); cls.push("ansi-bg-" + n); }
+        else if (n === 39) cls = cls.filter((c) => !c.startsWith("ansi-fg"));
+        else if (n === 49) cls = cls.filter((c) => !c.startsWith("ansi-bg"));
+      }
+    }
+    put(text.slice(last).replace(/\x1b/g, ""));
+  }
+})();
