@@ -107,6 +107,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	secrets = append(secrets, bad, revoked, expired, st.Token)
+	noRedirects := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	call := func(method, path, ctype, body, token string) (int, http.Header, string) {
 		t.Helper()
 		req, _ := http.NewRequestWithContext(ctx, method, st.URL+path, strings.NewReader(body))
@@ -116,7 +117,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := noRedirects.Do(req)
 		if err != nil {
 			t.Fatalf("%s %s: %v", method, path, err)
 		}
@@ -179,11 +180,22 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"PUT /api/v1/pipelines/{name}/secrets/{secret}": {auth.RoleOperator, "pipeline", "PUT", "/api/v1/pipelines/alpha/secrets/MATRIX", jsonCT,
 			`{"value":"matrix-value","filters":{"branches":["main"]}}`},
 		"DELETE /api/v1/pipelines/{name}/secrets/{secret}": {auth.RoleOperator, "pipeline", "DELETE", "/api/v1/pipelines/alpha/secrets/NOBODY", "", ""},
+		// The web UI's pages: a browser without a session is sent to the
+		// login page (counted as the 401 it stands for).
+		"GET /{$}":              {auth.RoleViewer, "open", "GET", "/", "", ""},
+		"GET /pipelines":        {auth.RoleViewer, "open", "GET", "/pipelines", "", ""},
+		"GET /pipelines/{name}": {auth.RoleViewer, "pipeline", "GET", "/pipelines/alpha", "", ""},
+		"GET /runs":             {auth.RoleViewer, "open", "GET", "/runs", "", ""},
+		"GET /runs/{id}":        {auth.RoleViewer, "pipeline", "GET", "/runs/" + run.ID, "", ""},
+		"GET /login":            {"", "public", "GET", "/login", "", ""},
+		"GET /static/":          {"", "public", "GET", "/static/app.css", "", ""},
 	}
 	routes := st.svc.API.Routes()
 	seen := map[string]bool{}
+	pages := map[string]bool{}
 	for _, rt := range routes {
 		seen[rt.Pattern] = true
+		pages[rt.Pattern] = rt.Page
 		row, ok := rows[rt.Pattern]
 		if !ok {
 			t.Errorf("route %s has no row in the authorization matrix", rt.Pattern)
@@ -241,6 +253,11 @@ func TestAuthorizationMatrix(t *testing.T) {
 			}
 			got := "allowed"
 			switch {
+			case pages[p] && c.token == "" && code == http.StatusSeeOther:
+				if loc := hdr.Get("Location"); !strings.HasPrefix(loc, "/login?next=") {
+					t.Errorf("%s as %s: 303 to %q, want the login page", p, c.name, loc)
+				}
+				got = "401"
 			case code == http.StatusUnauthorized:
 				got = "401"
 				if !strings.HasPrefix(hdr.Get("WWW-Authenticate"), "Bearer") {
@@ -254,7 +271,11 @@ func TestAuthorizationMatrix(t *testing.T) {
 			if got == "401" || got == "403" {
 				denials++
 				var eb struct{ Error string }
-				if json.Unmarshal([]byte(body), &eb) != nil || eb.Error == "" {
+				if pages[p] {
+					if code != http.StatusSeeOther && !strings.HasPrefix(body, fmt.Sprint(code)) {
+						t.Errorf("%s as %s: %s without its reason: %.200s", p, c.name, got, body)
+					}
+				} else if json.Unmarshal([]byte(body), &eb) != nil || eb.Error == "" {
 					t.Errorf("%s as %s: %s without a JSON error: %.200s", p, c.name, got, body)
 				}
 			}
