@@ -3,7 +3,8 @@
 # environment that points the tests at it (`make test` sources it):
 #   - Debian packages: busybox-static (test base images), docker-registry and
 #     apache2-utils (authenticated registries), git (sources), curl,
-#     python3-pytest and python-is-python3 (the seed pipeline's k8s_exec);
+#     python3-pytest and python-is-python3 (the seed pipeline's k8s_exec),
+#     chromium and fonts-liberation (the web UI's browser tests);
 #   - PostgreSQL for the audit store (services/audit/ci/postgres.sh);
 #   - the local Kubernetes control plane (deploy/cluster/up.sh; its first
 #     build takes 15-30 minutes on 2 cores, then it is cached by version).
@@ -21,6 +22,7 @@ command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/bin/python ] || missing+=(python-is-python3) # the seed pipeline's k8s_exec runs `python -m pytest`
 /usr/bin/python3 -c 'import pytest' 2>/dev/null || missing+=(python3-pytest)
+command -v chromium >/dev/null || missing+=(chromium fonts-liberation) # services/pipeline/ui's TestBrowser
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "== installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,221 @@
+package ui_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/chromedp"
+
+	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
+	"github.com/ansflow/ansflow/services/pipeline/store"
+)
+
+// browser starts a headless Chromium (Debian's chromium package) for the
+// test and returns a context that drives it.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatalf("chromium not found (apt-get install chromium; deploy/ci/setup.sh installs it): %v", err)
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path), chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.Flag("disable-dev-shm-usage", true))
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelC := chromedp.NewContext(actx)
+	t.Cleanup(func() { cancelC(); cancelA() })
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	// Accept every confirm() the pages ask.
+	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+	go func() {
+		for _, err := range dialogs {
+			if err != nil {
+				return
+			}
+			_, _ = chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
+		}
+	}()
+	return ctx
+}
+
+// eval evaluates a JavaScript expression in the page.
+func eval[T any](t *testing.T, ctx context.Context, expr string) T {
+	t.Helper()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+	if err != nil {
+		t.Fatalf("evaluate %s: %v", expr, err)
+	}
+	return v
+}
+
+// waitJS polls a JavaScript expression in the page until it is true.
+func waitJS(t *testing.T, ctx context.Context, d time.Duration, expr string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		if ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr)); err == nil && ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			html, _ := chromedp.Run(ctx, chromedp.OuterHTML(chromedp.CSS("main")))
+			t.Fatalf("%s never held; page:\n%.3000s", expr, html)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// do runs actions, failing the test on an error.
+func do(t *testing.T, ctx context.Context, actions ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	if err := chromedp.Do(ctx, actions...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBrowser drives the UI in a real Chromium as a user would: log in
+// (sent there from the pipelines page), open a pipeline, trigger it with a
+// branch, watch the run page change live to succeeded without a reload
+// (graph, step status, logs with stdout and stderr told apart and ANSI
+// colours), filter the log, and rerun the run from the runs page's batch
+// action.
+func TestBrowser(t *testing.T) {
+	env := pipelinetest.Start(t)
+	apply(t, env, `pipeline:
+  name: shop
+  steps:
+    - name: build
+      type: docker_run
+      docker_image: busybox
+      command: "echo \e[32mgreen ok\e[0m; warn careful now; sleep 1500ms; echo build done"
+    - name: test
+      type: docker_run
+      docker_image: busybox
+      command: "echo tests pass"
+`)
+	apply(t, env, `pipeline:
+  name: flaky
+  steps:
+    - name: check
+      type: docker_run
+      docker_image: busybox
+      command: "exit 1"
+`)
+	broken := runToEnd(t, env, "flaky")
+	resp, err := env.Client.Post(env.Srv.URL+"/api/v1/users", "application/json",
+		bytes.NewReader([]byte(`{"name":"ada","role":"operator","password":"correct horse battery"}`)))
+	if err != nil || resp.StatusCode/100 != 2 {
+		t.Fatalf("create user: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	ctx := browser(t)
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	base := env.Srv.URL
+	do(t, ctx, chromedp.Navigate(base+"/pipelines"), chromedp.WaitVisible(chromedp.CSS("#login")))
+	if loc := eval[string](t, ctx, "location.href"); !strings.HasSuffix(loc, "/login?next=%2Fpipelines") {
+		t.Fatalf("without a session the browser is at %s, want the login page", loc)
+	}
+	// A wrong password says so and stays.
+	do(t, ctx,
+		chromedp.SendKeys(chromedp.CSS(`input[name="username"]`), "ada"),
+		chromedp.SendKeys(chromedp.CSS(`input[name="password"]`), "wrong password"),
+		chromedp.Click(chromedp.CSS(`#login button[type="submit"]`)))
+	waitJS(t, ctx, 10*time.Second, `document.querySelector("#login-error").textContent.includes("invalid username or password")`)
+	do(t, ctx,
+		chromedp.SetValue(chromedp.CSS(`input[name="password"]`), "correct horse battery"),
+		chromedp.Click(chromedp.CSS(`#login button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#pipelines a[href="/pipelines/shop"]`)))
+	if who := eval[string](t, ctx, `document.querySelector(".who").textContent`); !strings.Contains(who, "ada") {
+		t.Errorf("the frame names %q, want the user ada", who)
+	}
+
+	// Trigger with a branch from the pipeline page.
+	do(t, ctx,
+		chromedp.Click(chromedp.CSS(`#pipelines a[href="/pipelines/shop"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#trigger")),
+		chromedp.SendKeys(chromedp.CSS(`#trigger input[name="branch"]`), "release/1.2"),
+		chromedp.Click(chromedp.CSS(`#trigger button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#run")))
+	loc := eval[string](t, ctx, "location.href")
+	runID := loc[strings.LastIndex(loc, "/")+1:]
+	if st := eval[string](t, ctx, `window.__loaded = Math.random(); document.querySelector("#run").dataset.status`); st == "succeeded" {
+		t.Fatalf("the run had already succeeded when its page opened; the step should still be sleeping")
+	}
+	loaded := eval[float64](t, ctx, `window.__loaded`)
+
+	// It changes to succeeded on this same page, without a reload.
+	waitJS(t, ctx, 30*time.Second, `document.querySelector("#run-status .status").dataset.status === "succeeded"`)
+	waitJS(t, ctx, 10*time.Second, `document.querySelector('#graph g.node[data-step="test"]').getAttribute("class") === "node s-succeeded"`)
+	waitJS(t, ctx, 10*time.Second, `document.querySelector('pre.log[data-step="test"]').textContent.includes("tests pass")`)
+	if again := eval[float64](t, ctx, `window.__loaded || 0`); again != loaded {
+		t.Fatalf("the run page reloaded (%v → %v): it must update live", loaded, again)
+	}
+	checks := map[string]string{
+		"the ANSI green line is coloured":      `!!document.querySelector('pre.log[data-step="build"] .line.stdout .ansi-fg-32')`,
+		"the coloured text is the step's":      `document.querySelector('pre.log[data-step="build"] .ansi-fg-32').textContent === "green ok"`,
+		"stderr is told apart":                 `document.querySelector('pre.log[data-step="build"] .line.stderr').textContent.includes("careful now")`,
+		"lines are numbered with anchors":      `document.querySelector('pre.log[data-step="build"] .line a.ln').getAttribute("href") === "#L-build-1"`,
+		"the build step's badge is succeeded":  `document.querySelector('section.step[data-step="build"] .status').dataset.status === "succeeded"`,
+		"the cancel button is gone at the end": `document.querySelector("#cancel").hidden`,
+		"no escape character reaches the page": `!document.querySelector('pre.log[data-step="build"]').textContent.includes("\x1b")`,
+	}
+	for what, expr := range checks {
+		if !eval[bool](t, ctx, expr) {
+			t.Errorf("%s: %s is false", what, expr)
+		}
+	}
+
+	// The search box filters the lines.
+	do(t, ctx, chromedp.SendKeys(chromedp.CSS("#log-search"), "careful"))
+	waitJS(t, ctx, 5*time.Second, `(() => { const ls = [...document.querySelectorAll('pre.log[data-step="build"] .line')].filter(l => !l.hidden);
+		return ls.length === 1 && ls[0].textContent.includes("careful") })()`)
+
+	// The runs page filters by branch; a batch rerun of the failed run
+	// makes a new run.
+	do(t, ctx,
+		chromedp.Navigate(base+"/runs?branch=release/1.2"),
+		chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`tr[data-run="%s"]`, runID))))
+	if n := eval[int](t, ctx, `document.querySelectorAll("#runs tbody tr").length`); n != 1 {
+		t.Errorf("runs of branch release/1.2: %d rows, want 1", n)
+	}
+	do(t, ctx,
+		chromedp.Navigate(base+"/runs?status=failed"),
+		chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`tr[data-run="%s"]`, broken.ID))),
+		chromedp.Click(chromedp.CSS(fmt.Sprintf(`input.pick[value="%s"]`, broken.ID))),
+		chromedp.Click(chromedp.CSS(`#batch button[data-action="rerun"]`)))
+	waitJS(t, ctx, 15*time.Second, `document.querySelector("#batch-result").textContent.startsWith("rerun: 1 done")`)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		req, _ := http.NewRequest(http.MethodGet, base+"/api/v1/runs?pipeline=flaky", nil)
+		r, err := env.Client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var runs []store.Run
+		_ = json.NewDecoder(r.Body).Decode(&runs)
+		r.Body.Close()
+		reruns := 0
+		for _, run := range runs {
+			if run.RerunOf == broken.ID && run.Trigger.Actor == "user:ada" {
+				reruns++
+			}
+		}
+		if reruns == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d reruns of %s by ada among %d runs, want 1", reruns, broken.ID, len(runs))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
