@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // File is a pipeline file: a single top-level "pipeline" key.
@@ -297,10 +299,10 @@ func ParseDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// Step types.
+// Step types, as [steps] defines them.
 var (
-	DockerTypes = []string{"docker_build", "docker_run", "docker_push", "docker_pull"}
-	K8sTypes    = []string{"k8s_deploy", "k8s_scale", "k8s_delete", "k8s_wait", "k8s_exec", "k8s_logs"}
+	DockerTypes = steps.Names("docker")
+	K8sTypes    = steps.Names("k8s")
 )
 
 // KindOf returns "docker" or "k8s" for a step type, "" for an unknown one.
