@@ -68,6 +68,14 @@ func TestDecodeSettings(t *testing.T) {
 	}
 }
 
+// TestEngineUsesTheDefinitions checks that the engine executes exactly the
+// Kubernetes step types pkg/spec/steps defines.
+func TestEngineUsesTheDefinitions(t *testing.T) {
+	if got, want := (&Engine{}).Types(), steps.Names("k8s"); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("engine executes %v, definitions are %v", got, want)
+	}
+}
+
 func TestDeploymentSpecDecoding(t *testing.T) {
 	s, err := decoded(TypeDeploy, map[string]any{"deployment_spec": map[string]any{
 		"replicas": "3", "image": "a:1", "environment": map[string]any{"N": float64(2), "B": true, "S": "x"},
