@@ -49,8 +49,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ansflow/ansflow/pkg/event"
-	"github.com/ansflow/ansflow/pkg/spec/steps"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // Step types executed by the engine.
