@@ -128,6 +128,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      needs: [a]\n"))
 	f.Add([]byte("pipeline: [1, 2"))
 	f.Add([]byte("pipeline:\n  steps:\n    - &a {name: x, type: docker_run}\n    - *a\n"))
+	f.Add([]byte("pipeline:\n  name: x\n  steps:\n    - name: a\n      type: k8s_deploy\n      k8s_config:\n        deployment_spec: {ports: [{container_port: 80}], probes: {readiness: {http_get: {port: 80}}}}\n"))
+	f.Add([]byte("pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      docker_config: {environment: [A=1], command: [ls, 1], 1: x}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("fuzz.yaml", data)
 		if err == nil {
