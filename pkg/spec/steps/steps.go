@@ -258,17 +258,3 @@ func Names(kind string) []string {
 	}
 	return out
 }
-
-// Keys returns the keys stepType takes in its config mapping, in definition
-// order (nil for an unknown type).
-func Keys(stepType string) []string {
-	e, ok := registry[stepType]
-	if !ok {
-		return nil
-	}
-	out := make([]string, len(e.root.fields))
-	for i, f := range e.root.fields {
-		out[i] = f.Key
-	}
-	return out
-}
