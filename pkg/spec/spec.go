@@ -1,6 +1,8 @@
 // Package spec is AnsFlow's pipeline specification: the YAML format (a
 // superset of the original report's example), its typed form, and validation
-// whose errors name the file, line and field.
+// whose errors name the file, line and field. The settings each step type
+// takes in docker_config or k8s_config are defined in [steps]; [JSONSchema]
+// derives the file's JSON Schema from both.
 package spec
 
 import (

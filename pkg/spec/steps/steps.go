@@ -37,8 +37,9 @@ const (
 // Field describes one key of a step's settings. It is what an editor needs
 // to build a form: Fields for an object, Items for a list or a map.
 type Field struct {
-	// Key is the setting's name in the mapping that holds it.
-	Key string `json:"key"`
+	// Key is the setting's name in the mapping that holds it ("" for the
+	// Items of a list or map).
+	Key string `json:"key,omitempty"`
 	// Type is one of the Type constants.
 	Type string `json:"type"`
 	// Help is one sentence describing the setting.
