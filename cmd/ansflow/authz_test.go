@@ -145,6 +145,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"POST /api/v1/pipelines/{name}/clone":   {auth.RoleOperator, "pipeline", "POST", "/api/v1/pipelines/alpha/clone", jsonCT, `{"name":"alpha-copy"}`},
 		"POST /api/v1/pipelines/{name}/runs":    {auth.RoleOperator, "pipeline", "POST", "/api/v1/pipelines/alpha/runs", jsonCT, `{}`},
 		"POST /api/v1/validate":                 {auth.RoleOperator, "open", "POST", "/api/v1/validate", yamlCT, pipeYAML("anything")},
+		"GET /api/v1/step-types":                {auth.RoleViewer, "open", "GET", "/api/v1/step-types", "", ""},
 		"GET /api/v1/runs":                      {auth.RoleViewer, "open", "GET", "/api/v1/runs", "", ""},
 		"GET /api/v1/runs/{id}":                 {auth.RoleViewer, "pipeline", "GET", runP, "", ""},
 		"POST /api/v1/runs/{id}/cancel":         {auth.RoleOperator, "pipeline", "POST", runP + "/cancel", "", ""},

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	suggestpkg "github.com/ansflow/ansflow/pkg/spec/internal/suggest"
 )
 
 // MaxFileBytes bounds a pipeline file.
@@ -216,10 +218,36 @@ func (p *parser) check(n *yaml.Node, t reflect.Type, path string, depth int) {
 			if t.Elem().Kind() == reflect.String && n.Content[i+1].Kind != yaml.ScalarNode {
 				p.add(k.Line, join(path, k.Value), "want a scalar value, got a %s", kindName(n.Content[i+1].Kind))
 			}
+			if t.Elem().Kind() == reflect.Interface {
+				p.record(n.Content[i+1], join(path, k.Value), depth+1)
+			}
 		}
 	case reflect.String, reflect.Int, reflect.Bool, reflect.Float64:
 		if n.Kind != yaml.ScalarNode {
 			p.add(n.Line, path, "want a scalar value, got a %s", kindName(n.Kind))
+		}
+	}
+}
+
+// record notes the line of every key and list item inside n, an untyped
+// value (a step's docker_config or k8s_config), so that an error about a
+// nested setting points at its own line.
+func (p *parser) record(n *yaml.Node, path string, depth int) {
+	if depth > 32 {
+		return
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			fp := join(path, n.Content[i].Value)
+			p.pos[fp] = n.Content[i].Line
+			p.record(n.Content[i+1], fp, depth+1)
+		}
+	case yaml.SequenceNode:
+		for i, e := range n.Content {
+			ep := fmt.Sprintf("%s[%d]", path, i)
+			p.pos[ep] = e.Line
+			p.record(e, ep, depth+1)
 		}
 	}
 }
@@ -241,38 +269,4 @@ func keys[V any](m map[string]V) []string {
 }
 
 // suggest returns " (did you mean X?)" for the closest candidate, if close.
-func suggest(word string, candidates []string) string {
-	if len(word) > 64 {
-		return ""
-	}
-	best, bestD := "", 4
-	for _, c := range candidates {
-		if d := distance(word, c); d < bestD {
-			best, bestD = c, d
-		}
-	}
-	if best == "" {
-		return ""
-	}
-	return fmt.Sprintf(" (did you mean %q?)", best)
-}
-
-func distance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			c := 1
-			if a[i-1] == b[j-1] {
-				c = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+c)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
-}
+func suggest(word string, candidates []string) string { return suggestpkg.Hint(word, candidates) }

@@ -1,6 +1,8 @@
 // Package spec is AnsFlow's pipeline specification: the YAML format (a
 // superset of the original report's example), its typed form, and validation
-// whose errors name the file, line and field.
+// whose errors name the file, line and field. The settings each step type
+// takes in docker_config or k8s_config are defined in [steps]; [JSONSchema]
+// derives the file's JSON Schema from both.
 package spec
 
 import (
@@ -11,6 +13,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // File is a pipeline file: a single top-level "pipeline" key.
@@ -297,10 +301,10 @@ func ParseDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// Step types.
+// Step types, as [steps] defines them.
 var (
-	DockerTypes = []string{"docker_build", "docker_run", "docker_push", "docker_pull"}
-	K8sTypes    = []string{"k8s_deploy", "k8s_scale", "k8s_delete", "k8s_wait", "k8s_exec", "k8s_logs"}
+	DockerTypes = steps.Names("docker")
+	K8sTypes    = steps.Names("k8s")
 )
 
 // KindOf returns "docker" or "k8s" for a step type, "" for an unknown one.

@@ -57,6 +57,18 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 			[]string{"dependency cycle: "}},
 		{"order and needs cycle", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      order: 1\n      needs: [b]\n    - name: b\n      type: docker_run\n      order: 2\n",
 			[]string{"dependency cycle"}},
+		{"wrongly typed setting", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: k8s_scale\n      k8s_config:\n        wait: true\n        replicas: five\n",
+			[]string{`f.yaml:8: pipeline.steps[0].k8s_config.replicas: must be an integer, got "five"`}},
+		{"required setting", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: k8s_scale\n",
+			[]string{`f.yaml:4: pipeline.steps[0].k8s_config.replicas: required`}},
+		{"unknown setting", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      docker_config:\n        privileged: true\n        cap_add: [SYS_ADMIN]\n",
+			[]string{`f.yaml:8: pipeline.steps[0].docker_config.cap_add: unknown key for docker_run; known keys: command, entrypoint`}},
+		{"nested setting", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: k8s_deploy\n      k8s_config:\n        deployment_spec:\n          image: web\n          ports:\n            - container_port: 80\n            - {container_port: 70000}\n",
+			[]string{`f.yaml:11: pipeline.steps[0].k8s_config.deployment_spec.ports[1].container_port: must be between 1 and 65535, got 70000`}},
+		{"two things to deploy", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: k8s_deploy\n      k8s_config:\n        manifest_file: k8s/\n        manifest: \"kind: List\"\n",
+			[]string{`f.yaml:6: pipeline.steps[0].k8s_config: takes one of deployment_spec, manifest or manifest_file, not manifest and manifest_file`}},
+		{"templated setting", "pipeline:\n  name: x\n  variables: {n: \"3\"}\n  steps:\n    - name: a\n      type: k8s_scale\n      k8s_config: {replicas: \"{{n}}\", wait: \"{{nope}}\"}\n",
+			[]string{`f.yaml:7: pipeline.steps[0].k8s_config: unknown variable {{nope}}`}},
 		{"unknown need", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      needs: [zz]\n", []string{`f.yaml:6: pipeline.steps[0].needs: unknown step "zz"`}},
 		{"bad config key", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_build\n      docker_image: x\n      docker_config:\n        dockerfil: D\n",
 			[]string{`f.yaml:8: pipeline.steps[0].docker_config.dockerfil: unknown key for docker_build (did you mean "dockerfile"?)`}},
@@ -116,6 +128,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      needs: [a]\n"))
 	f.Add([]byte("pipeline: [1, 2"))
 	f.Add([]byte("pipeline:\n  steps:\n    - &a {name: x, type: docker_run}\n    - *a\n"))
+	f.Add([]byte("pipeline:\n  name: x\n  steps:\n    - name: a\n      type: k8s_deploy\n      k8s_config:\n        deployment_spec: {ports: [{container_port: 80}], probes: {readiness: {http_get: {port: 80}}}}\n"))
+	f.Add([]byte("pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_run\n      docker_config: {environment: [A=1], command: [ls, 1], 1: x}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("fuzz.yaml", data)
 		if err == nil {

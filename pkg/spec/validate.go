@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 	"github.com/ansflow/ansflow/pkg/tmpl"
 )
 
@@ -20,21 +21,6 @@ var Builtins = []string{
 // ContextVars are set by earlier steps: docker_image by a build, pull or
 // push; k8s_namespace and k8s_resource_name by a Kubernetes step.
 var ContextVars = []string{"docker_image", "k8s_namespace", "k8s_resource_name"}
-
-// ConfigKeys lists the keys each step type accepts in docker_config or
-// k8s_config.
-var ConfigKeys = map[string][]string{
-	"docker_build": {"dockerfile", "context", "build_args", "target", "labels", "no_cache", "cache_from", "platform", "pull"},
-	"docker_run":   {"command", "entrypoint", "environment", "workdir", "user", "volumes", "network", "remove", "mount_source", "privileged"},
-	"docker_push":  {"registry_url", "repository"},
-	"docker_pull":  {"registry_url", "platform"},
-	"k8s_deploy":   {"deployment_spec", "manifest", "manifest_file", "rollback_on_failure", "wait", "timeout", "field_manager"},
-	"k8s_scale":    {"replicas", "resource_type", "wait", "timeout"},
-	"k8s_delete":   {"resource_type", "api_version", "propagation_policy", "wait", "timeout", "label_selector"},
-	"k8s_wait":     {"resource_type", "api_version", "condition", "timeout", "pod_selector", "rollback_on_failure"},
-	"k8s_exec":     {"pod", "pod_selector", "container", "command", "timeout"},
-	"k8s_logs":     {"pod", "pod_selector", "container", "tail_lines", "since", "follow", "timeout", "previous"},
-}
 
 // StepIndex returns the index of the step named (or slugged) name, or -1.
 func (p *Pipeline) StepIndex(name string) int {
@@ -287,28 +273,32 @@ func (p *parser) validateCondition(f string, c Condition) {
 	}
 }
 
+// validateConfig checks the step's docker_config or k8s_config against its
+// type's definition in [steps], reporting each problem at its value's line.
 func (p *parser) validateConfig(f string, s *Step) {
-	allowed := ConfigKeys[s.Type]
-	check := func(field string, cfg map[string]any, want string) {
-		if len(cfg) == 0 {
-			return
-		}
-		if s.Kind() != want {
-			p.add(p.line(f+"."+field), f+"."+field, "not used by a %s step", s.Type)
-			return
-		}
-		for _, k := range keys(cfg) {
-			if !contains(allowed, k) {
-				p.add(p.line(f+"."+field+"."+k), f+"."+field+"."+k, "unknown key for %s%s; known keys: %s",
-					s.Type, suggest(k, allowed), strings.Join(allowed, ", "))
-			}
-		}
-	}
-	if KindOf(s.Type) == "" {
+	def, ok := steps.Lookup(s.Type)
+	if !ok {
 		return
 	}
-	check("docker_config", s.DockerConfig, "docker")
-	check("k8s_config", s.K8sConfig, "k8s")
+	for _, c := range []struct {
+		key string
+		cfg map[string]any
+	}{{"docker_config", s.DockerConfig}, {"k8s_config", s.K8sConfig}} {
+		if c.key != def.ConfigKey && len(c.cfg) > 0 {
+			p.add(p.line(f+"."+c.key), f+"."+c.key, "not used by a %s step", s.Type)
+		}
+	}
+	cfg := s.DockerConfig
+	if def.ConfigKey == "k8s_config" {
+		cfg = s.K8sConfig
+	}
+	for _, e := range steps.Check(s.Type, cfg) {
+		fp := f + "." + def.ConfigKey
+		if e.Path != "" {
+			fp += "." + e.Path
+		}
+		p.add(p.line(fp), fp, "%s", e.Msg)
+	}
 	if s.Kind() == "docker" {
 		for _, fld := range []struct {
 			name string

@@ -20,6 +20,7 @@ import (
 	"github.com/moby/patternmatcher/ignorefile"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 	"github.com/ansflow/ansflow/services/docker-runner/policy"
 )
 
@@ -36,11 +37,11 @@ func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO, 
 		return nil, fmt.Errorf("docker_build: %w", err)
 	}
 	name := reference.FamiliarString(ref)
-	p := params(req.DockerConfig)
-	opts, err := buildOptions(p)
+	c, err := decodeConfig[steps.DockerBuildConfig](req.DockerConfig)
 	if err != nil {
 		return nil, fmt.Errorf("docker_build %s: %w", name, err)
 	}
+	opts := buildOptions(c)
 	opts.Tags = []string{name}
 	if err := e.cfg.Policy.Check(policy.Step{Type: req.Type, Pipeline: req.Pipeline, Image: name, Network: opts.NetworkMode}); err != nil {
 		return nil, fmt.Errorf("docker_build %s: %w", name, err)
@@ -50,10 +51,7 @@ func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO, 
 	if err != nil {
 		return nil, fmt.Errorf("docker_build %s: source: %w", name, err)
 	}
-	sub, _ := p.str("context")
-	if sub == "" {
-		sub = "."
-	}
+	sub := c.Context
 	ctxDir, err := within(src, sub, "docker_config.context")
 	if err != nil {
 		return nil, fmt.Errorf("docker_build %s: %w", name, err)
@@ -61,8 +59,7 @@ func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO, 
 	if fi, err := os.Stat(ctxDir); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("docker_build %s: %w: context %q is not a directory of the run's source", name, ErrInvalidStep, sub)
 	}
-	df, _ := p.str("dockerfile")
-	dfInContext, dfOutside, err := locateDockerfile(src, ctxDir, df)
+	dfInContext, dfOutside, err := locateDockerfile(src, ctxDir, c.Dockerfile)
 	if err != nil {
 		return nil, fmt.Errorf("docker_build %s: %w", name, err)
 	}
@@ -75,8 +72,7 @@ func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO, 
 	if err != nil {
 		return nil, fmt.Errorf("docker_build %s: read dockerfile: %w", name, err)
 	}
-	args, _ := p.strMap("build_args")
-	refs := append(dockerfileImages(dfText, args), opts.CacheFrom...)
+	refs := append(dockerfileImages(dfText, c.BuildArgs), opts.CacheFrom...)
 	refs = append(refs, name)
 	opts.AuthConfigs = e.buildAuths(t, creds, refs)
 
@@ -120,41 +116,17 @@ func (e *Engine) build(ctx context.Context, req *event.StepRequested, t stepIO, 
 }
 
 // buildOptions maps docker_config onto the build API's options.
-func buildOptions(p params) (build.ImageBuildOptions, error) {
-	opts := build.ImageBuildOptions{Remove: true, ForceRemove: true, Version: build.BuilderV1}
-	var err error
-	if opts.Target, err = p.str("target"); err != nil {
-		return opts, err
-	}
-	if opts.Platform, err = p.str("platform"); err != nil {
-		return opts, err
-	}
-	if opts.NoCache, err = p.boolean("no_cache", false); err != nil {
-		return opts, err
-	}
-	if opts.PullParent, err = p.boolean("pull", false); err != nil {
-		return opts, err
-	}
-	if opts.CacheFrom, err = p.list("cache_from"); err != nil {
-		return opts, err
-	}
-	if opts.NetworkMode, err = p.str("network"); err != nil {
-		return opts, err
-	}
-	if opts.Labels, err = p.strMap("labels"); err != nil {
-		return opts, err
-	}
-	args, err := p.strMap("build_args")
-	if err != nil {
-		return opts, err
-	}
-	if len(args) > 0 {
+func buildOptions(c *steps.DockerBuildConfig) build.ImageBuildOptions {
+	opts := build.ImageBuildOptions{Remove: true, ForceRemove: true, Version: build.BuilderV1,
+		Target: c.Target, Platform: c.Platform, NoCache: c.NoCache, PullParent: c.Pull,
+		CacheFrom: c.CacheFrom, NetworkMode: c.Network, Labels: c.Labels}
+	if len(c.BuildArgs) > 0 {
 		opts.BuildArgs = map[string]*string{}
-		for k, v := range args {
+		for k, v := range c.BuildArgs {
 			opts.BuildArgs[k] = &v
 		}
 	}
-	return opts, nil
+	return opts
 }
 
 // buildAuths hands the daemon the credentials of the registries refs name

@@ -1,116 +1,33 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
-// params reads a step's docker_config, which arrives decoded from JSON:
-// strings, float64, bool, []any and map[string]any.
-type params map[string]any
-
-func (p params) invalid(key string, v any, want string) error {
-	return fmt.Errorf("%w: docker_config.%s is %T, want %s", ErrInvalidStep, key, v, want)
+// decodeConfig decodes a request's docker_config into its step type's
+// definition, T, one of the config structs of [steps]: the engine reads no
+// setting that pipeline validation does not know. A value that does not fit
+// fails the step with [ErrInvalidStep].
+func decodeConfig[T any](cfg map[string]any) (*T, error) {
+	c, err := steps.Decode[T](cfg)
+	if err != nil {
+		var fe *steps.FieldError
+		if errors.As(err, &fe) && fe.Path != "" {
+			return nil, fmt.Errorf("%w: docker_config.%s: %s", ErrInvalidStep, fe.Path, fe.Msg)
+		}
+		return nil, fmt.Errorf("%w: docker_config: %w", ErrInvalidStep, err)
+	}
+	return c, nil
 }
 
-// str returns a scalar as a string ("" when absent).
-func (p params) str(key string) (string, error) {
-	v, ok := p[key]
-	if !ok || v == nil {
-		return "", nil
-	}
-	if s, ok := scalar(v); ok {
-		return s, nil
-	}
-	return "", p.invalid(key, v, "a string")
-}
-
-// boolean returns a bool, also accepting "true"/"false" strings.
-func (p params) boolean(key string, def bool) (bool, error) {
-	v, ok := p[key]
-	if !ok || v == nil {
-		return def, nil
-	}
-	switch b := v.(type) {
-	case bool:
-		return b, nil
-	case string:
-		if r, err := strconv.ParseBool(b); err == nil {
-			return r, nil
-		}
-	}
-	return false, p.invalid(key, v, "true or false")
-}
-
-// list returns a list of scalars; a single string is a one-element list.
-func (p params) list(key string) ([]string, error) {
-	v, ok := p[key]
-	if !ok || v == nil {
-		return nil, nil
-	}
-	switch l := v.(type) {
-	case string:
-		return []string{l}, nil
-	case []string:
-		return l, nil
-	case []any:
-		out := make([]string, 0, len(l))
-		for _, x := range l {
-			s, ok := scalar(x)
-			if !ok {
-				return nil, p.invalid(key, v, "a list of strings")
-			}
-			out = append(out, s)
-		}
-		return out, nil
-	}
-	return nil, p.invalid(key, v, "a list of strings")
-}
-
-// strMap returns a map of scalars; a list of "KEY=VALUE" strings is accepted
-// too, as in Compose files.
-func (p params) strMap(key string) (map[string]string, error) {
-	v, ok := p[key]
-	if !ok || v == nil {
-		return nil, nil
-	}
-	out := map[string]string{}
-	switch m := v.(type) {
-	case map[string]any:
-		for k, x := range m {
-			if x == nil {
-				out[k] = ""
-				continue
-			}
-			s, ok := scalar(x)
-			if !ok {
-				return nil, p.invalid(key+"."+k, x, "a string")
-			}
-			out[k] = s
-		}
-		return out, nil
-	case map[string]string:
-		for k, s := range m {
-			out[k] = s
-		}
-		return out, nil
-	case []any:
-		for _, x := range m {
-			s, ok := x.(string)
-			k, val, found := strings.Cut(s, "=")
-			if !ok || !found || k == "" {
-				return nil, fmt.Errorf("%w: docker_config.%s entry %v is not KEY=VALUE", ErrInvalidStep, key, x)
-			}
-			out[k] = val
-		}
-		return out, nil
-	}
-	return nil, p.invalid(key, v, "a map of strings")
-}
-
+// scalar returns a scalar as text.
 func scalar(v any) (string, bool) {
 	switch x := v.(type) {
 	case string:

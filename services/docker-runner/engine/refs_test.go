@@ -39,7 +39,7 @@ func TestQualify(t *testing.T) {
 			t.Fatal(err)
 		}
 		req := &event.StepRequested{Registry: tc.reg}
-		reg, err := e.targetRegistry(req, params{"registry_url": tc.url}, e.cfg.Credentials)
+		reg, err := e.targetRegistry(req, tc.url, e.cfg.Credentials)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,7 +51,7 @@ func TestQualify(t *testing.T) {
 			t.Errorf("%s:%s in %v %s = %s, want %s", tc.image, tc.tag, tc.reg, tc.url, s, tc.want)
 		}
 	}
-	if _, err := e.targetRegistry(&event.StepRequested{Registry: &event.Registry{Name: "unknown"}}, nil, e.cfg.Credentials); !errors.Is(err, ErrInvalidStep) {
+	if _, err := e.targetRegistry(&event.StepRequested{Registry: &event.Registry{Name: "unknown"}}, "", e.cfg.Credentials); !errors.Is(err, ErrInvalidStep) {
 		t.Errorf("registry without URL: %v", err)
 	}
 	for _, bad := range []string{"", "team/UPPER", "a b"} {

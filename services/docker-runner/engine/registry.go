@@ -13,6 +13,7 @@ import (
 	"github.com/docker/docker/api/types/registry"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // namedRef parses a step's image and tag: tag, when set, replaces a tag in
@@ -63,14 +64,10 @@ func (r *registryTarget) String() string {
 // (catalogue entry) or else its docker_config.registry_url, or nil when it
 // names none. A catalogue entry without URL is resolved through the
 // runner's credentials.
-func (e *Engine) targetRegistry(req *event.StepRequested, p params, creds Credentials) (*registryTarget, error) {
+func (e *Engine) targetRegistry(req *event.StepRequested, u string, creds Credentials) (*registryTarget, error) {
 	t := &registryTarget{}
 	if req.Registry != nil {
 		t.name, t.id, t.url = req.Registry.Name, req.Registry.ID, req.Registry.URL
-	}
-	u, err := p.str("registry_url")
-	if err != nil {
-		return nil, err
 	}
 	if t.url != "" && u != "" && registryHost(u) != registryHost(t.url) {
 		// the catalogue's URL wins, as it always did: the registry's
@@ -172,8 +169,11 @@ func (e *Engine) push(ctx context.Context, req *event.StepRequested, t stepIO, c
 		return nil, fmt.Errorf("docker_push: %w", err)
 	}
 	local := reference.FamiliarString(ref)
-	p := params(req.DockerConfig)
-	reg, err := e.targetRegistry(req, p, creds)
+	c, err := decodeConfig[steps.DockerPushConfig](req.DockerConfig)
+	if err != nil {
+		return nil, fmt.Errorf("docker_push %s: %w", local, err)
+	}
+	reg, err := e.targetRegistry(req, c.RegistryURL, creds)
 	if err != nil {
 		return nil, fmt.Errorf("docker_push %s: %w", local, err)
 	}
@@ -184,11 +184,7 @@ func (e *Engine) push(ctx context.Context, req *event.StepRequested, t stepIO, c
 		reg = &registryTarget{host: reference.Domain(ref), name: reference.Domain(ref)}
 	}
 	reg.note(t)
-	repo, err := p.str("repository")
-	if err != nil {
-		return nil, fmt.Errorf("docker_push %s: %w", local, err)
-	}
-	target, err := qualify(ref, reg, repo)
+	target, err := qualify(ref, reg, c.Repository)
 	if err != nil {
 		return nil, fmt.Errorf("docker_push %s: %w", local, err)
 	}
@@ -247,29 +243,24 @@ func (e *Engine) pull(ctx context.Context, req *event.StepRequested, t stepIO, c
 	if err != nil {
 		return nil, fmt.Errorf("docker_pull: %w", err)
 	}
-	p := params(req.DockerConfig)
-	reg, err := e.targetRegistry(req, p, creds)
+	c, err := decodeConfig[steps.DockerPullConfig](req.DockerConfig)
+	if err != nil {
+		return nil, fmt.Errorf("docker_pull %s: %w", reference.FamiliarString(ref), err)
+	}
+	reg, err := e.targetRegistry(req, c.RegistryURL, creds)
 	if err != nil {
 		return nil, fmt.Errorf("docker_pull %s: %w", reference.FamiliarString(ref), err)
 	}
 	keys := []string{}
 	reg.note(t)
 	if reg != nil {
-		repo, err := p.str("repository")
-		if err != nil {
-			return nil, fmt.Errorf("docker_pull: %w", err)
-		}
-		if ref, err = qualify(ref, reg, repo); err != nil {
+		if ref, err = qualify(ref, reg, c.Repository); err != nil {
 			return nil, fmt.Errorf("docker_pull: %w", err)
 		}
 		keys = append(keys, reg.name, reg.id, reg.url)
 	}
 	name := reference.FamiliarString(ref)
-	platform, err := p.str("platform")
-	if err != nil {
-		return nil, fmt.Errorf("docker_pull %s: %w", name, err)
-	}
-	digest, err := e.pullImage(ctx, ref, platform, t, creds, keys...)
+	digest, err := e.pullImage(ctx, ref, c.Platform, t, creds, keys...)
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 	"github.com/ansflow/ansflow/services/docker-runner/policy"
 )
 
@@ -37,8 +38,7 @@ func (e *Engine) run(ctx context.Context, req *event.StepRequested, t stepIO, cr
 	if err != nil {
 		return nil, fmt.Errorf("docker_run: %w", err)
 	}
-	p := params(req.DockerConfig)
-	cfg, hc, err := e.containerSpec(ctx, req, p, t, img)
+	cfg, hc, err := e.containerSpec(ctx, req, t, img)
 	if err != nil {
 		return nil, fmt.Errorf("docker_run %s: %w", img, err)
 	}
@@ -181,7 +181,14 @@ func runImage(req *event.StepRequested) (string, reference.Named, error) {
 }
 
 // containerSpec maps the step onto the container's configuration.
-func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p params, t stepIO, img string) (*container.Config, *container.HostConfig, error) {
+func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, t stepIO, img string) (*container.Config, *container.HostConfig, error) {
+	// Keys granting host access are no settings: they are only looked for
+	// to be refused by the policy below, with its explanation.
+	unsupported := hostAccessKeys(req.DockerConfig)
+	c, err := decodeConfig[steps.DockerRunConfig](without(req.DockerConfig, unsupported))
+	if err != nil {
+		return nil, nil, err
+	}
 	cfg := &container.Config{
 		Image:        img,
 		Labels:       AttemptLabels(req.RunID, req.StepID, req.Attempt),
@@ -193,16 +200,13 @@ func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p 
 	// the seed's format puts docker_run's command in docker_config
 	cmd := req.Command
 	if cmd == nil {
-		cmd = p["command"]
+		cmd = c.Command
 	}
 	list, script, err := argv(cmd)
 	if err != nil {
 		return nil, nil, err
 	}
-	entrypoint, err := p.list("entrypoint")
-	if err != nil {
-		return nil, nil, err
-	}
+	entrypoint := c.Entrypoint
 	switch {
 	case script != "" && entrypoint != nil:
 		// a wrapper entrypoint (tini, docker-entrypoint.sh) runs the shell
@@ -213,10 +217,7 @@ func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p 
 		cfg.Entrypoint, cfg.Cmd = entrypoint, list
 	}
 
-	stepEnv, err := p.strMap("environment")
-	if err != nil {
-		return nil, nil, err
-	}
+	stepEnv := c.Environment
 	// req.Env next: the pipeline service passes values from outside
 	// (webhook payloads) there, and commands refer to them as variables.
 	// The step's secrets last, so neither can shadow them.
@@ -227,38 +228,18 @@ func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p 
 	if cfg.Env, err = envList(stepEnv, req.Env, secrets); err != nil {
 		return nil, nil, err
 	}
-	if cfg.WorkingDir, err = p.str("workdir"); err != nil {
-		return nil, nil, err
-	}
+	cfg.WorkingDir = c.Workdir
 	if cfg.WorkingDir != "" && !strings.HasPrefix(cfg.WorkingDir, "/") {
 		return nil, nil, fmt.Errorf("%w: workdir %q is not an absolute container path", ErrInvalidStep, cfg.WorkingDir)
 	}
-	if cfg.User, err = p.str("user"); err != nil {
-		return nil, nil, err
-	}
-	network, err := p.str("network")
-	if err != nil {
-		return nil, nil, err
-	}
+	cfg.User = c.User
+	network := c.Network
 	if network == "" {
 		network = e.cfg.Network
 	}
 	hc.NetworkMode = container.NetworkMode(network)
-	if hc.AutoRemove, err = p.boolean("remove", true); err != nil {
-		return nil, nil, err
-	}
-	if hc.Privileged, err = p.boolean("privileged", false); err != nil {
-		return nil, nil, err
-	}
-
-	mountSource, err := p.boolean("mount_source", false)
-	if err != nil {
-		return nil, nil, err
-	}
-	volumes, err := p.list("volumes")
-	if err != nil {
-		return nil, nil, err
-	}
+	hc.AutoRemove, hc.Privileged = c.Remove, c.Privileged
+	mountSource, volumes := c.MountSource, c.Volumes
 	var src string
 	source := func() (string, error) {
 		if src != "" {
@@ -272,7 +253,7 @@ func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p 
 		return s, nil
 	}
 	ask := policy.Step{Type: req.Type, Pipeline: req.Pipeline, Image: img, Privileged: hc.Privileged,
-		Network: network, Unsupported: hostAccessKeys(p)}
+		Network: network, Unsupported: unsupported}
 	if mountSource {
 		s, err := source()
 		if err != nil {
@@ -323,16 +304,32 @@ func (e *Engine) containerSpec(ctx context.Context, req *event.StepRequested, p 
 // volumeName is what Docker accepts as a named volume.
 var volumeName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
 
-// hostAccessKeys returns the docker_config keys of p that would grant the
-// container host access the engine never gives on its own. Validation of
-// pipeline files rejects them; a request carrying them anyway is refused,
-// not run with them silently dropped.
-func hostAccessKeys(p params) []string {
+// hostAccessKeys returns the docker_config keys of cfg that would grant the
+// container host access the engine never gives on its own. No step type
+// defines them, so validation of pipeline files rejects them; a request
+// carrying them anyway is refused by the policy, with its explanation, not
+// run with them silently dropped.
+func hostAccessKeys(cfg map[string]any) []string {
 	var out []string
 	for _, k := range []string{"cap_add", "devices", "pid", "ipc", "uts", "userns_mode", "cgroupns", "security_opt", "sysctls", "device_requests"} {
-		if _, ok := p[k]; ok {
+		if _, ok := cfg[k]; ok {
 			out = append(out, k)
 		}
+	}
+	return out
+}
+
+// without returns cfg less the keys drop (cfg itself when there are none).
+func without(cfg map[string]any, drop []string) map[string]any {
+	if len(drop) == 0 {
+		return cfg
+	}
+	out := make(map[string]any, len(cfg))
+	for k, v := range cfg {
+		out[k] = v
+	}
+	for _, k := range drop {
+		delete(out, k)
 	}
 	return out
 }

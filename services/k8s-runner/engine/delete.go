@@ -10,6 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // delete executes k8s_delete: it deletes the step's resource (any kind,
@@ -21,44 +23,10 @@ import (
 // what does not exist succeeds, so that retried attempts are idempotent.
 // Outputs: deleted (how many objects), namespace, name.
 func (s *step) delete(ctx context.Context) (map[string]string, error) {
-	rt, err := s.p.str("resource_type")
-	if err != nil {
-		return nil, err
-	}
-	if rt == "" {
-		rt = "deployment"
-	}
-	av, err := s.p.str("api_version")
-	if err != nil {
-		return nil, err
-	}
-	selector, err := s.p.str("label_selector")
-	if err != nil {
-		return nil, err
-	}
-	wait, err := s.p.boolean("wait", true)
-	if err != nil {
-		return nil, err
-	}
-	timeout, err := s.p.seconds("timeout", s.e.cfg.WaitTimeout)
-	if err != nil {
-		return nil, err
-	}
-	policy, err := s.p.str("propagation_policy")
-	if err != nil {
-		return nil, err
-	}
-	var prop metav1.DeletionPropagation
-	switch strings.ToLower(policy) {
-	case "", "background":
-		prop = metav1.DeletePropagationBackground
-	case "foreground":
-		prop = metav1.DeletePropagationForeground
-	case "orphan":
-		prop = metav1.DeletePropagationOrphan
-	default:
-		return nil, invalid("propagation_policy", "%q: want Background, Foreground or Orphan", policy)
-	}
+	c := s.cfg.(*steps.K8sDeleteConfig)
+	rt, av, selector, wait, timeout := c.ResourceType, c.APIVersion, c.LabelSelector, c.Wait, s.timeout(c.Timeout)
+	// The definition's values are the API's own spellings.
+	prop := metav1.DeletionPropagation(c.PropagationPolicy)
 	k, err := s.e.resolve(rt, av)
 	if err != nil {
 		return nil, err

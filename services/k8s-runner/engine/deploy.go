@@ -19,6 +19,8 @@ import (
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // Labels and annotations the engine puts on what it deploys.
@@ -30,77 +32,6 @@ const (
 	pipelineAnnotation = "ansflow.io/pipeline"
 )
 
-// deploymentSpec is k8s_config.deployment_spec: the seed's keys (replicas,
-// image, ports, environment) plus resources, labels and probes, and a few
-// workload settings. Unknown keys are rejected.
-type deploymentSpec struct {
-	// Replicas of the Deployment; unset leaves the count to the cluster (1 on
-	// creation, else whatever k8s_scale or an autoscaler set).
-	Replicas *flexInt `json:"replicas"`
-	// Image of the container; unset uses the step's docker_image.
-	Image string `json:"image"`
-	// Ports the container listens on; a Service of the same name exposes
-	// them when any is given.
-	Ports []portSpec `json:"ports"`
-	// Environment variables of the container.
-	Environment map[string]flexString `json:"environment"`
-	// Resources: {requests: {cpu, memory, ...}, limits: {...}}.
-	Resources *struct {
-		Requests map[string]flexString `json:"requests"`
-		Limits   map[string]flexString `json:"limits"`
-	} `json:"resources"`
-	// Labels added to the Deployment, its pods and the Service. "app" is
-	// the selector and always equals the resource name.
-	Labels map[string]flexString `json:"labels"`
-	// Probes by kind: readiness, liveness, startup.
-	Probes map[string]probeSpec `json:"probes"`
-	// Container names the container (default: the resource name).
-	Container string `json:"container"`
-	// Command and Args override the image's entrypoint and arguments.
-	Command flexStrings `json:"command"`
-	Args    flexStrings `json:"args"`
-	// ImagePullPolicy: Always, IfNotPresent or Never.
-	ImagePullPolicy string `json:"image_pull_policy"`
-	// ProgressDeadlineSeconds after which a stuck rollout is reported as
-	// ProgressDeadlineExceeded (Kubernetes' default: 600).
-	ProgressDeadlineSeconds *flexInt `json:"progress_deadline_seconds"`
-	// ServiceType of the Service: ClusterIP (default), NodePort,
-	// LoadBalancer.
-	ServiceType string `json:"service_type"`
-}
-
-// portSpec is one entry of deployment_spec.ports.
-type portSpec struct {
-	ContainerPort flexInt `json:"container_port"`
-	Protocol      string  `json:"protocol"`
-	ServicePort   flexInt `json:"service_port"`
-	Name          string  `json:"name"`
-}
-
-// probeSpec is one entry of deployment_spec.probes; exactly one of
-// http_get, tcp_socket, exec or grpc is set.
-type probeSpec struct {
-	HTTPGet *struct {
-		Path   string     `json:"path"`
-		Port   flexString `json:"port"`
-		Scheme string     `json:"scheme"`
-	} `json:"http_get"`
-	TCPSocket *struct {
-		Port flexString `json:"port"`
-	} `json:"tcp_socket"`
-	Exec *struct {
-		Command flexStrings `json:"command"`
-	} `json:"exec"`
-	GRPC *struct {
-		Port flexInt `json:"port"`
-	} `json:"grpc"`
-	InitialDelaySeconds *flexInt `json:"initial_delay_seconds"`
-	PeriodSeconds       *flexInt `json:"period_seconds"`
-	TimeoutSeconds      *flexInt `json:"timeout_seconds"`
-	SuccessThreshold    *flexInt `json:"success_threshold"`
-	FailureThreshold    *flexInt `json:"failure_threshold"`
-}
-
 // deployOptions are k8s_deploy's settings besides what to apply.
 type deployOptions struct {
 	wait     bool
@@ -111,55 +42,32 @@ type deployOptions struct {
 
 // deploy executes k8s_deploy: exactly one of deployment_spec, manifest and
 // manifest_file says what to apply.
+// Which one is set the decoder has checked (steps.K8sDeployConfig).
 func (s *step) deploy(ctx context.Context) (map[string]string, error) {
-	var opts deployOptions
-	var err error
-	if opts.rollback, err = s.p.boolean("rollback_on_failure", false); err != nil {
-		return nil, err
-	}
+	c := s.cfg.(*steps.K8sDeployConfig)
 	// Rolling back needs the rollout's outcome, so it implies waiting.
-	if opts.wait, err = s.p.boolean("wait", opts.rollback); err != nil {
-		return nil, err
+	opts := deployOptions{rollback: c.RollbackOnFailure, wait: c.RollbackOnFailure,
+		timeout: s.timeout(c.Timeout), manager: s.fieldManager()}
+	if c.Wait != nil {
+		opts.wait = *c.Wait
 	}
 	if opts.rollback && !opts.wait {
 		return nil, invalid("wait", "rollback_on_failure needs wait: true (the rollout's outcome decides the rollback)")
 	}
-	if opts.timeout, err = s.p.seconds("timeout", s.e.cfg.WaitTimeout); err != nil {
-		return nil, err
+	if c.DeploymentSpec != nil {
+		return s.deploySpec(ctx, c.DeploymentSpec, opts)
 	}
-	if opts.manager, err = s.fieldManager(); err != nil {
-		return nil, err
-	}
-	var set []string
-	for _, k := range []string{"deployment_spec", "manifest", "manifest_file"} {
-		if s.p.has(k) {
-			set = append(set, k)
-		}
-	}
-	switch {
-	case len(set) == 0:
-		return nil, fmt.Errorf("%w: k8s_deploy needs one of deployment_spec, manifest or manifest_file", ErrInvalidConfig)
-	case len(set) > 1:
-		return nil, fmt.Errorf("%w: k8s_deploy takes one of deployment_spec, manifest or manifest_file, not %s", ErrInvalidConfig, strings.Join(set, " and "))
-	case set[0] == "deployment_spec":
-		return s.deploySpec(ctx, opts)
-	default:
-		return s.deployManifests(ctx, opts)
-	}
+	return s.deployManifests(ctx, opts)
 }
 
 // deploySpec applies the Deployment (and Service) that deployment_spec
 // describes, named by the step's resource name.
-func (s *step) deploySpec(ctx context.Context, opts deployOptions) (map[string]string, error) {
-	var spec deploymentSpec
-	if err := s.p.decode("deployment_spec", &spec); err != nil {
-		return nil, err
-	}
+func (s *step) deploySpec(ctx context.Context, spec *steps.DeploymentSpec, opts deployOptions) (map[string]string, error) {
 	ns, name := s.namespace(), strings.TrimSpace(s.req.ResourceName)
 	if name == "" {
 		return nil, fmt.Errorf("%w: k8s_deploy with deployment_spec needs k8s_resource_name (on this step or an earlier k8s step)", ErrInvalidConfig)
 	}
-	dep, svc, err := s.buildDeployment(&spec, ns, name)
+	dep, svc, err := s.buildDeployment(spec, ns, name)
 	if err != nil {
 		return nil, err
 	}
@@ -256,7 +164,7 @@ func (s *step) settle(ctx context.Context, ns, name string, before *appsv1.Deplo
 
 // buildDeployment turns deployment_spec into apply configurations of the
 // Deployment and, when ports are given, of its Service.
-func (s *step) buildDeployment(spec *deploymentSpec, ns, name string) (*appsv1ac.DeploymentApplyConfiguration, *corev1ac.ServiceApplyConfiguration, error) {
+func (s *step) buildDeployment(spec *steps.DeploymentSpec, ns, name string) (*appsv1ac.DeploymentApplyConfiguration, *corev1ac.ServiceApplyConfiguration, error) {
 	image := strings.TrimSpace(spec.Image)
 	if image == "" {
 		image = strings.TrimSpace(s.req.Image)
@@ -413,7 +321,7 @@ func (s *step) buildDeployment(spec *deploymentSpec, ns, name string) (*appsv1ac
 	return dep, svc, nil
 }
 
-func resourceList(key string, in map[string]flexString) (corev1.ResourceList, error) {
+func resourceList(key string, in map[string]string) (corev1.ResourceList, error) {
 	out := corev1.ResourceList{}
 	for k, v := range in {
 		q, err := resource.ParseQuantity(string(v))
@@ -425,8 +333,8 @@ func resourceList(key string, in map[string]flexString) (corev1.ResourceList, er
 	return out, nil
 }
 
-func portValue(key string, v flexString) (intstr.IntOrString, error) {
-	s := strings.TrimSpace(string(v))
+func portValue(key string, v string) (intstr.IntOrString, error) {
+	s := strings.TrimSpace(v)
 	if s == "" {
 		return intstr.IntOrString{}, invalid(key, "required")
 	}
@@ -436,7 +344,7 @@ func portValue(key string, v flexString) (intstr.IntOrString, error) {
 	return intstr.FromString(s), nil
 }
 
-func buildProbe(key string, ps probeSpec) (*corev1ac.ProbeApplyConfiguration, error) {
+func buildProbe(key string, ps steps.Probe) (*corev1ac.ProbeApplyConfiguration, error) {
 	p := corev1ac.Probe()
 	handlers := 0
 	if h := ps.HTTPGet; h != nil {
@@ -476,20 +384,20 @@ func buildProbe(key string, ps probeSpec) (*corev1ac.ProbeApplyConfiguration, er
 	if handlers != 1 {
 		return nil, invalid(key, "want exactly one of http_get, tcp_socket, exec or grpc")
 	}
-	if v := ps.InitialDelaySeconds.int32p(); v != nil {
-		p.WithInitialDelaySeconds(*v)
+	if v := ps.InitialDelaySeconds; v != nil {
+		p.WithInitialDelaySeconds(int32(*v))
 	}
-	if v := ps.PeriodSeconds.int32p(); v != nil {
-		p.WithPeriodSeconds(*v)
+	if v := ps.PeriodSeconds; v != nil {
+		p.WithPeriodSeconds(int32(*v))
 	}
-	if v := ps.TimeoutSeconds.int32p(); v != nil {
-		p.WithTimeoutSeconds(*v)
+	if v := ps.TimeoutSeconds; v != nil {
+		p.WithTimeoutSeconds(int32(*v))
 	}
-	if v := ps.SuccessThreshold.int32p(); v != nil {
-		p.WithSuccessThreshold(*v)
+	if v := ps.SuccessThreshold; v != nil {
+		p.WithSuccessThreshold(int32(*v))
 	}
-	if v := ps.FailureThreshold.int32p(); v != nil {
-		p.WithFailureThreshold(*v)
+	if v := ps.FailureThreshold; v != nil {
+		p.WithFailureThreshold(int32(*v))
 	}
 	return p, nil
 }

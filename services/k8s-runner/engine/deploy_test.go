@@ -257,6 +257,6 @@ func TestDeployFailures(t *testing.T) {
 		cfg := spec("web:1", nil)
 		cfg["deployment_spec"].(map[string]any)["replicaz"] = 3
 		r := h.run(h.step(engine.TypeDeploy, ns, "web", cfg), event.StatusFailed, 30*time.Second)
-		wantContains(t, "error", r.Error, "invalid k8s_config: deployment_spec", `unknown field "replicaz"`)
+		wantContains(t, "error", r.Error, "invalid k8s_config: deployment_spec.replicaz: unknown key", `did you mean "replicas"`)
 	})
 }

@@ -50,6 +50,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // Step types executed by the engine.
@@ -283,7 +284,8 @@ func (e *Engine) Types() []string {
 // done or ctx ends; waits, log follows and exec streams stop with ctx. The
 // step's namespace and resource name come from req (the orchestrator has
 // already applied inheritance from earlier steps); its parameters come from
-// req.K8sConfig, whose keys are those pkg/spec.ConfigKeys lists.
+// req.K8sConfig, decoded through the step type's definition in
+// pkg/spec/steps.
 func (e *Engine) Execute(ctx context.Context, req *event.StepRequested, task *runner.Task) (map[string]string, error) {
 	return e.execute(ctx, req, task)
 }
@@ -303,8 +305,57 @@ type step struct {
 	e   *Engine
 	req *event.StepRequested
 	io  stepIO
-	p   params
-	log *zap.Logger
+	// cfg is req.K8sConfig decoded into the step type's definition:
+	// *steps.K8sDeployConfig, *steps.K8sScaleConfig, and so on.
+	cfg any
+	// manager is the field manager the step asks for ("": the engine's).
+	manager string
+	// pods says which pods and container a k8s_exec or k8s_logs step
+	// addresses.
+	pods podTarget
+	log  *zap.Logger
+}
+
+// podTarget is the pod, pod_selector and container of a step's settings.
+type podTarget struct {
+	pod, selector, container string
+}
+
+// decode decodes req.K8sConfig into s.cfg through the definition of the
+// step's type, so that the engine reads no setting validation does not
+// know. A value that does not fit fails with [ErrInvalidConfig].
+func (s *step) decode() error {
+	cfg, err := steps.DecodeType(s.req.Type, s.req.K8sConfig)
+	if err != nil {
+		var fe *steps.FieldError
+		switch {
+		case errors.As(err, &fe) && fe.Path == "":
+			return fmt.Errorf("%w: %s %s", ErrInvalidConfig, s.req.Type, fe.Msg)
+		case errors.As(err, &fe):
+			return invalid(fe.Path, "%s", fe.Msg)
+		}
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	s.cfg = cfg
+	switch c := cfg.(type) {
+	case *steps.K8sDeployConfig:
+		s.manager = c.FieldManager
+	case *steps.K8sScaleConfig:
+		s.manager = c.FieldManager
+	case *steps.K8sExecConfig:
+		s.pods = podTarget{pod: c.Pod, selector: c.PodSelector, container: c.Container}
+	case *steps.K8sLogsConfig:
+		s.pods = podTarget{pod: c.Pod, selector: c.PodSelector, container: c.Container}
+	}
+	return nil
+}
+
+// timeout is d, or the engine's wait timeout when d is unset.
+func (s *step) timeout(d time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return s.e.cfg.WaitTimeout
 }
 
 func (e *Engine) execute(ctx context.Context, req *event.StepRequested, t stepIO) (map[string]string, error) {
@@ -314,11 +365,8 @@ func (e *Engine) execute(ctx context.Context, req *event.StepRequested, t stepIO
 			return nil, fmt.Errorf("%s: %w", req.Type, err)
 		}
 	}
-	s := &step{e: e, req: req, io: t, p: params(req.K8sConfig),
+	s := &step{e: e, req: req, io: t,
 		log: e.log.With(zap.String("run_id", req.RunID), zap.String("step_id", req.StepID), zap.Int("attempt", req.Attempt))}
-	if s.p == nil {
-		s.p = params{}
-	}
 	var run func(context.Context) (map[string]string, error)
 	switch req.Type {
 	case TypeDeploy:
@@ -338,6 +386,9 @@ func (e *Engine) execute(ctx context.Context, req *event.StepRequested, t stepIO
 	}
 	if err := e.allowNamespace(s.namespace()); err != nil {
 		return nil, fmt.Errorf("%s: %w", req.Type, err)
+	}
+	if err := s.decode(); err != nil {
+		return nil, err
 	}
 	start := time.Now()
 	out, err := run(ctx)
@@ -362,12 +413,11 @@ func (s *step) namespace() string {
 }
 
 // fieldManager is the step's server-side apply field manager.
-func (s *step) fieldManager() (string, error) {
-	fm, err := s.p.str("field_manager")
-	if err != nil || fm != "" {
-		return fm, err
+func (s *step) fieldManager() string {
+	if s.manager != "" {
+		return s.manager
 	}
-	return s.e.cfg.FieldManager, nil
+	return s.e.cfg.FieldManager
 }
 
 // printf writes a progress line to the step's stdout.

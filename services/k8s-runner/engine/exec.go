@@ -22,6 +22,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // envName is what may be passed as `env NAME=value`.
@@ -49,11 +50,7 @@ func (s *step) exec(ctx context.Context) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.p.has("timeout") {
-		d, err := s.p.seconds("timeout", 0)
-		if err != nil {
-			return nil, err
-		}
+	if d := s.cfg.(*steps.K8sExecConfig).Timeout; d > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, d, fmt.Errorf("%w: the command did not finish within %s", ErrWaitTimeout, d))
 		defer cancel()
@@ -155,7 +152,10 @@ func exitCode(err error) (int, bool) {
 func (s *step) command() ([]string, error) {
 	var cmd any = s.req.Command
 	if c, ok := cmd.(string); cmd == nil || (ok && strings.TrimSpace(c) == "") {
-		cmd = s.p["command"]
+		cmd = nil
+		if c, ok := s.cfg.(*steps.K8sExecConfig); ok {
+			cmd = c.Command
+		}
 	}
 	var argv []string
 	switch c := cmd.(type) {
@@ -298,9 +298,9 @@ func (e *Engine) Reap(ctx context.Context, req *event.StepRequested, attempt int
 	if req.Type != TypeExec {
 		return nil
 	}
-	s := &step{e: e, req: req, io: nil, p: params(req.K8sConfig), log: e.log}
-	if s.p == nil {
-		s.p = params{}
+	s := &step{e: e, req: req, io: nil, log: e.log}
+	if err := s.decode(); err != nil {
+		return fmt.Errorf("reap attempt %d of %s/%s: %w", attempt, req.RunID, req.StepID, err)
 	}
 	ns := s.namespace()
 	set, err := s.selectPods(ctx, ns)

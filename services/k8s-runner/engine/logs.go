@@ -15,6 +15,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // maxFollowedPods bounds the log streams one k8s_logs step follows at once.
@@ -32,43 +34,17 @@ const maxFollowedPods = 20
 // read is reported on stderr, and the step fails only when none can be.
 // Outputs: pods, lines, namespace.
 func (s *step) logs(ctx context.Context) (map[string]string, error) {
-	opts := corev1.PodLogOptions{}
-	var err error
-	if opts.Follow, err = s.p.boolean("follow", false); err != nil {
-		return nil, err
+	c := s.cfg.(*steps.K8sLogsConfig)
+	opts := corev1.PodLogOptions{Follow: c.Follow, Previous: c.Previous, TailLines: c.TailLines}
+	switch {
+	case !c.Since.Time.IsZero():
+		mt := metav1.NewTime(c.Since.Time)
+		opts.SinceTime = &mt
+	case c.Since.Ago > 0:
+		secs := int64((c.Since.Ago + time.Second - 1) / time.Second)
+		opts.SinceSeconds = &secs
 	}
-	if opts.Previous, err = s.p.boolean("previous", false); err != nil {
-		return nil, err
-	}
-	if n, ok, err := s.p.integer("tail_lines"); err != nil {
-		return nil, err
-	} else if ok {
-		if n < 0 {
-			return nil, invalid("tail_lines", "must not be negative")
-		}
-		opts.TailLines = &n
-	}
-	if s.p.has("since") {
-		v := s.p["since"]
-		str, _ := v.(string)
-		if t, perr := time.Parse(time.RFC3339, strings.TrimSpace(str)); perr == nil {
-			mt := metav1.NewTime(t)
-			opts.SinceTime = &mt
-		} else {
-			d, derr := toDuration(v)
-			if derr != nil || d <= 0 {
-				return nil, invalid("since", "want a duration such as 10m, seconds, or an RFC 3339 time; got %v", v)
-			}
-			secs := int64((d + time.Second - 1) / time.Second)
-			opts.SinceSeconds = &secs
-		}
-	}
-	followFor := time.Duration(0)
-	if s.p.has("timeout") {
-		if followFor, err = s.p.seconds("timeout", 0); err != nil {
-			return nil, err
-		}
-	}
+	followFor := c.Timeout
 	ns := s.namespace()
 	if err := s.checkNamespace(ctx, ns); err != nil {
 		return nil, err

@@ -18,6 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // manifestDoc is one object of a manifest and where it came from.
@@ -218,8 +220,9 @@ func (s *step) waitEstablished(ctx context.Context, name string, opts deployOpti
 
 // manifestDocs reads the step's manifest or manifest_file.
 func (s *step) manifestDocs(ctx context.Context) ([]manifestDoc, error) {
-	if s.p.has("manifest") {
-		switch m := s.p["manifest"].(type) {
+	c := s.cfg.(*steps.K8sDeployConfig)
+	if c.Manifest != nil {
+		switch m := c.Manifest.(type) {
 		case string:
 			return decodeManifests([]byte(m), "manifest")
 		case map[string]any, []any:
@@ -236,10 +239,7 @@ func (s *step) manifestDocs(ctx context.Context) ([]manifestDoc, error) {
 			return nil, invalid("manifest", "want YAML text or objects, got %T", m)
 		}
 	}
-	rel, err := s.p.str("manifest_file")
-	if err != nil {
-		return nil, err
-	}
+	rel := c.ManifestFile
 	dir, err := s.io.SourceDir(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("manifest_file %q needs the run's source: %w", rel, err)

@@ -31,14 +31,8 @@ type podSet struct {
 // Pods being deleted are left out. It fails with [ErrNoPods] when nothing
 // matches. Pods are ordered Running and Ready first, then oldest first.
 func (s *step) selectPods(ctx context.Context, ns string) (*podSet, error) {
-	podName, err := s.p.str("pod")
-	if err != nil {
-		return nil, err
-	}
-	selector, err := s.p.str("pod_selector")
-	if err != nil {
-		return nil, err
-	}
+	podName, selector := s.pods.pod, s.pods.selector
+	var err error
 	pods := s.e.cs.CoreV1().Pods(ns)
 	if podName == "" && selector == "" {
 		name := strings.TrimSpace(s.req.ResourceName)
@@ -135,10 +129,7 @@ func (s *step) workloadSelector(ctx context.Context, ns, name string) (string, e
 // containerOf picks the container to address in p: the step's container,
 // else the pod's default-container annotation, else its first container.
 func (s *step) containerOf(p *corev1.Pod) (string, error) {
-	want, err := s.p.str("container")
-	if err != nil {
-		return "", err
-	}
+	want := s.pods.container
 	var names []string
 	for _, c := range p.Spec.Containers {
 		names = append(names, c.Name)

@@ -341,7 +341,7 @@ func (s *step) rollback(ctx context.Context, ns, name string, toRevision int64, 
 		if err != nil {
 			return 0, err
 		}
-		fm, _ := s.fieldManager()
+		fm := s.fieldManager()
 		if _, err := apps.Deployments(ns).Patch(ctx, name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: fm}); err != nil {
 			return 0, s.apiErr(err, apiReq{verb: "patch", resource: "deployments.apps", ns: ns, name: name})
 		}

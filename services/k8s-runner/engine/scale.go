@@ -11,6 +11,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // scale executes k8s_scale: it sets replicas through the scale subresource
@@ -19,35 +21,9 @@ import (
 // wait: true, watches until the workload runs exactly that many ready
 // replicas. Outputs: replicas, previous_replicas, namespace, name.
 func (s *step) scale(ctx context.Context) (map[string]string, error) {
-	replicas, ok, err := s.p.integer("replicas")
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return nil, invalid("replicas", "required")
-	}
-	if replicas < 0 || replicas > 1<<31-1 {
-		return nil, invalid("replicas", "%d is out of range", replicas)
-	}
-	rt, err := s.p.str("resource_type")
-	if err != nil {
-		return nil, err
-	}
-	if rt == "" {
-		rt = "deployment"
-	}
-	wait, err := s.p.boolean("wait", false)
-	if err != nil {
-		return nil, err
-	}
-	timeout, err := s.p.seconds("timeout", s.e.cfg.WaitTimeout)
-	if err != nil {
-		return nil, err
-	}
-	manager, err := s.fieldManager()
-	if err != nil {
-		return nil, err
-	}
+	// replicas is required and in range: the decoder checked it.
+	c := s.cfg.(*steps.K8sScaleConfig)
+	replicas, rt, wait, timeout, manager := c.Replicas, c.ResourceType, c.Wait, s.timeout(c.Timeout), s.fieldManager()
 	k, err := s.e.resolve(rt, "")
 	if err != nil {
 		return nil, err

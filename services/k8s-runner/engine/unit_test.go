@@ -14,70 +14,94 @@ import (
 	utilexec "k8s.io/client-go/util/exec"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // These tests cover the engine's pure decisions; everything that talks to
 // a cluster is tested against the local control plane in the other files.
 
-func TestParams(t *testing.T) {
-	p := params{"n": float64(3), "s": "4", "bad": "x", "b": "true", "d": "90s", "f": float64(1.5), "neg": "-1", "empty": ""}
-	if n, ok, err := p.integer("n"); n != 3 || !ok || err != nil {
-		t.Errorf("n: %d %v %v", n, ok, err)
+// decoded runs step.decode on a request of type typ with cfg.
+func decoded(typ string, cfg map[string]any) (*step, error) {
+	s := &step{e: &Engine{cfg: Config{WaitTimeout: time.Minute}}, req: &event.StepRequested{Type: typ, K8sConfig: cfg}}
+	return s, s.decode()
+}
+
+// TestDecodeSettings checks that the engine reads k8s_config through the
+// step types' definitions as it read its own parameters: numbers and
+// booleans also as strings, blank as unset, defaults, and failures as
+// ErrInvalidConfig naming the key.
+func TestDecodeSettings(t *testing.T) {
+	s, err := decoded(TypeScale, map[string]any{"replicas": "4", "wait": "true", "timeout": "90s"})
+	if c, _ := s.cfg.(*steps.K8sScaleConfig); err != nil || c.Replicas != 4 || !c.Wait || s.timeout(c.Timeout) != 90*time.Second || c.ResourceType != "deployment" {
+		t.Errorf("scale: %+v %v", s.cfg, err)
 	}
-	if n, ok, err := p.integer("s"); n != 4 || !ok || err != nil {
-		t.Errorf("s: %d %v %v", n, ok, err)
+	if _, err := decoded(TypeScale, map[string]any{"replicas": "x"}); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), `replicas: must be an integer, got "x"`) {
+		t.Errorf("bad replicas: %v", err)
 	}
-	if _, _, err := p.integer("bad"); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "bad: want a whole number") {
-		t.Errorf("bad: %v", err)
-	}
-	if _, _, err := p.integer("f"); err == nil {
+	if _, err := decoded(TypeScale, map[string]any{"replicas": 1.5}); err == nil {
 		t.Error("1.5 accepted as a whole number")
 	}
-	if _, ok, _ := p.integer("empty"); ok {
-		t.Error("empty string counted as set")
+	if _, err := decoded(TypeScale, map[string]any{"replicas": ""}); err == nil || !strings.Contains(err.Error(), "invalid k8s_config: replicas: required") {
+		t.Errorf("empty string counted as set: %v", err)
 	}
-	if b, err := p.boolean("b", false); !b || err != nil {
-		t.Errorf("b: %v %v", b, err)
+	if _, err := decoded(TypeScale, map[string]any{"replicas": float64(1), "timeout": "-1"}); err == nil {
+		t.Error("negative timeout accepted")
 	}
-	if b, err := p.boolean("missing", true); !b || err != nil {
-		t.Errorf("default: %v %v", b, err)
-	}
-	for key, want := range map[string]time.Duration{"d": 90 * time.Second, "f": 1500 * time.Millisecond, "n": 3 * time.Second, "missing": time.Minute} {
-		if d, err := p.seconds(key, time.Minute); d != want || err != nil {
-			t.Errorf("seconds(%s) = %s %v, want %s", key, d, err, want)
+	for in, want := range map[any]time.Duration{"90s": 90 * time.Second, float64(1.5): 1500 * time.Millisecond, float64(3): 3 * time.Second, nil: time.Minute} {
+		s, err := decoded(TypeDelete, map[string]any{"timeout": in})
+		if c, _ := s.cfg.(*steps.K8sDeleteConfig); err != nil || s.timeout(c.Timeout) != want || !c.Wait || c.PropagationPolicy != "Background" {
+			t.Errorf("timeout %v: %+v %v, want %s", in, s.cfg, err, want)
 		}
 	}
-	if _, err := p.seconds("neg", time.Minute); err == nil {
-		t.Error("negative timeout accepted")
+	if s, err := decoded(TypeDelete, map[string]any{"propagation_policy": "orphan"}); err != nil || s.cfg.(*steps.K8sDeleteConfig).PropagationPolicy != "Orphan" {
+		t.Errorf("propagation_policy: %+v %v", s.cfg, err)
+	}
+	if _, err := decoded(TypeDeploy, map[string]any{}); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "k8s_deploy needs one of deployment_spec, manifest or manifest_file") {
+		t.Errorf("deploy without what: %v", err)
+	}
+	if s, err := decoded(TypeLogs, map[string]any{"pod": " p ", "container": "c", "since": "10m", "tail_lines": "3"}); err != nil || s.pods != (podTarget{pod: "p", container: "c"}) ||
+		s.cfg.(*steps.K8sLogsConfig).Since.Ago != 10*time.Minute || *s.cfg.(*steps.K8sLogsConfig).TailLines != 3 {
+		t.Errorf("logs: %+v %+v %v", s.pods, s.cfg, err)
+	}
+	if _, err := decoded(TypeWait, map[string]any{"conditon": "ready"}); err == nil || !strings.Contains(err.Error(), `conditon: unknown key for k8s_wait (did you mean "condition"?)`) {
+		t.Errorf("misspelt key: %v", err)
+	}
+}
+
+// TestEngineUsesTheDefinitions checks that the engine executes exactly the
+// Kubernetes step types pkg/spec/steps defines.
+func TestEngineUsesTheDefinitions(t *testing.T) {
+	if got, want := (&Engine{}).Types(), steps.Names("k8s"); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("engine executes %v, definitions are %v", got, want)
 	}
 }
 
 func TestDeploymentSpecDecoding(t *testing.T) {
-	p := params{"deployment_spec": map[string]any{
+	s, err := decoded(TypeDeploy, map[string]any{"deployment_spec": map[string]any{
 		"replicas": "3", "image": "a:1", "environment": map[string]any{"N": float64(2), "B": true, "S": "x"},
 		"labels": map[string]any{"version": float64(2)}, "command": "serve", "args": []any{"--port", float64(80)},
-	}}
-	var spec deploymentSpec
-	if err := p.decode("deployment_spec", &spec); err != nil {
+	}})
+	if err != nil {
 		t.Fatal(err)
 	}
+	spec := s.cfg.(*steps.K8sDeployConfig).DeploymentSpec
 	if *spec.Replicas != 3 || spec.Environment["N"] != "2" || spec.Environment["B"] != "true" || spec.Labels["version"] != "2" ||
 		fmt.Sprint(spec.Command) != "[serve]" || fmt.Sprint(spec.Args) != "[--port 80]" {
 		t.Errorf("decoded %+v", spec)
 	}
-	s := &step{e: &Engine{}, req: &event.StepRequested{RunID: "r"}}
-	if _, _, err := s.buildDeployment(&deploymentSpec{Image: "a", Labels: map[string]flexString{"app": "other"}}, "ns", "web"); err == nil ||
+	s = &step{e: &Engine{}, req: &event.StepRequested{RunID: "r"}}
+	if _, _, err := s.buildDeployment(&steps.DeploymentSpec{Image: "a", Labels: map[string]string{"app": "other"}}, "ns", "web"); err == nil ||
 		!strings.Contains(err.Error(), "must equal the resource name") {
 		t.Errorf("app label override: %v", err)
 	}
-	if _, _, err := s.buildDeployment(&deploymentSpec{}, "ns", "web"); err == nil || !strings.Contains(err.Error(), "deployment_spec.image: required") {
+	if _, _, err := s.buildDeployment(&steps.DeploymentSpec{}, "ns", "web"); err == nil || !strings.Contains(err.Error(), "deployment_spec.image: required") {
 		t.Errorf("no image: %v", err)
 	}
-	if _, _, err := s.buildDeployment(&deploymentSpec{Image: "a", Probes: map[string]probeSpec{"readiness": {}}}, "ns", "web"); err == nil ||
+	if _, _, err := s.buildDeployment(&steps.DeploymentSpec{Image: "a", Probes: map[string]steps.Probe{"readiness": {}}}, "ns", "web"); err == nil ||
 		!strings.Contains(err.Error(), "exactly one of http_get") {
 		t.Errorf("empty probe: %v", err)
 	}
-	dep, svc, err := s.buildDeployment(&deploymentSpec{Image: "a", Ports: []portSpec{{ContainerPort: 8080}}}, "ns", "web")
+	dep, svc, err := s.buildDeployment(&steps.DeploymentSpec{Image: "a", Ports: []steps.PortSpec{{ContainerPort: 8080}}}, "ns", "web")
 	if err != nil || svc == nil || *svc.Spec.Ports[0].Name != "tcp-8080" || *dep.Spec.Template.Spec.Containers[0].Name != "web" || dep.Spec.Replicas != nil {
 		t.Errorf("build: %v %+v", err, svc)
 	}
@@ -169,20 +193,20 @@ func TestRolloutStatus(t *testing.T) {
 }
 
 func TestCommand(t *testing.T) {
-	s := &step{req: &event.StepRequested{RunID: "r", StepID: "s", Attempt: 2, Command: "echo $X", Env: map[string]string{"B": "2", "A": "1 1"}}, p: params{}}
+	s := &step{req: &event.StepRequested{RunID: "r", StepID: "s", Attempt: 2, Command: "echo $X", Env: map[string]string{"B": "2", "A": "1 1"}}}
 	argv, err := s.command()
 	if err != nil || fmt.Sprintf("%q", argv) != `["env" "ANSFLOW_ATTEMPT=r.s.2" "A=1 1" "B=2" "sh" "-c" "echo $X"]` {
 		t.Errorf("argv %q %v", argv, err)
 	}
-	s = &step{req: &event.StepRequested{RunID: "r", StepID: "s", Attempt: 1}, p: params{"command": []any{"ls", "-l"}}}
+	s = &step{req: &event.StepRequested{RunID: "r", StepID: "s", Attempt: 1}, cfg: &steps.K8sExecConfig{Command: []string{"ls", "-l"}}}
 	if argv, err := s.command(); err != nil || fmt.Sprint(argv) != "[env ANSFLOW_ATTEMPT=r.s.1 ls -l]" {
 		t.Errorf("config command: %q %v", argv, err)
 	}
-	s = &step{req: &event.StepRequested{Command: "x", Env: map[string]string{"BAD NAME": "1"}}, p: params{}}
+	s = &step{req: &event.StepRequested{Command: "x", Env: map[string]string{"BAD NAME": "1"}}}
 	if _, err := s.command(); !errors.Is(err, ErrInvalidConfig) {
 		t.Errorf("bad env name: %v", err)
 	}
-	s = &step{req: &event.StepRequested{}, p: params{}}
+	s = &step{req: &event.StepRequested{}}
 	if _, err := s.command(); !errors.Is(err, ErrInvalidConfig) {
 		t.Errorf("no command: %v", err)
 	}

@@ -10,6 +10,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 )
 
 // wait executes k8s_wait: it watches the step's resource (resource_type,
@@ -29,30 +31,8 @@ import (
 //
 // timeout (seconds, default [Config.WaitTimeout]) bounds the wait.
 func (s *step) wait(ctx context.Context) (map[string]string, error) {
-	timeout, err := s.p.seconds("timeout", s.e.cfg.WaitTimeout)
-	if err != nil {
-		return nil, err
-	}
-	rt, err := s.p.str("resource_type")
-	if err != nil {
-		return nil, err
-	}
-	av, err := s.p.str("api_version")
-	if err != nil {
-		return nil, err
-	}
-	podSel, err := s.p.str("pod_selector")
-	if err != nil {
-		return nil, err
-	}
-	cond, err := s.p.str("condition")
-	if err != nil {
-		return nil, err
-	}
-	rollback, err := s.p.boolean("rollback_on_failure", false)
-	if err != nil {
-		return nil, err
-	}
+	c := s.cfg.(*steps.K8sWaitConfig)
+	timeout, rt, av, podSel, cond, rollback := s.timeout(c.Timeout), c.ResourceType, c.APIVersion, c.PodSelector, c.Condition, c.RollbackOnFailure
 	if rt == "" {
 		rt = "deployment"
 		if podSel != "" {

@@ -134,7 +134,7 @@ func TestDelete(t *testing.T) {
 	r = h.run(h.step(engine.TypeDelete, ns, "x", map[string]any{"resource_type": "widgets"}), event.StatusFailed, 30*time.Second)
 	wantContains(t, "error", r.Error, `unknown resource type: cluster "local" serves no resource "widgets"`)
 	r = h.run(h.step(engine.TypeDelete, ns, "x", map[string]any{"propagation_policy": "eventually"}), event.StatusFailed, 30*time.Second)
-	wantContains(t, "error", r.Error, "propagation_policy", "want Background, Foreground or Orphan")
+	wantContains(t, "error", r.Error, "propagation_policy", `must be one of Background, Foreground or Orphan, got "eventually"`)
 }
 
 // k8s_wait: rollout as kubectl decides it, pod readiness by selector, job

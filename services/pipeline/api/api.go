@@ -28,6 +28,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/spec"
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -95,6 +96,7 @@ func (s *Server) table() []auth.Route {
 		r("POST /api/v1/pipelines/{name}/clone", operator, auth.ScopePipeline, s.clonePipeline),
 		r("POST /api/v1/pipelines/{name}/runs", operator, auth.ScopePipeline, s.triggerRun),
 		r("POST /api/v1/validate", operator, auth.ScopeAny, s.validate),
+		r("GET /api/v1/step-types", viewer, auth.ScopeAny, s.stepTypes),
 		r("GET /api/v1/runs", viewer, auth.ScopeFiltered, s.listRuns),
 		r("GET /api/v1/runs/{id}", viewer, auth.ScopeRun, s.getRun),
 		r("POST /api/v1/runs/{id}/cancel", operator, auth.ScopeRun, s.cancelRun),
@@ -319,6 +321,13 @@ func (s *Server) validate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, p)
+}
+
+// stepTypes serves the definitions of the step types, with every setting's
+// type, default, allowed values and help, for editors to build forms from.
+// It is one small fixed list, in definition order, so it is not paged.
+func (s *Server) stepTypes(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, steps.Types())
 }
 
 func (s *Server) listPipelines(w http.ResponseWriter, r *http.Request) {

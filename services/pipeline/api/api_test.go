@@ -4,10 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/ansflow/ansflow/pkg/spec/steps"
 
 	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
@@ -149,6 +153,34 @@ func TestPipelinesAndRuns(t *testing.T) {
 	}
 	if code := call(t, "DELETE", base+"/api/v1/pipelines/api-copy", "", "", nil); code != 204 {
 		t.Errorf("delete: %d", code)
+	}
+}
+
+// TestStepTypes checks GET /api/v1/step-types, which editors build forms
+// from, and that validation through the API reports a wrongly typed
+// setting at its line.
+func TestStepTypes(t *testing.T) {
+	base := server(t)
+	var types []steps.StepType
+	if code := call(t, "GET", base+"/api/v1/step-types", "", "", &types); code != 200 {
+		t.Fatalf("step types: %d", code)
+	}
+	if want := steps.Types(); !reflect.DeepEqual(types, want) {
+		t.Errorf("served %+v, want %+v", types, want)
+	}
+	var names []string
+	for _, st := range types {
+		names = append(names, st.Name)
+	}
+	if fmt.Sprint(names) != "[docker_build docker_run docker_push docker_pull k8s_deploy k8s_scale k8s_delete k8s_wait k8s_exec k8s_logs]" {
+		t.Errorf("step types %v", names)
+	}
+	bad := "pipeline:\n  name: typed\n  steps:\n    - name: scale\n      type: k8s_scale\n      k8s_config:\n        replicas: five\n"
+	var errBody api.ErrorBody
+	if code := call(t, "POST", base+"/api/v1/validate", "application/yaml", bad, &errBody); code != 400 || len(errBody.Errors) != 1 ||
+		errBody.Errors[0].Line != 7 || errBody.Errors[0].Field != "pipeline.steps[0].k8s_config.replicas" ||
+		errBody.Errors[0].Message != `must be an integer, got "five"` {
+		t.Errorf("validate: %d %+v", code, errBody)
 	}
 }
 
