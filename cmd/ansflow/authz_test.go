@@ -188,6 +188,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"GET /pipelines/{name}": {auth.RoleViewer, "pipeline", "GET", "/pipelines/alpha", "", ""},
 		"GET /runs":             {auth.RoleViewer, "open", "GET", "/runs", "", ""},
 		"GET /runs/{id}":        {auth.RoleViewer, "pipeline", "GET", "/runs/" + run.ID, "", ""},
+		"GET /stats":            {auth.RoleViewer, "open", "GET", "/stats", "", ""},
 		"GET /login":            {"", "public", "GET", "/login", "", ""},
 		"GET /static/":          {"", "public", "GET", "/static/app.css", "", ""},
 	}

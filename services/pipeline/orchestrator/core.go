@@ -161,6 +161,7 @@ func (d *decision) apply(in Input) {
 			return
 		}
 		s.Status, s.StartedAt, s.Runner = event.StatusRunning, ptr(in.StartedAt), in.Runner
+		s.QueueSeconds = queueWait(s.QueuedAt, in.StartedAt)
 		d.changed = true
 	case Completed:
 		i, s := d.current(in.StepID, in.Attempt)
@@ -173,6 +174,7 @@ func (d *decision) apply(in Input) {
 		}
 		if s.StartedAt == nil {
 			s.StartedAt = ptr(in.StartedAt)
+			s.QueueSeconds = queueWait(s.QueuedAt, in.StartedAt)
 		}
 		s.ExitCode, s.Runner, s.Logs = in.ExitCode, in.Runner, store.Logs{Stdout: in.StdoutTail, Stderr: in.StderrTail}
 		if s.Outputs == nil {
@@ -549,4 +551,13 @@ func NextWake(r *store.Run, env Env) time.Time {
 		}
 	}
 	return t
+}
+
+// queueWait is how long an attempt dispatched at queued waited for a
+// runner to start it, in seconds (0 when unknown).
+func queueWait(queued *time.Time, started time.Time) float64 {
+	if queued == nil || started.Before(*queued) {
+		return 0
+	}
+	return started.Sub(*queued).Seconds()
 }

@@ -116,10 +116,13 @@ type StepState struct {
 	// QueuedAt is when the current attempt was dispatched; Waiting says,
 	// while the step is queued, why no runner has taken it yet (it is
 	// filled in when the run is read through the API, not stored).
-	QueuedAt   *time.Time `json:"queued_at,omitempty"`
-	Waiting    string     `json:"waiting,omitempty"`
-	NotBefore  *time.Time `json:"not_before,omitempty"`
-	SkipReason string     `json:"skip_reason,omitempty"`
+	QueuedAt *time.Time `json:"queued_at,omitempty"`
+	// QueueSeconds is how long the current attempt waited from its
+	// dispatch until a runner started it.
+	QueueSeconds float64    `json:"queue_seconds,omitempty"`
+	Waiting      string     `json:"waiting,omitempty"`
+	NotBefore    *time.Time `json:"not_before,omitempty"`
+	SkipReason   string     `json:"skip_reason,omitempty"`
 	// LostAttempts counts attempts lost with their runner; they do not
 	// count against the retry policy.
 	LostAttempts int `json:"lost_attempts,omitempty"`

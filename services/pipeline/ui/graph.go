@@ -191,6 +191,8 @@ func formatDuration(d time.Duration) string {
 	switch {
 	case d <= 0:
 		return "—"
+	case d < time.Millisecond:
+		return fmt.Sprintf("%dµs", d.Microseconds())
 	case d < time.Second:
 		return fmt.Sprintf("%dms", d.Milliseconds())
 	case d < time.Minute:

@@ -213,7 +213,7 @@ func (s *Server) runsPage(w http.ResponseWriter, r *http.Request) {
 	f.Page = max(f.Page, 0)
 	var since time.Duration
 	if f.Since != "" {
-		d, err := spec.ParseDuration(f.Since)
+		d, err := parseSpan(f.Since)
 		if err != nil || d <= 0 {
 			http.Error(w, "400 Bad Request: since: want a duration such as 24h or 7d", http.StatusBadRequest)
 			return

@@ -58,7 +58,7 @@ type Server struct {
 
 // pageNames are the templates of templates/ that are pages (each with the
 // layout); the others are shared parts.
-var pageNames = []string{"pipelines", "pipeline", "runs", "run", "login"}
+var pageNames = []string{"pipelines", "pipeline", "runs", "run", "login", "stats"}
 
 // New parses the embedded templates.
 func New(st Store, orc Annotator, log *zap.Logger) (*Server, error) {
@@ -101,6 +101,7 @@ func (s *Server) Routes() []auth.Route {
 		page("GET /pipelines/{name}", auth.ScopePipeline, s.pipelinePage),
 		page("GET /runs", auth.ScopeFiltered, s.runsPage),
 		page("GET /runs/{id}", auth.ScopeRun, s.runPage),
+		page("GET /stats", auth.ScopeFiltered, s.statsPage),
 		{Pattern: "GET " + auth.LoginPath, Scope: auth.ScopePublic, Handler: http.HandlerFunc(s.loginPage)},
 		{Pattern: "GET /static/", Scope: auth.ScopePublic, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Cache-Control", "public, max-age=300")

@@ -193,6 +193,34 @@ func TestPages(t *testing.T) {
 	if code, _, _ = get(t, env, "/runs?since=yesterday", env.AdminToken); code != http.StatusBadRequest {
 		t.Errorf("/runs?since=yesterday: %d, want 400", code)
 	}
+	code, _, body = get(t, env, "/stats?window=24h", env.AdminToken)
+	if code != http.StatusOK {
+		t.Fatalf("/stats: %d", code)
+	}
+	wantIn(t, "stats page", body, `<tr data-name="web"><td><a href="/pipelines/web">web</a></td><td>1</td><td>1</td><td>100%</td>`,
+		`<tr data-name="other"><td><a href="/pipelines/other">other</a></td><td>1</td><td>0</td><td>0%</td>`,
+		// web's steps: build, test, lint ok, ship failed; other's four ok
+		`<tr data-name="docker_run"><td>docker_run</td><td>8</td><td>1</td><td>12%</td>`,
+		`id="activity"`, "1 succeeded, 1 failed", `class="bars"`)
+	_, _, body = get(t, env, "/stats", viewer)
+	if strings.Contains(body, `data-name="other"`) || !strings.Contains(body, `data-name="web"`) {
+		t.Error("a viewer of web sees other's statistics, or not web's")
+	}
+	if code, _, _ = get(t, env, "/stats?window=forever", env.AdminToken); code != http.StatusBadRequest {
+		t.Errorf("/stats?window=forever: %d, want 400", code)
+	}
+	for _, run := range []*store.Run{failed, ok} {
+		r, err := env.Svc.Store.GetRun(context.Background(), run.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, st := range r.Steps {
+			if st.StartedAt != nil && st.QueueSeconds <= 0 {
+				t.Errorf("run %s step %s started without a queue wait", r.ID, st.ID)
+			}
+		}
+	}
+
 	code, hdr, body = get(t, env, "/static/app.js", "")
 	if code != http.StatusOK || !strings.Contains(hdr.Get("Content-Type"), "javascript") || !strings.Contains(body, "EventSource") {
 		t.Errorf("/static/app.js: %d %s", code, hdr.Get("Content-Type"))
