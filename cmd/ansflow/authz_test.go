@@ -189,6 +189,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"GET /runs":             {auth.RoleViewer, "open", "GET", "/runs", "", ""},
 		"GET /runs/{id}":        {auth.RoleViewer, "pipeline", "GET", "/runs/" + run.ID, "", ""},
 		"GET /stats":            {auth.RoleViewer, "open", "GET", "/stats", "", ""},
+		"GET /catalogue":        {auth.RoleViewer, "global", "GET", "/catalogue", "", ""},
+		"GET /audit":            {auth.RoleViewer, "open", "GET", "/audit", "", ""},
 		"GET /login":            {"", "public", "GET", "/login", "", ""},
 		"GET /static/":          {"", "public", "GET", "/static/app.css", "", ""},
 	}

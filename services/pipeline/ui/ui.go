@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/auth"
+	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/store"
@@ -38,18 +39,22 @@ type Store interface {
 	GetPipeline(ctx context.Context, name string) (*store.PipelineRecord, error)
 	ListRuns(ctx context.Context, f store.RunFilter) ([]*store.Run, error)
 	GetRun(ctx context.Context, id string) (*store.Run, error)
+	Registries(ctx context.Context) ([]*store.Registry, error)
+	Clusters(ctx context.Context) ([]*store.Cluster, error)
 }
 
-// Annotator fills in what a run read from the store does not hold (why a
-// queued step waits), as the API does.
-type Annotator interface {
+// Orchestrator is what the pages ask the orchestrator: what a run read
+// from the store does not hold (why a queued step waits), as the API
+// does, and the runners it knows.
+type Orchestrator interface {
 	Annotate(r *store.Run)
+	Runners() []runner.RunnerInfo
 }
 
 // Server renders the UI's pages. Create it with [New].
 type Server struct {
 	st    Store
-	orc   Annotator
+	orc   Orchestrator
 	log   *zap.Logger
 	pages map[string]*template.Template
 	// now is the clock of durations and ages (tests set it).
@@ -58,10 +63,10 @@ type Server struct {
 
 // pageNames are the templates of templates/ that are pages (each with the
 // layout); the others are shared parts.
-var pageNames = []string{"pipelines", "pipeline", "runs", "run", "login", "stats"}
+var pageNames = []string{"pipelines", "pipeline", "runs", "run", "login", "stats", "catalogue", "audit"}
 
 // New parses the embedded templates.
-func New(st Store, orc Annotator, log *zap.Logger) (*Server, error) {
+func New(st Store, orc Orchestrator, log *zap.Logger) (*Server, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -102,6 +107,8 @@ func (s *Server) Routes() []auth.Route {
 		page("GET /runs", auth.ScopeFiltered, s.runsPage),
 		page("GET /runs/{id}", auth.ScopeRun, s.runPage),
 		page("GET /stats", auth.ScopeFiltered, s.statsPage),
+		page("GET /catalogue", auth.ScopeGlobal, s.cataloguePage),
+		page("GET /audit", auth.ScopeFiltered, s.auditPage),
 		{Pattern: "GET " + auth.LoginPath, Scope: auth.ScopePublic, Handler: http.HandlerFunc(s.loginPage)},
 		{Pattern: "GET /static/", Scope: auth.ScopePublic, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Cache-Control", "public, max-age=300")

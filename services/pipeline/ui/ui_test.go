@@ -221,6 +221,27 @@ func TestPages(t *testing.T) {
 		}
 	}
 
+	reg, _ := json.Marshal(store.Registry{ID: "r1", Name: "prod", URL: "https://prod.example.com", Username: "ci", PasswordSecret: "PROD_PASSWORD"})
+	if resp, err := env.Client.Post(env.Srv.URL+"/api/v1/registries", "application/json", bytes.NewReader(reg)); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("add registry: %v %v", resp, err)
+	}
+	code, _, body = get(t, env, "/catalogue", env.AdminToken)
+	if code != http.StatusOK {
+		t.Fatalf("/catalogue: %d", code)
+	}
+	wantIn(t, "catalogue page", body, "https://prod.example.com", "ci with secret <code>PROD_PASSWORD</code>", `id="runners"`,
+		`<span class="status s-succeeded">online</span>`, "<td>docker</td><td>default</td><td>1</td>")
+	if code, _, _ = get(t, env, "/catalogue", viewer); code != http.StatusForbidden {
+		t.Errorf("/catalogue as a viewer of web only: %d, want 403 (runners and catalogues serve every pipeline)", code)
+	}
+	code, _, body = get(t, env, "/audit", viewer)
+	if code != http.StatusOK || !strings.Contains(body, `<option selected>web</option>`) || strings.Contains(body, `id="verify"`) {
+		t.Errorf("/audit as a viewer of web: %d; want the pipeline filter set to web and no verify button", code)
+	}
+	if _, _, body = get(t, env, "/audit", env.AdminToken); !strings.Contains(body, `id="verify"`) {
+		t.Error("/audit as admin lacks the verify button")
+	}
+
 	code, hdr, body = get(t, env, "/static/app.js", "")
 	if code != http.StatusOK || !strings.Contains(hdr.Get("Content-Type"), "javascript") || !strings.Contains(body, "EventSource") {
 		t.Errorf("/static/app.js: %d %s", code, hdr.Get("Content-Type"))

@@ -273,3 +273,63 @@
     put(text.slice(last).replace(/\x1b/g, ""));
   }
 })();
+
+// --- audit trail: records and verification from the audit API ---------
+(function () {
+  "use strict";
+  const table = document.querySelector("#audit");
+  if (!table) return;
+  const token = () => { const m = document.querySelector('meta[name="csrf-token"]'); return m ? m.content : ""; };
+  const get = async (path) => {
+    const resp = await fetch(path, { headers: { Accept: "application/json", "X-CSRF-Token": token() }, credentials: "same-origin" });
+    let data = null;
+    try { data = await resp.json(); } catch (e) { /* not JSON */ }
+    if (resp.status === 404) throw new Error("the audit trail is not served by this pipeline service (query the audit service's own API)");
+    if (!resp.ok) throw new Error((data && data.error) || resp.status + " " + resp.statusText);
+    return data;
+  };
+  const state = document.querySelector("#audit-state");
+  const more = document.querySelector("#audit-more");
+  let cursor = "";
+  const cell = (tr, text, cls) => { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.append(td); return td; };
+  async function load() {
+    const q = new URLSearchParams({ limit: "100" });
+    for (const k of ["pipeline", "run", "type"]) if (table.dataset[k]) q.set(k, table.dataset[k]);
+    if (cursor) q.set("cursor", cursor);
+    try {
+      const page = await get("/api/v1/audit?" + q.toString());
+      const body = table.querySelector("tbody");
+      for (const r of page.records || []) {
+        const tr = document.createElement("tr");
+        tr.dataset.seq = r.seq;
+        cell(tr, String(r.seq));
+        cell(tr, r.time ? new Date(r.time).toISOString().replace("T", " ").slice(0, 19) : "");
+        cell(tr, (r.rejected ? "rejected: " : "") + r.type);
+        cell(tr, r.pipeline || "");
+        const runTd = cell(tr, "");
+        if (r.run_id) { const a = document.createElement("a"); a.href = "/runs/" + encodeURIComponent(r.run_id); a.textContent = r.run_id.slice(0, 8); runTd.append(a); }
+        cell(tr, r.actor || "");
+        cell(tr, r.reason || (r.data ? JSON.stringify(r.data).slice(0, 160) : ""), "detail");
+        body.append(tr);
+      }
+      cursor = page.next_cursor || "";
+      more.hidden = cursor === "";
+      state.textContent = body.children.length + " records" + (cursor ? " (more below)" : "");
+    } catch (e) {
+      state.textContent = e.message;
+    }
+  }
+  more.addEventListener("click", load);
+  load();
+  const verify = document.querySelector("#verify");
+  if (verify) verify.addEventListener("click", async () => {
+    const out = document.querySelector("#verify-result");
+    out.textContent = "verifying…";
+    try {
+      const v = await get("/api/v1/audit/verify");
+      out.textContent = v.ok ? "✓ chain intact: " + v.records + " records, head " + (v.head_hash || "").slice(0, 16)
+        : "✗ chain broken at record " + (v.first_bad ? v.first_bad.seq : "?");
+      out.dataset.ok = String(v.ok);
+    } catch (e) { out.textContent = e.message; }
+  });
+})();
