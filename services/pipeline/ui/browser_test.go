@@ -6,12 +6,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/page"
+	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
@@ -34,6 +38,44 @@ func browser(t *testing.T) context.Context {
 	if err := chromedp.Do(ctx); err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
+	// A JavaScript error or console.error fails the test.
+	var mu sync.Mutex
+	var jsErrors []string
+	consoled := chromedp.Events(ctx, cdpruntime.ConsoleAPICalled)
+	thrown := chromedp.Events(ctx, cdpruntime.ExceptionThrown)
+	go func() {
+		for ev, err := range consoled {
+			if err != nil {
+				return
+			}
+			if ev.Type == cdpruntime.ConsoleAPICalledTypeError {
+				var parts []string
+				for _, a := range ev.Args {
+					parts = append(parts, string(a.Value)+a.Description)
+				}
+				mu.Lock()
+				jsErrors = append(jsErrors, "console.error: "+strings.Join(parts, " "))
+				mu.Unlock()
+			}
+		}
+	}()
+	go func() {
+		for ev, err := range thrown {
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			jsErrors = append(jsErrors, fmt.Sprintf("uncaught: %s %s", ev.ExceptionDetails.Text, ev.ExceptionDetails.Exception.Description))
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range jsErrors {
+			t.Errorf("JavaScript error in the page: %s", e)
+		}
+	})
 	// Accept every confirm() the pages ask.
 	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
 	go func() {
@@ -45,6 +87,45 @@ func browser(t *testing.T) context.Context {
 		}
 	}()
 	return ctx
+}
+
+// screenshotDir is where the browser tests write their screenshots:
+// $ANSFLOW_UI_SCREENSHOTS, else ansflow-ui-screenshots in the temporary
+// directory. They are for a person to look at, at both widths the UI is
+// made for.
+func screenshotDir(t *testing.T) string {
+	dir := os.Getenv("ANSFLOW_UI_SCREENSHOTS")
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), "ansflow-ui-screenshots")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// screenshots saves the current page at 1280 and 390 pixels wide, and
+// checks that at 390 nothing but the log and the graph scrolls sideways.
+func screenshots(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	dir := screenshotDir(t)
+	for _, width := range []int64{1280, 390} {
+		do(t, ctx, chromedp.EmulateViewport(width, 900))
+		if width == 390 {
+			if wide := eval[bool](t, ctx, `document.documentElement.scrollWidth > window.innerWidth + 1`); wide {
+				t.Errorf("%s at 390px: the page is wider than the screen", name)
+			}
+		}
+		img, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatalf("screenshot %s: %v", name, err)
+		}
+		p := filepath.Join(dir, fmt.Sprintf("%s-%d.png", name, width))
+		if err := os.WriteFile(p, img, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	do(t, ctx, chromedp.EmulateViewport(1280, 900))
 }
 
 // eval evaluates a JavaScript expression in the page.
@@ -125,6 +206,7 @@ func TestBrowser(t *testing.T) {
 	if loc := eval[string](t, ctx, "location.href"); !strings.HasSuffix(loc, "/login?next=%2Fpipelines") {
 		t.Fatalf("without a session the browser is at %s, want the login page", loc)
 	}
+	screenshots(t, ctx, "login")
 	// A wrong password says so and stays.
 	do(t, ctx,
 		chromedp.SendKeys(chromedp.CSS(`input[name="username"]`), "ada"),
@@ -138,11 +220,14 @@ func TestBrowser(t *testing.T) {
 	if who := eval[string](t, ctx, `document.querySelector(".who").textContent`); !strings.Contains(who, "ada") {
 		t.Errorf("the frame names %q, want the user ada", who)
 	}
+	screenshots(t, ctx, "pipelines")
 
 	// Trigger with a branch from the pipeline page.
 	do(t, ctx,
 		chromedp.Click(chromedp.CSS(`#pipelines a[href="/pipelines/shop"]`)),
-		chromedp.WaitVisible(chromedp.CSS("#trigger")),
+		chromedp.WaitVisible(chromedp.CSS("#trigger")))
+	screenshots(t, ctx, "pipeline")
+	do(t, ctx,
 		chromedp.SendKeys(chromedp.CSS(`#trigger input[name="branch"]`), "release/1.2"),
 		chromedp.Click(chromedp.CSS(`#trigger button[type="submit"]`)),
 		chromedp.WaitVisible(chromedp.CSS("#run")))
@@ -167,6 +252,7 @@ func TestBrowser(t *testing.T) {
 		"lines are numbered with anchors":      `document.querySelector('pre.log[data-step="build"] .line a.ln').getAttribute("href") === "#L-build-1"`,
 		"the build step's badge is succeeded":  `document.querySelector('section.step[data-step="build"] .status').dataset.status === "succeeded"`,
 		"the cancel button is gone at the end": `document.querySelector("#cancel").hidden`,
+		"the run's duration covers the sleep":  `(() => { const t = document.querySelector("#run-duration").textContent; return t.endsWith("s") && !t.endsWith("ms") && parseFloat(t) >= 1.5 })()`,
 		"no escape character reaches the page": `!document.querySelector('pre.log[data-step="build"]').textContent.includes("\x1b")`,
 	}
 	for what, expr := range checks {
@@ -174,6 +260,8 @@ func TestBrowser(t *testing.T) {
 			t.Errorf("%s: %s is false", what, expr)
 		}
 	}
+
+	screenshots(t, ctx, "run")
 
 	// The search box filters the lines.
 	do(t, ctx, chromedp.SendKeys(chromedp.CSS("#log-search"), "careful"))
@@ -188,12 +276,26 @@ func TestBrowser(t *testing.T) {
 	if n := eval[int](t, ctx, `document.querySelectorAll("#runs tbody tr").length`); n != 1 {
 		t.Errorf("runs of branch release/1.2: %d rows, want 1", n)
 	}
+	screenshots(t, ctx, "runs")
 	do(t, ctx,
 		chromedp.Navigate(base+"/runs?status=failed"),
 		chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`tr[data-run="%s"]`, broken.ID))),
 		chromedp.Click(chromedp.CSS(fmt.Sprintf(`input.pick[value="%s"]`, broken.ID))),
 		chromedp.Click(chromedp.CSS(`#batch button[data-action="rerun"]`)))
 	waitJS(t, ctx, 15*time.Second, `document.querySelector("#batch-result").textContent.startsWith("rerun: 1 done")`)
+	for _, p := range []struct{ name, path, ready string }{
+		{"stats", "/stats", "#stats-pipelines"},
+		{"catalogue", "/catalogue", "#runners"},
+		{"audit", "/audit", "#audit"},
+	} {
+		do(t, ctx, chromedp.Navigate(base+p.path), chromedp.WaitVisible(chromedp.CSS(p.ready)))
+		screenshots(t, ctx, p.name)
+	}
+	// pipelinetest mounts no audit API: the page says so instead of
+	// failing.
+	waitJS(t, ctx, 5*time.Second, `document.querySelector("#audit-state").textContent.includes("not served by this pipeline service")`)
+	t.Logf("screenshots in %s", screenshotDir(t))
+
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		req, _ := http.NewRequest(http.MethodGet, base+"/api/v1/runs?pipeline=flaky", nil)

@@ -114,6 +114,8 @@ func (s *Server) statsPage(w http.ResponseWriter, r *http.Request) {
 		return m[k]
 	}
 	buckets, bucketSize := activityBuckets(span)
+	// Columns are whole hours or UTC days, the last one the current.
+	first := now.Truncate(bucketSize).Add(-time.Duration(buckets-1) * bucketSize)
 	ok, failed := make([]int, buckets), make([]int, buckets)
 	for _, run := range runs {
 		names[run.Pipeline] = true
@@ -123,7 +125,7 @@ func (s *Server) statsPage(w http.ResponseWriter, r *http.Request) {
 		ps := get(byPipeline, run.Pipeline)
 		if run.Status == event.StatusSucceeded || run.Status == event.StatusFailed {
 			ps.count++
-			b := min(int(run.CreatedAt.Sub(from)/bucketSize), buckets-1)
+			b := min(max(int(run.CreatedAt.Sub(first)/bucketSize), 0), buckets-1)
 			if run.Status == event.StatusFailed {
 				ps.failed++
 				failed[b]++
@@ -160,7 +162,7 @@ func (s *Server) statsPage(w http.ResponseWriter, r *http.Request) {
 	for _, k := range sortedSampleKeys(byType) {
 		d.ByStepType = append(d.ByStepType, byType[k].row(k))
 	}
-	d.Activity = newColumnChart(ok, failed, from, bucketSize)
+	d.Activity = newColumnChart(ok, failed, first, bucketSize)
 	d.Failures = newBarChart(d.ByPipeline, func(r statRow) (float64, float64, string) {
 		return r.FailRate, 0, fmt.Sprintf("%.0f%% of %d", r.FailRate*100, r.Count)
 	})

@@ -184,6 +184,9 @@
     }
 
     function onStep(l) {
+      // A page opened before the run started learns its start from its
+      // first step's.
+      if (l.status === "running" && !root.dataset.started && l.time) root.dataset.started = l.time;
       const sec = $('section.step[data-step="' + CSS.escape(l.step) + '"]');
       if (sec) {
         setStatus($(".step-status .status", sec), l.status);
@@ -203,6 +206,9 @@
       setStatus($("#run-status .status"), l.status);
       root.dataset.status = l.status;
       if (terminal(l.status)) {
+        if (root.dataset.started && l.time) {
+          $("#run-duration").textContent = formatDuration(new Date(l.time) - new Date(root.dataset.started));
+        }
         const c = $("#cancel");
         if (c) c.hidden = true;
         for (const step of Object.keys(state)) flush(step);
@@ -239,6 +245,17 @@
       a.click();
       setTimeout(() => URL.revokeObjectURL(a.href), 1000);
     });
+  }
+
+  // formatDuration prints milliseconds as the server does: 850ms, 12.3s,
+  // 4m05s, 2h03m.
+  function formatDuration(ms) {
+    if (!(ms > 0)) return "—";
+    if (ms < 1000) return Math.round(ms) + "ms";
+    if (ms < 60000) return (ms / 1000).toFixed(1) + "s";
+    const s = Math.floor(ms / 1000);
+    if (ms < 3600000) return Math.floor(s / 60) + "m" + String(s % 60).padStart(2, "0") + "s";
+    return Math.floor(s / 3600) + "h" + String(Math.floor(s / 60) % 60).padStart(2, "0") + "m";
   }
 
   // ansi appends text to el, turning SGR colour codes (ESC [ ... m) into
