@@ -157,9 +157,11 @@ func cmdRuns(ctx context.Context, args []string) error {
 		return invalid("usage: ansflow runs list|get|cancel|approve|rerun|logs ...")
 	}
 	var pipeline, status string
+	var rerunAll bool
 	c, output, fs, err := clientFlags("runs "+args[0], args[1:], func(fs *flag.FlagSet) {
 		fs.StringVar(&pipeline, "pipeline", "", "only runs of this pipeline")
 		fs.StringVar(&status, "status", "", "only runs with this status")
+		fs.BoolVar(&rerunAll, "all", false, "rerun: run every step again (default: keep the steps that succeeded, run the rest from the failed ones on)")
 	})
 	if err != nil {
 		return err
@@ -213,7 +215,8 @@ func cmdRuns(ctx context.Context, args []string) error {
 		fmt.Printf("run %s: approved by %s\n", id, run.Approval.ApprovedBy)
 	case "rerun":
 		var run store.Run
-		if err := c.do(ctx, http.MethodPost, "/api/v1/runs/"+url.PathEscape(id)+"/rerun", "", nil, &run); err != nil {
+		b, _ := json.Marshal(api.RerunBody{All: rerunAll})
+		if err := c.do(ctx, http.MethodPost, "/api/v1/runs/"+url.PathEscape(id)+"/rerun", "application/json", bytes.NewReader(b), &run); err != nil {
 			return err
 		}
 		return finish(ctx, c, run.ID, os.Stdout, output)

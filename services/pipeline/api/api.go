@@ -552,8 +552,30 @@ func (s *Server) approveRun(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, run)
 }
 
+// RerunBody is the optional body of POST /api/v1/runs/{id}/rerun. Without
+// All the new run keeps the steps that succeeded and runs the rest again,
+// from the failed ones on; with All every step runs again (a succeeded
+// run too).
+type RerunBody struct {
+	All bool `json:"all,omitempty"`
+}
+
 func (s *Server) rerun(w http.ResponseWriter, r *http.Request) {
-	run, err := s.orc.Rerun(r.Context(), r.PathValue("id"), store.Trigger{Kind: "rerun", Actor: actor(r)})
+	var body RerunBody
+	if b, err := readBody(r, maxBody); err != nil {
+		s.fail(w, err)
+		return
+	} else if len(bytes.TrimSpace(b)) > 0 {
+		if err := json.Unmarshal(b, &body); err != nil {
+			s.fail(w, fmt.Errorf("%w: JSON body: %v", errBadRequest, err))
+			return
+		}
+	}
+	rerun := s.orc.Rerun
+	if body.All {
+		rerun = s.orc.RerunAll
+	}
+	run, err := rerun(r.Context(), r.PathValue("id"), store.Trigger{Kind: "rerun", Actor: actor(r)})
 	s.audit(r, "run.rerun", "run/"+r.PathValue("id"), err)
 	if err != nil {
 		s.fail(w, err)

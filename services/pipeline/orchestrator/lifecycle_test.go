@@ -2,6 +2,7 @@ package orchestrator_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,6 +103,22 @@ func TestRerunContinuesFromTheFailedStep(t *testing.T) {
 	}
 	if r2.Steps[1].Logs.Stdout != "app:latest\n" {
 		t.Errorf("kept build output did not flow: %q", r2.Steps[1].Logs.Stdout)
+	}
+	// A succeeded run has nothing to re-run from; re-running all of it
+	// runs every step again.
+	if _, err := e.svc.Orc.Rerun(context.Background(), r2.ID, store.Trigger{Kind: "rerun"}); !errors.Is(err, orchestrator.ErrInvalid) {
+		t.Errorf("rerun of a succeeded run from its failed step: %v, want ErrInvalid", err)
+	}
+	before = e.eng.Executed.Load()
+	all, err := e.svc.Orc.RerunAll(context.Background(), r2.ID, store.Trigger{Kind: "rerun"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r3 := e.waitRun(t, all.ID, 10*time.Second); r3.Status != event.StatusSucceeded || r3.RerunOf != r2.ID {
+		t.Fatalf("rerun all: %s (%s)", r3.Status, r3.Error)
+	}
+	if got := e.eng.Executed.Load() - before; got != 3 {
+		t.Errorf("rerun all executed %d steps, want 3", got)
 	}
 }
 

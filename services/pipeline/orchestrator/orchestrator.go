@@ -294,12 +294,26 @@ func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (*store.
 // Rerun starts a new run of a finished, unsuccessful run that keeps the
 // steps that succeeded and runs the others again, from the failed ones on.
 func (o *Orchestrator) Rerun(ctx context.Context, id string, trig store.Trigger) (*store.Run, error) {
+	return o.rerun(ctx, id, trig, false)
+}
+
+// RerunAll starts a new run of a finished run's pipeline version with its
+// variables and source in which every step runs again, whatever its
+// status was (a succeeded run too).
+func (o *Orchestrator) RerunAll(ctx context.Context, id string, trig store.Trigger) (*store.Run, error) {
+	return o.rerun(ctx, id, trig, true)
+}
+
+func (o *Orchestrator) rerun(ctx context.Context, id string, trig store.Trigger, all bool) (*store.Run, error) {
 	old, err := o.store.GetRun(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if !old.Terminal() || old.Status == event.StatusSucceeded {
-		return nil, fmt.Errorf("%w: run %s is %s; only a failed or cancelled run can be re-run", ErrInvalid, id, old.Status)
+	if !old.Terminal() {
+		return nil, fmt.Errorf("%w: run %s is %s; only a finished run can be re-run", ErrInvalid, id, old.Status)
+	}
+	if !all && old.Status == event.StatusSucceeded {
+		return nil, fmt.Errorf("%w: run %s succeeded, so it has no failed step to re-run from; re-run all of it instead", ErrInvalid, id)
 	}
 	n, err := o.store.NextBuildNumber(ctx, old.Pipeline)
 	if err != nil {
@@ -326,7 +340,7 @@ func (o *Orchestrator) Rerun(ctx context.Context, id string, trig store.Trigger)
 	r.Steps = nil
 	for _, s := range old.Steps {
 		c := *s
-		if c.Status != event.StatusSucceeded {
+		if all || c.Status != event.StatusSucceeded {
 			c = store.StepState{Name: s.Name, ID: s.ID, Type: s.Type, Kind: s.Kind, Status: event.StatusPending, Outputs: map[string]string{}}
 		}
 		r.Steps = append(r.Steps, &c)

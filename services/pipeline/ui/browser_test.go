@@ -262,19 +262,27 @@ func TestBrowser(t *testing.T) {
 	}
 
 	screenshots(t, ctx, "run")
+	if !eval[bool](t, ctx, `document.querySelector("#rerun").hidden && !document.querySelector("#rerun-all").hidden`) {
+		t.Error("a succeeded run offers a rerun from its failed step, or no rerun of all steps")
+	}
 
 	// The search box filters the lines.
 	do(t, ctx, chromedp.SendKeys(chromedp.CSS("#log-search"), "careful"))
 	waitJS(t, ctx, 5*time.Second, `(() => { const ls = [...document.querySelectorAll('pre.log[data-step="build"] .line')].filter(l => !l.hidden);
 		return ls.length === 1 && ls[0].textContent.includes("careful") })()`)
 
+	// Rerun all of it from its page: the browser goes to the new run.
+	do(t, ctx, chromedp.Click(chromedp.CSS("#rerun-all")))
+	waitJS(t, ctx, 10*time.Second, fmt.Sprintf(`location.pathname.startsWith("/runs/") && !location.pathname.endsWith(%q) && !!document.querySelector("#run")`, runID))
+	waitJS(t, ctx, 30*time.Second, `document.querySelector("#run-status .status").dataset.status === "succeeded"`)
+
 	// The runs page filters by branch; a batch rerun of the failed run
 	// makes a new run.
 	do(t, ctx,
 		chromedp.Navigate(base+"/runs?branch=release/1.2"),
 		chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`tr[data-run="%s"]`, runID))))
-	if n := eval[int](t, ctx, `document.querySelectorAll("#runs tbody tr").length`); n != 1 {
-		t.Errorf("runs of branch release/1.2: %d rows, want 1", n)
+	if n := eval[int](t, ctx, `document.querySelectorAll("#runs tbody tr").length`); n != 2 {
+		t.Errorf("runs of branch release/1.2: %d rows, want 2 (the run and its rerun)", n)
 	}
 	screenshots(t, ctx, "runs")
 	do(t, ctx,

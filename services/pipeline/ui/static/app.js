@@ -118,8 +118,12 @@
       const action = b.dataset.action;
       if (action === "cancel" && !confirm("Cancel this run?")) return;
       try {
-        const r = await api("POST", "/api/v1/runs/" + id + "/" + action);
-        if (action === "rerun") location.href = "/runs/" + r.id;
+        if (action === "cancel") {
+          await api("POST", "/api/v1/runs/" + id + "/cancel");
+          return;
+        }
+        const r = await api("POST", "/api/v1/runs/" + id + "/rerun", { all: action === "rerun-all" });
+        location.href = "/runs/" + r.id;
       } catch (e) { $("#action-error").textContent = e.message; }
     });
 
@@ -211,6 +215,10 @@
         }
         const c = $("#cancel");
         if (c) c.hidden = true;
+        const ra = $("#rerun-all");
+        if (ra) ra.hidden = false;
+        const rf = $("#rerun");
+        if (rf) rf.hidden = l.status === "succeeded";
         for (const step of Object.keys(state)) flush(step);
       }
       if (l.error) { const e = $("#run-error"); e.textContent = l.error; e.hidden = false; }
