@@ -120,7 +120,7 @@ func join(path, key string) string {
 func (d *decoder) value(n *node, v any, rv reflect.Value, path string) {
 	switch n.Type {
 	case TypeString:
-		s, ok := scalar(v)
+		s, ok := Scalar(v)
 		if !ok {
 			d.fail(path, "must be a string, got %s", describe(v))
 			return
@@ -130,7 +130,7 @@ func (d *decoder) value(n *node, v any, rv reflect.Value, path string) {
 		}
 		rv.SetString(s)
 	case TypeEnum:
-		s, ok := scalar(v)
+		s, ok := Scalar(v)
 		if !ok {
 			d.fail(path, "must be one of %s, got %s", or(n.Enum), describe(v))
 			return
@@ -218,7 +218,7 @@ func (d *decoder) value(n *node, v any, rv reflect.Value, path string) {
 		case []any:
 			list := make([]string, 0, len(c))
 			for i, x := range c {
-				s, ok := scalar(x)
+				s, ok := Scalar(x)
 				if !ok {
 					d.fail(fmt.Sprintf("%s[%d]", path, i), "must be a string, got %s", describe(x))
 					return
@@ -431,14 +431,15 @@ func describe(v any) string {
 	case map[string]any, map[any]any:
 		return "a mapping"
 	}
-	if s, ok := scalar(v); ok {
+	if s, ok := Scalar(v); ok {
 		return s
 	}
 	return fmt.Sprintf("a %T", v)
 }
 
-// scalar returns a scalar as text.
-func scalar(v any) (string, bool) {
+// Scalar returns a scalar setting value (a string, bool or number, as YAML
+// and JSON decode them) as text; ok is false for anything else.
+func Scalar(v any) (text string, ok bool) {
 	switch x := v.(type) {
 	case string:
 		return x, true

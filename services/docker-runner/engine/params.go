@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/ansflow/ansflow/pkg/spec/steps"
@@ -27,23 +26,6 @@ func decodeConfig[T any](cfg map[string]any) (*T, error) {
 	return c, nil
 }
 
-// scalar returns a scalar as text.
-func scalar(v any) (string, bool) {
-	switch x := v.(type) {
-	case string:
-		return x, true
-	case bool:
-		return strconv.FormatBool(x), true
-	case float64:
-		return strconv.FormatFloat(x, 'f', -1, 64), true
-	case int:
-		return strconv.Itoa(x), true
-	case int64:
-		return strconv.FormatInt(x, 10), true
-	}
-	return "", false
-}
-
 // argv turns a step's command into an argument vector: a list is taken as
 // is, a string is one shell command.
 func argv(cmd any) (list []string, shell string, err error) {
@@ -56,7 +38,7 @@ func argv(cmd any) (list []string, shell string, err error) {
 		return c, "", nil
 	case []any:
 		for _, x := range c {
-			s, ok := scalar(x)
+			s, ok := steps.Scalar(x)
 			if !ok {
 				return nil, "", fmt.Errorf("%w: command element %v is %T, want a string", ErrInvalidStep, x, x)
 			}
