@@ -166,6 +166,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"GET /api/v1/audit":                     {auth.RoleViewer, "pipeline", "GET", "/api/v1/audit?pipeline=alpha", "", ""},
 		"GET /api/v1/audit/verify":              {auth.RoleViewer, "global", "GET", "/api/v1/audit/verify", "", ""},
 		"GET /healthz":                          {"", "public", "GET", "/healthz", "", ""},
+		"GET /api/v1/openapi.json":              {auth.RoleViewer, "open", "GET", "/api/v1/openapi.json", "", ""},
 		"GET /api/v1/login":                     {"", "public", "GET", "/api/v1/login", "", ""},
 		"POST /api/v1/login":                    {"", "public", "POST", "/api/v1/login", "text/plain", "not JSON"},
 		"POST /api/v1/logout":                   {"", "public", "POST", "/api/v1/logout", "", ""},
@@ -191,6 +192,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"GET /stats":            {auth.RoleViewer, "open", "GET", "/stats", "", ""},
 		"GET /catalogue":        {auth.RoleViewer, "global", "GET", "/catalogue", "", ""},
 		"GET /audit":            {auth.RoleViewer, "open", "GET", "/audit", "", ""},
+		"GET /api-docs":         {auth.RoleViewer, "open", "GET", "/api-docs", "", ""},
 		"GET /login":            {"", "public", "GET", "/login", "", ""},
 		"GET /static/":          {"", "public", "GET", "/static/app.css", "", ""},
 	}

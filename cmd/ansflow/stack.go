@@ -21,7 +21,9 @@ import (
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/audit/audit"
+	auditstore "github.com/ansflow/ansflow/services/audit/store"
 	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
+	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
@@ -231,6 +233,11 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 		}
 		if st.audit != nil {
 			svc.API.Mount(st.audit.Routes()...)
+			svc.API.Describe(map[string]api.RouteDoc{
+				"GET /api/v1/audit": {Summary: "Query the audit trail (?run=&pipeline=&step=&actor=&type=&since=&until=&limit=&cursor=)",
+					Response: auditstore.Page{}},
+				"GET /api/v1/audit/verify": {Summary: "Verify the audit trail's hash chain", Response: auditstore.VerifyResult{}},
+			})
 		}
 		st.svc = svc
 		st.URL = "http://" + ln.Addr().String()

@@ -47,6 +47,8 @@ type Server struct {
 	routes []auth.Route
 
 	secrets *secret.Store
+	// docs describe routes mounted from outside the package ([Server.Describe]).
+	docs map[string]RouteDoc
 
 	// MaxSourceBytes bounds a source upload (default
 	// source.MaxArchiveBytes).
@@ -120,6 +122,7 @@ func (s *Server) table() []auth.Route {
 		r("GET /api/v1/pipelines/{name}/secrets", operator, auth.ScopePipeline, s.listSecrets),
 		r("PUT /api/v1/pipelines/{name}/secrets/{secret}", operator, auth.ScopePipeline, s.putSecret),
 		r("DELETE /api/v1/pipelines/{name}/secrets/{secret}", operator, auth.ScopePipeline, s.deleteSecret),
+		r("GET /api/v1/openapi.json", viewer, auth.ScopeAny, s.openAPI),
 		r("GET /healthz", "", auth.ScopePublic, func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") }),
 	}
 }

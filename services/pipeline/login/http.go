@@ -176,15 +176,8 @@ func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// loginMethods answers GET /api/v1/login: how one may log in.
-type loginMethods struct {
-	Password bool   `json:"password"`
-	OIDC     bool   `json:"oidc"`
-	OIDCURL  string `json:"oidc_login_url,omitempty"`
-}
-
 func (s *Service) handleMethods(w http.ResponseWriter, _ *http.Request) {
-	m := loginMethods{Password: true, OIDC: s.oidc != nil}
+	m := loginapi.Methods{Password: true, OIDC: s.oidc != nil}
 	if m.OIDC {
 		m.OIDCURL = "/auth/oidc/login"
 	}

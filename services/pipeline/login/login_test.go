@@ -445,7 +445,7 @@ func TestLoginMethods(t *testing.T) {
 	e := newEnv(t, startNATS(t), testConfig())
 	r := newBrowser(t).do(http.MethodGet, e.srv.URL+"/api/v1/login", nil)
 	wantStatus(t, r, http.StatusOK)
-	var m loginMethods
+	var m loginapi.Methods
 	r.decode(t, &m)
 	if !m.Password || m.OIDC {
 		t.Errorf("methods = %+v, want password only", m)

@@ -291,7 +291,7 @@ func TestOIDCProviderDownAtStart(t *testing.T) {
 	b := newBrowser(t)
 	wantStatus(t, b.do(http.MethodGet, e.srv.URL+"/auth/oidc/login", nil), http.StatusServiceUnavailable)
 	r := b.do(http.MethodGet, e.srv.URL+"/api/v1/login", nil)
-	var m loginMethods
+	var m loginapi.Methods
 	r.decode(t, &m)
 	if !m.OIDC || m.OIDCURL != "/auth/oidc/login" {
 		t.Errorf("methods = %+v, want OIDC offered", m)

@@ -154,6 +154,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 	if err != nil {
 		return nil, err
 	}
+	pages.APIDoc = a.OpenAPI
 	a.Mount(pages.Routes()...)
 	// Webhooks authenticate by their signatures.
 	a.Mount(auth.Route{Pattern: "POST /webhooks/{provider}/{pipeline}", Scope: auth.ScopePublic, Handler: hooks})

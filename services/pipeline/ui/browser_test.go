@@ -294,6 +294,7 @@ func TestBrowser(t *testing.T) {
 	for _, p := range []struct{ name, path, ready string }{
 		{"stats", "/stats", "#stats-pipelines"},
 		{"catalogue", "/catalogue", "#runners"},
+		{"api", "/api-docs", "#operations"},
 		{"audit", "/audit", "#audit"},
 	} {
 		do(t, ctx, chromedp.Navigate(base+p.path), chromedp.WaitVisible(chromedp.CSS(p.ready)))

@@ -59,11 +59,13 @@ type Server struct {
 	pages map[string]*template.Template
 	// now is the clock of durations and ages (tests set it).
 	now func() time.Time
+	// APIDoc returns the REST API's OpenAPI document for the API page.
+	APIDoc func() map[string]any
 }
 
 // pageNames are the templates of templates/ that are pages (each with the
 // layout); the others are shared parts.
-var pageNames = []string{"pipelines", "pipeline", "runs", "run", "login", "stats", "catalogue", "audit"}
+var pageNames = []string{"pipelines", "pipeline", "runs", "run", "login", "stats", "catalogue", "audit", "apidocs"}
 
 // New parses the embedded templates.
 func New(st Store, orc Orchestrator, log *zap.Logger) (*Server, error) {
@@ -109,6 +111,7 @@ func (s *Server) Routes() []auth.Route {
 		page("GET /stats", auth.ScopeFiltered, s.statsPage),
 		page("GET /catalogue", auth.ScopeGlobal, s.cataloguePage),
 		page("GET /audit", auth.ScopeFiltered, s.auditPage),
+		page("GET /api-docs", auth.ScopeAny, s.apiDocsPage),
 		{Pattern: "GET " + auth.LoginPath, Scope: auth.ScopePublic, Handler: http.HandlerFunc(s.loginPage)},
 		{Pattern: "GET /static/", Scope: auth.ScopePublic, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Cache-Control", "public, max-age=300")

@@ -242,6 +242,12 @@ func TestPages(t *testing.T) {
 		t.Error("/audit as admin lacks the verify button")
 	}
 
+	code, _, body = get(t, env, "/api-docs", viewer)
+	if code != http.StatusOK {
+		t.Fatalf("/api-docs: %d", code)
+	}
+	wantIn(t, "API page", body, "<code>/api/v1/runs/{id}/rerun</code>", "Re-run a run from its failed step", `href="/api/v1/openapi.json"`)
+
 	code, hdr, body = get(t, env, "/static/app.js", "")
 	if code != http.StatusOK || !strings.Contains(hdr.Get("Content-Type"), "javascript") || !strings.Contains(body, "EventSource") {
 		t.Errorf("/static/app.js: %d %s", code, hdr.Get("Content-Type"))

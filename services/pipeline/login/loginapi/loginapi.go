@@ -58,3 +58,10 @@ const (
 	SourcePassword = "password"
 	SourceOIDC     = "oidc"
 )
+
+// Methods answers GET /api/v1/login: how one may log in.
+type Methods struct {
+	Password bool   `json:"password"`
+	OIDC     bool   `json:"oidc"`
+	OIDCURL  string `json:"oidc_login_url,omitempty"`
+}
