@@ -191,6 +191,18 @@ func TestBrowser(t *testing.T) {
       command: "exit 1"
 `)
 	broken := runToEnd(t, env, "flaky")
+	apply(t, env, `pipeline:
+  name: slow
+  steps:
+    - name: wait
+      type: docker_run
+      docker_image: busybox
+      command: "echo waiting; sleep 60s"
+    - name: after
+      type: docker_run
+      docker_image: busybox
+      command: "echo never"
+`)
 	resp, err := env.Client.Post(env.Srv.URL+"/api/v1/users", "application/json",
 		bytes.NewReader([]byte(`{"name":"ada","role":"operator","password":"correct horse battery"}`)))
 	if err != nil || resp.StatusCode/100 != 2 {
@@ -275,6 +287,23 @@ func TestBrowser(t *testing.T) {
 	do(t, ctx, chromedp.Click(chromedp.CSS("#rerun-all")))
 	waitJS(t, ctx, 10*time.Second, fmt.Sprintf(`location.pathname.startsWith("/runs/") && !location.pathname.endsWith(%q) && !!document.querySelector("#run")`, runID))
 	waitJS(t, ctx, 30*time.Second, `document.querySelector("#run-status .status").dataset.status === "succeeded"`)
+
+	// Cancel a long run from its page: the graph and badges change.
+	resp, err = env.Client.Post(base+"/api/v1/pipelines/slow/runs", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var slow store.Run
+	_ = json.NewDecoder(resp.Body).Decode(&slow)
+	resp.Body.Close()
+	do(t, ctx, chromedp.Navigate(base+"/runs/"+slow.ID), chromedp.WaitVisible(chromedp.CSS("#run")))
+	waitJS(t, ctx, 15*time.Second, `document.querySelector('pre.log[data-step="wait"]').textContent.includes("waiting")`)
+	if !eval[bool](t, ctx, `document.querySelector('#graph g.node[data-step="wait"]').getAttribute("class") === "node s-running"`) {
+		t.Error("the long step's node is not running while its log arrives")
+	}
+	do(t, ctx, chromedp.Click(chromedp.CSS("#cancel")))
+	waitJS(t, ctx, 20*time.Second, `document.querySelector("#run-status .status").dataset.status === "cancelled"`)
+	waitJS(t, ctx, 10*time.Second, `document.querySelector('#graph g.node[data-step="wait"]').getAttribute("class") === "node s-cancelled"`)
 
 	// The runs page filters by branch; a batch rerun of the failed run
 	// makes a new run.

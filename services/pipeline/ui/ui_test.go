@@ -177,6 +177,10 @@ func TestPages(t *testing.T) {
 	if strings.Contains(body, `data-from="build" data-to="ship"`) {
 		t.Error("the graph draws the implied edge build→ship")
 	}
+	_, _, body = get(t, env, "/runs/"+failed.ID, viewer)
+	if strings.Contains(body, `id="cancel"`) || strings.Contains(body, `id="rerun"`) {
+		t.Error("a viewer gets the run page's cancel or rerun buttons")
+	}
 	if code, _, _ = get(t, env, "/runs/"+ok.ID, viewer); code != http.StatusForbidden {
 		t.Errorf("viewer of web on a run of other: %d, want 403", code)
 	}

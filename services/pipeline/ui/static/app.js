@@ -46,6 +46,12 @@
 
   // --- login --------------------------------------------------------
   const loginForm = $("#login");
+  if (loginForm) api("GET", "/api/v1/login").then((m) => {
+    if (m && m.oidc) {
+      $("#oidc-login").href = m.oidc_login_url || "/auth/oidc/login";
+      $("#oidc").hidden = false;
+    }
+  }).catch(() => { /* password login only */ });
   if (loginForm) loginForm.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const f = new FormData(loginForm);
