@@ -146,6 +146,22 @@ func (o *Orchestrator) Runners() []runner.RunnerInfo {
 	return nil
 }
 
+// Resolved returns the request step id of run r was dispatched with (for
+// its current attempt): every template resolved from the run's variables
+// and the outputs of the steps before it, the registry and cluster from
+// the catalogue, as a runner receives it but without the sealed secrets,
+// which are added only when it is published.
+func (o *Orchestrator) Resolved(r *store.Run, id string) (*event.StepRequested, error) {
+	if r.Spec == nil {
+		return nil, fmt.Errorf("run %s has no pipeline spec", r.ID)
+	}
+	i := r.Spec.StepIndex(id)
+	if i < 0 || i >= len(r.Steps) {
+		return nil, fmt.Errorf("run %s has no step %q", r.ID, id)
+	}
+	return Request(r, i, o.env())
+}
+
 // Annotate fills in why r, or each of its queued steps, is still waiting.
 func (o *Orchestrator) Annotate(r *store.Run) {
 	if r.Status == event.StatusQueued && r.AwaitingApproval() {

@@ -270,10 +270,12 @@ func sortedKeys(m map[string]bool) []string {
 type stepView struct {
 	*store.StepState
 	Duration time.Duration
-	// Settings are the step's resolved settings from the run's pipeline
-	// version, as indented JSON.
-	Settings string
-	Needs    []string
+	// Settings are the step's settings in the run's pipeline version;
+	// Resolved what its current attempt was dispatched with (templates
+	// resolved, registry and cluster from the catalogue, never a secret),
+	// for a step that was dispatched. Both are indented JSON.
+	Settings, Resolved string
+	Needs              []string
 }
 
 type runData struct {
@@ -314,6 +316,14 @@ func (s *Server) runPage(w http.ResponseWriter, r *http.Request) {
 				sp.Name = ""
 				if b, err := json.MarshalIndent(sp, "", "  "); err == nil {
 					v.Settings = string(b)
+				}
+				if s.orc != nil && st.Attempts > 0 {
+					if req, err := s.orc.Resolved(run, st.ID); err == nil {
+						req.RequestedAt = time.Time{}
+						if b, err := json.MarshalIndent(req, "", "  "); err == nil {
+							v.Resolved = string(b)
+						}
+					}
 				}
 			}
 		}

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/auth"
+	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/login"
@@ -49,6 +50,7 @@ type Store interface {
 type Orchestrator interface {
 	Annotate(r *store.Run)
 	Runners() []runner.RunnerInfo
+	Resolved(r *store.Run, stepID string) (*event.StepRequested, error)
 }
 
 // Server renders the UI's pages. Create it with [New].

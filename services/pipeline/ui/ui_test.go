@@ -26,7 +26,7 @@ const pipelineYAML = `pipeline:
     - name: test
       type: docker_run
       docker_image: busybox
-      command: "echo testing"
+      command: "echo testing {{ git_branch }}"
       order: 2
     - name: lint
       type: docker_run
@@ -173,6 +173,7 @@ func TestPages(t *testing.T) {
 	wantIn(t, "run page", body, `id="graph"`, `data-step="build"`, `data-step="ship"`, `data-from="build" data-to="test"`,
 		`data-from="build" data-to="lint"`, `data-from="test" data-to="ship"`, `data-from="lint" data-to="ship"`,
 		`class="node s-failed" data-step="ship"`, `class="node s-succeeded" data-step="build"`, "exit code 3", `<code>web:1</code>`,
+		`<h3>Resolved settings</h3>`, `&#34;step_id&#34;: &#34;ship&#34;`, `&#34;command&#34;: &#34;echo testing main&#34;`,
 		`id="rerun">Rerun from the failed step`, `id="rerun-all">Rerun all steps`, `pre class="log" data-step="build"`)
 	if strings.Contains(body, `data-from="build" data-to="ship"`) {
 		t.Error("the graph draws the implied edge build→ship")
