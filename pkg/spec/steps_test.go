@@ -485,3 +485,38 @@ func TestSchemaHasEveryField(t *testing.T) {
 		}
 	}
 }
+
+// TestExamplesValidate: every step type has an example in docs/steps.md
+// and the step-types API, and each passes the validator and the JSON
+// schema as a pipeline's only step.
+func TestExamplesValidate(t *testing.T) {
+	schema := compileSchema(t)
+	for _, st := range steps.Types() {
+		if st.Example == "" {
+			t.Errorf("%s has no example", st.Name)
+			continue
+		}
+		var b strings.Builder
+		b.WriteString("pipeline:\n  name: example\n  steps:\n")
+		for _, line := range strings.Split(st.Example, "\n") {
+			b.WriteString("    " + line + "\n")
+		}
+		p, err := Parse(st.Name+".yaml", []byte(b.String()))
+		if err != nil {
+			t.Errorf("%s's example: %v", st.Name, err)
+			continue
+		}
+		if len(p.Steps) != 1 || p.Steps[0].Type != st.Name {
+			t.Errorf("%s's example is not one %s step: %+v", st.Name, st.Name, p.Steps)
+		}
+		var doc any
+		if err := yaml.Unmarshal([]byte(b.String()), &doc); err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := json.Marshal(doc)
+		inst, _ := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
+		if err := schema.Validate(inst); err != nil {
+			t.Errorf("%s's example fails the JSON schema: %v", st.Name, err)
+		}
+	}
+}

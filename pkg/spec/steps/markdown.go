@@ -25,6 +25,9 @@ func Markdown() string {
 	for _, d := range definitions {
 		e := registry[d.name]
 		fmt.Fprintf(&b, "## %s\n\n%s\n\n", d.name, d.help)
+		if e.Example != "" {
+			fmt.Fprintf(&b, "```yaml\n%s\n```\n\n", e.Example)
+		}
 		if len(e.root.fields) == 0 {
 			fmt.Fprintf(&b, "It takes no `%s`.\n\n", e.ConfigKey)
 			continue

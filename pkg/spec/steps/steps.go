@@ -74,6 +74,9 @@ type StepType struct {
 	ConfigKey string `json:"config_key"`
 	// Help says what the step does.
 	Help string `json:"help"`
+	// Example is one step of the type as YAML, as a pipeline's steps list
+	// holds it.
+	Example string `json:"example"`
 	// Fields are the keys of ConfigKey.
 	Fields []Field `json:"fields"`
 }
@@ -121,7 +124,7 @@ var byConfig = map[reflect.Type]*entry{}
 func init() {
 	for _, d := range definitions {
 		root := build(Field{Key: d.name}, d.config, -1)
-		e := &entry{StepType: StepType{Name: d.name, Kind: d.kind, ConfigKey: d.kind + "_config", Help: d.help}, root: root}
+		e := &entry{StepType: StepType{Name: d.name, Kind: d.kind, ConfigKey: d.kind + "_config", Help: d.help, Example: examples[d.name]}, root: root}
 		registry[d.name] = e
 		byConfig[d.config] = e
 	}
