@@ -152,7 +152,9 @@ func TestBrowserEditor(t *testing.T) {
 	// Build the pipeline through the form.
 	const step = `fieldset.step-form[data-step="%d"] > `
 	field := func(i int, key string) string { return fmt.Sprintf(step+`.field[data-field="%s"] > input`, i, key) }
-	config := func(i int, cfg, path string) string { return fmt.Sprintf(step+`fieldset.object[data-field="%s"] > `, i, cfg) + path }
+	config := func(i int, cfg, path string) string {
+		return fmt.Sprintf(step+`fieldset.object[data-field="%s"] > `, i, cfg) + path
+	}
 	typeInto(t, ctx, `#form > .field[data-field="name"] > input`, "shop")
 
 	choose(t, ctx, "#add-type", "docker_build")
