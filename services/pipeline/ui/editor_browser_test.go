@@ -370,3 +370,154 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// trickyYAML holds every part of the spec the emitter must write back:
+// strings YAML would read as something else, line breaks, a command list,
+// triggers, conditions, retries, secrets, nested settings and YAML text.
+const trickyYAML = `pipeline:
+  name: tricky
+  description: "Round trip: every kind of value"
+  variables:
+    YES: "yes"
+    NUM: "1.0"
+    COLON: "a: b"
+    HASH: "#not a comment"
+    SPACE: " leading"
+    TRAIL: "trailing "
+    MULTI: "one\ntwo\n"
+    EMPTY: ""
+    UNI: "é ünï ✓"
+    TILDE: "~"
+    HEX: "0x10"
+    DATE: "2026-01-02"
+    BANG: "!x"
+    QUOTES: "it's \"q\""
+    DASH: "- item"
+    BRACE: "{a}"
+  timeout: 1h
+  concurrency: 2
+  cancel_previous: true
+  triggers:
+    - type: cron
+      schedule: "0 3 * * *"
+      branch: main
+  steps:
+    - name: build
+      type: docker_build
+      docker_image: shop/web
+      docker_tag: "2.10"
+      docker_registry: 7
+      docker_config:
+        build_args: {A: "x y", B: "true"}
+        cache_from: [shop/web:cache]
+        no_cache: true
+    - name: test
+      type: docker_run
+      order: 2
+      command: ["sh", "-c", "echo 'hi' # not a comment"]
+      conditions:
+        - type: branch_matches
+          value: "release/*"
+        - type: variable_equals
+          name: YES
+          value: "yes"
+      when: always
+      timeout: 90s
+      retry_policy: {max_retries: 2, retry_delay_seconds: 1.5, backoff: exponential}
+      continue_on_failure: true
+      secrets: [{name: TOKEN, env: API_TOKEN}]
+      docker_config:
+        environment: {MODE: "on", NONE: ""}
+        volumes: ["./data:/data:ro"]
+    - name: deploy
+      type: k8s_deploy
+      needs: [build]
+      k8s_cluster: prod
+      k8s_namespace: shop
+      k8s_resource_name: web
+      k8s_config:
+        manifest: |
+          apiVersion: v1
+          kind: ConfigMap
+          metadata: {name: web}
+        wait: true
+        timeout: 5m
+`
+
+// validated parses text with the API's validate route and returns the
+// pipeline's JSON.
+func validated(t *testing.T, env *pipelinetest.Env, text string) map[string]any {
+	t.Helper()
+	resp, err := env.Client.Post(env.Srv.URL+"/api/v1/validate", "application/yaml", strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var p map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&p); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("validate: %d %v %v\n%s", resp.StatusCode, err, p, text)
+	}
+	return p
+}
+
+// TestBrowserEditorRoundTrip opens a pipeline using every part of the spec
+// in the editor, changes one field in the form, and checks that the YAML
+// the form writes parses to the same pipeline but for that field.
+func TestBrowserEditorRoundTrip(t *testing.T) {
+	env := pipelinetest.Start(t)
+	apply(t, env, trickyYAML)
+	want := validated(t, env, trickyYAML)
+	want["description"] = want["description"].(string) + " and more"
+
+	ctx := browser(t)
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	jsErrs := jsErrors(t, ctx)
+	do(t, ctx, chromedp.Navigate(env.Srv.URL+"/login"), chromedp.WaitVisible(chromedp.CSS("#login")))
+	// A browser sends no bearer token: log in as a user.
+	resp, err := env.Client.Post(env.Srv.URL+"/api/v1/users", "application/json",
+		strings.NewReader(`{"name":"bo","role":"operator","password":"correct horse battery"}`))
+	if err != nil || resp.StatusCode/100 != 2 {
+		t.Fatalf("create user: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	do(t, ctx,
+		chromedp.SendKeys(chromedp.CSS(`input[name="username"]`), "bo"),
+		chromedp.SendKeys(chromedp.CSS(`input[name="password"]`), "correct horse battery"),
+		chromedp.Click(chromedp.CSS(`#login button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#pipelines`)),
+		chromedp.Navigate(env.Srv.URL+"/pipelines/tricky/edit"))
+	waitJS(t, ctx, 15*time.Second, `document.querySelector("#editor") && document.querySelector("#editor").dataset.ready === "true" &&
+		document.querySelector("#editor").dataset.valid === "true"`)
+	if got := eval[string](t, ctx, `document.querySelector("#yaml").value`); got != trickyYAML {
+		t.Errorf("the editor does not start from the stored YAML:\n%s", got)
+	}
+	// The form shows what the YAML says.
+	for what, expr := range map[string]string{
+		"the manifest":        `document.querySelector('fieldset.step-form[data-step="2"] [data-field="manifest"] textarea').value.includes("kind: ConfigMap")`,
+		"a condition":         `document.querySelector('fieldset.step-form[data-step="1"] [data-field="conditions"] [data-field="value"] input').value === "release/*"`,
+		"the retry backoff":   `document.querySelector('fieldset.step-form[data-step="1"] [data-field="retry_policy"] [data-field="backoff"] select').value === "exponential"`,
+		"allow failure":       `document.querySelector('fieldset.step-form[data-step="1"] > [data-field="continue_on_failure"] select').value === "true"`,
+		"a build arg":         `[...document.querySelectorAll('fieldset.step-form[data-step="0"] [data-field="build_args"] input.v')].map(i => i.value).join() === "x y,true"`,
+		"the command list":    `document.querySelector('fieldset.step-form[data-step="1"] > [data-field="command"] input').readOnly`,
+		"a pipeline variable": `[...document.querySelectorAll('#form > [data-field="variables"] input.k')].some(i => i.value === "MULTI")`,
+	} {
+		if !eval[bool](t, ctx, expr) {
+			t.Errorf("the form lacks %s: %s", what, expr)
+		}
+	}
+	_ = eval[bool](t, ctx, `(() => { const i = document.querySelector('#form > .field[data-field="description"] > input');
+		i.focus(); i.setSelectionRange(i.value.length, i.value.length); return true })()`)
+	do(t, ctx, chromedp.KeyEvent(" and more"))
+	waitJS(t, ctx, 10*time.Second, `document.querySelector("#yaml").value.includes("every kind of value and more") && document.querySelector("#editor").dataset.valid === "true"`)
+	text := eval[string](t, ctx, `document.querySelector("#yaml").value`)
+	got := validated(t, env, text)
+	gb, _ := json.MarshalIndent(got, "", " ")
+	wb, _ := json.MarshalIndent(want, "", " ")
+	if string(gb) != string(wb) {
+		t.Errorf("the form's YAML parses to another pipeline.\nYAML:\n%s\ngot:\n%s\nwant:\n%s", text, gb, wb)
+	}
+	if errs := jsErrs(); len(errs) > 0 {
+		t.Fatalf("JavaScript errors:\n%s", strings.Join(errs, "\n"))
+	}
+}

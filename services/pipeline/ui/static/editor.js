@@ -327,7 +327,7 @@
       case "command": {
         if (Array.isArray(value)) {
           const i = el("input", Object.assign({ type: "text", value: JSON.stringify(value), readonly: true }, common));
-          return el("div", { class: "field" }, lab, i, el("small", { class: "help", text: "An argument list: edit it in the YAML." }));
+          return el("div", { class: "field", "data-field": f.key }, lab, i, el("small", { class: "help", text: "An argument list: edit it in the YAML." }));
         }
         return wrap(textInput(f, value, set, common));
       }
