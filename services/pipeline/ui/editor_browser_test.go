@@ -266,13 +266,18 @@ func TestBrowserEditor(t *testing.T) {
 	}
 	do(t, ctx, chromedp.EmulateViewport(1280, 900))
 	shot("editor-1280")
-	do(t, ctx, chromedp.EmulateViewport(390, 844))
-	waitJS(t, ctx, 5*time.Second, `window.innerWidth === 390`)
-	if w := eval[int](t, ctx, `document.documentElement.scrollWidth`); w > 390 {
-		t.Errorf("at 390 px the editor is %d px wide", w)
+	// fits checks that the page needs no sideways scrolling at 390 px.
+	fits := func(page string) {
+		t.Helper()
+		do(t, ctx, chromedp.EmulateViewport(390, 844))
+		waitJS(t, ctx, 5*time.Second, `window.innerWidth === 390`)
+		if w := eval[int](t, ctx, `document.documentElement.scrollWidth`); w > 390 {
+			t.Errorf("at 390 px the %s page is %d px wide", page, w)
+		}
+		shot(page + "-390")
+		do(t, ctx, chromedp.EmulateViewport(1280, 900))
 	}
-	shot("editor-390")
-	do(t, ctx, chromedp.EmulateViewport(1280, 900))
+	fits("editor")
 
 	// Save, and land on the pipeline's page.
 	do(t, ctx, chromedp.Click(chromedp.CSS("#save")))
@@ -298,6 +303,10 @@ func TestBrowserEditor(t *testing.T) {
 	do(t, ctx, chromedp.KeyEvent("unit"))
 	waitJS(t, ctx, 10*time.Second, `document.querySelector(`+js(field(1, "name"))+`).value === "unit" &&
 		document.querySelector('fieldset.step-form[data-step="1"] > legend').textContent.includes("unit")`)
+	if !eval[bool](t, ctx, `document.querySelector('#form > .field[data-field="name"] > input').readOnly`) {
+		t.Error("a saved pipeline's name is editable in the form")
+	}
+	fits("edit")
 	// Broken YAML locks the form until it is fixed.
 	do(t, ctx, chromedp.KeyEvent(": ["))
 	waitJS(t, ctx, 10*time.Second, `document.querySelector("#form").disabled && document.querySelectorAll("#problems li").length > 0 && !document.querySelector("#form-note").hidden`)
@@ -321,6 +330,8 @@ func TestBrowserEditor(t *testing.T) {
 	// The versions: a diff of v1 and v2.
 	do(t, ctx, chromedp.Click(chromedp.CSS("#versions-link")))
 	waitJS(t, ctx, 10*time.Second, `!!document.querySelector("#diff")`)
+	shot("diff-1280")
+	fits("diff")
 	for what, expr := range map[string]string{
 		"the old name is removed": `[...document.querySelectorAll("#diff tr.d-del code")].some(c => c.textContent === "    - name: test")`,
 		"the new name is added":   `[...document.querySelectorAll("#diff tr.d-add code")].some(c => c.textContent === "    - name: unit")`,

@@ -236,7 +236,10 @@
     try {
       r = await call("POST", "/api/v1/validate", { yaml: ta.value, file: (name || "pipeline") + ".yaml" });
     } catch (e) {
-      if (mine === seq) stateEl.textContent = "Could not check the YAML: " + e.message;
+      if (mine === seq) {
+        stateEl.textContent = "Could not check the YAML: " + e.message;
+        if (from === "yaml") lockForm(true);
+      }
       return;
     }
     if (mine !== seq) return;
@@ -260,10 +263,14 @@
 
   function lockForm(locked) {
     form.disabled = locked;
+    form.classList.toggle("locked", locked);
     $("#form-note").hidden = !locked;
   }
 
-  ta.addEventListener("input", () => { drawGutter(); schedule("yaml"); });
+  // While typed YAML waits for its validation, the form is disabled (not
+  // yet marked locked): a change in it now would rewrite the YAML from
+  // the model before the text just typed.
+  ta.addEventListener("input", () => { drawGutter(); form.disabled = true; schedule("yaml"); });
 
   // changed is called by every form control after it updated the model.
   function changed() {
@@ -345,7 +352,7 @@
   function textInput(f, value, set, common) {
     const attrs = Object.assign({ type: "text", autocomplete: "off", spellcheck: "false",
       placeholder: f.placeholder || (f.default !== undefined ? String(f.default) : f.type === "duration" ? "e.g. 90s or 5m" : null),
-      list: f.datalist }, common);
+      list: f.datalist, readonly: f.readonly }, common);
     const i = el("input", attrs);
     if (value !== undefined && value !== null) i.value = typeof value === "object" ? JSON.stringify(value) : String(value);
     i.addEventListener("input", () => { set(i.value === "" ? undefined : i.value); changed(); });
@@ -524,7 +531,9 @@
     if (!Array.isArray(model.steps)) model.steps = [];
     const frag = document.createDocumentFragment();
     frag.append(el("legend", { class: "sr-only", text: "Pipeline form" }));
-    frag.append(control({ key: "name", type: "string", required: true, help: "The pipeline's name; its slug is its address." }, model.name, (v) => { model.name = v === undefined ? "" : v; }, "pipeline name"));
+    frag.append(control({ key: "name", type: "string", required: true, readonly: !!name,
+      help: name ? "A saved pipeline keeps its name; clone it to copy it under another." : "The pipeline's name; its slug is its address." },
+    model.name, (v) => { model.name = v === undefined ? "" : v; }, "pipeline name"));
     frag.append(control({ key: "description", type: "string", help: "One line saying what the pipeline is for." }, model.description, (v) => { if (v === undefined) delete model.description; else model.description = v; }, "description"));
     frag.append(control({ key: "variables", type: "map", items: { type: "string" }, help: "Variables with their default values; a trigger may override them." }, model.variables, (v) => { if (v === undefined) delete model.variables; else model.variables = v; }, "variables"));
     const list = el("div", { id: "steps", class: "steps" }, el("h3", { text: "Steps" }));
