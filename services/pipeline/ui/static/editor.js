@@ -135,7 +135,7 @@
     "k8s_cluster", "k8s_namespace", "k8s_resource_name", "k8s_config", "command", "conditions", "when", "timeout", "retry_policy",
     "continue_on_failure", "secrets"];
   const retryKeys = ["max_retries", "retry_delay_seconds", "backoff", "continue_on_failure"];
-  const conditionKeys = ["type", "name", "value"];
+  const conditionKeys = ["type", "value", "name"];
 
   // fieldShape is the emitter's key order of a definition's field.
   function fieldShape(f) {
