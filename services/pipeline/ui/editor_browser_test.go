@@ -146,8 +146,9 @@ func TestBrowserEditor(t *testing.T) {
 	if loc := eval[string](t, ctx, "location.pathname"); loc != "/pipelines/new" {
 		t.Fatalf("the New pipeline link leads to %s", loc)
 	}
-	// An empty pipeline is invalid, and says so at its line.
-	waitJS(t, ctx, 10*time.Second, `document.querySelector("#editor").dataset.valid === "false"`)
+	// An empty pipeline is invalid, and says so in the form too.
+	waitJS(t, ctx, 10*time.Second, `document.querySelector("#editor").dataset.valid === "false" &&
+		document.querySelector("#steps > .field-error").textContent.includes("at least one step")`)
 
 	// Build the pipeline through the form.
 	const step = `fieldset.step-form[data-step="%d"] > `
@@ -237,8 +238,16 @@ func TestBrowserEditor(t *testing.T) {
 	if sel := eval[string](t, ctx, `(() => { const ta = document.querySelector("#yaml"); return document.activeElement === ta ? ta.value.slice(ta.selectionStart, ta.selectionEnd) : "not focused" })()`); sel != "      timeout: soon" {
 		t.Errorf("the problem jumps to %q, want the timeout line", sel)
 	}
+	// The form shows it at the field too.
+	if !eval[bool](t, ctx, `(() => { const i = document.querySelector(`+js(field(1, "timeout"))+`);
+		const m = i.closest(".field").querySelector(".field-error");
+		return i.getAttribute("aria-invalid") === "true" && !!m && m.textContent.includes('duration "soon"') &&
+			i.getAttribute("aria-describedby").split(" ").includes(m.id) })()`) {
+		t.Error("the broken timeout is not marked at its field in the form")
+	}
 	typeInto(t, ctx, field(1, "timeout"), "90s")
-	waitJS(t, ctx, 10*time.Second, `document.querySelector("#editor").dataset.valid === "true" && !document.querySelector("#gutter .err")`)
+	waitJS(t, ctx, 10*time.Second, `document.querySelector("#editor").dataset.valid === "true" && !document.querySelector("#gutter .err") &&
+		!document.querySelector("#form .field-error") && !document.querySelector('#form [aria-invalid="true"]')`)
 
 	// Every control is labelled, and the page fits a phone.
 	unlabelled := eval[[]string](t, ctx, `[...document.querySelectorAll("#editor input, #editor select, #editor textarea, #editor button")]

@@ -219,6 +219,42 @@
     }));
     drawGutter();
     ta.setAttribute("aria-invalid", errs.length > 0 ? "true" : "false");
+    // A form locked or waiting for typed YAML shows another version than
+    // the errors' paths speak of.
+    markFields(form.disabled ? [] : errs);
+  }
+
+  // markFields shows each error at its control in the form too: the
+  // control of its field, or of the nearest enclosing one, is marked
+  // aria-invalid and described by the message.
+  function markFields(errs) {
+    for (const m of form.querySelectorAll(".field-error")) m.remove();
+    for (const c of form.querySelectorAll("[data-error-for]")) {
+      c.removeAttribute("aria-invalid");
+      const mine = c.dataset.errorFor.split(" ");
+      const ids = (c.getAttribute("aria-describedby") || "").split(" ").filter((x) => x && !mine.includes(x));
+      if (ids.length) c.setAttribute("aria-describedby", ids.join(" ")); else c.removeAttribute("aria-describedby");
+      delete c.dataset.errorFor;
+    }
+    // parent is the path of the field enclosing path's ("" at the top).
+    const parent = (path) => {
+      const up = path.replace(/(\.[^.[]*|\[\d+\])$/, "");
+      return up === path ? "" : up;
+    };
+    for (const e of errs) {
+      let p = e.field || "";
+      let target = null;
+      while (p && !(target = form.querySelector('[data-path="' + CSS.escape(p) + '"]'))) p = parent(p);
+      if (!target) continue;
+      const id = nextID("error");
+      const msg = el("small", { class: "field-error", id, text: (p === e.field ? "" : e.field.slice(p.length).replace(/^\./, "") + ": ") + e.message });
+      const head = target.matches("fieldset, .steps") ? target.querySelector(":scope > legend, :scope > h3") : null;
+      if (head) head.after(msg);
+      else (target.closest(".field") || target.parentNode).append(msg);
+      target.setAttribute("aria-invalid", "true");
+      target.setAttribute("aria-describedby", ((target.getAttribute("aria-describedby") || "") + " " + id).trim());
+      target.dataset.errorFor = ((target.dataset.errorFor || "") + " " + id).trim();
+    }
   }
 
   function schedule(from) {
@@ -285,12 +321,12 @@
   // control builds the input of one field definition ({key, type, help,
   // required, enum, default, min, max, items, fields}) holding value;
   // set(v) stores a new value (undefined: unset) in the model.
-  function control(f, value, set, label) {
+  function control(f, value, set, label, path) {
     const id = nextID(f.key || label);
     const helpID = f.help ? id + "-help" : null;
     const lab = el("label", { for: id }, label || f.key, f.required ? el("abbr", { title: "required", class: "req", text: " *" }) : null);
     const help = f.help ? el("small", { id: helpID, class: "help", text: f.help + (f.default !== undefined && f.type !== "boolean" ? " Default: " + f.default + "." : "") }) : null;
-    const common = { id, "aria-describedby": helpID, "aria-required": f.required ? "true" : null, name: f.key, "data-key": f.key };
+    const common = { id, "aria-describedby": helpID, "aria-required": f.required ? "true" : null, name: f.key, "data-key": f.key, "data-path": path };
     const wrap = (input) => el("div", { class: "field", "data-field": f.key }, lab, input, help);
 
     switch (f.type) {
@@ -339,11 +375,11 @@
         return wrap(textInput(f, value, set, common));
       }
       case "list":
-        return listControl(f, value, set, id, lab, help);
+        return listControl(f, value, set, id, lab, help, path);
       case "map":
-        return mapControl(f, value, set, id, lab, help);
+        return mapControl(f, value, set, id, lab, help, path);
       case "object":
-        return objectControl(f, value, set, label || f.key, help, helpID);
+        return objectControl(f, value, set, label || f.key, help, helpID, path);
       default: // string, duration, since
         return wrap(textInput(f, value, set, common));
     }
@@ -361,23 +397,23 @@
 
   // objectControl is a fieldset of the object's fields; an object with
   // nothing set is unset.
-  function objectControl(f, value, set, label, help, helpID) {
+  function objectControl(f, value, set, label, help, helpID, path) {
     const obj = value && typeof value === "object" && !Array.isArray(value) ? value : {};
-    const fs = el("fieldset", { class: "object", "data-field": f.key, "aria-describedby": helpID }, el("legend", { text: label }), help);
+    const fs = el("fieldset", { class: "object", "data-field": f.key, "aria-describedby": helpID, "data-path": path }, el("legend", { text: label }), help);
     for (const c of f.fields || []) {
       fs.append(control(c, obj[c.key], (v) => {
         if (v === undefined) delete obj[c.key]; else obj[c.key] = v;
         set(Object.keys(obj).length > 0 ? obj : undefined);
-      }));
+      }, undefined, path + "." + c.key));
     }
     return fs;
   }
 
   // listControl is one row per element, with add and remove buttons.
-  function listControl(f, value, set, id, lab, help) {
+  function listControl(f, value, set, id, lab, help, path) {
     const items = f.items || { type: "string" };
     const arr = Array.isArray(value) ? value.slice() : value === undefined || value === null || value === "" ? [] : [value];
-    const rows = el("div", { class: "rows", id, role: "group", "aria-labelledby": id + "-label" });
+    const rows = el("div", { class: "rows", id, role: "group", "aria-labelledby": id + "-label", "data-path": path });
     const legend = el("span", { id: id + "-label", class: "label" }, lab.textContent);
     const box = el("div", { class: "field list", "data-field": f.key }, legend, rows, help);
     const store = () => {
@@ -390,9 +426,9 @@
         const row = el("div", { class: "row" });
         if (items.type === "object") {
           const obj = v && typeof v === "object" ? v : (arr[i] = {});
-          row.append(objectControl(items, obj, (nv) => { arr[i] = nv || {}; store(); }, (f.key || "item") + " " + (i + 1)));
+          row.append(objectControl(items, obj, (nv) => { arr[i] = nv || {}; store(); }, (f.key || "item") + " " + (i + 1), null, null, path + "[" + i + "]"));
         } else {
-          const input = el("input", { type: "text", autocomplete: "off", spellcheck: "false", "aria-label": (f.key || "item") + " " + (i + 1), "data-key": f.key });
+          const input = el("input", { type: "text", autocomplete: "off", spellcheck: "false", "aria-label": (f.key || "item") + " " + (i + 1), "data-key": f.key, "data-path": path + "[" + i + "]" });
           input.value = v === undefined || v === null ? "" : String(v);
           input.addEventListener("input", () => { arr[i] = input.value; store(); changed(); });
           row.append(input);
@@ -417,9 +453,9 @@
 
   // mapControl is one key/value row per entry (build_args, environment,
   // labels, variables).
-  function mapControl(f, value, set, id, lab, help) {
+  function mapControl(f, value, set, id, lab, help, path) {
     const entries = value && typeof value === "object" ? Object.entries(value).map(([k, v]) => [k, v === null ? "" : String(v)]) : [];
-    const rows = el("div", { class: "rows", id, role: "group", "aria-labelledby": id + "-label" });
+    const rows = el("div", { class: "rows", id, role: "group", "aria-labelledby": id + "-label", "data-path": path });
     const legend = el("span", { id: id + "-label", class: "label" }, lab.textContent);
     const box = el("div", { class: "field map", "data-field": f.key }, legend, rows, help);
     const store = () => {
@@ -488,7 +524,7 @@
 
   function stepControl(step, i) {
     const t = typeOf(step.type);
-    const box = el("fieldset", { class: "step-form", "data-step": i },
+    const box = el("fieldset", { class: "step-form", "data-step": i, "data-path": "pipeline.steps[" + i + "]" },
       el("legend", { text: "Step " + (i + 1) + ": " + (step.name || "unnamed") + " (" + (step.type || "no type") + ")" }));
     for (const f of stepFields(step)) {
       box.append(control(f, step[f.key], (v) => {
@@ -499,12 +535,12 @@
           drawForm();
         }
         if (f.key === "name") box.firstChild.textContent = "Step " + (i + 1) + ": " + (step.name || "unnamed") + " (" + step.type + ")";
-      }, f.label || f.key));
+      }, f.label || f.key, "pipeline.steps[" + i + "]." + f.key));
     }
     if (t) {
       box.append(control({ key: t.config_key, type: "object", fields: t.fields, help: t.help }, step[t.config_key], (v) => {
         if (v === undefined) delete step[t.config_key]; else step[t.config_key] = v;
-      }, t.config_key + " (" + t.name + ")"));
+      }, t.config_key + " (" + t.name + ")", "pipeline.steps[" + i + "]." + t.config_key));
     }
     const tools = el("div", { class: "step-tools" });
     const mk = (text, label, fn, disabled) => {
@@ -533,10 +569,10 @@
     frag.append(el("legend", { class: "sr-only", text: "Pipeline form" }));
     frag.append(control({ key: "name", type: "string", required: true, readonly: !!name,
       help: name ? "A saved pipeline keeps its name; clone it to copy it under another." : "The pipeline's name; its slug is its address." },
-    model.name, (v) => { model.name = v === undefined ? "" : v; }, "pipeline name"));
-    frag.append(control({ key: "description", type: "string", help: "One line saying what the pipeline is for." }, model.description, (v) => { if (v === undefined) delete model.description; else model.description = v; }, "description"));
-    frag.append(control({ key: "variables", type: "map", items: { type: "string" }, help: "Variables with their default values; a trigger may override them." }, model.variables, (v) => { if (v === undefined) delete model.variables; else model.variables = v; }, "variables"));
-    const list = el("div", { id: "steps", class: "steps" }, el("h3", { text: "Steps" }));
+    model.name, (v) => { model.name = v === undefined ? "" : v; }, "pipeline name", "pipeline.name"));
+    frag.append(control({ key: "description", type: "string", help: "One line saying what the pipeline is for." }, model.description, (v) => { if (v === undefined) delete model.description; else model.description = v; }, "description", "pipeline.description"));
+    frag.append(control({ key: "variables", type: "map", items: { type: "string" }, help: "Variables with their default values; a trigger may override them." }, model.variables, (v) => { if (v === undefined) delete model.variables; else model.variables = v; }, "variables", "pipeline.variables"));
+    const list = el("div", { id: "steps", class: "steps", "data-path": "pipeline.steps" }, el("h3", { text: "Steps" }));
     model.steps.forEach((s, i) => list.append(stepControl(s, i)));
     frag.append(list);
     const pick = el("select", { id: "add-type" }, ...types.map((t) => el("option", { value: t.name, text: t.name })));
@@ -577,6 +613,7 @@
     const file = ev.target.files[0];
     if (!file) return;
     ta.value = await file.text();
+    form.disabled = true;
     drawGutter();
     validate("yaml");
   });
