@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
@@ -539,5 +540,28 @@ func TestBrowserEditorRoundTrip(t *testing.T) {
 	}
 	if errs := jsErrs(); len(errs) > 0 {
 		t.Fatalf("JavaScript errors:\n%s", strings.Join(errs, "\n"))
+	}
+
+	// Leaving with the change unsaved asks first (the test's browser
+	// accepts every dialog).
+	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+	asked := make(chan page.DialogType, 1)
+	go func() {
+		for ev, err := range dialogs {
+			if err != nil {
+				return
+			}
+			asked <- ev.Type
+			return
+		}
+	}()
+	go func() { _ = chromedp.Do(ctx, chromedp.Navigate(env.Srv.URL+"/pipelines")) }()
+	select {
+	case typ := <-asked:
+		if typ != page.DialogTypeBeforeunload {
+			t.Errorf("leaving the editor opens a %s dialog, want beforeunload", typ)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("leaving the editor with an unsaved change does not ask")
 	}
 }

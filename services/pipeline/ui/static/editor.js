@@ -178,6 +178,14 @@
   let timer = null;
   let registries = [], clusters = [];
   let uid = 0;
+  // dirty is set by every change not yet saved; leaving the page then
+  // asks first.
+  let dirty = false;
+  window.addEventListener("beforeunload", (ev) => {
+    if (!dirty) return;
+    ev.preventDefault();
+    ev.returnValue = "";
+  });
   const nextID = (base) => "f" + (++uid) + "-" + String(base).replace(/[^A-Za-z0-9_-]/g, "-");
 
   // ---- YAML pane: gutter, problems, validation ---------------------
@@ -306,10 +314,11 @@
   // While typed YAML waits for its validation, the form is disabled (not
   // yet marked locked): a change in it now would rewrite the YAML from
   // the model before the text just typed.
-  ta.addEventListener("input", () => { drawGutter(); form.disabled = true; schedule("yaml"); });
+  ta.addEventListener("input", () => { dirty = true; drawGutter(); form.disabled = true; schedule("yaml"); });
 
   // changed is called by every form control after it updated the model.
   function changed() {
+    dirty = true;
     const top = ta.scrollTop;
     ta.value = emit(model);
     ta.scrollTop = top;
@@ -602,6 +611,7 @@
     const r = await call(name ? "PUT" : "POST", name ? "/api/v1/pipelines/" + encodeURIComponent(name) : "/api/v1/pipelines",
       { yaml: ta.value, file: (name || "pipeline") + ".yaml" });
     if (r.ok) {
+      dirty = false;
       location.href = "/pipelines/" + encodeURIComponent(r.data.name);
       return;
     }
@@ -613,6 +623,7 @@
     const file = ev.target.files[0];
     if (!file) return;
     ta.value = await file.text();
+    dirty = true;
     form.disabled = true;
     drawGutter();
     validate("yaml");
@@ -646,6 +657,7 @@
     } else {
       drawForm();
       changed();
+      dirty = false; // the empty start is nothing to lose
     }
     root.dataset.ready = "true";
   })();
