@@ -187,14 +187,20 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"GET /{$}":              {auth.RoleViewer, "open", "GET", "/", "", ""},
 		"GET /pipelines":        {auth.RoleViewer, "open", "GET", "/pipelines", "", ""},
 		"GET /pipelines/{name}": {auth.RoleViewer, "pipeline", "GET", "/pipelines/alpha", "", ""},
-		"GET /runs":             {auth.RoleViewer, "open", "GET", "/runs", "", ""},
-		"GET /runs/{id}":        {auth.RoleViewer, "pipeline", "GET", "/runs/" + run.ID, "", ""},
-		"GET /stats":            {auth.RoleViewer, "open", "GET", "/stats", "", ""},
-		"GET /catalogue":        {auth.RoleViewer, "global", "GET", "/catalogue", "", ""},
-		"GET /audit":            {auth.RoleViewer, "open", "GET", "/audit", "", ""},
-		"GET /api-docs":         {auth.RoleViewer, "open", "GET", "/api-docs", "", ""},
-		"GET /login":            {"", "public", "GET", "/login", "", ""},
-		"GET /static/":          {"", "public", "GET", "/static/app.css", "", ""},
+		// The editor: a new pipeline for any operator (saving checks the
+		// name), an existing one for its operators; the versions for its
+		// viewers.
+		"GET /pipelines/new":         {auth.RoleOperator, "open", "GET", "/pipelines/new", "", ""},
+		"GET /pipelines/{name}/edit": {auth.RoleOperator, "pipeline", "GET", "/pipelines/alpha/edit", "", ""},
+		"GET /pipelines/{name}/diff": {auth.RoleViewer, "pipeline", "GET", "/pipelines/alpha/diff", "", ""},
+		"GET /runs":                  {auth.RoleViewer, "open", "GET", "/runs", "", ""},
+		"GET /runs/{id}":             {auth.RoleViewer, "pipeline", "GET", "/runs/" + run.ID, "", ""},
+		"GET /stats":                 {auth.RoleViewer, "open", "GET", "/stats", "", ""},
+		"GET /catalogue":             {auth.RoleViewer, "global", "GET", "/catalogue", "", ""},
+		"GET /audit":                 {auth.RoleViewer, "open", "GET", "/audit", "", ""},
+		"GET /api-docs":              {auth.RoleViewer, "open", "GET", "/api-docs", "", ""},
+		"GET /login":                 {"", "public", "GET", "/login", "", ""},
+		"GET /static/":               {"", "public", "GET", "/static/app.css", "", ""},
 	}
 	routes := st.svc.API.Routes()
 	seen := map[string]bool{}

@@ -113,6 +113,24 @@ func (p *parser) line(path string) int {
 	return 0
 }
 
+// fieldAt names the field at line n, so that a value the YAML decoder
+// refused (a duration, a catalogue ref) is reported like every other
+// error: the deepest path recorded at the line, or "" when the line holds
+// several fields that are not nested (a flow mapping) or none.
+func (p *parser) fieldAt(n int) string {
+	best := ""
+	for path, l := range p.pos {
+		switch {
+		case l != n:
+		case best == "" || strings.HasPrefix(path, best):
+			best = path
+		case !strings.HasPrefix(best, path):
+			return ""
+		}
+	}
+	return best
+}
+
 var yamlLineRE = regexp.MustCompile(`line (\d+): (.*)`)
 
 func (p *parser) yamlErr(err error) {
@@ -125,7 +143,7 @@ func (p *parser) yamlErr(err error) {
 		m = strings.TrimPrefix(m, "yaml: ")
 		if sm := yamlLineRE.FindStringSubmatch(m); sm != nil {
 			l, _ := strconv.Atoi(sm[1])
-			p.add(l, "", "%s", sm[2])
+			p.add(l, p.fieldAt(l), "%s", sm[2])
 			continue
 		}
 		p.add(0, "", "%s", m)

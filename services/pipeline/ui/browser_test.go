@@ -10,12 +10,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/page"
-	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
@@ -38,41 +36,21 @@ func browser(t *testing.T) context.Context {
 	if err := chromedp.Do(ctx); err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
-	// A JavaScript error or console.error fails the test.
-	var mu sync.Mutex
-	var jsErrors []string
-	consoled := chromedp.Events(ctx, cdpruntime.ConsoleAPICalled)
-	thrown := chromedp.Events(ctx, cdpruntime.ExceptionThrown)
-	go func() {
-		for ev, err := range consoled {
-			if err != nil {
-				return
-			}
-			if ev.Type == cdpruntime.ConsoleAPICalledTypeError {
-				var parts []string
-				for _, a := range ev.Args {
-					parts = append(parts, string(a.Value)+a.Description)
-				}
-				mu.Lock()
-				jsErrors = append(jsErrors, "console.error: "+strings.Join(parts, " "))
-				mu.Unlock()
-			}
+	// A JavaScript error or console.error fails the test; first, the
+	// listener must see one (so a clean run means something).
+	probe := jsErrors(t, ctx)
+	_ = eval[bool](t, ctx, `console.error("ansflow-probe"), true`)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if seen := probe(); len(seen) == 1 && strings.Contains(seen[0], "ansflow-probe") {
+			break
 		}
-	}()
-	go func() {
-		for ev, err := range thrown {
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			jsErrors = append(jsErrors, fmt.Sprintf("uncaught: %s %s", ev.ExceptionDetails.Text, ev.ExceptionDetails.Exception.Description))
-			mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("the JavaScript error listener did not see console.error: %v", probe())
 		}
-	}()
+	}
+	errs := jsErrors(t, ctx)
 	t.Cleanup(func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, e := range jsErrors {
+		for _, e := range errs() {
 			t.Errorf("JavaScript error in the page: %s", e)
 		}
 	})

@@ -1,6 +1,7 @@
 // Package ui is the pipeline service's web UI: pages rendered on the server
 // with html/template from embedded templates, and plain JavaScript and CSS,
-// at stable addresses (/pipelines, /pipelines/{name}, /runs, /runs/{id})
+// at stable addresses (/pipelines, /pipelines/{name}, /runs, /runs/{id},
+// and the pipeline editor at /pipelines/new and /pipelines/{name}/edit)
 // behind the API's guard, so a page accepts a login session or an API
 // bearer token like the API does. Live parts of a page (a run's steps and
 // logs) follow the API's server-sent events; actions (trigger, cancel,
@@ -42,6 +43,7 @@ type Store interface {
 	GetRun(ctx context.Context, id string) (*store.Run, error)
 	Registries(ctx context.Context) ([]*store.Registry, error)
 	Clusters(ctx context.Context) ([]*store.Cluster, error)
+	PipelineVersions(ctx context.Context, name string) ([]*store.PipelineRecord, error)
 }
 
 // Orchestrator is what the pages ask the orchestrator: what a run read
@@ -67,7 +69,7 @@ type Server struct {
 
 // pageNames are the templates of templates/ that are pages (each with the
 // layout); the others are shared parts.
-var pageNames = []string{"pipelines", "pipeline", "runs", "run", "login", "stats", "catalogue", "audit", "apidocs"}
+var pageNames = []string{"pipelines", "pipeline", "runs", "run", "login", "stats", "catalogue", "audit", "apidocs", "editor", "diff"}
 
 // New parses the embedded templates.
 func New(st Store, orc Orchestrator, log *zap.Logger) (*Server, error) {
@@ -94,11 +96,17 @@ func New(st Store, orc Orchestrator, log *zap.Logger) (*Server, error) {
 }
 
 // Routes are the UI's routes for the API's guard to mount. Pages need the
-// viewer role (an operator's grant also shows the action buttons);
-// the login page and the static files are public.
+// viewer role (an operator's grant also shows the action buttons), the
+// pipeline editor the operator role; the login page and the static files
+// are public.
 func (s *Server) Routes() []auth.Route {
 	page := func(pattern string, scope auth.Scope, h http.HandlerFunc) auth.Route {
 		return auth.Route{Pattern: pattern, Role: auth.RoleViewer, Scope: scope, Handler: h, Page: true}
+	}
+	operatorPage := func(pattern string, scope auth.Scope, h http.HandlerFunc) auth.Route {
+		rt := page(pattern, scope, h)
+		rt.Role = auth.RoleOperator
+		return rt
 	}
 	static, _ := fs.Sub(staticFS, "static")
 	files := http.StripPrefix("/static/", http.FileServerFS(static))
@@ -108,6 +116,9 @@ func (s *Server) Routes() []auth.Route {
 		}),
 		page("GET /pipelines", auth.ScopeFiltered, s.pipelinesPage),
 		page("GET /pipelines/{name}", auth.ScopePipeline, s.pipelinePage),
+		operatorPage("GET /pipelines/new", auth.ScopeAny, s.newPipelinePage),
+		operatorPage("GET /pipelines/{name}/edit", auth.ScopePipeline, s.editPipelinePage),
+		page("GET /pipelines/{name}/diff", auth.ScopePipeline, s.diffPage),
 		page("GET /runs", auth.ScopeFiltered, s.runsPage),
 		page("GET /runs/{id}", auth.ScopeRun, s.runPage),
 		page("GET /stats", auth.ScopeFiltered, s.statsPage),
