@@ -253,6 +253,25 @@ func TestPages(t *testing.T) {
 	}
 	wantIn(t, "API page", body, "<code>/api/v1/runs/{id}/rerun</code>", "Re-run a run from its failed step", `href="/api/v1/openapi.json"`)
 
+	// The stylesheet's blocks are closed (an unclosed @media block once
+	// swallowed every rule after it).
+	code, _, body = get(t, env, "/static/app.css", "")
+	depth := 0
+	for i, c := range body {
+		switch c {
+		case '{':
+			depth++
+		case '}':
+			depth--
+		}
+		if depth < 0 {
+			t.Fatalf("app.css closes a block it never opened at byte %d", i)
+		}
+	}
+	if code != http.StatusOK || depth != 0 {
+		t.Errorf("/static/app.css: %d, %d blocks left open", code, depth)
+	}
+
 	code, hdr, body = get(t, env, "/static/app.js", "")
 	if code != http.StatusOK || !strings.Contains(hdr.Get("Content-Type"), "javascript") || !strings.Contains(body, "EventSource") {
 		t.Errorf("/static/app.js: %d %s", code, hdr.Get("Content-Type"))
