@@ -12,8 +12,10 @@
     return m ? m.content : "";
   }
 
-  // api calls the REST API; it throws an Error with the API's message.
-  async function api(method, path, body) {
+  // call calls the REST API with the session's CSRF token and answers
+  // {ok, status, data}; it never throws for an HTTP error, so a caller
+  // can show the API's errors.
+  async function call(method, path, body) {
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const token = csrf();
@@ -24,9 +26,18 @@
     });
     let data = null;
     try { data = await resp.json(); } catch (e) { /* no JSON body */ }
-    if (!resp.ok) throw new Error((data && data.error) || resp.status + " " + resp.statusText);
-    return data;
+    return { ok: resp.ok, status: resp.status, data };
   }
+
+  // api calls the REST API; it throws an Error with the API's message.
+  async function api(method, path, body) {
+    const r = await call(method, path, body);
+    if (!r.ok) throw new Error((r.data && r.data.error) || String(r.status));
+    return r.data;
+  }
+
+  // The page's other scripts (the editor) use the same calls.
+  window.ansflow = { call, api };
 
   const terminal = (s) => ["succeeded", "failed", "cancelled", "skipped"].includes(s);
 
@@ -310,14 +321,11 @@
   "use strict";
   const table = document.querySelector("#audit");
   if (!table) return;
-  const token = () => { const m = document.querySelector('meta[name="csrf-token"]'); return m ? m.content : ""; };
   const get = async (path) => {
-    const resp = await fetch(path, { headers: { Accept: "application/json", "X-CSRF-Token": token() }, credentials: "same-origin" });
-    let data = null;
-    try { data = await resp.json(); } catch (e) { /* not JSON */ }
-    if (resp.status === 404) throw new Error("the audit trail is not served by this pipeline service (query the audit service's own API)");
-    if (!resp.ok) throw new Error((data && data.error) || resp.status + " " + resp.statusText);
-    return data;
+    const r = await window.ansflow.call("GET", path);
+    if (r.status === 404) throw new Error("the audit trail is not served by this pipeline service (query the audit service's own API)");
+    if (!r.ok) throw new Error((r.data && r.data.error) || String(r.status));
+    return r.data;
   };
   const state = document.querySelector("#audit-state");
   const more = document.querySelector("#audit-more");

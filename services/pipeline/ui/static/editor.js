@@ -20,26 +20,9 @@
   if (!root) return;
   const $ = (sel, r) => (r || document).querySelector(sel);
 
-  function csrf() {
-    const m = $('meta[name="csrf-token"]');
-    return m ? m.content : "";
-  }
-
-  // call calls the REST API and answers {ok, status, data}; it never
-  // throws for an HTTP error, so callers can show the API's errors list.
-  async function call(method, path, body) {
-    const headers = { Accept: "application/json" };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    const token = csrf();
-    if (token) headers["X-CSRF-Token"] = token;
-    const resp = await fetch(path, {
-      method, headers, credentials: "same-origin",
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    let data = null;
-    try { data = await resp.json(); } catch (e) { /* no JSON body */ }
-    return { ok: resp.ok, status: resp.status, data };
-  }
+  // call is app.js's: the REST API with the session's CSRF token,
+  // answering {ok, status, data}.
+  const call = window.ansflow.call;
 
   // el makes an element with attributes and children (text is set as
   // text, never parsed as HTML).
