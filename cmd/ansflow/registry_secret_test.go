@@ -120,10 +120,7 @@ func TestRegistryPasswordFromSecretStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRun(t, c, run.ID)
-	var got []byte
-	if err := c.do(ctx, http.MethodGet, "/api/v1/runs/"+run.ID, "", nil, &got); err != nil {
-		t.Fatal(err)
-	}
+	got := getRaw(t, ctx, c, "/api/v1/runs/"+run.ID)[0]
 	answers = append(answers, got)
 	var ok pstore.Run
 	if err := json.Unmarshal(got, &ok); err != nil {
@@ -139,13 +136,8 @@ func TestRegistryPasswordFromSecretStore(t *testing.T) {
 	if got := tags(); !strings.Contains(got, `"`+tag+`"`) {
 		t.Fatalf("registry tags after the push: %s, want %s", got, tag)
 	}
-	for _, path := range []string{"/api/v1/registries", "/api/v1/secrets", "/api/v1/runs", "/api/v1/runs/" + run.ID + "/logs", "/api/v1/pipelines/ship/export"} {
-		var b []byte
-		if err := c.do(ctx, http.MethodGet, path, "", nil, &b); err != nil {
-			t.Fatal(err)
-		}
-		answers = append(answers, b)
-	}
+	answers = append(answers, getRaw(t, ctx, c, "/api/v1/registries", "/api/v1/secrets", "/api/v1/runs",
+		"/api/v1/runs/"+run.ID+"/logs", "/api/v1/pipelines/ship/export")...)
 	for i, a := range answers {
 		assertNoLeak(t, fmt.Sprintf("API answer %d", i), a, forms)
 	}

@@ -112,10 +112,7 @@ func TestSecretReachesItsContainerAndNothingElse(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRun(t, c, run.ID)
-	var got []byte
-	if err := c.do(ctx, http.MethodGet, "/api/v1/runs/"+run.ID, "", nil, &got); err != nil {
-		t.Fatal(err)
-	}
+	got := getRaw(t, ctx, c, "/api/v1/runs/"+run.ID)[0]
 	answers = append(answers, got)
 	var r pstore.Run
 	if err := json.Unmarshal(got, &r); err != nil {
@@ -161,18 +158,8 @@ func TestSecretReachesItsContainerAndNothingElse(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, path := range []string{"/api/v1/pipelines/publish/export", "/api/v1/pipelines/publish/secrets", "/api/v1/secrets", "/api/v1/runs"} {
-		var b []byte
-		if err := c.do(ctx, http.MethodGet, path, "", nil, &b); err != nil {
-			t.Fatal(err)
-		}
-		answers = append(answers, b)
-	}
-	var logs []byte
-	if err := c.do(ctx, http.MethodGet, "/api/v1/runs/"+run.ID+"/logs", "", nil, &logs); err != nil {
-		t.Fatal(err)
-	}
-	answers = append(answers, logs)
+	answers = append(answers, getRaw(t, ctx, c, "/api/v1/pipelines/publish/export", "/api/v1/pipelines/publish/secrets",
+		"/api/v1/secrets", "/api/v1/runs", "/api/v1/runs/"+run.ID+"/logs")...)
 	for i, a := range answers {
 		assertNoLeak(t, fmt.Sprintf("API answer %d", i), a, forms)
 	}
@@ -283,6 +270,20 @@ func searchStack(t *testing.T, ctx context.Context, st *stack, c *client, dataDi
 	}
 	t.Logf("searched %d audit records, %d messages of %d streams, %d files", n.records, n.msgs, n.streams, n.files)
 	return n
+}
+
+// getRaw GETs each path with c and returns the answers' bodies.
+func getRaw(t *testing.T, ctx context.Context, c *client, paths ...string) [][]byte {
+	t.Helper()
+	out := make([][]byte, 0, len(paths))
+	for _, path := range paths {
+		var b []byte
+		if err := c.do(ctx, http.MethodGet, path, "", nil, &b); err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		out = append(out, b)
+	}
+	return out
 }
 
 func assertNoLeak(t *testing.T, where string, b []byte, forms map[string]string) {
