@@ -46,27 +46,24 @@ func (o *Orchestrator) checkSecrets(ctx context.Context, r *store.Run) error {
 	cat := o.store.Catalog()
 	for i := range r.Spec.Steps {
 		st := &r.Spec.Steps[i]
-		var names []string
-		for _, ref := range st.Secrets {
-			names = append(names, ref.Name)
+		type use struct{ what, name string }
+		var uses []use
+		for j, ref := range st.Secrets {
+			uses = append(uses, use{fmt.Sprintf("secrets[%d]", j), ref.Name})
 		}
 		reg, cl := o.credentialSecrets(cat, st)
-		for j, name := range append(names, reg, cl) {
-			if name == "" {
-				continue
-			}
-			what := fmt.Sprintf("secrets[%d]", j)
-			switch {
-			case j == len(names):
-				what = fmt.Sprintf("docker_registry %s: password_secret", st.DockerRegistry)
-			case j > len(names):
-				what = fmt.Sprintf("k8s_cluster %s: token_secret", o.clusterOf(st))
-			}
+		if reg != "" {
+			uses = append(uses, use{fmt.Sprintf("docker_registry %s: password_secret", st.DockerRegistry), reg})
+		}
+		if cl != "" {
+			uses = append(uses, use{fmt.Sprintf("k8s_cluster %s: token_secret", o.clusterOf(st)), cl})
+		}
+		for _, u := range uses {
 			if o.secrets == nil {
-				return fmt.Errorf("%w: step %q %s: this pipeline service has no secret store", ErrInvalid, st.Name, what)
+				return fmt.Errorf("%w: step %q %s: this pipeline service has no secret store", ErrInvalid, st.Name, u.what)
 			}
-			if err := o.secrets.Exists(ctx, r.Pipeline, name); err != nil {
-				return fmt.Errorf("%w: step %q %s: %w", ErrInvalid, st.Name, what, err)
+			if err := o.secrets.Exists(ctx, r.Pipeline, u.name); err != nil {
+				return fmt.Errorf("%w: step %q %s: %w", ErrInvalid, st.Name, u.what, err)
 			}
 		}
 	}

@@ -153,7 +153,12 @@ func (s *Server) frame(r *http.Request, title, nav string, pipeline string) layo
 	l := layout{Title: title, Nav: nav, CSRF: login.CSRFToken(r)}
 	if id != nil {
 		l.Actor = id.Actor()
-		l.CanOperate = id.Can(auth.RoleOperator, pipeline) || (pipeline == "" && id.Role.Allows(auth.RoleOperator))
+		// A page of no one pipeline (lists) shows the actions to every
+		// operator; the API refuses those outside the grant.
+		l.CanOperate = id.Role.Allows(auth.RoleOperator)
+		if pipeline != "" {
+			l.CanOperate = id.Can(auth.RoleOperator, pipeline)
+		}
 	}
 	return l
 }
