@@ -108,7 +108,11 @@ func (s *Scheduler) Tick(ctx context.Context, now time.Time) ([]*store.Run, erro
 				s.log.Warn("bad schedule", zap.String("pipeline", p.Name), zap.String("schedule", t.Schedule), zap.Error(err))
 				continue
 			}
-			for m := sched.Next(first.Add(-time.Second)); !m.IsZero() && !m.After(now); m = sched.Next(m) {
+			// Next finds activations at or after the whole second after
+			// its argument: one nanosecond back keeps a due minute equal
+			// to first (a whole minute) and never reaches a minute before
+			// a version stored within its first second.
+			for m := sched.Next(first.Add(-time.Nanosecond)); !m.IsZero() && !m.After(now); m = sched.Next(m) {
 				run, err := s.fire(ctx, p, i, t, m)
 				if err != nil {
 					errs = append(errs, err)
