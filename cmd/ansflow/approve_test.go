@@ -5,14 +5,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ansflow/ansflow/services/pipeline/store"
+	"github.com/ansflow/ansflow/pkg/apiv1"
 )
 
 // TestRunsGetShowsARunWaitingForApproval: `runs get` tells the operator the
 // run waits for approval, why, and the command that approves it.
 func TestRunsGetShowsARunWaitingForApproval(t *testing.T) {
-	r := &store.Run{ID: "run-9", Pipeline: "web", BuildNumber: 3, Status: "queued", Waiting: "approval",
-		Approval: &store.Approval{Reason: "pull request from fork mallory/app"}}
+	r := &apiv1.Run{ID: "run-9", Pipeline: "web", BuildNumber: 3, Status: "queued", Waiting: "approval",
+		Approval: &apiv1.Approval{Reason: "pull request from fork mallory/app"}}
 	var out bytes.Buffer
 	printSummary(&out, r)
 	for _, want := range []string{"QUEUED — waiting: approval", "pull request from fork mallory/app", "ansflow runs approve run-9"} {

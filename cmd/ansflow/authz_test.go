@@ -14,11 +14,10 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/services/audit/store"
-	"github.com/ansflow/ansflow/services/pipeline/api"
-	pstore "github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // authzRow is one route of the matrix: the request that exercises it on
@@ -61,7 +60,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	run, err := admin.trigger(ctx, "alpha", api.TriggerBody{})
+	run, err := admin.trigger(ctx, "alpha", apiv1.TriggerBody{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,11 +298,11 @@ func TestAuthorizationMatrix(t *testing.T) {
 	t.Logf("%d routes × %d identities: %d requests, %d refused", len(rows), len(cols), cells, denials)
 
 	// Listings show what the grant covers.
-	var ps []*pstore.PipelineRecord
+	var ps []*apiv1.Pipeline
 	if err := newClient(st.URL, cols[2].token).do(ctx, http.MethodGet, "/api/v1/pipelines", "", nil, &ps); err != nil || len(ps) != 1 || ps[0].Name != "beta" {
 		t.Errorf("beta* viewer lists %d pipelines (%v), want beta only", len(ps), err)
 	}
-	var runs []*pstore.Run
+	var runs []*apiv1.Run
 	if err := newClient(st.URL, cols[2].token).do(ctx, http.MethodGet, "/api/v1/runs?pipeline=alpha", "", nil, &runs); err != nil || len(runs) != 0 {
 		t.Errorf("beta* viewer lists %d runs of alpha (%v)", len(runs), err)
 	}
@@ -316,7 +315,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mine pstore.Run
+	var mine apiv1.Run
 	_ = json.NewDecoder(resp.Body).Decode(&mine)
 	resp.Body.Close()
 	if want := "token:" + auth.TokenID(opAll.token) + " (operator-all)"; mine.Trigger.Actor != want {

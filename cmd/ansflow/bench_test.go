@@ -15,8 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/ansflow/ansflow/services/pipeline/api"
-	"github.com/ansflow/ansflow/services/pipeline/store"
+	"github.com/ansflow/ansflow/pkg/apiv1"
 )
 
 // rssMB reads this process's resident set size.
@@ -68,7 +67,7 @@ func BenchmarkUpMemory(b *testing.B) {
 	for n := 0; n < b.N; n++ {
 		ids := make([]string, 100)
 		for i := range ids {
-			run, err := c.trigger(ctx, "mem", api.TriggerBody{})
+			run, err := c.trigger(ctx, "mem", apiv1.TriggerBody{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -76,7 +75,7 @@ func BenchmarkUpMemory(b *testing.B) {
 		}
 		for _, id := range ids {
 			for {
-				var r store.Run
+				var r apiv1.Run
 				if err := c.do(ctx, http.MethodGet, "/api/v1/runs/"+id, "", nil, &r); err != nil {
 					b.Fatal(err)
 				}

@@ -12,9 +12,8 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
-	"github.com/ansflow/ansflow/services/pipeline/api"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
@@ -34,7 +33,7 @@ func newClient(base, token string) *client {
 // apiError is an error response of the API.
 type apiError struct {
 	Status int
-	Body   api.ErrorBody
+	Body   apiv1.ErrorBody
 }
 
 func (e *apiError) Error() string {
@@ -96,31 +95,31 @@ func (c *client) do(ctx context.Context, method, path, ctype string, body io.Rea
 	return nil
 }
 
-func (c *client) applyPipeline(ctx context.Context, file string, yamlText []byte) (*store.PipelineRecord, error) {
-	body, _ := json.Marshal(api.ApplyRequest{YAML: string(yamlText), File: file})
-	var rec store.PipelineRecord
+func (c *client) applyPipeline(ctx context.Context, file string, yamlText []byte) (*apiv1.Pipeline, error) {
+	body, _ := json.Marshal(apiv1.ApplyRequest{YAML: string(yamlText), File: file})
+	var rec apiv1.Pipeline
 	return &rec, c.do(ctx, http.MethodPost, "/api/v1/pipelines", "application/json", bytes.NewReader(body), &rec)
 }
 
-func (c *client) trigger(ctx context.Context, pipeline string, tb api.TriggerBody) (*store.Run, error) {
+func (c *client) trigger(ctx context.Context, pipeline string, tb apiv1.TriggerBody) (*apiv1.Run, error) {
 	body, _ := json.Marshal(tb)
-	var run store.Run
+	var run apiv1.Run
 	return &run, c.do(ctx, http.MethodPost, "/api/v1/pipelines/"+url.PathEscape(pipeline)+"/runs", "application/json", bytes.NewReader(body), &run)
 }
 
-func (c *client) getRun(ctx context.Context, id string) (*store.Run, error) {
-	var run store.Run
+func (c *client) getRun(ctx context.Context, id string) (*apiv1.Run, error) {
+	var run apiv1.Run
 	return &run, c.do(ctx, http.MethodGet, "/api/v1/runs/"+url.PathEscape(id), "", nil, &run)
 }
 
 func (c *client) uploadSource(ctx context.Context, archive []byte) (string, error) {
-	var sb api.SourceBody
+	var sb apiv1.SourceBody
 	err := c.do(ctx, http.MethodPost, "/api/v1/sources", "application/gzip", bytes.NewReader(archive), &sb)
 	return sb.Object, err
 }
 
 // follow streams a run's log and status lines to fn until the run ends.
-func (c *client) follow(ctx context.Context, id string, fn func(api.LogLine)) error {
+func (c *client) follow(ctx context.Context, id string, fn func(apiv1.LogLine)) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/api/v1/runs/"+url.PathEscape(id)+"/logs", nil)
 	if err != nil {
 		return err
@@ -145,7 +144,7 @@ func (c *client) follow(ctx context.Context, id string, fn func(api.LogLine)) er
 		if !strings.HasPrefix(line, "data: ") {
 			continue
 		}
-		var l api.LogLine
+		var l apiv1.LogLine
 		if err := json.Unmarshal([]byte(line[len("data: "):]), &l); err != nil || l.Kind == "" {
 			continue
 		}

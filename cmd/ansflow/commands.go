@@ -12,9 +12,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/spec"
-	"github.com/ansflow/ansflow/services/pipeline/api"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 func cmdValidate(_ context.Context, args []string) error {
@@ -105,7 +104,7 @@ func cmdPipelines(ctx context.Context, args []string) error {
 		}
 		fmt.Printf("pipeline %q version %d\n", rec.Name, rec.Version)
 	case "list":
-		var ps []*store.PipelineRecord
+		var ps []*apiv1.Pipeline
 		if err := c.do(ctx, http.MethodGet, "/api/v1/pipelines", "", nil, &ps); err != nil {
 			return err
 		}
@@ -179,7 +178,7 @@ func cmdRuns(ctx context.Context, args []string) error {
 		if status != "" {
 			q.Set("status", status)
 		}
-		var runs []*store.Run
+		var runs []*apiv1.Run
 		if err := c.do(ctx, http.MethodGet, "/api/v1/runs?"+q.Encode(), "", nil, &runs); err != nil {
 			return err
 		}
@@ -202,20 +201,20 @@ func cmdRuns(ctx context.Context, args []string) error {
 		}
 		printSummary(os.Stdout, run)
 	case "cancel":
-		var run store.Run
+		var run apiv1.Run
 		if err := c.do(ctx, http.MethodPost, "/api/v1/runs/"+url.PathEscape(id)+"/cancel", "", nil, &run); err != nil {
 			return err
 		}
 		fmt.Printf("run %s: cancel requested\n", id)
 	case "approve":
-		var run store.Run
+		var run apiv1.Run
 		if err := c.do(ctx, http.MethodPost, "/api/v1/runs/"+url.PathEscape(id)+"/approve", "", nil, &run); err != nil {
 			return err
 		}
 		fmt.Printf("run %s: approved by %s\n", id, run.Approval.ApprovedBy)
 	case "rerun":
-		var run store.Run
-		b, _ := json.Marshal(api.RerunBody{All: rerunAll})
+		var run apiv1.Run
+		b, _ := json.Marshal(apiv1.RerunBody{All: rerunAll})
 		if err := c.do(ctx, http.MethodPost, "/api/v1/runs/"+url.PathEscape(id)+"/rerun", "application/json", bytes.NewReader(b), &run); err != nil {
 			return err
 		}
@@ -237,7 +236,7 @@ func cmdRunners(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var runners []api.RunnerStatus
+	var runners []apiv1.RunnerStatus
 	if err := c.do(ctx, http.MethodGet, "/api/v1/runners", "", nil, &runners); err != nil {
 		return err
 	}
@@ -276,7 +275,7 @@ func cmdTrigger(ctx context.Context, args []string) error {
 	if fs.Arg(0) == "" {
 		return invalid("usage: ansflow trigger PIPELINE [--branch B] [--commit C] [--var k=v]")
 	}
-	run, err := c.trigger(ctx, fs.Arg(0), api.TriggerBody{Vars: vars, Branch: branch, Commit: commit})
+	run, err := c.trigger(ctx, fs.Arg(0), apiv1.TriggerBody{Vars: vars, Branch: branch, Commit: commit})
 	if err != nil {
 		return err
 	}
@@ -314,9 +313,9 @@ func cmdCatalog(kind string) func(context.Context, []string) error {
 			}
 			return printJSON(os.Stdout, v)
 		case "add":
-			var body any = store.Registry{ID: id, Name: name, URL: u, Username: user, PasswordSecret: pwSecret}
+			var body any = apiv1.Registry{ID: id, Name: name, URL: u, Username: user, PasswordSecret: pwSecret}
 			if kind == "clusters" {
-				body = store.Cluster{ID: id, Name: name, Context: kctx, TokenSecret: tokenSecret}
+				body = apiv1.Cluster{ID: id, Name: name, Context: kctx, TokenSecret: tokenSecret}
 			}
 			b, _ := json.Marshal(body)
 			return c.do(ctx, http.MethodPost, path, "application/json", bytes.NewReader(b), nil)

@@ -7,9 +7,9 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	k8sengine "github.com/ansflow/ansflow/services/k8s-runner/engine"
 	"github.com/ansflow/ansflow/services/pipeline/service"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // fileConfig is the embedded mode's --config file: the registries and
@@ -33,8 +33,8 @@ type registryConfig struct {
 }
 
 // entry is the registry's catalogue entry.
-func (r registryConfig) entry() *store.Registry {
-	e := &store.Registry{ID: r.ID, Name: r.Name, URL: r.URL}
+func (r registryConfig) entry() *apiv1.Registry {
+	e := &apiv1.Registry{ID: r.ID, Name: r.Name, URL: r.URL}
 	if r.PasswordSecret != "" {
 		e.Username, e.PasswordSecret = r.Username, r.PasswordSecret
 	}
@@ -49,7 +49,7 @@ type clusterConfig struct {
 	ID                string `yaml:"id"`
 	k8sengine.Cluster `yaml:",inline"`
 	// TokenSecret names the secret holding the bearer token its steps
-	// authenticate with (see store.Cluster).
+	// authenticate with (see apiv1.Cluster).
 	TokenSecret string `yaml:"token_secret"`
 }
 
@@ -107,6 +107,6 @@ func applyCatalog(ctx context.Context, svc *service.Service, fc *fileConfig) err
 }
 
 // entry is the cluster's catalogue entry.
-func (c clusterConfig) entry() *store.Cluster {
-	return &store.Cluster{ID: c.ID, Name: c.Name, Context: c.Context, TokenSecret: c.TokenSecret}
+func (c clusterConfig) entry() *apiv1.Cluster {
+	return &apiv1.Cluster{ID: c.ID, Name: c.Name, Context: c.Context, TokenSecret: c.TokenSecret}
 }

@@ -14,10 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
-	"github.com/ansflow/ansflow/services/pipeline/api"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 func freePort(t *testing.T) string {
@@ -111,7 +110,7 @@ func TestDistributedMode(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	run, err := c.trigger(ctx, "spread", api.TriggerBody{})
+	run, err := c.trigger(ctx, "spread", apiv1.TriggerBody{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +131,7 @@ func TestDistributedMode(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	var r *store.Run
+	var r *apiv1.Run
 	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		if r, err = c.getRun(ctx, run.ID); err != nil {
 			t.Fatal(err)

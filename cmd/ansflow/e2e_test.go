@@ -14,8 +14,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 	"github.com/ansflow/ansflow/services/pipeline/webhook"
 )
 
@@ -97,10 +97,10 @@ func TestWebhookValuesCannotInjectShell(t *testing.T) {
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("webhook answered %d", resp.StatusCode)
 	}
-	var run *store.Run
+	var run *apiv1.Run
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		var runs []*store.Run
+		var runs []*apiv1.Run
 		if err := c.do(ctx, http.MethodGet, "/api/v1/runs?pipeline=injection", "", nil, &runs); err != nil {
 			t.Fatal(err)
 		}

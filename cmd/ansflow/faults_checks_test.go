@@ -12,21 +12,21 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/services/audit/audit"
 	auditstore "github.com/ansflow/ansflow/services/audit/store"
 	"github.com/ansflow/ansflow/services/docker-runner/engine"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // checkRuns checks ended runs, as the API shows them, against the evidence.
-func (s *faultSuite) checkRuns(final []*store.Run) []string {
+func (s *faultSuite) checkRuns(final []*apiv1.Run) []string {
 	var problems []string
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 	in := map[string]bool{}
-	byID := map[string]*store.Run{}
+	byID := map[string]*apiv1.Run{}
 	for _, r := range final {
 		in[r.ID], byID[r.ID] = true, r
 	}
@@ -399,7 +399,7 @@ type faultTotals struct {
 func (s *faultSuite) totals() faultTotals {
 	var t faultTotals
 	s.mu.Lock()
-	final := make([]*store.Run, 0, len(s.final))
+	final := make([]*apiv1.Run, 0, len(s.final))
 	for _, r := range s.final {
 		final = append(final, r)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/services/docker-runner/engine"
@@ -32,7 +33,7 @@ import (
 type runRev struct {
 	at  time.Time // when the server stored it
 	rev uint64
-	run *store.Run
+	run *apiv1.Run
 }
 
 // runTimeline holds every revision of every run seen by a watch of the runs
@@ -86,11 +87,10 @@ func (tl *runTimeline) observe(e jetstream.KeyValueEntry) {
 		return
 	}
 	tl.mu.Unlock()
-	var r store.Run
+	var r apiv1.Run
 	if json.Unmarshal(e.Value(), &r) != nil {
 		return
 	}
-	r.Revision = e.Revision()
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
 	if _, dup := tl.seen[e.Revision()]; dup {
@@ -109,7 +109,7 @@ func (tl *runTimeline) observe(e jetstream.KeyValueEntry) {
 }
 
 // first returns when a revision of run id first satisfied cond.
-func (tl *runTimeline) first(id string, cond func(*store.Run) bool) (time.Time, bool) {
+func (tl *runTimeline) first(id string, cond func(*apiv1.Run) bool) (time.Time, bool) {
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
 	for _, rv := range tl.revs[id] {
@@ -121,7 +121,7 @@ func (tl *runTimeline) first(id string, cond func(*store.Run) bool) (time.Time, 
 }
 
 // last returns the newest revision of run id seen.
-func (tl *runTimeline) last(id string) *store.Run {
+func (tl *runTimeline) last(id string) *apiv1.Run {
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
 	revs := tl.revs[id]

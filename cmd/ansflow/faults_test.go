@@ -19,12 +19,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/services/audit/audit"
 	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
-	"github.com/ansflow/ansflow/services/pipeline/api"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // Settings of the fault suite. The lease is short so that a lost runner is
@@ -151,7 +150,7 @@ type faultSuite struct {
 
 	mu    sync.Mutex
 	runs  map[string]string     // run id -> pipeline, every run triggered
-	final map[string]*store.Run // ended runs, as checked
+	final map[string]*apiv1.Run // ended runs, as checked
 }
 
 // faultResult is what one fault did.
@@ -180,7 +179,7 @@ func startFaultSuite(t *testing.T) *faultSuite {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	s := &faultSuite{t: t, ctx: ctx, cli: cli, runners: map[string]*faultProc{},
-		runs: map[string]string{}, final: map[string]*store.Run{}, pipelines: faultPipelines(image)}
+		runs: map[string]string{}, final: map[string]*apiv1.Run{}, pipelines: faultPipelines(image)}
 
 	s.nodes = startNATSCluster(t, filepath.Join(bin, "nats-server"), logDir)
 	var urls []string
@@ -441,10 +440,10 @@ func (s *faultSuite) startLoad(n int) (stop func()) {
 			}
 			name := mix[i%len(mix)]
 			i++
-			var run *store.Run
+			var run *apiv1.Run
 			err := s.callAPI(ctx, func(ctx context.Context, c *client) error {
 				var err error
-				run, err = c.trigger(ctx, name, api.TriggerBody{})
+				run, err = c.trigger(ctx, name, apiv1.TriggerBody{})
 				return err
 			})
 			if err != nil {
@@ -612,8 +611,8 @@ func (s *faultSuite) killRunner(id string, round int, res *faultResult) {
 			continue
 		}
 		res.lostRefs = append(res.lostRefs, a)
-		queued, _ := s.tl.first(a.run, func(r *store.Run) bool { st := r.Step(a.step); return r.Terminal() || st.Attempts > a.attempt })
-		ran, _ := s.tl.first(a.run, func(r *store.Run) bool {
+		queued, _ := s.tl.first(a.run, func(r *apiv1.Run) bool { st := r.Step(a.step); return r.Terminal() || st.Attempts > a.attempt })
+		ran, _ := s.tl.first(a.run, func(r *apiv1.Run) bool {
 			st := r.Step(a.step)
 			return r.Terminal() || (st.Attempts > a.attempt && st.Status != event.StatusQueued && st.Status != event.StatusPending)
 		})
@@ -758,7 +757,7 @@ func (s *faultSuite) measureStalls() {
 		for _, e := range evs {
 			a := e.key()
 			when := e.when()
-			applied, ok := s.tl.first(a.run, func(r *store.Run) bool { return reflects(r, e) })
+			applied, ok := s.tl.first(a.run, func(r *apiv1.Run) bool { return reflects(r, e) })
 			if !ok || when.After(end) {
 				continue
 			}
@@ -874,7 +873,7 @@ func (s *faultSuite) attributeLost() {
 }
 
 // reflects reports whether run document r shows what e reports.
-func reflects(r *store.Run, e stepEvent) bool {
+func reflects(r *apiv1.Run, e stepEvent) bool {
 	if r.Terminal() {
 		return true
 	}
@@ -932,9 +931,9 @@ func (s *faultSuite) checkEnded() []string {
 		}
 		return true, ""
 	})
-	var final []*store.Run
+	var final []*apiv1.Run
 	for _, id := range ended {
-		var run *store.Run
+		var run *apiv1.Run
 		if err := s.callAPI(s.ctx, func(ctx context.Context, c *client) error {
 			var err error
 			run, err = c.getRun(ctx, id)
@@ -964,7 +963,7 @@ func (s *faultSuite) drain() {
 		}
 		return false, fmt.Sprintf("%d runs in flight, e.g. %s", len(left), describeRun(left[0], s.tl.last(left[0])))
 	})
-	var all []*store.Run
+	var all []*apiv1.Run
 	if err := s.callAPI(s.ctx, func(ctx context.Context, c *client) error {
 		return c.do(ctx, http.MethodGet, "/api/v1/runs?limit=100000", "", nil, &all)
 	}); err != nil {
@@ -994,7 +993,7 @@ func (s *faultSuite) drain() {
 	}
 }
 
-func describeRun(id string, r *store.Run) string {
+func describeRun(id string, r *apiv1.Run) string {
 	if r == nil {
 		return "run " + id + " never stored"
 	}

@@ -11,8 +11,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/runner/runnertest"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // useScriptedEngines replaces the real engines with the scripted one, so the
@@ -47,7 +47,7 @@ func TestRunExitCodesAndJSON(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit = %d, want 0; output:\n%s", code, out)
 	}
-	var run store.Run
+	var run apiv1.Run
 	if err := json.Unmarshal([]byte(out), &run); err != nil {
 		t.Fatalf("stdout is not one JSON run: %v\n%s", err, out)
 	}

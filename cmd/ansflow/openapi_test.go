@@ -74,11 +74,11 @@ func TestOpenAPICoversEveryRoute(t *testing.T) {
 			t.Errorf("$ref to missing schema %s", m[1])
 		}
 	}
-	run, _ := doc.Components.Schemas["StoreRun"].(map[string]any)
+	run, _ := doc.Components.Schemas["Run"].(map[string]any)
 	props, _ := run["properties"].(map[string]any)
 	for _, f := range []string{"id", "pipeline", "status", "steps", "trigger"} {
 		if _, ok := props[f]; !ok {
-			t.Errorf("schema StoreRun lacks %q", f)
+			t.Errorf("schema Run lacks %q", f)
 		}
 	}
 	t.Logf("%d routes, %d schemas, %d bytes", seen, len(doc.Components.Schemas), len(raw))

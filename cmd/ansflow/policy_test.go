@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // TestRunPolicy: `ansflow run` is strict by default: the issue's pipeline
@@ -38,10 +38,10 @@ func TestRunPolicy(t *testing.T) {
 `), 0o644)
 		return p
 	}
-	run := func(args ...string) (int, *store.Run) {
+	run := func(args ...string) (int, *apiv1.Run) {
 		t.Helper()
 		code, out := capture(t, append(append([]string{"run"}, args...), "--output", "json", "--data-dir", t.TempDir())...)
-		var r store.Run
+		var r apiv1.Run
 		if err := json.Unmarshal([]byte(out), &r); err != nil {
 			t.Fatalf("exit %d, output is not a run: %v\n%s", code, err, out)
 		}

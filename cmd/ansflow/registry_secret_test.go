@@ -14,10 +14,9 @@ import (
 	"github.com/distribution/reference"
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
-	"github.com/ansflow/ansflow/services/pipeline/api"
-	pstore "github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // A registry entry whose password is kept in the secret store: the push
@@ -48,7 +47,7 @@ func TestRegistryPasswordFromSecretStore(t *testing.T) {
 
 	// An entry that could not bind the password to a host is refused.
 	var ae *apiError
-	for _, bad := range []pstore.Registry{
+	for _, bad := range []apiv1.Registry{
 		{ID: "nourl", Name: "nourl", Username: "ci", PasswordSecret: "REGISTRY_PASSWORD"},
 		{ID: "nouser", Name: "nouser", URL: reg.URL(), PasswordSecret: "REGISTRY_PASSWORD"},
 		{ID: "badname", Name: "badname", URL: reg.URL(), Username: "ci", PasswordSecret: "not-a-name"},
@@ -57,7 +56,7 @@ func TestRegistryPasswordFromSecretStore(t *testing.T) {
 			t.Fatalf("registry %s: %v, want a 400", bad.ID, err)
 		}
 	}
-	if err := post("/api/v1/registries", pstore.Registry{ID: "private", Name: "private", URL: reg.URL(), Username: "ci", PasswordSecret: "REGISTRY_PASSWORD"}); err != nil {
+	if err := post("/api/v1/registries", apiv1.Registry{ID: "private", Name: "private", URL: reg.URL(), Username: "ci", PasswordSecret: "REGISTRY_PASSWORD"}); err != nil {
 		t.Fatal(err)
 	}
 	yaml := `pipeline:
@@ -72,10 +71,10 @@ func TestRegistryPasswordFromSecretStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The entry's secret does not exist: the trigger is refused, naming it.
-	if _, err := c.trigger(ctx, "ship", api.TriggerBody{}); !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || !strings.Contains(err.Error(), "REGISTRY_PASSWORD") {
+	if _, err := c.trigger(ctx, "ship", apiv1.TriggerBody{}); !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || !strings.Contains(err.Error(), "REGISTRY_PASSWORD") {
 		t.Fatalf("trigger without the registry's secret: %v, want a 400 naming REGISTRY_PASSWORD", err)
 	}
-	body, _ := json.Marshal(api.SetSecretRequest{Value: password, Filters: secret.Filters{Branches: []string{"main"}}})
+	body, _ := json.Marshal(apiv1.SetSecretRequest{Value: password, Filters: secret.Filters{Branches: []string{"main"}}})
 	var answers [][]byte
 	var set []byte
 	if err := c.do(ctx, http.MethodPut, "/api/v1/secrets/REGISTRY_PASSWORD", "application/json", bytes.NewReader(body), &set); err != nil {
@@ -98,7 +97,7 @@ func TestRegistryPasswordFromSecretStore(t *testing.T) {
 
 	// Branch "feature" is not one the secret allows: the step fails
 	// naming the filter, and nothing reaches the registry.
-	run, err := c.trigger(ctx, "ship", api.TriggerBody{Branch: "feature"})
+	run, err := c.trigger(ctx, "ship", apiv1.TriggerBody{Branch: "feature"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,14 +114,14 @@ func TestRegistryPasswordFromSecretStore(t *testing.T) {
 	}
 
 	// On main the push authenticates with the sealed password.
-	run, err = c.trigger(ctx, "ship", api.TriggerBody{Branch: "main"})
+	run, err = c.trigger(ctx, "ship", apiv1.TriggerBody{Branch: "main"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitRun(t, c, run.ID)
 	got := getRaw(t, ctx, c, "/api/v1/runs/"+run.ID)[0]
 	answers = append(answers, got)
-	var ok pstore.Run
+	var ok apiv1.Run
 	if err := json.Unmarshal(got, &ok); err != nil {
 		t.Fatal(err)
 	}

@@ -17,14 +17,13 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/spec"
 	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
-	"github.com/ansflow/ansflow/services/pipeline/api"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // varsFlag collects repeated --var k=v.
@@ -157,7 +156,7 @@ func cmdRun(ctx context.Context, args []string) error {
 		return err
 	}
 	for _, se := range secretEnvs {
-		body, err := json.Marshal(api.SetSecretRequest{Value: os.Getenv(se.env)})
+		body, err := json.Marshal(apiv1.SetSecretRequest{Value: os.Getenv(se.env)})
 		if err == nil {
 			err = c.do(ctx, http.MethodPut, "/api/v1/pipelines/"+url.PathEscape(p.Name)+"/secrets/"+url.PathEscape(se.name), "application/json", bytes.NewReader(body), nil)
 		}
@@ -166,7 +165,7 @@ func cmdRun(ctx context.Context, args []string) error {
 			return fmt.Errorf("--secret %s (from $%s): %w", se.name, se.env, err)
 		}
 	}
-	run, err := c.trigger(ctx, p.Name, api.TriggerBody{Vars: vars, Branch: *branch, Commit: *commit, SourceObject: obj})
+	run, err := c.trigger(ctx, p.Name, apiv1.TriggerBody{Vars: vars, Branch: *branch, Commit: *commit, SourceObject: obj})
 	if err != nil {
 		return err
 	}
@@ -185,7 +184,7 @@ func finish(ctx context.Context, c *client, id string, progress io.Writer, outpu
 	if err := c.follow(ctx, id, p.line); err != nil {
 		return err
 	}
-	var run *store.Run
+	var run *apiv1.Run
 	for {
 		var err error
 		if run, err = c.getRun(ctx, id); err != nil {
@@ -255,7 +254,7 @@ func (p *printer) paint(code, s string) string {
 	return "\x1b[" + code + "m" + s + "\x1b[0m"
 }
 
-func (p *printer) line(l api.LogLine) {
+func (p *printer) line(l apiv1.LogLine) {
 	switch l.Kind {
 	case "log":
 		for _, ln := range strings.SplitAfter(l.Text, "\n") {
@@ -279,7 +278,7 @@ func (p *printer) line(l api.LogLine) {
 	}
 }
 
-func printSummary(w io.Writer, r *store.Run) {
+func printSummary(w io.Writer, r *apiv1.Run) {
 	fmt.Fprintf(w, "\nrun %s of %q (build %d): %s", r.ID, r.Pipeline, r.BuildNumber, strings.ToUpper(r.Status))
 	if r.Error != "" {
 		fmt.Fprintf(w, " — %s", r.Error)

@@ -13,8 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/secret"
-	"github.com/ansflow/ansflow/services/pipeline/api"
 )
 
 // cmdSecrets is "ansflow secrets set|list|delete".
@@ -60,12 +60,12 @@ func cmdSecrets(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		body, err := json.Marshal(api.SetSecretRequest{Value: string(value), Filters: f})
+		body, err := json.Marshal(apiv1.SetSecretRequest{Value: string(value), Filters: f})
 		clear(value)
 		if err != nil {
 			return err
 		}
-		var m api.SecretInfo
+		var m apiv1.SecretInfo
 		err = c.do(ctx, http.MethodPut, base+"/"+url.PathEscape(name), "application/json", bytes.NewReader(body), &m)
 		clear(body)
 		if err != nil {
@@ -77,7 +77,7 @@ func cmdSecrets(ctx context.Context, args []string) error {
 		fmt.Printf("secret %s (%s) set\n", m.Name, m.Scope)
 		return nil
 	case "list":
-		var list []api.SecretInfo
+		var list []apiv1.SecretInfo
 		if err := c.do(ctx, http.MethodGet, base, "", nil, &list); err != nil {
 			return err
 		}

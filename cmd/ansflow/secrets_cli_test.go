@@ -9,8 +9,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/secret"
-	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 )
 
@@ -114,7 +114,7 @@ func TestPinnedPoolKeys(t *testing.T) {
 	if _, err := c.applyPipeline(ctx, "pinned.yaml", []byte(yaml)); err != nil {
 		t.Fatal(err)
 	}
-	run, err := c.trigger(ctx, "pinned", api.TriggerBody{})
+	run, err := c.trigger(ctx, "pinned", apiv1.TriggerBody{})
 	if err != nil {
 		t.Fatal(err)
 	}

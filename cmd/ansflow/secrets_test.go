@@ -20,12 +20,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/services/audit/store"
 	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
-	"github.com/ansflow/ansflow/services/pipeline/api"
-	pstore "github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // leakForms is a secret and every encoding of it the proof searches for.
@@ -96,25 +95,25 @@ func TestSecretReachesItsContainerAndNothingElse(t *testing.T) {
 
 	// An unknown secret: the trigger is refused, with the name.
 	var ae *apiError
-	if _, err := c.trigger(ctx, "publish", api.TriggerBody{}); !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || !strings.Contains(err.Error(), "NPM_TOKEN") {
+	if _, err := c.trigger(ctx, "publish", apiv1.TriggerBody{}); !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || !strings.Contains(err.Error(), "NPM_TOKEN") {
 		t.Fatalf("trigger with an unknown secret: %v, want a 400 naming NPM_TOKEN", err)
 	}
 
-	body, _ := json.Marshal(api.SetSecretRequest{Value: value})
+	body, _ := json.Marshal(apiv1.SetSecretRequest{Value: value})
 	var answers [][]byte
 	var set []byte
 	if err := c.do(ctx, http.MethodPut, "/api/v1/pipelines/publish/secrets/NPM_TOKEN", "application/json", bytes.NewReader(body), &set); err != nil {
 		t.Fatal(err)
 	}
 	answers = append(answers, set)
-	run, err := c.trigger(ctx, "publish", api.TriggerBody{})
+	run, err := c.trigger(ctx, "publish", apiv1.TriggerBody{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitRun(t, c, run.ID)
 	got := getRaw(t, ctx, c, "/api/v1/runs/"+run.ID)[0]
 	answers = append(answers, got)
-	var r pstore.Run
+	var r apiv1.Run
 	if err := json.Unmarshal(got, &r); err != nil {
 		t.Fatal(err)
 	}
@@ -133,14 +132,14 @@ func TestSecretReachesItsContainerAndNothingElse(t *testing.T) {
 	}
 
 	// A filter that refuses the run fails the step, naming the filter.
-	filtered, _ := json.Marshal(api.SetSecretRequest{Value: "release-only-value", Filters: secret.Filters{Branches: []string{"release/*"}}})
+	filtered, _ := json.Marshal(apiv1.SetSecretRequest{Value: "release-only-value", Filters: secret.Filters{Branches: []string{"release/*"}}})
 	if err := c.do(ctx, http.MethodPut, "/api/v1/secrets/NPM_TOKEN", "application/json", bytes.NewReader(filtered), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.do(ctx, http.MethodDelete, "/api/v1/pipelines/publish/secrets/NPM_TOKEN", "", nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	run2, err := c.trigger(ctx, "publish", api.TriggerBody{})
+	run2, err := c.trigger(ctx, "publish", apiv1.TriggerBody{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,13 +20,12 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/natsauth"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/services/audit/audit"
 	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
-	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/service"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // TestSecureStack runs the whole pipeline against a nats-server started from
@@ -119,11 +118,11 @@ func TestSecureStack(t *testing.T) {
 	if _, err := c.applyPipeline(ctx, "secure.yaml", []byte(yaml)); err != nil {
 		t.Fatal(err)
 	}
-	run, err := c.trigger(ctx, "secure", api.TriggerBody{})
+	run, err := c.trigger(ctx, "secure", apiv1.TriggerBody{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r *store.Run
+	var r *apiv1.Run
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		if r, err = c.getRun(ctx, run.ID); err != nil {
 			t.Fatal(err)

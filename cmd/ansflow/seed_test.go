@@ -16,8 +16,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // TestSeedPipelineEndToEnd runs the original report's pipeline file, as-is,
@@ -69,10 +69,10 @@ clusters:
 		t.Fatalf("prepare exec dir: %v %s", err, out)
 	}
 
-	run := func(branch string) *store.Run {
+	run := func(branch string) *apiv1.Run {
 		t.Helper()
 		code, out := capture(t, "run", "../../examples/seed/pipeline.yaml", "--config", cfg, "--branch", branch, "--output", "json", "--data-dir", t.TempDir())
-		var r store.Run
+		var r apiv1.Run
 		if err := json.Unmarshal([]byte(out), &r); err != nil {
 			t.Fatalf("exit %d, output is not a run: %v\n%s", code, err, out)
 		}

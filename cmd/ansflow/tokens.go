@@ -12,8 +12,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
-	"github.com/ansflow/ansflow/services/pipeline/api"
 )
 
 // cmdTokens is "ansflow tokens create|list|revoke".
@@ -22,7 +22,7 @@ func cmdTokens(ctx context.Context, args []string) error {
 	if len(args) == 0 {
 		return invalid(use)
 	}
-	var req api.CreateTokenRequest
+	var req apiv1.CreateTokenRequest
 	var pipelines string
 	c, output, fs, err := clientFlags("tokens "+args[0], args[1:], func(fs *flag.FlagSet) {
 		if args[0] != "create" {
@@ -45,13 +45,13 @@ func cmdTokens(ctx context.Context, args []string) error {
 			return invalid("--role: %v", err)
 		}
 		if req.ExpiresIn != "" {
-			if _, err := api.ParseLifetime(req.ExpiresIn); err != nil {
+			if _, err := apiv1.ParseLifetime(req.ExpiresIn); err != nil {
 				return invalid("--expires: %v", err)
 			}
 		}
 		req.Pipelines = splitList(pipelines)
 		body, _ := json.Marshal(req)
-		var ct api.CreatedToken
+		var ct apiv1.CreatedToken
 		if err := c.do(ctx, http.MethodPost, "/api/v1/tokens", "application/json", bytes.NewReader(body), &ct); err != nil {
 			return err
 		}
@@ -61,7 +61,7 @@ func cmdTokens(ctx context.Context, args []string) error {
 		fmt.Println(ct.Secret) // alone, for $(ansflow tokens create ...)
 		return nil
 	case "list":
-		var ts []api.TokenInfo
+		var ts []apiv1.TokenInfo
 		if err := c.do(ctx, http.MethodGet, "/api/v1/tokens", "", nil, &ts); err != nil {
 			return err
 		}
@@ -86,7 +86,7 @@ func cmdTokens(ctx context.Context, args []string) error {
 		if id == "" {
 			return invalid("usage: ansflow tokens revoke ID")
 		}
-		var t api.TokenInfo
+		var t apiv1.TokenInfo
 		if err := c.do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(id), "", nil, &t); err != nil {
 			return err
 		}

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
-	"github.com/ansflow/ansflow/services/pipeline/api"
 )
 
 // startUp runs `ansflow up` on dir until the test ends and returns its API
@@ -104,11 +104,11 @@ func TestFirstStartAndTokensCLI(t *testing.T) {
 	}
 
 	code, out = capture(t, "tokens", "list", "--output", "json", "--server", url, "--token", admin)
-	var list []api.TokenInfo
+	var list []apiv1.TokenInfo
 	if err := json.Unmarshal([]byte(out), &list); code != exitOK || err != nil || len(list) != 3 {
 		t.Fatalf("tokens list: exit %d, %v, %d tokens\n%s", code, err, len(list), out)
 	}
-	var ci *api.TokenInfo
+	var ci *apiv1.TokenInfo
 	for i := range list {
 		if list[i].Name == "ci" {
 			ci = &list[i]

@@ -17,8 +17,8 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
-	"github.com/ansflow/ansflow/services/pipeline/login/loginapi"
 )
 
 // cmdUsers is `ansflow users add|list|delete`: the human users who log in to
@@ -55,8 +55,8 @@ func cmdUsers(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		body, _ := json.Marshal(loginapi.CreateUserRequest{Name: fs.Arg(0), Role: r, Pipelines: globs, Password: password, Disabled: disabled})
-		var u loginapi.User
+		body, _ := json.Marshal(apiv1.CreateUserRequest{Name: fs.Arg(0), Role: r, Pipelines: globs, Password: password, Disabled: disabled})
+		var u apiv1.User
 		if err := c.do(ctx, http.MethodPost, "/api/v1/users", "application/json", bytes.NewReader(body), &u); err != nil {
 			return err
 		}
@@ -66,7 +66,7 @@ func cmdUsers(ctx context.Context, args []string) error {
 		fmt.Printf("user %s created (%s)\n", u.Name, u.Role)
 		return nil
 	case "list":
-		var us []loginapi.User
+		var us []apiv1.User
 		if err := c.do(ctx, http.MethodGet, "/api/v1/users", "", nil, &us); err != nil {
 			return err
 		}

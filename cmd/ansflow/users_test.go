@@ -12,10 +12,10 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/services/pipeline/login"
-	"github.com/ansflow/ansflow/services/pipeline/login/loginapi"
 )
 
 // loginServer serves the login package's routes on a real JetStream, every
@@ -68,13 +68,13 @@ func TestUsersCommands(t *testing.T) {
 	}
 	if code, out := capture(t, "users", "add", "lee", "--role", "admin", "--password-file", pwFile, "--server", base, "--output", "json"); code != exitOK {
 		t.Fatalf("users add --password-file: exit %d: %s", code, out)
-	} else if got := (loginapi.User{}); json.Unmarshal([]byte(out), &got) != nil || got.Name != "lee" || got.Role != auth.RoleAdmin {
+	} else if got := (apiv1.User{}); json.Unmarshal([]byte(out), &got) != nil || got.Name != "lee" || got.Role != auth.RoleAdmin {
 		t.Errorf("users add --output json = %s", out)
 	}
 
 	// The passwords arrived whole: each user logs in with theirs.
 	for name, pw := range map[string]string{"kim": "kims-password", "lee": "lees-password"} {
-		body, _ := json.Marshal(loginapi.LoginRequest{Username: name, Password: pw})
+		body, _ := json.Marshal(apiv1.LoginRequest{Username: name, Password: pw})
 		resp, err := http.Post(base+"/api/v1/login", "application/json", strings.NewReader(string(body)))
 		if err != nil {
 			t.Fatal(err)
@@ -86,7 +86,7 @@ func TestUsersCommands(t *testing.T) {
 	}
 
 	code, out = capture(t, "users", "list", "--output", "json", "--server", base)
-	var us []loginapi.User
+	var us []apiv1.User
 	if code != exitOK || json.Unmarshal([]byte(out), &us) != nil || len(us) != 2 || us[0].Name != "kim" ||
 		strings.Join(us[0].Pipelines, ",") != "web-*,api-*" || us[1].Name != "lee" {
 		t.Errorf("users list --output json: exit %d: %s", code, out)

@@ -22,9 +22,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
-	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/spec"
@@ -150,20 +150,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 
 const maxBody = 1 << 20
 
-// ErrorBody is the JSON of every error response.
-type ErrorBody struct {
-	Error  string        `json:"error"`
-	Errors []ErrorDetail `json:"errors,omitempty"`
-}
-
-// ErrorDetail locates one validation problem.
-type ErrorDetail struct {
-	File    string `json:"file,omitempty"`
-	Line    int    `json:"line,omitempty"`
-	Field   string `json:"field,omitempty"`
-	Message string `json:"message"`
-}
-
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -173,14 +159,14 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func (s *Server) fail(w http.ResponseWriter, err error) {
-	body := ErrorBody{Error: err.Error()}
+	body := apiv1.ErrorBody{Error: err.Error()}
 	code := http.StatusInternalServerError
 	var se spec.Errors
 	switch {
 	case errors.As(err, &se):
 		code = http.StatusBadRequest
 		for _, e := range se {
-			body.Errors = append(body.Errors, ErrorDetail{File: e.File, Line: e.Line, Field: e.Field, Message: e.Msg})
+			body.Errors = append(body.Errors, apiv1.ErrorDetail{File: e.File, Line: e.Line, Field: e.Field, Message: e.Msg})
 		}
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, errSecretNotFound):
 		code = http.StatusNotFound
@@ -263,12 +249,6 @@ func (s *Server) publishAction(actor, ip, action, target, outcome string) {
 	}
 }
 
-// ApplyRequest is the JSON form of a pipeline upload.
-type ApplyRequest struct {
-	YAML string `json:"yaml"`
-	File string `json:"file,omitempty"`
-}
-
 func (s *Server) parseUpload(r *http.Request) (*spec.Pipeline, string, error) {
 	b, err := readBody(r, spec.MaxFileBytes)
 	if err != nil {
@@ -276,7 +256,7 @@ func (s *Server) parseUpload(r *http.Request) (*spec.Pipeline, string, error) {
 	}
 	text, file := string(b), "request"
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
-		var ar ApplyRequest
+		var ar apiv1.ApplyRequest
 		if err := json.Unmarshal(b, &ar); err != nil {
 			return nil, "", fmt.Errorf("%w: JSON body: %v", errBadRequest, err)
 		}
@@ -297,7 +277,7 @@ func (s *Server) applyPipeline(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = mayWrite(r, p.Name)
 	}
-	var rec *store.PipelineRecord
+	var rec *apiv1.Pipeline
 	if err == nil {
 		rec, err = s.st.PutPipeline(r.Context(), p, text, actor(r))
 	}
@@ -346,7 +326,7 @@ func (s *Server) listPipelines(w http.ResponseWriter, r *http.Request) {
 			out = append(out, p)
 		}
 	}
-	writePage(s, w, r, out, func(p *store.PipelineRecord) string { return p.Name })
+	writePage(s, w, r, out, func(p *apiv1.Pipeline) string { return p.Name })
 }
 
 func (s *Server) getPipeline(w http.ResponseWriter, r *http.Request) {
@@ -358,7 +338,7 @@ func (s *Server) getPipeline(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, rec)
 }
 
-func (s *Server) pipelineVersion(r *http.Request) (*store.PipelineRecord, error) {
+func (s *Server) pipelineVersion(r *http.Request) (*apiv1.Pipeline, error) {
 	if v := r.URL.Query().Get("version"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -385,7 +365,7 @@ func (s *Server) pipelineVersions(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writePage(s, w, r, vs, func(p *store.PipelineRecord) string { return fmt.Sprintf("%012d", p.Version) })
+	writePage(s, w, r, vs, func(p *apiv1.Pipeline) string { return fmt.Sprintf("%012d", p.Version) })
 }
 
 func (s *Server) deletePipeline(w http.ResponseWriter, r *http.Request) {
@@ -398,20 +378,15 @@ func (s *Server) deletePipeline(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// CloneRequest names the copy.
-type CloneRequest struct {
-	Name string `json:"name"`
-}
-
 func (s *Server) clonePipeline(w http.ResponseWriter, r *http.Request) {
-	var cr CloneRequest
+	var cr apiv1.CloneRequest
 	b, err := readBody(r, maxBody)
 	if err == nil {
 		if err = json.Unmarshal(b, &cr); err != nil || cr.Name == "" {
 			err = fmt.Errorf("%w: want {\"name\": \"new name\"}", errBadRequest)
 		}
 	}
-	var rec *store.PipelineRecord
+	var rec *apiv1.Pipeline
 	if err == nil {
 		rec, err = s.st.GetPipeline(r.Context(), r.PathValue("name"))
 	}
@@ -441,19 +416,8 @@ func (s *Server) clonePipeline(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, rec)
 }
 
-// TriggerBody is the JSON body of a run trigger.
-type TriggerBody struct {
-	Vars    map[string]string `json:"vars,omitempty"`
-	Branch  string            `json:"branch,omitempty"`
-	Commit  string            `json:"commit,omitempty"`
-	Tag     string            `json:"tag,omitempty"`
-	RepoURL string            `json:"repo_url,omitempty"`
-	// SourceObject is an object returned by POST /api/v1/sources.
-	SourceObject string `json:"source_object,omitempty"`
-}
-
 func (s *Server) triggerRun(w http.ResponseWriter, r *http.Request) {
-	var tb TriggerBody
+	var tb apiv1.TriggerBody
 	b, err := readBody(r, maxBody)
 	if err == nil && len(bytes.TrimSpace(b)) > 0 {
 		if jerr := json.Unmarshal(b, &tb); jerr != nil {
@@ -464,15 +428,15 @@ func (s *Server) triggerRun(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		req := orchestrator.TriggerRequest{Pipeline: r.PathValue("name"), Vars: tb.Vars,
 			Git:     orchestrator.GitInfo{Branch: tb.Branch, Commit: tb.Commit, Tag: tb.Tag, RepoURL: tb.RepoURL},
-			Trigger: store.Trigger{Kind: "api", Actor: actor(r)}}
+			Trigger: apiv1.Trigger{Kind: "api", Actor: actor(r)}}
 		if r.Header.Get("X-Ansflow-Trigger") == "cli" {
 			req.Trigger.Kind = "cli"
 		}
 		switch {
 		case tb.SourceObject != "":
-			req.Source = &store.Source{Object: tb.SourceObject}
+			req.Source = &apiv1.Source{Object: tb.SourceObject}
 		case tb.RepoURL != "":
-			req.Source = &store.Source{RepoURL: tb.RepoURL, Commit: tb.Commit}
+			req.Source = &apiv1.Source{RepoURL: tb.RepoURL, Commit: tb.Commit}
 		}
 		run, err = s.orc.Trigger(r.Context(), req)
 	}
@@ -481,7 +445,7 @@ func (s *Server) triggerRun(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, run)
+	writeJSON(w, http.StatusCreated, &run.Run)
 }
 
 func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) {
@@ -501,10 +465,12 @@ func (s *Server) listRuns(w http.ResponseWriter, r *http.Request) {
 		}
 		runs = kept
 	}
-	for _, run := range runs {
+	out := make([]*apiv1.Run, len(runs))
+	for i, run := range runs {
 		s.orc.Annotate(run)
+		out[i] = &run.Run
 	}
-	writePage(s, w, r, runs, func(run *store.Run) string { return newestFirst(run.CreatedAt, run.ID) })
+	writePage(s, w, r, out, func(run *apiv1.Run) string { return newestFirst(run.CreatedAt, run.ID) })
 }
 
 func (s *Server) getRun(w http.ResponseWriter, r *http.Request) {
@@ -514,22 +480,16 @@ func (s *Server) getRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.orc.Annotate(run)
-	writeJSON(w, http.StatusOK, run)
-}
-
-// RunnerStatus is a runner as `GET /api/v1/runners` lists it.
-type RunnerStatus struct {
-	runner.RunnerInfo
-	Online bool `json:"online"`
+	writeJSON(w, http.StatusOK, &run.Run)
 }
 
 func (s *Server) listRunners(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
-	out := []RunnerStatus{}
+	out := []apiv1.RunnerStatus{}
 	for _, ri := range s.orc.Runners() {
-		out = append(out, RunnerStatus{RunnerInfo: ri, Online: ri.Online(now)})
+		out = append(out, apiv1.RunnerStatus{RunnerInfo: ri, Online: ri.Online(now)})
 	}
-	writePage(s, w, r, out, func(rs RunnerStatus) string { return rs.ID })
+	writePage(s, w, r, out, func(rs apiv1.RunnerStatus) string { return rs.ID })
 }
 
 func (s *Server) cancelRun(w http.ResponseWriter, r *http.Request) {
@@ -539,7 +499,7 @@ func (s *Server) cancelRun(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, run)
+	writeJSON(w, http.StatusOK, &run.Run)
 }
 
 // approveRun lets a run held for approval (a pull request from a fork)
@@ -552,19 +512,11 @@ func (s *Server) approveRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.orc.Annotate(run)
-	writeJSON(w, http.StatusOK, run)
-}
-
-// RerunBody is the optional body of POST /api/v1/runs/{id}/rerun. Without
-// All the new run keeps the steps that succeeded and runs the rest again,
-// from the failed ones on; with All every step runs again (a succeeded
-// run too).
-type RerunBody struct {
-	All bool `json:"all,omitempty"`
+	writeJSON(w, http.StatusOK, &run.Run)
 }
 
 func (s *Server) rerun(w http.ResponseWriter, r *http.Request) {
-	var body RerunBody
+	var body apiv1.RerunBody
 	if b, err := readBody(r, maxBody); err != nil {
 		s.fail(w, err)
 		return
@@ -578,18 +530,13 @@ func (s *Server) rerun(w http.ResponseWriter, r *http.Request) {
 	if body.All {
 		rerun = s.orc.RerunAll
 	}
-	run, err := rerun(r.Context(), r.PathValue("id"), store.Trigger{Kind: "rerun", Actor: actor(r)})
+	run, err := rerun(r.Context(), r.PathValue("id"), apiv1.Trigger{Kind: "rerun", Actor: actor(r)})
 	s.audit(r, "run.rerun", "run/"+r.PathValue("id"), err)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, run)
-}
-
-// SourceBody answers a source upload.
-type SourceBody struct {
-	Object string `json:"object"`
+	writeJSON(w, http.StatusCreated, &run.Run)
 }
 
 // uploadSource streams the body to the sources object store in chunks: an
@@ -607,13 +554,13 @@ func (s *Server) uploadSource(w http.ResponseWriter, r *http.Request) {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			_ = objects.Delete(context.WithoutCancel(r.Context()), name)
-			writeJSON(w, http.StatusRequestEntityTooLarge, ErrorBody{Error: fmt.Sprintf("source archive over the %d-byte limit", s.MaxSourceBytes)})
+			writeJSON(w, http.StatusRequestEntityTooLarge, apiv1.ErrorBody{Error: fmt.Sprintf("source archive over the %d-byte limit", s.MaxSourceBytes)})
 			return
 		}
 		s.fail(w, fmt.Errorf("store source: %w", err))
 		return
 	}
-	writeJSON(w, http.StatusCreated, SourceBody{Object: name})
+	writeJSON(w, http.StatusCreated, apiv1.SourceBody{Object: name})
 }
 
 func (s *Server) listRegistries(w http.ResponseWriter, r *http.Request) {
@@ -622,11 +569,11 @@ func (s *Server) listRegistries(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writePage(s, w, r, rs, func(reg *store.Registry) string { return reg.ID })
+	writePage(s, w, r, rs, func(reg *apiv1.Registry) string { return reg.ID })
 }
 
 func (s *Server) putRegistry(w http.ResponseWriter, r *http.Request) {
-	var reg store.Registry
+	var reg apiv1.Registry
 	b, err := readBody(r, maxBody)
 	if err == nil {
 		if jerr := json.Unmarshal(b, &reg); jerr != nil {
@@ -659,11 +606,11 @@ func (s *Server) listClusters(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	writePage(s, w, r, cs, func(c *store.Cluster) string { return c.ID })
+	writePage(s, w, r, cs, func(c *apiv1.Cluster) string { return c.ID })
 }
 
 func (s *Server) putCluster(w http.ResponseWriter, r *http.Request) {
-	var c store.Cluster
+	var c apiv1.Cluster
 	b, err := readBody(r, maxBody)
 	if err == nil {
 		if jerr := json.Unmarshal(b, &c); jerr != nil {
@@ -688,19 +635,6 @@ func (s *Server) deleteCluster(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// LogLine is one server-sent event of GET /api/v1/runs/{id}/logs: a log
-// chunk (Kind "log") or a step or run status change (Kind "step", "run").
-type LogLine struct {
-	Kind    string    `json:"kind"`
-	Step    string    `json:"step,omitempty"`
-	Attempt int       `json:"attempt,omitempty"`
-	Stream  string    `json:"stream,omitempty"`
-	Text    string    `json:"text,omitempty"`
-	Status  string    `json:"status,omitempty"`
-	Error   string    `json:"error,omitempty"`
-	Time    time.Time `json:"time"`
 }
 
 // mayWrite checks that r's identity may change the pipeline named in its

@@ -11,9 +11,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/spec/steps"
 
-	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -65,12 +65,12 @@ const pipe = "pipeline:\n  name: api-demo\n  variables:\n    who: world\n  steps
 func TestPipelinesAndRuns(t *testing.T) {
 	base := server(t)
 	yamlText := strings.Replace(pipe, "    who: world\n", "    who: world\n    code: \"0\"\n", 1)
-	var errBody api.ErrorBody
+	var errBody apiv1.ErrorBody
 	if code := call(t, "POST", base+"/api/v1/pipelines", "application/yaml", pipe, &errBody); code != 400 || len(errBody.Errors) == 0 ||
 		errBody.Errors[0].Line != 11 || !strings.Contains(errBody.Errors[0].Message, "unknown variable {{code}}") {
 		t.Fatalf("invalid pipeline: %d %+v", code, errBody)
 	}
-	var rec store.PipelineRecord
+	var rec apiv1.Pipeline
 	if code := call(t, "POST", base+"/api/v1/pipelines", "application/yaml", yamlText, &rec); code != 200 || rec.Version != 1 {
 		t.Fatalf("apply: %d %+v", code, rec)
 	}
@@ -83,7 +83,7 @@ func TestPipelinesAndRuns(t *testing.T) {
 	if exported != yamlText {
 		t.Errorf("export of version 1 differs")
 	}
-	var versions []store.PipelineRecord
+	var versions []apiv1.Pipeline
 	call(t, "GET", base+"/api/v1/pipelines/api-demo/versions", "", "", &versions)
 	if len(versions) != 2 {
 		t.Errorf("%d versions", len(versions))
@@ -91,7 +91,7 @@ func TestPipelinesAndRuns(t *testing.T) {
 	if code := call(t, "POST", base+"/api/v1/pipelines/api-demo/clone", "application/json", `{"name":"api-copy"}`, &rec); code != 201 || rec.Name != "api-copy" {
 		t.Errorf("clone: %d %+v", code, rec)
 	}
-	var list []store.PipelineRecord
+	var list []apiv1.Pipeline
 	call(t, "GET", base+"/api/v1/pipelines", "", "", &list)
 	if len(list) != 2 {
 		t.Errorf("list: %d pipelines", len(list))
@@ -110,11 +110,11 @@ func TestPipelinesAndRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var lines []api.LogLine
+	var lines []apiv1.LogLine
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		if l, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
-			var ll api.LogLine
+			var ll apiv1.LogLine
 			_ = json.Unmarshal([]byte(l), &ll)
 			lines = append(lines, ll)
 		}
@@ -176,7 +176,7 @@ func TestStepTypes(t *testing.T) {
 		t.Errorf("step types %v", names)
 	}
 	bad := "pipeline:\n  name: typed\n  steps:\n    - name: scale\n      type: k8s_scale\n      k8s_config:\n        replicas: five\n"
-	var errBody api.ErrorBody
+	var errBody apiv1.ErrorBody
 	if code := call(t, "POST", base+"/api/v1/validate", "application/yaml", bad, &errBody); code != 400 || len(errBody.Errors) != 1 ||
 		errBody.Errors[0].Line != 7 || errBody.Errors[0].Field != "pipeline.steps[0].k8s_config.replicas" ||
 		errBody.Errors[0].Message != `must be an integer, got "five"` {
@@ -195,7 +195,7 @@ func TestCatalogue(t *testing.T) {
 	if code := call(t, "POST", base+"/api/v1/clusters", "application/json", `{"id":"c1","name":"local","context":"ansflow-local"}`, nil); code != 200 {
 		t.Fatalf("add cluster: %d", code)
 	}
-	var regs []store.Registry
+	var regs []apiv1.Registry
 	call(t, "GET", base+"/api/v1/registries", "", "", &regs)
 	if len(regs) != 1 || regs[0].URL != "127.0.0.1:5000" {
 		t.Errorf("registries: %+v", regs)
@@ -217,7 +217,7 @@ func TestCatalogue(t *testing.T) {
 func TestDeletedPipelineReappliedKeepsNumbering(t *testing.T) {
 	base := server(t)
 	p := "pipeline:\n  name: again\n  steps:\n    - {name: a, type: docker_run}\n"
-	var rec store.PipelineRecord
+	var rec apiv1.Pipeline
 	call(t, "POST", base+"/api/v1/pipelines", "application/yaml", p, &rec)
 	call(t, "DELETE", base+"/api/v1/pipelines/again", "", "", nil)
 	if code := call(t, "POST", base+"/api/v1/pipelines", "application/yaml", strings.Replace(p, "name: a,", "name: b,", 1), &rec); code != 200 || rec.Version != 2 {

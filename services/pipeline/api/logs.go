@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/event"
 )
 
@@ -107,7 +108,7 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
-	write := func(l LogLine) {
+	write := func(l apiv1.LogLine) {
 		b, _ := json.Marshal(l)
 		fmt.Fprintf(w, "event: %s\ndata: %s\n\n", l.Kind, b)
 		if flusher != nil {
@@ -199,40 +200,40 @@ func (s *Server) release(ctx context.Context, followers []follower) {
 
 // seqLine is a line with its stream sequence.
 type seqLine struct {
-	LogLine
+	apiv1.LogLine
 	seq uint64
 }
 
-func toLine(m jetstream.Msg) (LogLine, bool) {
+func toLine(m jetstream.Msg) (apiv1.LogLine, bool) {
 	e, err := event.FromMsg(&nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
 	if err != nil {
-		return LogLine{}, false
+		return apiv1.LogLine{}, false
 	}
 	switch e.Type() {
 	case event.TypeStepLog:
 		var d event.StepLog
 		if event.DecodeData(e, &d) != nil {
-			return LogLine{}, false
+			return apiv1.LogLine{}, false
 		}
-		return LogLine{Kind: "log", Step: d.StepID, Attempt: d.Attempt, Stream: d.Stream, Text: d.Text, Time: d.Time}, true
+		return apiv1.LogLine{Kind: "log", Step: d.StepID, Attempt: d.Attempt, Stream: d.Stream, Text: d.Text, Time: d.Time}, true
 	case event.TypeStepStarted:
 		var d event.StepStarted
 		if event.DecodeData(e, &d) != nil {
-			return LogLine{}, false
+			return apiv1.LogLine{}, false
 		}
-		return LogLine{Kind: "step", Step: d.StepID, Attempt: d.Attempt, Status: event.StatusRunning, Time: d.StartedAt}, true
+		return apiv1.LogLine{Kind: "step", Step: d.StepID, Attempt: d.Attempt, Status: event.StatusRunning, Time: d.StartedAt}, true
 	case event.TypeStepCompleted:
 		var d event.StepCompleted
 		if event.DecodeData(e, &d) != nil {
-			return LogLine{}, false
+			return apiv1.LogLine{}, false
 		}
-		return LogLine{Kind: "step", Step: d.StepID, Attempt: d.Attempt, Status: d.Status, Error: d.Error, Time: d.FinishedAt}, true
+		return apiv1.LogLine{Kind: "step", Step: d.StepID, Attempt: d.Attempt, Status: d.Status, Error: d.Error, Time: d.FinishedAt}, true
 	case event.TypeRunCompleted:
 		var d event.RunCompleted
 		if event.DecodeData(e, &d) != nil {
-			return LogLine{}, false
+			return apiv1.LogLine{}, false
 		}
-		return LogLine{Kind: "run", Status: d.Status, Error: d.Error, Time: d.FinishedAt}, true
+		return apiv1.LogLine{Kind: "run", Status: d.Status, Error: d.Error, Time: d.FinishedAt}, true
 	}
-	return LogLine{}, false
+	return apiv1.LogLine{}, false
 }

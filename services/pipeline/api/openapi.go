@@ -9,12 +9,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/pkg/spec/steps"
-	"github.com/ansflow/ansflow/services/pipeline/login/loginapi"
-	"github.com/ansflow/ansflow/services/pipeline/store"
-	"github.com/ansflow/ansflow/services/pipeline/webhook"
 )
 
 // RouteDoc describes one REST route for the OpenAPI document. Request and
@@ -41,52 +39,52 @@ type RouteDoc struct {
 // TestOpenAPICoversEveryRoute. Mounters of other routes add theirs with
 // [Server.Describe].
 var routeDocs = map[string]RouteDoc{
-	"GET /api/v1/pipelines":                            {Summary: "List pipelines (latest versions)", Response: store.PipelineRecord{}, List: true},
-	"POST /api/v1/pipelines":                           {Summary: "Apply a pipeline file (create or new version)", RequestType: "application/yaml", Response: store.PipelineRecord{}},
-	"GET /api/v1/pipelines/{name}":                     {Summary: "Get a pipeline's latest version", Response: store.PipelineRecord{}},
-	"PUT /api/v1/pipelines/{name}":                     {Summary: "Apply a new version of a pipeline", RequestType: "application/yaml", Response: store.PipelineRecord{}},
+	"GET /api/v1/pipelines":                            {Summary: "List pipelines (latest versions)", Response: apiv1.Pipeline{}, List: true},
+	"POST /api/v1/pipelines":                           {Summary: "Apply a pipeline file (create or new version)", RequestType: "application/yaml", Response: apiv1.Pipeline{}},
+	"GET /api/v1/pipelines/{name}":                     {Summary: "Get a pipeline's latest version", Response: apiv1.Pipeline{}},
+	"PUT /api/v1/pipelines/{name}":                     {Summary: "Apply a new version of a pipeline", RequestType: "application/yaml", Response: apiv1.Pipeline{}},
 	"DELETE /api/v1/pipelines/{name}":                  {Summary: "Delete a pipeline", Status: http.StatusNoContent},
 	"GET /api/v1/pipelines/{name}/export":              {Summary: "Export a pipeline's YAML", Stream: "application/yaml"},
-	"GET /api/v1/pipelines/{name}/versions":            {Summary: "List a pipeline's versions", Response: store.PipelineRecord{}, List: true},
-	"POST /api/v1/pipelines/{name}/clone":              {Summary: "Clone a pipeline under a new name", Request: CloneRequest{}, Status: http.StatusCreated, Response: store.PipelineRecord{}},
-	"POST /api/v1/pipelines/{name}/runs":               {Summary: "Trigger a run", Request: TriggerBody{}, Status: http.StatusCreated, Response: store.Run{}},
+	"GET /api/v1/pipelines/{name}/versions":            {Summary: "List a pipeline's versions", Response: apiv1.Pipeline{}, List: true},
+	"POST /api/v1/pipelines/{name}/clone":              {Summary: "Clone a pipeline under a new name", Request: apiv1.CloneRequest{}, Status: http.StatusCreated, Response: apiv1.Pipeline{}},
+	"POST /api/v1/pipelines/{name}/runs":               {Summary: "Trigger a run", Request: apiv1.TriggerBody{}, Status: http.StatusCreated, Response: apiv1.Run{}},
 	"POST /api/v1/validate":                            {Summary: "Validate a pipeline file (errors as file:line: field: message)", RequestType: "application/yaml", Response: spec.Pipeline{}},
 	"GET /api/v1/step-types":                           {Summary: "The step types and their settings", Response: []steps.StepType{}},
-	"GET /api/v1/runs":                                 {Summary: "List runs, newest first (?pipeline=&status=)", Response: store.Run{}, List: true},
-	"GET /api/v1/runs/{id}":                            {Summary: "Get a run", Response: store.Run{}},
-	"POST /api/v1/runs/{id}/cancel":                    {Summary: "Cancel a run", Response: store.Run{}},
-	"POST /api/v1/runs/{id}/rerun":                     {Summary: "Re-run a run from its failed step, or all of it", Request: RerunBody{}, Status: http.StatusCreated, Response: store.Run{}},
-	"POST /api/v1/runs/{id}/approve":                   {Summary: "Approve a run held for approval", Response: store.Run{}},
-	"GET /api/v1/runs/{id}/logs":                       {Summary: "A run's logs and status changes as server-sent events (LogLine)", Stream: "text/event-stream", Response: LogLine{}},
-	"GET /api/v1/runners":                              {Summary: "List runners", Response: RunnerStatus{}, List: true},
-	"POST /api/v1/sources":                             {Summary: "Upload a source archive (tar.gz)", RequestType: "application/gzip", Status: http.StatusCreated, Response: SourceBody{}},
-	"GET /api/v1/registries":                           {Summary: "List registries", Response: store.Registry{}, List: true},
-	"POST /api/v1/registries":                          {Summary: "Add or replace a registry", Request: store.Registry{}, Response: store.Registry{}},
+	"GET /api/v1/runs":                                 {Summary: "List runs, newest first (?pipeline=&status=)", Response: apiv1.Run{}, List: true},
+	"GET /api/v1/runs/{id}":                            {Summary: "Get a run", Response: apiv1.Run{}},
+	"POST /api/v1/runs/{id}/cancel":                    {Summary: "Cancel a run", Response: apiv1.Run{}},
+	"POST /api/v1/runs/{id}/rerun":                     {Summary: "Re-run a run from its failed step, or all of it", Request: apiv1.RerunBody{}, Status: http.StatusCreated, Response: apiv1.Run{}},
+	"POST /api/v1/runs/{id}/approve":                   {Summary: "Approve a run held for approval", Response: apiv1.Run{}},
+	"GET /api/v1/runs/{id}/logs":                       {Summary: "A run's logs and status changes as server-sent events (apiv1.LogLine)", Stream: "text/event-stream", Response: apiv1.LogLine{}},
+	"GET /api/v1/runners":                              {Summary: "List runners", Response: apiv1.RunnerStatus{}, List: true},
+	"POST /api/v1/sources":                             {Summary: "Upload a source archive (tar.gz)", RequestType: "application/gzip", Status: http.StatusCreated, Response: apiv1.SourceBody{}},
+	"GET /api/v1/registries":                           {Summary: "List registries", Response: apiv1.Registry{}, List: true},
+	"POST /api/v1/registries":                          {Summary: "Add or replace a registry", Request: apiv1.Registry{}, Response: apiv1.Registry{}},
 	"DELETE /api/v1/registries/{id}":                   {Summary: "Delete a registry", Status: http.StatusNoContent},
-	"GET /api/v1/clusters":                             {Summary: "List clusters", Response: store.Cluster{}, List: true},
-	"POST /api/v1/clusters":                            {Summary: "Add or replace a cluster", Request: store.Cluster{}, Response: store.Cluster{}},
+	"GET /api/v1/clusters":                             {Summary: "List clusters", Response: apiv1.Cluster{}, List: true},
+	"POST /api/v1/clusters":                            {Summary: "Add or replace a cluster", Request: apiv1.Cluster{}, Response: apiv1.Cluster{}},
 	"DELETE /api/v1/clusters/{id}":                     {Summary: "Delete a cluster", Status: http.StatusNoContent},
-	"POST /api/v1/tokens":                              {Summary: "Create an API token (its secret is answered once)", Request: CreateTokenRequest{}, Status: http.StatusCreated, Response: CreatedToken{}},
-	"GET /api/v1/tokens":                               {Summary: "List API tokens (never a secret)", Response: TokenInfo{}, List: true},
-	"DELETE /api/v1/tokens/{id}":                       {Summary: "Revoke an API token", Response: TokenInfo{}},
-	"GET /api/v1/secrets":                              {Summary: "List global secrets (metadata only)", Response: []SecretInfo{}},
-	"PUT /api/v1/secrets/{secret}":                     {Summary: "Set a global secret (write-only)", Request: SetSecretRequest{}, Response: SecretInfo{}},
+	"POST /api/v1/tokens":                              {Summary: "Create an API token (its secret is answered once)", Request: apiv1.CreateTokenRequest{}, Status: http.StatusCreated, Response: apiv1.CreatedToken{}},
+	"GET /api/v1/tokens":                               {Summary: "List API tokens (never a secret)", Response: apiv1.TokenInfo{}, List: true},
+	"DELETE /api/v1/tokens/{id}":                       {Summary: "Revoke an API token", Response: apiv1.TokenInfo{}},
+	"GET /api/v1/secrets":                              {Summary: "List global secrets (metadata only)", Response: []apiv1.SecretInfo{}},
+	"PUT /api/v1/secrets/{secret}":                     {Summary: "Set a global secret (write-only)", Request: apiv1.SetSecretRequest{}, Response: apiv1.SecretInfo{}},
 	"DELETE /api/v1/secrets/{secret}":                  {Summary: "Delete a global secret", Status: http.StatusNoContent},
-	"GET /api/v1/pipelines/{name}/secrets":             {Summary: "List a pipeline's secrets (metadata only)", Response: []SecretInfo{}},
-	"PUT /api/v1/pipelines/{name}/secrets/{secret}":    {Summary: "Set a pipeline secret (write-only)", Request: SetSecretRequest{}, Response: SecretInfo{}},
+	"GET /api/v1/pipelines/{name}/secrets":             {Summary: "List a pipeline's secrets (metadata only)", Response: []apiv1.SecretInfo{}},
+	"PUT /api/v1/pipelines/{name}/secrets/{secret}":    {Summary: "Set a pipeline secret (write-only)", Request: apiv1.SetSecretRequest{}, Response: apiv1.SecretInfo{}},
 	"DELETE /api/v1/pipelines/{name}/secrets/{secret}": {Summary: "Delete a pipeline secret", Status: http.StatusNoContent},
 	"GET /api/v1/openapi.json":                         {Summary: "This document", Response: map[string]any{}},
 	"GET /healthz":                                     {Summary: "Liveness", Stream: "text/plain"},
-	"GET /api/v1/login":                                {Summary: "How one may log in", Response: loginapi.Methods{}},
-	"POST /api/v1/login":                               {Summary: "Log in with a password (sets the session cookie)", Request: loginapi.LoginRequest{}, Response: loginapi.Session{}},
+	"GET /api/v1/login":                                {Summary: "How one may log in", Response: apiv1.Methods{}},
+	"POST /api/v1/login":                               {Summary: "Log in with a password (sets the session cookie)", Request: apiv1.LoginRequest{}, Response: apiv1.Session{}},
 	"POST /api/v1/logout":                              {Summary: "End the session", Status: http.StatusNoContent},
-	"GET /api/v1/me":                                   {Summary: "Who is calling", Response: loginapi.Session{}},
-	"GET /api/v1/users":                                {Summary: "List users", Response: []loginapi.User{}},
-	"POST /api/v1/users":                               {Summary: "Create a user", Request: loginapi.CreateUserRequest{}, Status: http.StatusCreated, Response: loginapi.User{}},
+	"GET /api/v1/me":                                   {Summary: "Who is calling", Response: apiv1.Session{}},
+	"GET /api/v1/users":                                {Summary: "List users", Response: []apiv1.User{}},
+	"POST /api/v1/users":                               {Summary: "Create a user", Request: apiv1.CreateUserRequest{}, Status: http.StatusCreated, Response: apiv1.User{}},
 	"DELETE /api/v1/users/{name}":                      {Summary: "Delete a user", Status: http.StatusNoContent},
 	"GET /auth/oidc/login":                             {Summary: "Start an OpenID Connect login (redirect)", Status: http.StatusFound},
 	"GET /auth/oidc/callback":                          {Summary: "OpenID Connect callback (redirect)", Status: http.StatusFound},
-	"POST /webhooks/{provider}/{pipeline}":             {Summary: "A forge's webhook delivery (GitHub, GitLab, Gitea, Standard Webhooks), authenticated by its signature", RequestType: "application/json", Status: http.StatusAccepted, Response: webhook.Response{}},
+	"POST /webhooks/{provider}/{pipeline}":             {Summary: "A forge's webhook delivery (GitHub, GitLab, Gitea, Standard Webhooks), authenticated by its signature", RequestType: "application/json", Status: http.StatusAccepted, Response: apiv1.WebhookResponse{}},
 }
 
 // Describe adds descriptions of routes mounted from outside the package
@@ -194,7 +192,7 @@ func (s *Server) OpenAPI() map[string]any {
 			resp["content"] = map[string]any{"application/json": map[string]any{"schema": sch}}
 		}
 		responses := map[string]any{itoa(status): resp,
-			"4XX": map[string]any{"description": "the request's fault", "content": map[string]any{"application/json": map[string]any{"schema": g.schema(reflect.TypeOf(ErrorBody{}))}}}}
+			"4XX": map[string]any{"description": "the request's fault", "content": map[string]any{"application/json": map[string]any{"schema": g.schema(reflect.TypeOf(apiv1.ErrorBody{}))}}}}
 		op["responses"] = responses
 		if paths[path] == nil {
 			paths[path] = map[string]any{}
@@ -294,13 +292,14 @@ func (g *schemaGen) schema(t reflect.Type) map[string]any {
 }
 
 // defName is a struct's component name: its package's last element and
-// its name (store.Run → StoreRun), unique across the packages used.
+// its name (spec.Pipeline → SpecPipeline); the API's own types (package apiv1) keep
+// their bare names.
 func defName(t reflect.Type) string {
 	pkg := t.PkgPath()
 	if i := strings.LastIndexByte(pkg, '/'); i >= 0 {
 		pkg = pkg[i+1:]
 	}
-	if pkg == "" || pkg == "api" {
+	if pkg == "" || pkg == "apiv1" {
 		return t.Name()
 	}
 	return strings.ToUpper(pkg[:1]) + pkg[1:] + t.Name()

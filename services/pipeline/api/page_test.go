@@ -8,10 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/source"
-	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // TestPagination walks a listing page by page through its Link headers:
@@ -35,7 +34,7 @@ func TestPagination(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var page []store.PipelineRecord
+		var page []apiv1.Pipeline
 		if err := decode(resp, &page); err != nil {
 			t.Fatal(err)
 		}
@@ -68,7 +67,7 @@ func TestPagination(t *testing.T) {
 			t.Errorf("%s: HTTP %d, want %d", q, code, want)
 		}
 	}
-	var all []store.PipelineRecord
+	var all []apiv1.Pipeline
 	if call(t, "GET", base+"/api/v1/pipelines?limit=100000", "", "", &all); len(all) != n {
 		t.Errorf("limit over the cap: %d pipelines, want %d", len(all), n)
 	}
@@ -81,7 +80,7 @@ func TestSourceUploadLimit(t *testing.T) {
 	bearerFor[e.Srv.URL] = e.AdminToken
 	e.Svc.API.MaxSourceBytes = 64 << 10
 	okBody := bytes.Repeat([]byte("a"), 48<<10)
-	var sb api.SourceBody
+	var sb apiv1.SourceBody
 	if code := call(t, "POST", e.Srv.URL+"/api/v1/sources", "application/gzip", string(okBody), &sb); code != 201 || sb.Object == "" {
 		t.Fatalf("upload within the limit: HTTP %d %+v", code, sb)
 	}
@@ -92,7 +91,7 @@ func TestSourceUploadLimit(t *testing.T) {
 	if got, err := objects.GetBytes(t.Context(), sb.Object); err != nil || !bytes.Equal(got, okBody) {
 		t.Fatalf("stored object: %d bytes, %v", len(got), err)
 	}
-	var eb api.ErrorBody
+	var eb apiv1.ErrorBody
 	if code := call(t, "POST", e.Srv.URL+"/api/v1/sources", "application/gzip", string(bytes.Repeat([]byte("b"), 200<<10)), &eb); code != 413 {
 		t.Fatalf("upload over the limit: HTTP %d %+v", code, eb)
 	}

@@ -7,19 +7,9 @@ import (
 	"mime"
 	"net/http"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/secret"
 )
-
-// SetSecretRequest is the JSON body of PUT on a secret (Content-Type
-// application/json); any other body is the value itself.
-type SetSecretRequest struct {
-	Value   string         `json:"value"`
-	Filters secret.Filters `json:"filters"`
-}
-
-// SecretInfo is a secret as the API shows it: its metadata, never its
-// value.
-type SecretInfo = secret.Meta
 
 // WithSecrets serves the secrets routes from st; without it they answer
 // 503.
@@ -62,7 +52,7 @@ func (s *Server) putSecret(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		body, err = readBody(r, secret.MaxValueBytes*2+maxBody)
 	}
-	var req SetSecretRequest
+	var req apiv1.SetSecretRequest
 	if err == nil {
 		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "application/json" {
 			if jerr := json.Unmarshal(body, &req); jerr != nil {
@@ -81,7 +71,7 @@ func (s *Server) putSecret(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, secretErr(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, SecretInfo(meta))
+	writeJSON(w, http.StatusOK, apiv1.SecretInfo(meta))
 }
 
 func (s *Server) listSecrets(w http.ResponseWriter, r *http.Request) {

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
-	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
 )
 
@@ -20,14 +20,14 @@ func TestTokenRoutes(t *testing.T) {
 		defer delete(bearerFor, base)
 		return call(t, method, base+path, "application/json", body, out)
 	}
-	var eb api.ErrorBody
+	var eb apiv1.ErrorBody
 	for _, bad := range []string{`{`, `{"role":"root"}`, `{"role":"viewer","expires_in":"soon"}`, `{"role":"viewer","expires_in":"-3d"}`,
 		`{"role":"viewer","pipelines":["[x"]}`, `{"role":"viewer","pipelines":[""]}`} {
 		if code := do(env.AdminToken, "POST", "/api/v1/tokens", bad, &eb); code != http.StatusBadRequest || eb.Error == "" {
 			t.Errorf("create %s: %d %q, want 400", bad, code, eb.Error)
 		}
 	}
-	var ct api.CreatedToken
+	var ct apiv1.CreatedToken
 	if code := do(env.AdminToken, "POST", "/api/v1/tokens", `{"role":"admin","name":"web admin","pipelines":["web-*"],"expires_in":"2h"}`, &ct); code != http.StatusCreated {
 		t.Fatalf("create: %d", code)
 	}
@@ -52,7 +52,7 @@ func TestTokenRoutes(t *testing.T) {
 	if code := do(env.AdminToken, "DELETE", "/api/v1/tokens/not-an-id", "", &eb); code != http.StatusNotFound {
 		t.Errorf("revoke malformed id: %d", code)
 	}
-	var list []api.TokenInfo
+	var list []apiv1.TokenInfo
 	if code := do(env.AdminToken, "GET", "/api/v1/tokens", "", &list); code != http.StatusOK || len(list) != 3 || list[0].State != "active" {
 		t.Fatalf("list: %d, %d tokens", code, len(list))
 	}

@@ -11,10 +11,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
-	"github.com/ansflow/ansflow/services/pipeline/login/loginapi"
 )
 
 func TestLoginsAndUserChangesAreAudited(t *testing.T) {
@@ -28,7 +28,7 @@ func TestLoginsAndUserChangesAreAudited(t *testing.T) {
 	b := newBrowser(t)
 	wantStatus(t, b.login(e.srv.URL, "root", "wrong-password"), http.StatusUnauthorized)
 	wantStatus(t, b.login(e.srv.URL, "root", "password1"), http.StatusOK)
-	wantStatus(t, b.do(http.MethodPost, e.srv.URL+"/api/v1/users", loginapi.CreateUserRequest{Name: "kim", Role: auth.RoleViewer, Password: "kims-password"},
+	wantStatus(t, b.do(http.MethodPost, e.srv.URL+"/api/v1/users", apiv1.CreateUserRequest{Name: "kim", Role: auth.RoleViewer, Password: "kims-password"},
 		CSRFHeader, b.csrf), http.StatusCreated)
 	wantStatus(t, b.do(http.MethodDelete, e.srv.URL+"/api/v1/users/kim", nil, CSRFHeader, b.csrf), http.StatusNoContent)
 	wantStatus(t, b.do(http.MethodPost, e.srv.URL+"/api/v1/logout", nil, CSRFHeader, b.csrf), http.StatusNoContent)

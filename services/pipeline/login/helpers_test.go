@@ -16,9 +16,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
-	"github.com/ansflow/ansflow/services/pipeline/login/loginapi"
 )
 
 // authenticator is what the API's guard asks of an authenticator (the
@@ -177,9 +177,9 @@ func (b *browser) do(method, url string, body any, headers ...string) response {
 // login logs in with a password and keeps the CSRF token.
 func (b *browser) login(base, name, password string) response {
 	b.t.Helper()
-	r := b.do(http.MethodPost, base+"/api/v1/login", loginapi.LoginRequest{Username: name, Password: password})
+	r := b.do(http.MethodPost, base+"/api/v1/login", apiv1.LoginRequest{Username: name, Password: password})
 	if r.StatusCode == http.StatusOK {
-		var s loginapi.Session
+		var s apiv1.Session
 		r.decode(b.t, &s)
 		b.csrf = s.CSRFToken
 	}

@@ -13,8 +13,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
-	"github.com/ansflow/ansflow/services/pipeline/login/loginapi"
 )
 
 // maxBody bounds the JSON bodies these routes read.
@@ -73,7 +73,7 @@ func clientIP(r *http.Request) string {
 }
 
 func (s *Service) handleLogin(w http.ResponseWriter, r *http.Request) {
-	var req loginapi.LoginRequest
+	var req apiv1.LoginRequest
 	if !decodeJSON(w, r, &req) {
 		return
 	}
@@ -137,7 +137,7 @@ func (s *Service) handleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("login", zap.String("user", u.Name), zap.String("method", methodPassword))
 	s.audit(r, u.identity().Actor(), actionLogin, "user:"+u.Name, "ok")
-	writeJSON(w, http.StatusOK, loginapi.Session{Identity: u.identity(), CSRFToken: csrfToken(id), ExpiresAt: &rec.ExpiresAt})
+	writeJSON(w, http.StatusOK, apiv1.Session{Identity: u.identity(), CSRFToken: csrfToken(id), ExpiresAt: &rec.ExpiresAt})
 }
 
 // touchLogin records u's login time; losing a race with another write
@@ -177,7 +177,7 @@ func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) handleMethods(w http.ResponseWriter, _ *http.Request) {
-	m := loginapi.Methods{Password: true, OIDC: s.oidc != nil}
+	m := apiv1.Methods{Password: true, OIDC: s.oidc != nil}
 	if m.OIDC {
 		m.OIDCURL = "/auth/oidc/login"
 	}
@@ -190,7 +190,7 @@ func (s *Service) handleMe(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "not authenticated")
 		return
 	}
-	out := loginapi.Session{Identity: id}
+	out := apiv1.Session{Identity: id}
 	if sid := sessionID(r); sid != "" && id.Kind == auth.KindUser {
 		if u, rec, err := s.lookup(r.Context(), sid); err == nil && u.ID == id.ID {
 			out.CSRFToken = csrfToken(sid)
@@ -207,7 +207,7 @@ func (s *Service) handleListUsers(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "user store unavailable")
 		return
 	}
-	out := make([]loginapi.User, 0, len(us))
+	out := make([]apiv1.User, 0, len(us))
 	for _, u := range us {
 		out = append(out, u.wire())
 	}
@@ -215,7 +215,7 @@ func (s *Service) handleListUsers(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) handleCreateUser(w http.ResponseWriter, r *http.Request) {
-	var req loginapi.CreateUserRequest
+	var req apiv1.CreateUserRequest
 	if !decodeJSON(w, r, &req) {
 		return
 	}

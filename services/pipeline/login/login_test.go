@@ -13,10 +13,10 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/pkg/topology"
-	"github.com/ansflow/ansflow/services/pipeline/login/loginapi"
 )
 
 func TestPasswordLoginSetsASessionCookieAndAnswersTheIdentity(t *testing.T) {
@@ -26,7 +26,7 @@ func TestPasswordLoginSetsASessionCookieAndAnswersTheIdentity(t *testing.T) {
 
 	r := b.login(e.srv.URL, "Alice", "correct horse")
 	wantStatus(t, r, http.StatusOK)
-	var s loginapi.Session
+	var s apiv1.Session
 	r.decode(t, &s)
 	if s.Identity.Kind != auth.KindUser || s.Identity.ID != alice.ID || s.Identity.Name != "alice" || s.Identity.Role != auth.RoleOperator ||
 		len(s.Identity.Pipelines) != 1 || s.Identity.Pipelines[0] != "web-*" {
@@ -48,7 +48,7 @@ func TestPasswordLoginSetsASessionCookieAndAnswersTheIdentity(t *testing.T) {
 
 	me := b.do(http.MethodGet, e.srv.URL+"/api/v1/me", nil)
 	wantStatus(t, me, http.StatusOK)
-	var got loginapi.Session
+	var got apiv1.Session
 	me.decode(t, &got)
 	if got.Identity.Name != "alice" || got.CSRFToken != s.CSRFToken {
 		t.Errorf("/me = %+v, want alice with the login's CSRF token", got)
@@ -154,7 +154,7 @@ func TestStateChangingRequestsWithTheCookieNeedTheCSRFToken(t *testing.T) {
 	e.addUser(t, "root", auth.RoleAdmin, "password1")
 	b := newBrowser(t)
 	wantStatus(t, b.login(e.srv.URL, "root", "password1"), http.StatusOK)
-	newUser := loginapi.CreateUserRequest{Name: "eve", Role: auth.RoleViewer, Password: "password2"}
+	newUser := apiv1.CreateUserRequest{Name: "eve", Role: auth.RoleViewer, Password: "password2"}
 
 	// Reads need no token.
 	wantStatus(t, b.do(http.MethodGet, e.srv.URL+"/api/v1/users", nil), http.StatusOK)
@@ -379,11 +379,11 @@ func TestUserAdministration(t *testing.T) {
 		return b.do(http.MethodPost, e.srv.URL+"/api/v1/users", body, CSRFHeader, b.csrf)
 	}
 
-	r := post(admin, loginapi.CreateUserRequest{Name: "Kim", Role: auth.RoleOperator, Pipelines: []string{"api-*"}, Password: "s3cret-pass"})
+	r := post(admin, apiv1.CreateUserRequest{Name: "Kim", Role: auth.RoleOperator, Pipelines: []string{"api-*"}, Password: "s3cret-pass"})
 	wantStatus(t, r, http.StatusCreated)
-	var kim loginapi.User
+	var kim apiv1.User
 	r.decode(t, &kim)
-	if kim.Name != "kim" || kim.Role != auth.RoleOperator || kim.Source != loginapi.SourcePassword || kim.ID == "" {
+	if kim.Name != "kim" || kim.Role != auth.RoleOperator || kim.Source != apiv1.SourcePassword || kim.ID == "" {
 		t.Errorf("created = %+v", kim)
 	}
 	if strings.Contains(string(r.body), "s3cret-pass") || strings.Contains(string(r.body), "hash") {
@@ -393,12 +393,12 @@ func TestUserAdministration(t *testing.T) {
 		body any
 		want int
 	}{
-		{loginapi.CreateUserRequest{Name: "kim", Role: auth.RoleViewer, Password: "password9"}, http.StatusConflict},
-		{loginapi.CreateUserRequest{Name: "bad name", Role: auth.RoleViewer, Password: "password9"}, http.StatusBadRequest},
-		{loginapi.CreateUserRequest{Name: "lee", Role: "root", Password: "password9"}, http.StatusBadRequest},
-		{loginapi.CreateUserRequest{Name: "lee", Role: auth.RoleViewer, Password: "short"}, http.StatusBadRequest},
-		{loginapi.CreateUserRequest{Name: "lee", Role: auth.RoleViewer, Password: strings.Repeat("p", 73)}, http.StatusBadRequest},
-		{loginapi.CreateUserRequest{Name: "lee", Role: auth.RoleViewer, Password: "password9", Pipelines: []string{"["}}, http.StatusBadRequest},
+		{apiv1.CreateUserRequest{Name: "kim", Role: auth.RoleViewer, Password: "password9"}, http.StatusConflict},
+		{apiv1.CreateUserRequest{Name: "bad name", Role: auth.RoleViewer, Password: "password9"}, http.StatusBadRequest},
+		{apiv1.CreateUserRequest{Name: "lee", Role: "root", Password: "password9"}, http.StatusBadRequest},
+		{apiv1.CreateUserRequest{Name: "lee", Role: auth.RoleViewer, Password: "short"}, http.StatusBadRequest},
+		{apiv1.CreateUserRequest{Name: "lee", Role: auth.RoleViewer, Password: strings.Repeat("p", 73)}, http.StatusBadRequest},
+		{apiv1.CreateUserRequest{Name: "lee", Role: auth.RoleViewer, Password: "password9", Pipelines: []string{"["}}, http.StatusBadRequest},
 		{map[string]any{"name": "lee", "role": "viewer", "password": "password9", "admin": true}, http.StatusBadRequest},
 	} {
 		wantStatus(t, post(admin, bad.body), bad.want)
@@ -409,13 +409,13 @@ func TestUserAdministration(t *testing.T) {
 		b := newBrowser(t)
 		wantStatus(t, b.login(e.srv.URL, name, "password1"), http.StatusOK)
 		wantStatus(t, b.do(http.MethodGet, e.srv.URL+"/api/v1/users", nil), http.StatusForbidden)
-		wantStatus(t, post(b, loginapi.CreateUserRequest{Name: "lee", Role: auth.RoleAdmin, Password: "password9"}), http.StatusForbidden)
+		wantStatus(t, post(b, apiv1.CreateUserRequest{Name: "lee", Role: auth.RoleAdmin, Password: "password9"}), http.StatusForbidden)
 	}
 	wantStatus(t, newBrowser(t).do(http.MethodGet, e.srv.URL+"/api/v1/users", nil), http.StatusUnauthorized)
 
 	r = admin.do(http.MethodGet, e.srv.URL+"/api/v1/users", nil)
 	wantStatus(t, r, http.StatusOK)
-	var list []loginapi.User
+	var list []apiv1.User
 	r.decode(t, &list)
 	var names []string
 	for _, u := range list {
@@ -435,7 +435,7 @@ func TestUserAdministration(t *testing.T) {
 	wantStatus(t, kimB.do(http.MethodGet, e.srv.URL+"/api/v1/me", nil), http.StatusOK)
 	wantStatus(t, admin.do(http.MethodDelete, e.srv.URL+"/api/v1/users/Kim", nil, CSRFHeader, admin.csrf), http.StatusNoContent)
 	wantStatus(t, kimB.do(http.MethodGet, e.srv.URL+"/api/v1/me", nil), http.StatusUnauthorized)
-	wantStatus(t, post(admin, loginapi.CreateUserRequest{Name: "kim", Role: auth.RoleAdmin, Password: "another-pass"}), http.StatusCreated)
+	wantStatus(t, post(admin, apiv1.CreateUserRequest{Name: "kim", Role: auth.RoleAdmin, Password: "another-pass"}), http.StatusCreated)
 	wantStatus(t, kimB.do(http.MethodGet, e.srv.URL+"/api/v1/me", nil), http.StatusUnauthorized)
 	wantStatus(t, admin.do(http.MethodDelete, e.srv.URL+"/api/v1/users/nobody", nil, CSRFHeader, admin.csrf), http.StatusNotFound)
 	wantStatus(t, admin.do(http.MethodDelete, e.srv.URL+"/api/v1/users/"+url.PathEscape("no name"), nil, CSRFHeader, admin.csrf), http.StatusBadRequest)
@@ -445,7 +445,7 @@ func TestLoginMethods(t *testing.T) {
 	e := newEnv(t, startNATS(t), testConfig())
 	r := newBrowser(t).do(http.MethodGet, e.srv.URL+"/api/v1/login", nil)
 	wantStatus(t, r, http.StatusOK)
-	var m loginapi.Methods
+	var m apiv1.Methods
 	r.decode(t, &m)
 	if !m.Password || m.OIDC {
 		t.Errorf("methods = %+v, want password only", m)

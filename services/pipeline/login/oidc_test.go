@@ -14,8 +14,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
-	"github.com/ansflow/ansflow/services/pipeline/login/loginapi"
 )
 
 // oidcEnv is a login service configured for a real OpenID provider on
@@ -81,10 +81,10 @@ func (b *browser) oidcLogin(e *oidcEnv, name, password string) response {
 	return response{resp, body}
 }
 
-func (b *browser) me(e *oidcEnv) (loginapi.Session, int) {
+func (b *browser) me(e *oidcEnv) (apiv1.Session, int) {
 	b.t.Helper()
 	r := b.do(http.MethodGet, e.srv.URL+"/api/v1/me", nil)
-	var s loginapi.Session
+	var s apiv1.Session
 	if r.StatusCode == http.StatusOK {
 		r.decode(b.t, &s)
 	}
@@ -131,7 +131,7 @@ func TestOIDCLoginMapsClaimsToRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.Issuer != e.op.Issuer || u.Subject != "id-olivia" || u.PasswordHash != "" || u.wire().Source != loginapi.SourceOIDC {
+	if u.Issuer != e.op.Issuer || u.Subject != "id-olivia" || u.PasswordHash != "" || u.wire().Source != apiv1.SourceOIDC {
 		t.Errorf("stored OIDC user = %+v", u)
 	}
 	// An OIDC user has no password to log in with.
@@ -291,7 +291,7 @@ func TestOIDCProviderDownAtStart(t *testing.T) {
 	b := newBrowser(t)
 	wantStatus(t, b.do(http.MethodGet, e.srv.URL+"/auth/oidc/login", nil), http.StatusServiceUnavailable)
 	r := b.do(http.MethodGet, e.srv.URL+"/api/v1/login", nil)
-	var m loginapi.Methods
+	var m apiv1.Methods
 	r.decode(t, &m)
 	if !m.OIDC || m.OIDCURL != "/auth/oidc/login" {
 		t.Errorf("methods = %+v, want OIDC offered", m)

@@ -16,8 +16,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
-	"github.com/ansflow/ansflow/services/pipeline/login/loginapi"
 )
 
 // Errors of the user store.
@@ -56,11 +56,11 @@ func (u *user) identity() *auth.Identity {
 	return &auth.Identity{Kind: auth.KindUser, ID: u.ID, Name: u.Name, Role: u.Role, Pipelines: u.Pipelines}
 }
 
-func (u *user) wire() loginapi.User {
-	w := loginapi.User{ID: u.ID, Name: u.Name, Role: u.Role, Pipelines: u.Pipelines, Disabled: u.Disabled,
-		Source: loginapi.SourcePassword, Issuer: u.Issuer, Subject: u.Subject, CreatedAt: u.CreatedAt, LastLoginAt: u.LastLoginAt}
+func (u *user) wire() apiv1.User {
+	w := apiv1.User{ID: u.ID, Name: u.Name, Role: u.Role, Pipelines: u.Pipelines, Disabled: u.Disabled,
+		Source: apiv1.SourcePassword, Issuer: u.Issuer, Subject: u.Subject, CreatedAt: u.CreatedAt, LastLoginAt: u.LastLoginAt}
 	if u.Issuer != "" {
-		w.Source = loginapi.SourceOIDC
+		w.Source = apiv1.SourceOIDC
 	}
 	return w
 }

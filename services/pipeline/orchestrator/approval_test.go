@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -19,7 +20,7 @@ func TestApprovalHoldsARun(t *testing.T) {
 	}
 	held := func() *store.Run {
 		r := newRun(t, twoSteps)
-		r.Approval = &store.Approval{Reason: "pull request from fork mallory/app"}
+		r.Approval = &apiv1.Approval{Reason: "pull request from fork mallory/app"}
 		return r
 	}
 

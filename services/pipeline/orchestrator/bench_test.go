@@ -13,11 +13,11 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // timingEngine is a no-op engine that records when each step reached it
@@ -84,7 +84,7 @@ func benchDispatch(b *testing.B, run func(testing.TB) *natstest.Server) {
 	var gaps []time.Duration
 	b.ResetTimer()
 	for n := 0; n < b.N; n++ {
-		run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: "chain", Trigger: store.Trigger{Kind: "bench"}})
+		run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: "chain", Trigger: apiv1.Trigger{Kind: "bench"}})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -141,7 +141,7 @@ func benchThroughput(b *testing.B, run func(testing.TB) *natstest.Server) {
 func runAll(b *testing.B, e *env, pipeline string, n int, d time.Duration) {
 	ids := make([]string, n)
 	for i := range ids {
-		run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: pipeline, Trigger: store.Trigger{Kind: "bench"}})
+		run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: pipeline, Trigger: apiv1.Trigger{Kind: "bench"}})
 		if err != nil {
 			b.Fatal(err)
 		}

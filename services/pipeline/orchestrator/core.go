@@ -5,6 +5,7 @@ import (
 	"path"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/spec"
@@ -176,7 +177,7 @@ func (d *decision) apply(in Input) {
 			s.StartedAt = ptr(in.StartedAt)
 			s.QueueSeconds = queueWait(s.QueuedAt, in.StartedAt)
 		}
-		s.ExitCode, s.Runner, s.Logs = in.ExitCode, in.Runner, store.Logs{Stdout: in.StdoutTail, Stderr: in.StderrTail}
+		s.ExitCode, s.Runner, s.Logs = in.ExitCode, in.Runner, apiv1.Logs{Stdout: in.StdoutTail, Stderr: in.StderrTail}
 		if s.Outputs == nil {
 			s.Outputs = map[string]string{}
 		}
@@ -226,7 +227,7 @@ func (d *decision) apply(in Input) {
 
 // current returns the step whose attempt is in flight (queued or running)
 // with that number, or nil: events of other attempts are stale.
-func (d *decision) current(stepID string, attempt int) (int, *store.StepState) {
+func (d *decision) current(stepID string, attempt int) (int, *apiv1.StepState) {
 	for i, s := range d.r.Steps {
 		if s.ID == stepID {
 			if s.Attempts == attempt && (s.Status == event.StatusQueued || s.Status == event.StatusRunning) {
@@ -240,8 +241,8 @@ func (d *decision) current(stepID string, attempt int) (int, *store.StepState) {
 
 // lost ends an attempt whose runner is gone; the next attempt starts at once
 // and does not count against the retry policy.
-func (d *decision) lost(s *store.StepState, runnerID, msg string) {
-	s.History = append(s.History, store.AttemptEnd{Attempt: s.Attempts, Status: event.StatusFailed, Reason: runner.ReasonRunnerLost,
+func (d *decision) lost(s *apiv1.StepState, runnerID, msg string) {
+	s.History = append(s.History, apiv1.AttemptEnd{Attempt: s.Attempts, Status: event.StatusFailed, Reason: runner.ReasonRunnerLost,
 		Runner: runnerID, Error: msg, StartedAt: s.StartedAt, FinishedAt: ptr(d.env.Now)})
 	s.LostAttempts++
 	s.Status, s.Error, s.QueuedAt, s.StartedAt, s.NotBefore = event.StatusPending, msg, nil, nil, nil
@@ -333,7 +334,7 @@ func (d *decision) reconcile() {
 
 // start dispatches, skips or fails a pending step whose turn may have come,
 // and reports whether it did any of these.
-func (d *decision) start(i int, s *store.StepState, st *spec.Step, g *graph) bool {
+func (d *decision) start(i int, s *apiv1.StepState, st *spec.Step, g *graph) bool {
 	r, now := d.r, d.env.Now
 	// A step ends only after the steps it waits for, so when its direct
 	// dependencies are over, all upstream steps are.
@@ -394,7 +395,7 @@ func (d *decision) stepTimeout(st *spec.Step) time.Duration {
 }
 
 // noRunner says why a queued step fails for lack of runners, or "".
-func (d *decision) noRunner(s *store.StepState) string {
+func (d *decision) noRunner(s *apiv1.StepState) string {
 	if d.env.Pools == nil {
 		return ""
 	}
@@ -423,7 +424,7 @@ func (d *decision) lastAlive(p runner.PoolStatus) time.Time {
 // abandon ends the in-flight attempt of s without its runner's report: it
 // is fenced so no runner starts or reports it, told to stop, and failed
 // (or retried).
-func (d *decision) abandon(s *store.StepState, st *spec.Step, msg string) {
+func (d *decision) abandon(s *apiv1.StepState, st *spec.Step, msg string) {
 	d.cmds = append(d.cmds,
 		Command{Fence: &Fence{StepID: s.ID, Attempt: s.Attempts, Reason: msg}},
 		Command{Cancel: &event.StepCancel{RunID: d.r.ID, StepID: s.ID, Reason: msg}})
@@ -458,18 +459,18 @@ func (d *decision) finish(status, msg string) {
 	d.changed = true
 }
 
-func (d *decision) skip(s *store.StepState, why string) {
+func (d *decision) skip(s *apiv1.StepState, why string) {
 	s.Status, s.SkipReason, s.FinishedAt = event.StatusSkipped, why, ptr(d.env.Now)
 	d.changed = true
 }
 
 // fail ends the current attempt of s; a retry is scheduled when the policy
 // allows one. Attempts lost with their runner do not count.
-func (d *decision) fail(s *store.StepState, st *spec.Step, msg string) {
+func (d *decision) fail(s *apiv1.StepState, st *spec.Step, msg string) {
 	s.Error = msg
 	s.QueuedAt = nil
 	if s.Attempts-s.LostAttempts < st.MaxAttempts() && d.r.CancelRequested == "" {
-		s.History = append(s.History, store.AttemptEnd{Attempt: s.Attempts, Status: event.StatusFailed, Runner: s.Runner,
+		s.History = append(s.History, apiv1.AttemptEnd{Attempt: s.Attempts, Status: event.StatusFailed, Runner: s.Runner,
 			Error: msg, StartedAt: s.StartedAt, FinishedAt: ptr(d.env.Now)})
 		s.Status, s.StartedAt = event.StatusPending, nil
 		s.NotBefore = ptr(d.env.Now.Add(st.RetryDelay(s.Attempts - s.LostAttempts)))

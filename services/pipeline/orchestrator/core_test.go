@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/spec"
@@ -31,11 +32,11 @@ func newRun(t *testing.T, yaml string) *store.Run {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &store.Run{ID: "run-1", Pipeline: p.Name, PipelineVersion: 1, BuildNumber: 7, Status: event.StatusPending,
-		CreatedAt: t0, Vars: map[string]store.Var{"git_branch": {Value: "main"}}, Spec: p}
+	r := &store.Run{Run: apiv1.Run{ID: "run-1", Pipeline: p.Name, PipelineVersion: 1, BuildNumber: 7, Status: event.StatusPending,
+		CreatedAt: t0, Vars: map[string]apiv1.Var{"git_branch": {Value: "main"}}, Spec: p}}
 	for i := range p.Steps {
 		st := &p.Steps[i]
-		r.Steps = append(r.Steps, &store.StepState{Name: st.Name, ID: st.ID(), Type: st.Type, Status: event.StatusPending,
+		r.Steps = append(r.Steps, &apiv1.StepState{Name: st.Name, ID: st.ID(), Type: st.Type, Status: event.StatusPending,
 			Kind: st.Kind(), Outputs: map[string]string{}})
 	}
 	return r
@@ -277,7 +278,7 @@ pipeline:
 pipeline:
   name: p
   steps: [{name: push, type: docker_push, docker_image: app, docker_registry: prod}]
-`, pools: busyPool, in: Tick{}, cat: &store.Catalog{Registries: []*store.Registry{{ID: "1", Name: "prod", URL: "reg.example:5000"}}},
+`, pools: busyPool, in: Tick{}, cat: &store.Catalog{Registries: []*apiv1.Registry{{ID: "1", Name: "prod", URL: "reg.example:5000"}}},
 			changed: true, steps: map[string]step{"push": {event.StatusQueued, 1, ""}}, commands: []string{"dispatch:push#1"},
 			check: func(t *testing.T, r *store.Run, cmds []Command) {
 				if reg := cmds[0].Dispatch.Registry; reg == nil || reg.URL != "reg.example:5000" {

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
@@ -82,7 +83,7 @@ func (o *Orchestrator) checkRunLeases(ctx context.Context, id string) {
 
 // leaseInput reads the claim of s's attempt and says what it means for the
 // run, or nil when its runner holds it.
-func (o *Orchestrator) leaseInput(ctx context.Context, runID string, s *store.StepState, now time.Time) (Input, error) {
+func (o *Orchestrator) leaseInput(ctx context.Context, runID string, s *apiv1.StepState, now time.Time) (Input, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
 	defer cancel()
 	key := runner.AttemptKey(runID, s.ID, s.Attempts)

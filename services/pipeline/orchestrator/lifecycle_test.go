@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/pkg/runner/runnertest"
@@ -27,7 +28,7 @@ func writePipeline(t *testing.T, text string) string {
 
 func trigger(t *testing.T, e *env, name string, git orchestrator.GitInfo) *store.Run {
 	t.Helper()
-	run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: name, Git: git, Trigger: store.Trigger{Kind: "test"}})
+	run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: name, Git: git, Trigger: apiv1.Trigger{Kind: "test"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +90,7 @@ func TestRerunContinuesFromTheFailedStep(t *testing.T) {
 	}
 	before := e.eng.Executed.Load()
 	os.WriteFile(flag, nil, 0o644) // someone fixed the environment
-	re, err := e.svc.Orc.Rerun(context.Background(), run.ID, store.Trigger{Kind: "rerun"})
+	re, err := e.svc.Orc.Rerun(context.Background(), run.ID, apiv1.Trigger{Kind: "rerun"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,11 +107,11 @@ func TestRerunContinuesFromTheFailedStep(t *testing.T) {
 	}
 	// A succeeded run has nothing to re-run from; re-running all of it
 	// runs every step again.
-	if _, err := e.svc.Orc.Rerun(context.Background(), r2.ID, store.Trigger{Kind: "rerun"}); !errors.Is(err, orchestrator.ErrInvalid) {
+	if _, err := e.svc.Orc.Rerun(context.Background(), r2.ID, apiv1.Trigger{Kind: "rerun"}); !errors.Is(err, orchestrator.ErrInvalid) {
 		t.Errorf("rerun of a succeeded run from its failed step: %v, want ErrInvalid", err)
 	}
 	before = e.eng.Executed.Load()
-	all, err := e.svc.Orc.RerunAll(context.Background(), r2.ID, store.Trigger{Kind: "rerun"})
+	all, err := e.svc.Orc.RerunAll(context.Background(), r2.ID, apiv1.Trigger{Kind: "rerun"})
 	if err != nil {
 		t.Fatal(err)
 	}

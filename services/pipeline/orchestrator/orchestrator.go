@@ -30,6 +30,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
@@ -223,10 +224,10 @@ type TriggerRequest struct {
 	Vars map[string]string
 	Git  GitInfo
 	// Source is the uploaded tree or repository the runners build.
-	Source  *store.Source
-	Trigger store.Trigger
+	Source  *apiv1.Source
+	Trigger apiv1.Trigger
 	// Approval, when set, holds the run queued until [Orchestrator.Approve].
-	Approval *store.Approval
+	Approval *apiv1.Approval
 	// RunID, when set, is the new run's id. A trigger that must happen at
 	// most once (a webhook delivery, a cron minute) derives it from what
 	// identifies the firing, so a retry after a failure creates the run and
@@ -260,20 +261,20 @@ func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (*store.
 	if err != nil {
 		return nil, err
 	}
-	vars := map[string]store.Var{}
+	vars := map[string]apiv1.Var{}
 	for k, v := range rec.Spec.Variables {
-		vars[k] = store.Var{Value: v}
+		vars[k] = apiv1.Var{Value: v}
 	}
 	for k, v := range req.Vars {
 		if _, ok := rec.Spec.Variables[k]; !ok {
 			return nil, fmt.Errorf("%w: variable %q is not declared under pipeline.variables of %q", ErrInvalid, k, rec.Name)
 		}
-		vars[k] = store.Var{Value: v}
+		vars[k] = apiv1.Var{Value: v}
 	}
 	g := req.Git
 	for k, v := range map[string]string{"git_commit": g.Commit, "git_branch": g.Branch, "git_tag": g.Tag,
 		"git_repo_url": g.RepoURL, "git_author": g.Author, "git_message": g.Message} {
-		vars[k] = store.Var{Value: v, Untrusted: g.Untrusted && v != ""}
+		vars[k] = apiv1.Var{Value: v, Untrusted: g.Untrusted && v != ""}
 	}
 	n, err := o.store.NextBuildNumber(ctx, rec.Name)
 	if err != nil {
@@ -288,17 +289,17 @@ func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (*store.
 		id = u.String()
 	}
 	now := time.Now().UTC()
-	r := &store.Run{ID: id, Pipeline: rec.Name, PipelineVersion: rec.Version, BuildNumber: n,
-		Status: event.StatusPending, CreatedAt: now, Trigger: req.Trigger, Vars: vars, Spec: rec.Spec, Source: req.Source, Approval: req.Approval}
-	r.Vars["build_number"] = store.Var{Value: fmt.Sprint(n)}
-	r.Vars["run_id"] = store.Var{Value: r.ID}
-	r.Vars["pipeline_name"] = store.Var{Value: rec.Name}
+	r := &store.Run{Run: apiv1.Run{ID: id, Pipeline: rec.Name, PipelineVersion: rec.Version, BuildNumber: n,
+		Status: event.StatusPending, CreatedAt: now, Trigger: req.Trigger, Vars: vars, Spec: rec.Spec, Source: req.Source, Approval: req.Approval}}
+	r.Vars["build_number"] = apiv1.Var{Value: fmt.Sprint(n)}
+	r.Vars["run_id"] = apiv1.Var{Value: r.ID}
+	r.Vars["pipeline_name"] = apiv1.Var{Value: rec.Name}
 	if rec.Spec.Timeout > 0 {
 		r.Deadline = ptr(now.Add(time.Duration(rec.Spec.Timeout)))
 	}
 	for i := range rec.Spec.Steps {
 		st := &rec.Spec.Steps[i]
-		r.Steps = append(r.Steps, &store.StepState{Name: st.Name, ID: st.ID(), Type: st.Type, Status: event.StatusPending,
+		r.Steps = append(r.Steps, &apiv1.StepState{Name: st.Name, ID: st.ID(), Type: st.Type, Status: event.StatusPending,
 			Kind: st.Kind(), Outputs: map[string]string{}})
 	}
 	if err := o.checkSecrets(ctx, r); err != nil {
@@ -309,18 +310,18 @@ func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (*store.
 
 // Rerun starts a new run of a finished, unsuccessful run that keeps the
 // steps that succeeded and runs the others again, from the failed ones on.
-func (o *Orchestrator) Rerun(ctx context.Context, id string, trig store.Trigger) (*store.Run, error) {
+func (o *Orchestrator) Rerun(ctx context.Context, id string, trig apiv1.Trigger) (*store.Run, error) {
 	return o.rerun(ctx, id, trig, false)
 }
 
 // RerunAll starts a new run of a finished run's pipeline version with its
 // variables and source in which every step runs again, whatever its
 // status was (a succeeded run too).
-func (o *Orchestrator) RerunAll(ctx context.Context, id string, trig store.Trigger) (*store.Run, error) {
+func (o *Orchestrator) RerunAll(ctx context.Context, id string, trig apiv1.Trigger) (*store.Run, error) {
 	return o.rerun(ctx, id, trig, true)
 }
 
-func (o *Orchestrator) rerun(ctx context.Context, id string, trig store.Trigger, all bool) (*store.Run, error) {
+func (o *Orchestrator) rerun(ctx context.Context, id string, trig apiv1.Trigger, all bool) (*store.Run, error) {
 	old, err := o.store.GetRun(ctx, id)
 	if err != nil {
 		return nil, err
@@ -344,12 +345,12 @@ func (o *Orchestrator) rerun(ctx context.Context, id string, trig store.Trigger,
 	r.ID, r.BuildNumber, r.Status, r.Error, r.RerunOf = nid.String(), n, event.StatusPending, "", old.ID
 	r.CreatedAt, r.StartedAt, r.FinishedAt, r.CancelRequested, r.Trigger = now, nil, nil, "", trig
 	r.Admitted, r.Deadline = false, nil
-	r.Vars = map[string]store.Var{}
+	r.Vars = map[string]apiv1.Var{}
 	for k, v := range old.Vars {
 		r.Vars[k] = v
 	}
-	r.Vars["build_number"] = store.Var{Value: fmt.Sprint(n)}
-	r.Vars["run_id"] = store.Var{Value: r.ID}
+	r.Vars["build_number"] = apiv1.Var{Value: fmt.Sprint(n)}
+	r.Vars["run_id"] = apiv1.Var{Value: r.ID}
 	if r.Spec.Timeout > 0 {
 		r.Deadline = ptr(now.Add(time.Duration(r.Spec.Timeout)))
 	}
@@ -357,7 +358,7 @@ func (o *Orchestrator) rerun(ctx context.Context, id string, trig store.Trigger,
 	for _, s := range old.Steps {
 		c := *s
 		if all || c.Status != event.StatusSucceeded {
-			c = store.StepState{Name: s.Name, ID: s.ID, Type: s.Type, Kind: s.Kind, Status: event.StatusPending, Outputs: map[string]string{}}
+			c = apiv1.StepState{Name: s.Name, ID: s.ID, Type: s.Type, Kind: s.Kind, Status: event.StatusPending, Outputs: map[string]string{}}
 		}
 		r.Steps = append(r.Steps, &c)
 	}

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"gopkg.in/yaml.v3"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
 	"github.com/ansflow/ansflow/pkg/runner"
@@ -156,7 +157,7 @@ func TestScenarios(t *testing.T) {
 			}
 			p := e.apply(t, strings.TrimSuffix(f, ".expected.yaml")+".yaml")
 			run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: p.Name,
-				Git: orchestrator.GitInfo{Branch: want.Branch, Untrusted: want.Untrusted}, Trigger: store.Trigger{Kind: "test"}})
+				Git: orchestrator.GitInfo{Branch: want.Branch, Untrusted: want.Untrusted}, Trigger: apiv1.Trigger{Kind: "test"}})
 			if err != nil {
 				t.Fatal(err)
 			}

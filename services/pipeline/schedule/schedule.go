@@ -19,6 +19,7 @@ import (
 	"github.com/robfig/cron/v3"
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/store"
@@ -127,14 +128,14 @@ func (s *Scheduler) Tick(ctx context.Context, now time.Time) ([]*store.Run, erro
 
 // fire creates the run of one firing, unless it exists; it returns the run
 // only when this call created it.
-func (s *Scheduler) fire(ctx context.Context, p *store.PipelineRecord, entry int, t spec.Trigger, minute time.Time) (*store.Run, error) {
+func (s *Scheduler) fire(ctx context.Context, p *apiv1.Pipeline, entry int, t spec.Trigger, minute time.Time) (*store.Run, error) {
 	id := RunID(p.Name, entry, t.Schedule, minute)
 	if s.known(id) {
 		return nil, nil
 	}
 	run, err := s.orc.Trigger(ctx, orchestrator.TriggerRequest{Pipeline: p.Name, RunID: id,
 		Git:     orchestrator.GitInfo{Branch: t.Branch},
-		Trigger: store.Trigger{Kind: "cron", Actor: "schedule " + t.Schedule}})
+		Trigger: apiv1.Trigger{Kind: "cron", Actor: "schedule " + t.Schedule}})
 	switch {
 	case err == nil:
 		s.remember(id, minute)

@@ -11,9 +11,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/natsutil/natstest"
-	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/service"
 )
 
@@ -55,7 +55,7 @@ func TestRevocationHoldsAtOnceOnEveryInstance(t *testing.T) {
 		}
 		return resp.StatusCode
 	}
-	var ct api.CreatedToken
+	var ct apiv1.CreatedToken
 	if code := call("POST", urls[0]+"/api/v1/tokens", admin, `{"role":"viewer","name":"ci"}`, &ct); code != http.StatusCreated || ct.Secret == "" || ct.ID == "" {
 		t.Fatalf("create through A: %d %+v", code, ct.TokenInfo)
 	}
@@ -82,7 +82,7 @@ func TestRevocationHoldsAtOnceOnEveryInstance(t *testing.T) {
 		t.Errorf("B accepted the revoked token %d times before refusing it, want at once", tries-1)
 	}
 	t.Logf("refused by the other instance after %s (%d request)", time.Since(start).Round(time.Microsecond), tries)
-	var list []api.TokenInfo
+	var list []apiv1.TokenInfo
 	if code := call("GET", urls[1]+"/api/v1/tokens", admin, "", &list); code != http.StatusOK || len(list) != 2 {
 		t.Fatalf("list through B: %d, %d tokens (the admin token once, and ci)", code, len(list))
 	}

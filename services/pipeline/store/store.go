@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/pkg/topology"
@@ -89,14 +90,14 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, er
 func (s *Store) Runs() jetstream.KeyValue { return s.runs }
 
 // PutPipeline stores a new version of the pipeline described by yamlText.
-func (s *Store) PutPipeline(ctx context.Context, p *spec.Pipeline, yamlText, actor string) (*PipelineRecord, error) {
+func (s *Store) PutPipeline(ctx context.Context, p *spec.Pipeline, yamlText, actor string) (*apiv1.Pipeline, error) {
 	key := spec.Slug(p.Name)
 	for {
 		now := time.Now().UTC()
-		rec := &PipelineRecord{Name: p.Name, Version: 1, YAML: yamlText, Spec: p, CreatedAt: now, UpdatedAt: now, UpdatedBy: actor}
+		rec := &apiv1.Pipeline{Name: p.Name, Version: 1, YAML: yamlText, Spec: p, CreatedAt: now, UpdatedAt: now, UpdatedBy: actor}
 		var rev uint64
 		if e, err := s.pipelines.Get(ctx, key); err == nil {
-			var old PipelineRecord
+			var old apiv1.Pipeline
 			if err := json.Unmarshal(e.Value(), &old); err != nil {
 				return nil, fmt.Errorf("decode pipeline %q: %w", p.Name, err)
 			}
@@ -135,7 +136,7 @@ func (s *Store) PutPipeline(ctx context.Context, p *spec.Pipeline, yamlText, act
 // When that number is taken it reports false if the pipeline exists (a
 // concurrent writer), and otherwise numbers past the versions a deleted
 // pipeline left.
-func (s *Store) claimVersion(ctx context.Context, key string, rec *PipelineRecord, exists bool) ([]byte, bool, error) {
+func (s *Store) claimVersion(ctx context.Context, key string, rec *apiv1.Pipeline, exists bool) ([]byte, bool, error) {
 	for {
 		b, err := json.Marshal(rec)
 		if err != nil {
@@ -160,23 +161,23 @@ func isConflict(err error) bool {
 }
 
 // GetPipeline returns the latest version of a pipeline by name or slug.
-func (s *Store) GetPipeline(ctx context.Context, name string) (*PipelineRecord, error) {
-	return getJSON[PipelineRecord](ctx, s.pipelines, spec.Slug(name), "pipeline "+strconv.Quote(name))
+func (s *Store) GetPipeline(ctx context.Context, name string) (*apiv1.Pipeline, error) {
+	return getJSON[apiv1.Pipeline](ctx, s.pipelines, spec.Slug(name), "pipeline "+strconv.Quote(name))
 }
 
 // GetPipelineVersion returns one stored version.
-func (s *Store) GetPipelineVersion(ctx context.Context, name string, version int) (*PipelineRecord, error) {
-	return getJSON[PipelineRecord](ctx, s.versions, spec.Slug(name)+"."+strconv.Itoa(version),
+func (s *Store) GetPipelineVersion(ctx context.Context, name string, version int) (*apiv1.Pipeline, error) {
+	return getJSON[apiv1.Pipeline](ctx, s.versions, spec.Slug(name)+"."+strconv.Itoa(version),
 		fmt.Sprintf("pipeline %q version %d", name, version))
 }
 
 // PipelineVersions lists the stored versions of a pipeline, oldest first.
-func (s *Store) PipelineVersions(ctx context.Context, name string) ([]*PipelineRecord, error) {
+func (s *Store) PipelineVersions(ctx context.Context, name string) ([]*apiv1.Pipeline, error) {
 	cur, err := s.GetPipeline(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	var out []*PipelineRecord
+	var out []*apiv1.Pipeline
 	for v := 1; v <= cur.Version; v++ {
 		if r, err := s.GetPipelineVersion(ctx, name, v); err == nil {
 			out = append(out, r)
@@ -186,8 +187,8 @@ func (s *Store) PipelineVersions(ctx context.Context, name string) ([]*PipelineR
 }
 
 // ListPipelines returns the latest version of every pipeline, by name.
-func (s *Store) ListPipelines(ctx context.Context) ([]*PipelineRecord, error) {
-	return listJSON[PipelineRecord](ctx, s.pipelines, "")
+func (s *Store) ListPipelines(ctx context.Context) ([]*apiv1.Pipeline, error) {
+	return listJSON[apiv1.Pipeline](ctx, s.pipelines, "")
 }
 
 // DeletePipeline removes a pipeline; its versions and runs stay.
@@ -406,7 +407,7 @@ func (s *Store) ListRuns(ctx context.Context, f RunFilter) ([]*Run, error) {
 }
 
 // PutRegistry stores a catalogue registry.
-func (s *Store) PutRegistry(ctx context.Context, r *Registry) error {
+func (s *Store) PutRegistry(ctx context.Context, r *apiv1.Registry) error {
 	if err := r.Check(); err != nil {
 		return err
 	}
@@ -414,7 +415,7 @@ func (s *Store) PutRegistry(ctx context.Context, r *Registry) error {
 }
 
 // PutCluster stores a catalogue cluster.
-func (s *Store) PutCluster(ctx context.Context, c *Cluster) error {
+func (s *Store) PutCluster(ctx context.Context, c *apiv1.Cluster) error {
 	if err := c.Check(); err != nil {
 		return err
 	}
@@ -462,22 +463,22 @@ func (s *Store) deleteCatalog(ctx context.Context, kind, id string) error {
 }
 
 // Registries lists the catalogue's registries.
-func (s *Store) Registries(ctx context.Context) ([]*Registry, error) {
-	return listJSON[Registry](ctx, s.catalog, "registry.")
+func (s *Store) Registries(ctx context.Context) ([]*apiv1.Registry, error) {
+	return listJSON[apiv1.Registry](ctx, s.catalog, "registry.")
 }
 
 // Clusters lists the catalogue's clusters.
-func (s *Store) Clusters(ctx context.Context) ([]*Cluster, error) {
-	return listJSON[Cluster](ctx, s.catalog, "cluster.")
+func (s *Store) Clusters(ctx context.Context) ([]*apiv1.Cluster, error) {
+	return listJSON[apiv1.Cluster](ctx, s.catalog, "cluster.")
 }
 
 // FindRegistry resolves a registry by id or name.
-func (s *Store) FindRegistry(_ context.Context, ref string) (*Registry, error) {
+func (s *Store) FindRegistry(_ context.Context, ref string) (*apiv1.Registry, error) {
 	return s.Catalog().Registry(ref)
 }
 
 // FindCluster resolves a cluster by id or name.
-func (s *Store) FindCluster(_ context.Context, ref string) (*Cluster, error) {
+func (s *Store) FindCluster(_ context.Context, ref string) (*apiv1.Cluster, error) {
 	return s.Catalog().Cluster(ref)
 }
 
@@ -620,12 +621,12 @@ func (c *catalogCache) apply(key string, rev uint64, value []byte) {
 		}
 		switch kind, _, _ := strings.Cut(k, "."); kind {
 		case "registry":
-			var r Registry
+			var r apiv1.Registry
 			if json.Unmarshal(e.value, &r) == nil {
 				cat.Registries = append(cat.Registries, &r)
 			}
 		case "cluster":
-			var cl Cluster
+			var cl apiv1.Cluster
 			if json.Unmarshal(e.value, &cl) == nil {
 				cat.Clusters = append(cat.Clusters, &cl)
 			}

@@ -5,10 +5,10 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/spec"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // runnerRow is a runner as the catalogue page lists it.
@@ -21,8 +21,8 @@ type runnerRow struct {
 
 type catalogueData struct {
 	layout
-	Registries []*store.Registry
-	Clusters   []*store.Cluster
+	Registries []*apiv1.Registry
+	Clusters   []*apiv1.Cluster
 	Runners    []runnerRow
 	// Pools counts the online runners and free slots of each pool.
 	Pools []poolRow

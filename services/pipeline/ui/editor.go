@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -40,7 +41,7 @@ type editorData struct {
 	Versions []versionRow
 }
 
-func versionRows(recs []*store.PipelineRecord) []versionRow {
+func versionRows(recs []*apiv1.Pipeline) []versionRow {
 	out := make([]versionRow, 0, len(recs))
 	prev := 0
 	for _, r := range recs {
@@ -125,7 +126,7 @@ func (s *Server) diffPage(w http.ResponseWriter, r *http.Request) {
 			*p.v = n
 		}
 	}
-	find := func(v int) *store.PipelineRecord {
+	find := func(v int) *apiv1.Pipeline {
 		for _, rec := range vs {
 			if rec.Version == v {
 				return rec

@@ -16,8 +16,8 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
-	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
 // jsErrors collects the page's console.error calls and uncaught
@@ -358,14 +358,14 @@ func TestBrowserEditor(t *testing.T) {
 }
 
 // pipelineRecord reads a pipeline's latest version through the API.
-func pipelineRecord(t *testing.T, env *pipelinetest.Env, name string) *store.PipelineRecord {
+func pipelineRecord(t *testing.T, env *pipelinetest.Env, name string) *apiv1.Pipeline {
 	t.Helper()
 	resp, err := env.Client.Get(env.Srv.URL + "/api/v1/pipelines/" + name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var rec store.PipelineRecord
+	var rec apiv1.Pipeline
 	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&rec) != nil || rec.Spec == nil {
 		t.Fatalf("GET pipeline %s: %d", name, resp.StatusCode)
 	}

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -67,7 +68,7 @@ func layoutGraph(run *store.Run, now time.Time) graph {
 		depth[i] = depthOf(i, map[int]bool{})
 		cols = max(cols, depth[i]+1)
 	}
-	state := map[string]*store.StepState{}
+	state := map[string]*apiv1.StepState{}
 	for _, st := range run.Steps {
 		state[st.ID] = st
 	}
@@ -122,7 +123,7 @@ func directDeps(deps [][]int, i int) []int {
 }
 
 // stepLabel is a node's second line: status, duration and attempts.
-func stepLabel(s *store.StepState, now time.Time) string {
+func stepLabel(s *apiv1.StepState, now time.Time) string {
 	parts := []string{s.Status}
 	if s.StartedAt != nil {
 		end := now

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/spec"
@@ -132,7 +133,7 @@ func recentStats(runs []*store.Run) (rate float64, finished int, spark sparkline
 
 type pipelineData struct {
 	layout
-	Pipeline *store.PipelineRecord
+	Pipeline *apiv1.Pipeline
 	Runs     []*runRow
 	// Variables are the pipeline's declared variables, for the trigger
 	// form's rows.
@@ -268,7 +269,7 @@ func sortedKeys(m map[string]bool) []string {
 
 // stepView is a step of the run page.
 type stepView struct {
-	*store.StepState
+	*apiv1.StepState
 	Duration time.Duration
 	// Settings are the step's settings in the run's pipeline version;
 	// Resolved what its current attempt was dispatched with (templates

@@ -21,6 +21,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
@@ -37,13 +38,13 @@ var staticFS embed.FS
 
 // Store is what the pages read of the pipeline store.
 type Store interface {
-	ListPipelines(ctx context.Context) ([]*store.PipelineRecord, error)
-	GetPipeline(ctx context.Context, name string) (*store.PipelineRecord, error)
+	ListPipelines(ctx context.Context) ([]*apiv1.Pipeline, error)
+	GetPipeline(ctx context.Context, name string) (*apiv1.Pipeline, error)
 	ListRuns(ctx context.Context, f store.RunFilter) ([]*store.Run, error)
 	GetRun(ctx context.Context, id string) (*store.Run, error)
-	Registries(ctx context.Context) ([]*store.Registry, error)
-	Clusters(ctx context.Context) ([]*store.Cluster, error)
-	PipelineVersions(ctx context.Context, name string) ([]*store.PipelineRecord, error)
+	Registries(ctx context.Context) ([]*apiv1.Registry, error)
+	Clusters(ctx context.Context) ([]*apiv1.Cluster, error)
+	PipelineVersions(ctx context.Context, name string) ([]*apiv1.Pipeline, error)
 }
 
 // Orchestrator is what the pages ask the orchestrator: what a run read

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
 	"github.com/ansflow/ansflow/services/pipeline/store"
@@ -226,7 +227,7 @@ func TestPages(t *testing.T) {
 		}
 	}
 
-	reg, _ := json.Marshal(store.Registry{ID: "r1", Name: "prod", URL: "https://prod.example.com", Username: "ci", PasswordSecret: "PROD_PASSWORD"})
+	reg, _ := json.Marshal(apiv1.Registry{ID: "r1", Name: "prod", URL: "https://prod.example.com", Username: "ci", PasswordSecret: "PROD_PASSWORD"})
 	if resp, err := env.Client.Post(env.Srv.URL+"/api/v1/registries", "application/json", bytes.NewReader(reg)); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("add registry: %v %v", resp, err)
 	}

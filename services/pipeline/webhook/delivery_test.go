@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/services/pipeline/service"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 	"github.com/ansflow/ansflow/services/pipeline/webhook"
@@ -87,7 +88,7 @@ func TestConcurrentCopiesOfADeliveryCreateOneRun(t *testing.T) {
 	const copies = 20
 	type answer struct {
 		code int
-		resp webhook.Response
+		resp apiv1.WebhookResponse
 	}
 	answers := make([]answer, copies)
 	var wg sync.WaitGroup

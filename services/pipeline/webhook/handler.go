@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/spec"
@@ -110,21 +111,6 @@ func New(_ context.Context, st *store.Store, orc *orchestrator.Orchestrator, js 
 	return &Handler{st: st, orc: orc, js: js, log: log.Named("webhook"), Secret: os.Getenv, Now: time.Now}, nil
 }
 
-// Response is the JSON answer to a delivery.
-type Response struct {
-	// Status is accepted (a run was created), duplicate (the delivery's run
-	// already exists), ignored (the trigger rules do not start a run),
-	// rejected (a 4xx: the delivery is refused) or failed (a 503: the run
-	// could not be created; a retry of the delivery may succeed).
-	Status   string `json:"status"`
-	Delivery string `json:"delivery,omitempty"`
-	Reason   string `json:"reason,omitempty"`
-	// RunID and RunURL name the delivery's run when Status is accepted or
-	// duplicate; RunURL is the API path of the run document.
-	RunID  string `json:"run_id,omitempty"`
-	RunURL string `json:"run_url,omitempty"`
-}
-
 // runNamespace is the UUIDv5 namespace of delivery run ids.
 var runNamespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("urn:ansflow:webhook-delivery"))
 
@@ -141,7 +127,7 @@ func RunPath(id string) string { return "/api/v1/runs/" + id }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	provider, name := r.PathValue("provider"), r.PathValue("pipeline")
-	reply := func(code int, resp Response) {
+	reply := func(code int, resp apiv1.WebhookResponse) {
 		h.record(r, provider, name, resp)
 		w.Header().Set("Content-Type", "application/json")
 		if resp.RunURL != "" {
@@ -152,17 +138,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
 	if err != nil {
-		reply(http.StatusRequestEntityTooLarge, Response{Status: "rejected", Reason: fmt.Sprintf("body over %d bytes", MaxBody)})
+		reply(http.StatusRequestEntityTooLarge, apiv1.WebhookResponse{Status: "rejected", Reason: fmt.Sprintf("body over %d bytes", MaxBody)})
 		return
 	}
 	rec, err := h.st.GetPipeline(r.Context(), name)
 	if errors.Is(err, store.ErrNotFound) {
-		reply(http.StatusNotFound, Response{Status: "rejected", Reason: "no such pipeline"})
+		reply(http.StatusNotFound, apiv1.WebhookResponse{Status: "rejected", Reason: "no such pipeline"})
 		return
 	}
 	if err != nil {
 		h.log.Warn("webhook pipeline lookup failed", zap.String("pipeline", name), zap.Error(err))
-		reply(http.StatusServiceUnavailable, Response{Status: "failed", Reason: "cannot read the pipeline; retry the delivery"})
+		reply(http.StatusServiceUnavailable, apiv1.WebhookResponse{Status: "failed", Reason: "cannot read the pipeline; retry the delivery"})
 		return
 	}
 	var triggers []*spec.Trigger
@@ -172,7 +158,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if len(triggers) == 0 {
-		reply(http.StatusNotFound, Response{Status: "rejected", Reason: fmt.Sprintf("pipeline has no %s webhook trigger", provider)})
+		reply(http.StatusNotFound, apiv1.WebhookResponse{Status: "rejected", Reason: fmt.Sprintf("pipeline has no %s webhook trigger", provider)})
 		return
 	}
 	var d Delivery
@@ -195,7 +181,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	delivery := d.ID
 	if !verified {
-		reply(http.StatusUnauthorized, Response{Status: "rejected", Delivery: delivery, Reason: why})
+		reply(http.StatusUnauthorized, apiv1.WebhookResponse{Status: "rejected", Delivery: delivery, Reason: why})
 		return
 	}
 	if delivery == "" {
@@ -203,11 +189,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	push, err := Parse(provider, r.Header, body)
 	if err != nil {
-		reply(http.StatusBadRequest, Response{Status: "rejected", Delivery: delivery, Reason: err.Error()})
+		reply(http.StatusBadRequest, apiv1.WebhookResponse{Status: "rejected", Delivery: delivery, Reason: err.Error()})
 		return
 	}
 	if push == nil {
-		reply(http.StatusAccepted, Response{Status: "ignored", Delivery: delivery, Reason: "event does not trigger runs"})
+		reply(http.StatusAccepted, apiv1.WebhookResponse{Status: "ignored", Delivery: delivery, Reason: "event does not trigger runs"})
 		return
 	}
 	why = ""
@@ -221,24 +207,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		why = reason
 	}
 	if matched == nil {
-		reply(http.StatusAccepted, Response{Status: "ignored", Delivery: delivery, Reason: why})
+		reply(http.StatusAccepted, apiv1.WebhookResponse{Status: "ignored", Delivery: delivery, Reason: why})
 		return
 	}
 	id := RunID(provider, rec.Name, d.Key)
 	req := orchestrator.TriggerRequest{Pipeline: rec.Name, RunID: id,
 		Git: orchestrator.GitInfo{Commit: push.Commit, Branch: push.Branch, Tag: push.Tag, RepoURL: push.RepoURL,
 			Author: push.Author, Message: push.Message, Untrusted: true},
-		Trigger: store.Trigger{Kind: "webhook", Provider: provider, Delivery: delivery, Actor: provider + " delivery " + delivery,
+		Trigger: apiv1.Trigger{Kind: "webhook", Provider: provider, Delivery: delivery, Actor: provider + " delivery " + delivery,
 			Event: push.Event, Fork: push.Fork}}
 	if push.RepoURL != "" {
-		req.Source = &store.Source{RepoURL: push.RepoURL, Commit: push.Commit}
+		req.Source = &apiv1.Source{RepoURL: push.RepoURL, Commit: push.Commit}
 	}
 	if push.Fork && matched.ForkPolicy() == spec.ForksApprove {
 		from := push.HeadRepo
 		if from == "" {
 			from = "(deleted)"
 		}
-		req.Approval = &store.Approval{Reason: "pull request from fork " + from}
+		req.Approval = &apiv1.Approval{Reason: "pull request from fork " + from}
 	}
 	// The forge hanging up must not abandon a run half made: the trigger
 	// runs to its own deadline.
@@ -247,24 +233,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, err = h.orc.Trigger(ctx, req)
 	switch {
 	case err == nil:
-		reply(http.StatusAccepted, Response{Status: "accepted", Delivery: delivery, RunID: id, RunURL: RunPath(id)})
+		reply(http.StatusAccepted, apiv1.WebhookResponse{Status: "accepted", Delivery: delivery, RunID: id, RunURL: RunPath(id)})
 	case errors.Is(err, orchestrator.ErrRunExists):
 		// Whether the run was found before or lost a creation race to
 		// another copy of the delivery, its id is the one derived here.
-		reply(http.StatusOK, Response{Status: "duplicate", Delivery: delivery, Reason: "delivery already received",
+		reply(http.StatusOK, apiv1.WebhookResponse{Status: "duplicate", Delivery: delivery, Reason: "delivery already received",
 			RunID: id, RunURL: RunPath(id)})
 	case errors.Is(err, orchestrator.ErrInvalid):
-		reply(http.StatusBadRequest, Response{Status: "rejected", Delivery: delivery, Reason: err.Error()})
+		reply(http.StatusBadRequest, apiv1.WebhookResponse{Status: "rejected", Delivery: delivery, Reason: err.Error()})
 	case errors.Is(err, store.ErrNotFound):
-		reply(http.StatusNotFound, Response{Status: "rejected", Delivery: delivery, Reason: "no such pipeline"})
+		reply(http.StatusNotFound, apiv1.WebhookResponse{Status: "rejected", Delivery: delivery, Reason: "no such pipeline"})
 	default:
 		h.log.Warn("webhook trigger failed", zap.String("pipeline", rec.Name), zap.String("delivery", delivery), zap.Error(err))
-		reply(http.StatusServiceUnavailable, Response{Status: "failed", Delivery: delivery, Reason: "the run could not be created; retry the delivery"})
+		reply(http.StatusServiceUnavailable, apiv1.WebhookResponse{Status: "failed", Delivery: delivery, Reason: "the run could not be created; retry the delivery"})
 	}
 }
 
 // record publishes the delivery and its outcome for the audit trail.
-func (h *Handler) record(r *http.Request, provider, pipeline string, resp Response) {
+func (h *Handler) record(r *http.Request, provider, pipeline string, resp apiv1.WebhookResponse) {
 	ip, _, _ := net.SplitHostPort(r.RemoteAddr)
 	outcome := resp.Status
 	if resp.Reason != "" {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
 	"github.com/ansflow/ansflow/services/pipeline/service"
@@ -79,7 +80,7 @@ func pushBody(branch, message string, changed ...string) []byte {
 	return b
 }
 
-func (f *fixture) post(t *testing.T, provider string, body []byte, headers map[string]string) (int, webhook.Response) {
+func (f *fixture) post(t *testing.T, provider string, body []byte, headers map[string]string) (int, apiv1.WebhookResponse) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/webhooks/"+provider+"/web", bytes.NewReader(body))
 	for k, v := range headers {
@@ -90,7 +91,7 @@ func (f *fixture) post(t *testing.T, provider string, body []byte, headers map[s
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var r webhook.Response
+	var r apiv1.WebhookResponse
 	_ = json.NewDecoder(resp.Body).Decode(&r)
 	return resp.StatusCode, r
 }

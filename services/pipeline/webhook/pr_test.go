@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
 	"github.com/ansflow/ansflow/services/pipeline/store"
@@ -64,7 +65,7 @@ func setupPR(t *testing.T) *prFixture {
 	return &prFixture{env: env, url: env.Srv.URL}
 }
 
-func (f *prFixture) post(t *testing.T, provider string, body []byte, headers map[string]string) (int, webhook.Response) {
+func (f *prFixture) post(t *testing.T, provider string, body []byte, headers map[string]string) (int, apiv1.WebhookResponse) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, f.url+"/webhooks/"+provider+"/prs", bytes.NewReader(body))
 	for k, v := range headers {
@@ -75,7 +76,7 @@ func (f *prFixture) post(t *testing.T, provider string, body []byte, headers map
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var r webhook.Response
+	var r apiv1.WebhookResponse
 	_ = json.NewDecoder(resp.Body).Decode(&r)
 	return resp.StatusCode, r
 }

@@ -1,7 +1,4 @@
-// Package loginapi holds the wire types of the login and user routes of the
-// pipeline service's REST API (see docs/api.md): what clients such as the
-// CLI and the web UI send and receive. They are not the stored records.
-package loginapi
+package apiv1
 
 import (
 	"time"
