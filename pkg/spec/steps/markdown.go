@@ -30,9 +30,10 @@ func Markdown() string {
 		}
 		if len(e.root.fields) == 0 {
 			fmt.Fprintf(&b, "It takes no `%s`.\n\n", e.ConfigKey)
-			continue
+		} else {
+			table(&b, "`"+e.ConfigKey+"`", e.root)
 		}
-		table(&b, "`"+e.ConfigKey+"`", e.root)
+		failuresMarkdown(&b, d.name)
 	}
 	return b.String()
 }

@@ -79,6 +79,8 @@ type StepType struct {
 	Example string `json:"example"`
 	// Fields are the keys of ConfigKey.
 	Fields []Field `json:"fields"`
+	// Failures are what a step of the type can report once it runs.
+	Failures []Failure `json:"failures"`
 }
 
 // definition pairs a step type with its config struct.
@@ -127,6 +129,9 @@ func init() {
 		e := &entry{StepType: StepType{Name: d.name, Kind: d.kind, ConfigKey: d.kind + "_config", Help: d.help, Example: examples[d.name]}, root: root}
 		registry[d.name] = e
 		byConfig[d.config] = e
+	}
+	for _, e := range registry {
+		e.Failures = Failures(e.Name)
 	}
 }
 
@@ -244,6 +249,7 @@ func Lookup(stepType string) (StepType, bool) {
 		return StepType{}, false
 	}
 	t := e.StepType
+	t.Failures = append([]Failure(nil), e.Failures...)
 	t.Fields = nil
 	for _, f := range e.root.fields {
 		t.Fields = append(t.Fields, export(f))

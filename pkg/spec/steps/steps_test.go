@@ -91,3 +91,25 @@ func TestDecodeRejectsForeignTypes(t *testing.T) {
 	}()
 	Decode[struct{ X int }](nil)
 }
+
+// TestFailuresNameKnownTypes: every failure of the reference applies to a
+// step type or runner kind that exists, every step type lists some, and
+// every type's settings examples are real errors of [Check].
+func TestFailuresNameKnownTypes(t *testing.T) {
+	for _, f := range failures {
+		for _, ty := range f.types {
+			if _, ok := registry[ty]; !ok && ty != "*" && ty != "docker" && ty != "k8s" {
+				t.Errorf("failure %q names %q, neither a step type nor a runner kind", f.Message, ty)
+			}
+		}
+	}
+	for _, ty := range Types() {
+		if len(ty.Failures) < 4 {
+			t.Errorf("%s lists %d failures", ty.Name, len(ty.Failures))
+		}
+		errs := SettingsErrors(ty.Name)
+		if len(errs) == 0 || !strings.Contains(errs[len(errs)-1], "unknown key") {
+			t.Errorf("%s: settings errors %q, want at least the unknown key", ty.Name, errs)
+		}
+	}
+}
