@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"os/exec"
 	"regexp"
 	"strings"
 )
@@ -14,6 +13,10 @@ import (
 // ErrRepoRefused is wrapped by the errors of [CheckRepoURL] and [Clone]
 // for a repository URL the runner's policy does not allow.
 var ErrRepoRefused = errors.New("repository refused")
+
+// ErrRefNotFound is wrapped by [ResolveRef]'s error when the repository
+// has no such branch or tag.
+var ErrRefNotFound = errors.New("no such branch or tag")
 
 // CloneOptions is the runner operator's clone policy.
 type CloneOptions struct {
@@ -87,25 +90,14 @@ func Clone(ctx context.Context, opts CloneOptions, repo, commit, dir string) err
 	if strings.HasPrefix(commit, "-") || strings.ContainsAny(commit, " \x00\n") {
 		return fmt.Errorf("clone %s: refusing commit %q that looks like an option", Scrub(repo), commit)
 	}
-	home, err := os.MkdirTemp("", "ansflow-git-home-")
+	g, err := newGit(repo, opts)
 	if err != nil {
-		return fmt.Errorf("clone: git home: %w", err)
+		return err
 	}
-	defer os.RemoveAll(home)
-	env := gitEnv(home, opts)
-	secrets := credentialsOf(repo)
+	defer g.close()
 	run := func(args ...string) error {
-		cmd := exec.CommandContext(ctx, "git", args...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			sub := args[0]
-			if sub == "-C" && len(args) > 2 {
-				sub = args[2]
-			}
-			return fmt.Errorf("clone %s: git %s: %w: %s", Scrub(repo), sub, err, scrubWith(strings.TrimSpace(string(out)), secrets))
-		}
-		return nil
+		_, err := g.run(ctx, args...)
+		return err
 	}
 	if err := run("clone", "--quiet", "--", repo, dir); err != nil {
 		return err
