@@ -34,9 +34,34 @@ type Pipeline struct {
 	Concurrency int `yaml:"concurrency,omitempty" json:"concurrency,omitempty"`
 	// CancelPrevious makes a new run cancel the active runs of the same
 	// pipeline and branch started before it.
-	CancelPrevious bool      `yaml:"cancel_previous,omitempty" json:"cancel_previous,omitempty"`
-	Triggers       []Trigger `yaml:"triggers,omitempty" json:"triggers,omitempty"`
-	Steps          []Step    `yaml:"steps" json:"steps"`
+	CancelPrevious bool `yaml:"cancel_previous,omitempty" json:"cancel_previous,omitempty"`
+	// Repository is the Git repository a run clones when its trigger
+	// names none (a cron trigger, `ansflow trigger`, the UI's trigger
+	// form); a branch or tag is resolved to its commit when the run is
+	// created.
+	Repository string `yaml:"repository,omitempty" json:"repository,omitempty"`
+	// FromRepository takes the pipeline's steps, variables, timeout and
+	// execution mode from PipelineFile in the repository at the run's
+	// commit, read when the run is created; the stored pipeline keeps its
+	// name, triggers, repository and concurrency settings.
+	FromRepository bool `yaml:"from_repository,omitempty" json:"from_repository,omitempty"`
+	// PipelineFile is the file FromRepository reads, relative to the
+	// repository's root (default [DefaultPipelineFile]).
+	PipelineFile string    `yaml:"pipeline_file,omitempty" json:"pipeline_file,omitempty"`
+	Triggers     []Trigger `yaml:"triggers,omitempty" json:"triggers,omitempty"`
+	Steps        []Step    `yaml:"steps" json:"steps"`
+}
+
+// DefaultPipelineFile is the file a pipeline with from_repository reads
+// when it names no pipeline_file.
+const DefaultPipelineFile = ".ansflow.yml"
+
+// File returns the repository file a from_repository pipeline reads.
+func (p *Pipeline) File() string {
+	if p.PipelineFile != "" {
+		return p.PipelineFile
+	}
+	return DefaultPipelineFile
 }
 
 // Step is one unit of work executed by a runner.

@@ -85,6 +85,13 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 			[]string{`f.yaml:7: pipeline.steps[0].secrets[0].name: "1TOKEN"`, `f.yaml:9: pipeline.steps[0].secrets[1].env: "HAS-DASH"`, `f.yaml:11: pipeline.steps[0].secrets[3].env: "OK" is already set by secrets[2]`}},
 		{"secrets on a push", "pipeline:\n  name: x\n  steps:\n    - name: a\n      type: docker_push\n      secrets: [{name: T}]\n",
 			[]string{`f.yaml:6: pipeline.steps[0].secrets: a docker_push step cannot receive secrets; only docker_run and k8s_exec steps can`}},
+		{"no steps", "pipeline:\n  name: x\n", []string{"pipeline.steps: at least one step is required (or from_repository: true"}},
+		{"pipeline file without from_repository", "pipeline:\n  name: x\n  pipeline_file: ci.yml\n  steps: [{name: a, type: docker_run}]\n",
+			[]string{"f.yaml:3: pipeline.pipeline_file: set only with from_repository: true"}},
+		{"pipeline file outside the repository", "pipeline:\n  name: x\n  from_repository: true\n  pipeline_file: ../ci.yml\n",
+			[]string{`f.yaml:4: pipeline.pipeline_file: "../ci.yml": want a path inside the repository`}},
+		{"repository option", "pipeline:\n  name: x\n  repository: --upload-pack=x\n  from_repository: true\n",
+			[]string{`f.yaml:3: pipeline.repository: "--upload-pack=x": want a Git URL`}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -99,6 +106,18 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFromRepositoryNeedsNoSteps: a pipeline taking its steps from the
+// repository is valid without any, and names its file.
+func TestFromRepositoryNeedsNoSteps(t *testing.T) {
+	p, err := Parse("f.yaml", []byte("pipeline:\n  name: x\n  repository: https://git.example.com/a/b.git\n  from_repository: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.File() != DefaultPipelineFile || !p.FromRepository || p.Repository == "" {
+		t.Errorf("parsed %+v", p)
 	}
 }
 

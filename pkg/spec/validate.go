@@ -104,8 +104,22 @@ func (p *parser) validate(pl *Pipeline) {
 	for i, t := range pl.Triggers {
 		p.validateTrigger(fmt.Sprintf("pipeline.triggers[%d]", i), &t)
 	}
+	if pl.Repository != "" && (strings.HasPrefix(pl.Repository, "-") || strings.ContainsAny(pl.Repository, " \t\r\n\x00")) {
+		p.add(p.line("pipeline.repository"), "pipeline.repository", "%q: want a Git URL such as https://git.example.com/team/app.git", pl.Repository)
+	}
+	if pl.PipelineFile != "" {
+		clean := path.Clean("/" + pl.PipelineFile)[1:]
+		switch {
+		case !pl.FromRepository:
+			p.add(p.line("pipeline.pipeline_file"), "pipeline.pipeline_file", "set only with from_repository: true")
+		case clean == "" || clean != strings.TrimPrefix(pl.PipelineFile, "./") || strings.HasPrefix(pl.PipelineFile, "-"):
+			p.add(p.line("pipeline.pipeline_file"), "pipeline.pipeline_file", "%q: want a path inside the repository, such as .ansflow.yml", pl.PipelineFile)
+		}
+	}
 	if len(pl.Steps) == 0 {
-		p.add(p.line("pipeline.steps"), "pipeline.steps", "at least one step is required")
+		if !pl.FromRepository {
+			p.add(p.line("pipeline.steps"), "pipeline.steps", "at least one step is required (or from_repository: true to take them from the repository)")
+		}
 		return
 	}
 	ids := map[string]int{}
