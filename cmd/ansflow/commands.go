@@ -261,21 +261,23 @@ func cmdRunners(ctx context.Context, args []string) error {
 
 func cmdTrigger(ctx context.Context, args []string) error {
 	vars := varsFlag{}
-	var branch, commit string
+	var repo, branch, tag, commit string
 	var wait bool
 	c, output, fs, err := clientFlags("trigger", args, func(fs *flag.FlagSet) {
 		fs.Var(vars, "var", "set a declared variable (name=value, repeatable)")
-		fs.StringVar(&branch, "branch", "", "git branch")
-		fs.StringVar(&commit, "commit", "", "git commit")
+		fs.StringVar(&repo, "repo", "", "Git repository the run clones (default: the pipeline's repository)")
+		fs.StringVar(&branch, "branch", "", "git branch; the run is pinned to the commit it points at")
+		fs.StringVar(&tag, "tag", "", "git tag; the run is pinned to its commit")
+		fs.StringVar(&commit, "commit", "", "git commit (full SHA)")
 		fs.BoolVar(&wait, "wait", true, "follow the run to its end")
 	})
 	if err != nil {
 		return err
 	}
 	if fs.Arg(0) == "" {
-		return invalid("usage: ansflow trigger PIPELINE [--branch B] [--commit C] [--var k=v]")
+		return invalid("usage: ansflow trigger PIPELINE [--repo URL] [--branch B | --tag T] [--commit C] [--var k=v]")
 	}
-	run, err := c.trigger(ctx, fs.Arg(0), apiv1.TriggerBody{Vars: vars, Branch: branch, Commit: commit})
+	run, err := c.trigger(ctx, fs.Arg(0), apiv1.TriggerBody{Vars: vars, RepoURL: repo, Branch: branch, Tag: tag, Commit: commit})
 	if err != nil {
 		return err
 	}

@@ -41,7 +41,8 @@ type stackConfig struct {
 	ConfigFile   string
 	Concurrency  int
 	// AllowLocalClone lets the runners clone file:// URLs and local paths
-	// ([source.Fetcher].AllowLocal).
+	// ([source.Fetcher].AllowLocal), and the pipeline service resolve and
+	// read them.
 	AllowLocalClone bool
 	// Orchestrator configures the pipeline service's orchestrator.
 	Orchestrator orchestrator.Config
@@ -221,7 +222,9 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 				return fail(err)
 			}
 		}
-		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: cfg.Orchestrator, AdminToken: st.Token, TLS: cfg.TLS, Login: cfg.Login,
+		orc := cfg.Orchestrator
+		orc.Clone.AllowLocal = orc.Clone.AllowLocal || cfg.AllowLocalClone
+		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: orc, AdminToken: st.Token, TLS: cfg.TLS, Login: cfg.Login,
 			SecretsKey: key, SecretsOldKey: oldKey}, js, log)
 		if err != nil {
 			ln.Close()

@@ -50,7 +50,8 @@ func (g *sandboxedGit) run(ctx context.Context, args ...string) ([]byte, error) 
 
 // ResolveRef asks repo, with git ls-remote under the rules of [Clone],
 // which commit ref names: a branch, a tag (annotated tags are peeled to
-// their commit) or a full ref such as refs/heads/main. A branch is looked
+// their commit), a full ref such as refs/heads/main, or HEAD (the default
+// branch). A branch is looked
 // up before a tag of the same name.
 func ResolveRef(ctx context.Context, opts CloneOptions, repo, ref string) (string, error) {
 	if err := CheckRepoURL(repo, opts); err != nil {
@@ -65,7 +66,7 @@ func ResolveRef(ctx context.Context, opts CloneOptions, repo, ref string) (strin
 	}
 	defer g.close()
 	candidates := []string{"refs/heads/" + ref, "refs/tags/" + ref}
-	if strings.HasPrefix(ref, "refs/") {
+	if strings.HasPrefix(ref, "refs/") || ref == "HEAD" {
 		candidates = []string{ref}
 	}
 	args := []string{"ls-remote", "--", repo}

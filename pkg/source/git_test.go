@@ -26,7 +26,7 @@ func TestResolveRefAsksTheRepository(t *testing.T) {
 	git("tag", "v1", first)
 	git("tag", "-a", "-m", "release", "v2", head)
 	ctx, opts, repo := context.Background(), CloneOptions{AllowLocal: true}, "file://"+bare
-	for ref, want := range map[string]string{"main": head, "old": first, "v1": first, "v2": head, "refs/heads/old": first} {
+	for ref, want := range map[string]string{"main": head, "old": first, "v1": first, "v2": head, "refs/heads/old": first, "HEAD": head} {
 		got, err := ResolveRef(ctx, opts, repo, ref)
 		if err != nil || got != want {
 			t.Errorf("ResolveRef(%q) = %q, %v; want %q", ref, got, err, want)

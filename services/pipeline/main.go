@@ -20,6 +20,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/pkg/secret"
+	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
@@ -50,6 +51,7 @@ func run(ctx context.Context) error {
 	noRunner := flag.Duration("no-runner-timeout", 10*time.Minute, "fail a queued step once no runner of its pool has been online for this long")
 	stepTimeout := flag.Duration("step-timeout", time.Hour, "timeout of a step that sets none")
 	runTimeout := flag.Duration("run-timeout", 24*time.Hour, "timeout of a run whose pipeline sets none")
+	allowLocalClone := flag.Bool("allow-local-clone", os.Getenv("ANSFLOW_ALLOW_LOCAL_CLONE") == "true", "let runs name file:// repositories and paths of this host, which the service resolves and reads pipeline files from; default https, ssh and git only (env ANSFLOW_ALLOW_LOCAL_CLONE=true)")
 	leaseCheck := flag.Duration("lease-check", 15*time.Second, "how often running steps' leases are checked for runners that are gone")
 	tlsCert := flag.String("tls-cert", os.Getenv("ANSFLOW_TLS_CERT"), "serve the API and webhooks over HTTPS with this certificate (PEM; env ANSFLOW_TLS_CERT)")
 	tlsKey := flag.String("tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM; env ANSFLOW_TLS_KEY)")
@@ -100,7 +102,7 @@ func run(ctx context.Context) error {
 	}
 	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, AdminToken: adminToken, SecretsKey: secretsKey, SecretsOldKey: oldKey,
 		TLS: httpserver.TLS{CertFile: *tlsCert, KeyFile: *tlsKey}, Login: *loginCfg,
-		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, PoolKeys: poolKeys.keys, Policy: orchestrator.Policy{
+		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, PoolKeys: poolKeys.keys, Clone: source.CloneOptions{AllowLocal: *allowLocalClone}, Policy: orchestrator.Policy{
 			NoRunnerTimeout: *noRunner, StepTimeout: *stepTimeout, RunTimeout: *runTimeout}}}, js, log)
 	if err != nil {
 		return err

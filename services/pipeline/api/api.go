@@ -432,12 +432,12 @@ func (s *Server) triggerRun(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("X-Ansflow-Trigger") == "cli" {
 			req.Trigger.Kind = "cli"
 		}
-		switch {
-		case tb.SourceObject != "":
+		if tb.SourceObject != "" {
 			req.Source = &apiv1.Source{Object: tb.SourceObject}
-		case tb.RepoURL != "":
-			req.Source = &apiv1.Source{RepoURL: tb.RepoURL, Commit: tb.Commit}
 		}
+		// Otherwise the run clones tb.RepoURL, else the pipeline's
+		// repository, at tb.Commit or the commit tb.Branch or tb.Tag
+		// points at.
 		run, err = s.orc.Trigger(r.Context(), req)
 	}
 	s.audit(r, "run.trigger", "pipeline/"+r.PathValue("name"), err)

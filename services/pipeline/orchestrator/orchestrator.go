@@ -34,6 +34,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
+	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/tmpl"
 	"github.com/ansflow/ansflow/pkg/topology"
 	"github.com/ansflow/ansflow/services/pipeline/store"
@@ -61,6 +62,10 @@ type Config struct {
 	// [PoolKeyID] ("docker/default"): a pool listed here gets its steps'
 	// secrets sealed to these keys only, whatever its runners announce.
 	PoolKeys map[string][]string
+	// Clone is the policy for the repositories the pipeline service reads
+	// itself: resolving a run's branch or tag to its commit and reading a
+	// from_repository pipeline's file (file:// only with AllowLocal).
+	Clone source.CloneOptions
 }
 
 // PoolKeyID names a pool in [Config.PoolKeys]: "KIND/TARGET".
@@ -261,17 +266,36 @@ func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (*store.
 	if err != nil {
 		return nil, err
 	}
+	g := req.Git
+	if req.Source == nil {
+		if g.RepoURL == "" {
+			g.RepoURL = rec.Spec.Repository
+		}
+		if g.RepoURL != "" {
+			if err := o.resolveCommit(ctx, &g); err != nil {
+				return nil, err
+			}
+			req.Source = &apiv1.Source{RepoURL: g.RepoURL, Commit: g.Commit}
+		}
+	}
+	pipelineSpec, specErr := rec.Spec, error(nil)
+	if rec.Spec.FromRepository {
+		if pipelineSpec, specErr = o.repositorySpec(ctx, rec.Spec, req.Source); specErr != nil {
+			pipelineSpec = rec.Spec // the run fails before any step
+		}
+	}
 	vars := map[string]apiv1.Var{}
-	for k, v := range rec.Spec.Variables {
-		vars[k] = apiv1.Var{Value: v}
+	for _, declared := range []map[string]string{rec.Spec.Variables, pipelineSpec.Variables} {
+		for k, v := range declared {
+			vars[k] = apiv1.Var{Value: v}
+		}
 	}
 	for k, v := range req.Vars {
-		if _, ok := rec.Spec.Variables[k]; !ok {
+		if _, ok := vars[k]; !ok {
 			return nil, fmt.Errorf("%w: variable %q is not declared under pipeline.variables of %q", ErrInvalid, k, rec.Name)
 		}
 		vars[k] = apiv1.Var{Value: v}
 	}
-	g := req.Git
 	for k, v := range map[string]string{"git_commit": g.Commit, "git_branch": g.Branch, "git_tag": g.Tag,
 		"git_repo_url": g.RepoURL, "git_author": g.Author, "git_message": g.Message} {
 		vars[k] = apiv1.Var{Value: v, Untrusted: g.Untrusted && v != ""}
@@ -290,15 +314,20 @@ func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (*store.
 	}
 	now := time.Now().UTC()
 	r := &store.Run{Run: apiv1.Run{ID: id, Pipeline: rec.Name, PipelineVersion: rec.Version, BuildNumber: n,
-		Status: event.StatusPending, CreatedAt: now, Trigger: req.Trigger, Vars: vars, Spec: rec.Spec, Source: req.Source, Approval: req.Approval}}
+		Status: event.StatusPending, CreatedAt: now, Trigger: req.Trigger, Vars: vars, Spec: pipelineSpec, Source: req.Source, Approval: req.Approval}}
 	r.Vars["build_number"] = apiv1.Var{Value: fmt.Sprint(n)}
 	r.Vars["run_id"] = apiv1.Var{Value: r.ID}
 	r.Vars["pipeline_name"] = apiv1.Var{Value: rec.Name}
-	if rec.Spec.Timeout > 0 {
-		r.Deadline = ptr(now.Add(time.Duration(rec.Spec.Timeout)))
+	if specErr != nil {
+		// The run exists, failed, with the file's errors: the user sees
+		// them where they look for the run (runs get, the UI, the forge).
+		return r, o.startFailed(ctx, r, specErr)
 	}
-	for i := range rec.Spec.Steps {
-		st := &rec.Spec.Steps[i]
+	if pipelineSpec.Timeout > 0 {
+		r.Deadline = ptr(now.Add(time.Duration(pipelineSpec.Timeout)))
+	}
+	for i := range pipelineSpec.Steps {
+		st := &pipelineSpec.Steps[i]
 		r.Steps = append(r.Steps, &apiv1.StepState{Name: st.Name, ID: st.ID(), Type: st.Type, Status: event.StatusPending,
 			Kind: st.Kind(), Outputs: map[string]string{}})
 	}

@@ -92,7 +92,8 @@
     });
     trigger.addEventListener("submit", async (ev) => {
       ev.preventDefault();
-      const body = { branch: trigger.elements.branch.value.trim(), commit: trigger.elements.commit.value.trim(), vars: {} };
+      const field = (name) => trigger.elements[name].value.trim();
+      const body = { repo_url: field("repo_url"), branch: field("branch"), tag: field("tag"), commit: field("commit"), vars: {} };
       for (const row of $$(".kv", trigger)) {
         const k = $('[name="var-key"]', row).value.trim();
         const v = $('[name="var-value"]', row).value;
