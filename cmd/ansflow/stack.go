@@ -44,6 +44,9 @@ type stackConfig struct {
 	// ([source.Fetcher].AllowLocal), and the pipeline service resolve and
 	// read them.
 	AllowLocalClone bool
+	// CloneCA is the PEM file of the CAs the runners and the pipeline
+	// service trust for https:// clones instead of the system's.
+	CloneCA string
 	// Orchestrator configures the pipeline service's orchestrator.
 	Orchestrator orchestrator.Config
 	// TLS serves the API over HTTPS only.
@@ -224,6 +227,9 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 		}
 		orc := cfg.Orchestrator
 		orc.Clone.AllowLocal = orc.Clone.AllowLocal || cfg.AllowLocalClone
+		if orc.Clone.CAFile == "" {
+			orc.Clone.CAFile = cfg.CloneCA
+		}
 		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: orc, AdminToken: st.Token, TLS: cfg.TLS, Login: cfg.Login,
 			SecretsKey: key, SecretsOldKey: oldKey}, js, log)
 		if err != nil {
@@ -273,7 +279,7 @@ func (s *stack) startRunner(ctx, gctx context.Context, g *errgroup.Group, conn f
 	if err := os.MkdirAll(rc.WorkDir, 0o700); err != nil {
 		return err
 	}
-	r := runner.New(rc, nc, js, se.Engine, &source.Fetcher{JS: js, AllowLocal: cfg.AllowLocalClone}, log.With(zap.String("service", kind+"-runner")))
+	r := runner.New(rc, nc, js, se.Engine, &source.Fetcher{JS: js, AllowLocal: cfg.AllowLocalClone, CAFile: cfg.CloneCA}, log.With(zap.String("service", kind+"-runner")))
 	g.Go(func() error { return r.Run(gctx) })
 	for _, t := range se.Targets {
 		if err := waitConsumer(ctx, js, kind, t); err != nil {

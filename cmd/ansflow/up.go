@@ -26,6 +26,7 @@ func cmdUp(ctx context.Context, args []string) error {
 	noPipeline := fs.Bool("no-pipeline", false, "do not start the pipeline service")
 	concurrency := fs.Int("concurrency", 4, "steps each runner executes at once")
 	allowLocalClone := fs.Bool("allow-local-clone", false, "let runs clone file:// URLs and paths on this host (default: https, ssh and git only)")
+	cloneCA := fs.String("clone-ca", os.Getenv("ANSFLOW_CLONE_CA"), "PEM file of the CAs trusted for https:// clones instead of the system's (a forge with a private CA)")
 	level := fs.String("log-level", "info", "log level")
 	policyFlags := dockerpolicy.RegisterFlags(fs, os.LookupEnv)
 	kubeContext := fs.String("kube-context", os.Getenv("ANSFLOW_KUBE_CONTEXT"), "kubeconfig context of cluster \"default\" (default: the current context of an explicitly set $KUBECONFIG, else none)")
@@ -52,7 +53,7 @@ func cmdUp(ctx context.Context, args []string) error {
 	}
 	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config, DockerPolicy: pol,
 		DockerRunner: !*noRunners && !*noDocker, K8sRunner: !*noRunners && !*noK8s, Audit: !*noAudit, Pipeline: !*noPipeline,
-		Concurrency: *concurrency, AllowLocalClone: *allowLocalClone, TLS: tlsCfg, Login: *loginCfg, KubeContext: *kubeContext,
+		Concurrency: *concurrency, AllowLocalClone: *allowLocalClone, CloneCA: *cloneCA, TLS: tlsCfg, Login: *loginCfg, KubeContext: *kubeContext,
 		SecretsKeyFile: *keyFile, SecretsIdentityFile: *identityFile, SecretsOldKeyFile: *oldKeyFile}, log)
 	if err != nil {
 		return err

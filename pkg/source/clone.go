@@ -22,6 +22,10 @@ var ErrRefNotFound = errors.New("no such branch or tag")
 type CloneOptions struct {
 	// AllowLocal allows file:// URLs and local paths (default off).
 	AllowLocal bool
+	// CAFile, when set, is the PEM file of the certificate authorities
+	// git trusts for https:// repositories instead of the system's (a
+	// forge with a private CA).
+	CAFile string
 }
 
 // allowedSchemes are the transports a run may clone over; file is added
@@ -121,7 +125,7 @@ func gitEnv(home string, opts CloneOptions) []string {
 	if opts.AllowLocal {
 		protocols += ":file"
 	}
-	return []string{
+	env := []string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + home,
 		"XDG_CONFIG_HOME=" + home,
@@ -132,6 +136,10 @@ func gitEnv(home string, opts CloneOptions) []string {
 		"GIT_SSH_COMMAND=ssh -o BatchMode=yes",
 		"LC_ALL=C",
 	}
+	if opts.CAFile != "" {
+		env = append(env, "GIT_SSL_CAINFO="+opts.CAFile)
+	}
+	return env
 }
 
 var (

@@ -265,6 +265,9 @@ type Fetcher struct {
 	// host (the runner's --allow-local-clone policy; default off: a run's
 	// repo_url must not read the runner's disk).
 	AllowLocal bool
+	// CAFile is [CloneOptions.CAFile]: the CAs trusted for https://
+	// repositories instead of the system's.
+	CAFile string
 	// Limits bound an unpacked upload (zero fields take
 	// [DefaultLimits]).
 	Limits Limits
@@ -290,7 +293,7 @@ func (f *Fetcher) Fetch(ctx context.Context, src *event.Source, dir string) erro
 		defer obj.Close()
 		return UnpackLimited(obj, dir, f.Limits)
 	case src.RepoURL != "":
-		return Clone(ctx, CloneOptions{AllowLocal: f.AllowLocal}, src.RepoURL, src.Commit, dir)
+		return Clone(ctx, CloneOptions{AllowLocal: f.AllowLocal, CAFile: f.CAFile}, src.RepoURL, src.Commit, dir)
 	default:
 		return errors.New("source names neither an object nor a repository")
 	}

@@ -66,6 +66,9 @@ type config struct {
 	// AllowLocalClone lets runs clone file:// URLs and local paths of this
 	// host (off by default).
 	AllowLocalClone bool
+	// CloneCA is the PEM file of the CAs trusted for https:// clones
+	// instead of the system's ([source.CloneOptions].CAFile).
+	CloneCA string
 }
 
 // Validate checks c and fills defaults of its parts.
@@ -105,6 +108,7 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	fs.StringVar(&c.Engine.Network, "network", getenv("ANSFLOW_DOCKER_NETWORK", ""), "network for docker_run containers whose step names none (env ANSFLOW_DOCKER_NETWORK)")
 	policyFlags := policy.RegisterFlags(fs, env)
 	fs.BoolVar(&c.AllowLocalClone, "allow-local-clone", getenv("ANSFLOW_ALLOW_LOCAL_CLONE", "") == "true", "let runs clone file:// URLs and paths on this host; default https, ssh and git only (env ANSFLOW_ALLOW_LOCAL_CLONE=true)")
+	fs.StringVar(&c.CloneCA, "clone-ca", getenv("ANSFLOW_CLONE_CA", ""), "PEM file of the CAs trusted for https:// clones instead of the system's (a forge with a private CA; env ANSFLOW_CLONE_CA)")
 	identity := fs.String("secrets-identity", getenv("ANSFLOW_SECRETS_IDENTITY", ""), "the pool's secrets identity file (made on first use); without it steps asking for secrets fail (env ANSFLOW_SECRETS_IDENTITY)")
 	fs.StringVar(&c.LogLevel, "log-level", getenv("ANSFLOW_LOG_LEVEL", "info"), "debug, info, warn or error (env ANSFLOW_LOG_LEVEL)")
 	fs.BoolVar(&c.LogJSON, "log-json", getenv("ANSFLOW_LOG_JSON", "") == "true", "log JSON instead of text (env ANSFLOW_LOG_JSON=true)")
@@ -186,7 +190,7 @@ func run(ctx context.Context, cfg *config) error {
 	if cfg.AllowLocalClone {
 		log.Warn("--allow-local-clone: runs may clone file:// URLs and local paths of this host")
 	}
-	err = runner.New(cfg.Runner, nc, js, eng, &source.Fetcher{JS: js, AllowLocal: cfg.AllowLocalClone}, log).Run(ctx)
+	err = runner.New(cfg.Runner, nc, js, eng, &source.Fetcher{JS: js, AllowLocal: cfg.AllowLocalClone, CAFile: cfg.CloneCA}, log).Run(ctx)
 	if err != nil && ctx.Err() != nil {
 		log.Info("shutting down", zap.NamedError("reason", context.Cause(ctx)))
 		return nil

@@ -78,6 +78,9 @@ type config struct {
 	// AllowLocalClone lets runs clone file:// URLs and local paths
 	// ([source.Fetcher].AllowLocal).
 	AllowLocalClone bool
+	// CloneCA is the PEM file of the CAs trusted for https:// clones
+	// instead of the system's ([source.CloneOptions].CAFile).
+	CloneCA string
 	// Runner is the template of every cluster's runner configuration: its
 	// Targets list every cluster, and each cluster's runner serves its own.
 	Runner runner.Config
@@ -160,6 +163,7 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	fs.DurationVar(&c.Runner.Lease, "lease", durEnv("ANSFLOW_LEASE", 30*time.Second), "how long a step's claim stays held without renewal before another runner may take it over (env ANSFLOW_LEASE)")
 	fs.DurationVar(&c.Runner.Heartbeat, "heartbeat", durEnv("ANSFLOW_HEARTBEAT", 5*time.Second), "how often the runner announces itself (env ANSFLOW_HEARTBEAT)")
 	fs.BoolVar(&c.AllowLocalClone, "allow-local-clone", getenv("ANSFLOW_ALLOW_LOCAL_CLONE", "") == "true", "let runs clone file:// URLs and paths on this host; default https, ssh and git only (env ANSFLOW_ALLOW_LOCAL_CLONE=true)")
+	fs.StringVar(&c.CloneCA, "clone-ca", getenv("ANSFLOW_CLONE_CA", ""), "PEM file of the CAs trusted for https:// clones instead of the system's (a forge with a private CA; env ANSFLOW_CLONE_CA)")
 	fs.IntVar(&c.Runner.Replicas, "replicas", 1, "replicas of the buckets the runner creates (3 on a NATS cluster); existing ones keep theirs")
 	fs.DurationVar(&c.Runner.Grace, "grace", durEnv("ANSFLOW_GRACE", 30*time.Second), "on SIGTERM, how long running steps may finish before they are stopped (env ANSFLOW_GRACE)")
 	namespaces := fs.String("namespaces", getenv("ANSFLOW_K8S_NAMESPACES", ""), "namespaces (globs) steps may use on every served cluster, comma-separated; default the context's namespace (env ANSFLOW_K8S_NAMESPACES)")
@@ -253,7 +257,7 @@ func run(ctx context.Context, cfg *config) error {
 		if len(cfg.Clusters) > 1 {
 			rc.ID = cfg.Runner.ID + "/" + cl.Name
 		}
-		r := runner.New(rc, nc, js, engines[i], &source.Fetcher{JS: js, AllowLocal: cfg.AllowLocalClone}, log)
+		r := runner.New(rc, nc, js, engines[i], &source.Fetcher{JS: js, AllowLocal: cfg.AllowLocalClone, CAFile: cfg.CloneCA}, log)
 		g.Go(func() error { return r.Run(gctx) })
 	}
 	err = g.Wait()

@@ -52,6 +52,7 @@ func run(ctx context.Context) error {
 	stepTimeout := flag.Duration("step-timeout", time.Hour, "timeout of a step that sets none")
 	runTimeout := flag.Duration("run-timeout", 24*time.Hour, "timeout of a run whose pipeline sets none")
 	allowLocalClone := flag.Bool("allow-local-clone", os.Getenv("ANSFLOW_ALLOW_LOCAL_CLONE") == "true", "let runs name file:// repositories and paths of this host, which the service resolves and reads pipeline files from; default https, ssh and git only (env ANSFLOW_ALLOW_LOCAL_CLONE=true)")
+	cloneCA := flag.String("clone-ca", os.Getenv("ANSFLOW_CLONE_CA"), "PEM file of the CAs trusted for https:// repositories the service resolves and reads instead of the system's (env ANSFLOW_CLONE_CA)")
 	leaseCheck := flag.Duration("lease-check", 15*time.Second, "how often running steps' leases are checked for runners that are gone")
 	tlsCert := flag.String("tls-cert", os.Getenv("ANSFLOW_TLS_CERT"), "serve the API and webhooks over HTTPS with this certificate (PEM; env ANSFLOW_TLS_CERT)")
 	tlsKey := flag.String("tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM; env ANSFLOW_TLS_KEY)")
@@ -102,7 +103,7 @@ func run(ctx context.Context) error {
 	}
 	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, AdminToken: adminToken, SecretsKey: secretsKey, SecretsOldKey: oldKey,
 		TLS: httpserver.TLS{CertFile: *tlsCert, KeyFile: *tlsKey}, Login: *loginCfg,
-		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, PoolKeys: poolKeys.keys, Clone: source.CloneOptions{AllowLocal: *allowLocalClone}, Policy: orchestrator.Policy{
+		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, PoolKeys: poolKeys.keys, Clone: source.CloneOptions{AllowLocal: *allowLocalClone, CAFile: *cloneCA}, Policy: orchestrator.Policy{
 			NoRunnerTimeout: *noRunner, StepTimeout: *stepTimeout, RunTimeout: *runTimeout}}}, js, log)
 	if err != nil {
 		return err
