@@ -168,6 +168,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"GET /api/v1/openapi.json":              {auth.RoleViewer, "open", "GET", "/api/v1/openapi.json", "", ""},
 		"GET /api/v1/login":                     {"", "public", "GET", "/api/v1/login", "", ""},
 		"POST /api/v1/login":                    {"", "public", "POST", "/api/v1/login", "text/plain", "not JSON"},
+		"POST /api/v1/login/token":              {"", "public", "POST", "/api/v1/login/token", "text/plain", "not JSON"},
 		"POST /api/v1/logout":                   {"", "public", "POST", "/api/v1/logout", "", ""},
 		"GET /api/v1/me":                        {auth.RoleViewer, "open", "GET", "/api/v1/me", "", ""},
 		"GET /api/v1/users":                     {auth.RoleAdmin, "global", "GET", "/api/v1/users", "", ""},

@@ -12,6 +12,13 @@ type LoginRequest struct {
 	Password string `json:"password"`
 }
 
+// TokenLoginRequest is the body of POST /api/v1/login/token: an API
+// token, exchanged for a session cookie with the token's role and
+// pipelines.
+type TokenLoginRequest struct {
+	Token string `json:"token"`
+}
+
 // Session answers a login and GET /api/v1/me: who the caller is and, for a
 // session, the CSRF token that every state-changing request made with the
 // session cookie must carry in the X-CSRF-Token header.
@@ -58,7 +65,10 @@ const (
 
 // Methods answers GET /api/v1/login: how one may log in.
 type Methods struct {
-	Password bool   `json:"password"`
-	OIDC     bool   `json:"oidc"`
-	OIDCURL  string `json:"oidc_login_url,omitempty"`
+	Password bool `json:"password"`
+	// Token is set when an API token may be exchanged for a session
+	// (POST /api/v1/login/token).
+	Token   bool   `json:"token"`
+	OIDC    bool   `json:"oidc"`
+	OIDCURL string `json:"oidc_login_url,omitempty"`
 }

@@ -77,6 +77,7 @@ var routeDocs = map[string]RouteDoc{
 	"GET /healthz":                                     {Summary: "Liveness", Stream: "text/plain"},
 	"GET /api/v1/login":                                {Summary: "How one may log in", Response: apiv1.Methods{}},
 	"POST /api/v1/login":                               {Summary: "Log in with a password (sets the session cookie)", Request: apiv1.LoginRequest{}, Response: apiv1.Session{}},
+	"POST /api/v1/login/token":                         {Summary: "Log in with an API token (sets a session cookie of the token's role and pipelines)", Request: apiv1.TokenLoginRequest{}, Response: apiv1.Session{}},
 	"POST /api/v1/logout":                              {Summary: "End the session", Status: http.StatusNoContent},
 	"GET /api/v1/me":                                   {Summary: "Who is calling", Response: apiv1.Session{}},
 	"GET /api/v1/users":                                {Summary: "List users", Response: []apiv1.User{}},

@@ -26,6 +26,7 @@ type publisher interface {
 const (
 	actionLogin      = "login"
 	actionLoginOIDC  = "login.oidc"
+	actionLoginToken = "login.token"
 	actionLogout     = "logout"
 	actionUserCreate = "user.create"
 	actionUserDelete = "user.delete"

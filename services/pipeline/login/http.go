@@ -140,6 +140,61 @@ func (s *Service) handleLogin(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, apiv1.Session{Identity: u.identity(), CSRFToken: csrfToken(id), ExpiresAt: &rec.ExpiresAt})
 }
 
+// maxTokenLen bounds the token a token login looks up: an API token is
+// far shorter, and a longer one is refused like an unknown one.
+const maxTokenLen = 512
+
+// handleTokenLogin exchanges an API token for a session of the token's
+// role and pipelines. Any token that does not verify (unknown, expired,
+// revoked) gets the answer of a wrong password and counts against the
+// client address's failures.
+func (s *Service) handleTokenLogin(w http.ResponseWriter, r *http.Request) {
+	var req apiv1.TokenLoginRequest
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	if req.Token == "" {
+		writeError(w, http.StatusBadRequest, "token is required")
+		return
+	}
+	now := s.now()
+	ipKey := "ip:" + clientIP(r)
+	if wait := s.throttle.blocked(now, ipKey); wait > 0 {
+		s.audit(r, "", actionLoginToken, "token", "denied: throttled")
+		w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+		writeError(w, http.StatusTooManyRequests, "too many failed logins; retry in %s", wait.Round(time.Second))
+		return
+	}
+	var t *auth.Token
+	err := fmt.Errorf("%w: token over %d bytes", auth.ErrUnauthenticated, maxTokenLen)
+	if len(req.Token) <= maxTokenLen {
+		t, err = s.tokens.Verify(r.Context(), req.Token)
+	}
+	if errors.Is(err, auth.ErrUnauthenticated) {
+		s.throttle.fail(now, ipKey)
+		s.log.Info("token login failed", zap.String("client", clientIP(r)), zap.Error(err))
+		// Verify's error names a known token's id, never the secret.
+		s.audit(r, "", actionLoginToken, "token", "denied: "+err.Error())
+		writeError(w, http.StatusUnauthorized, errLoginFailed)
+		return
+	}
+	if err != nil {
+		s.log.Error("token login: read token", zap.Error(err))
+		writeError(w, http.StatusServiceUnavailable, "token store unavailable")
+		return
+	}
+	id, rec, err := s.startTokenSession(r.Context(), w, r, t)
+	if err != nil {
+		s.log.Error("token login: start session", zap.Error(err))
+		writeError(w, http.StatusServiceUnavailable, "session store unavailable")
+		return
+	}
+	who := t.Identity()
+	s.log.Info("login", zap.String("token", t.ID), zap.String("method", methodToken))
+	s.audit(r, who.Actor(), actionLoginToken, "token:"+t.ID, "ok")
+	writeJSON(w, http.StatusOK, apiv1.Session{Identity: who, CSRFToken: csrfToken(id), ExpiresAt: &rec.ExpiresAt})
+}
+
 // touchLogin records u's login time; losing a race with another write
 // loses only the time.
 func (s *Service) touchLogin(r *http.Request, u *user, rev uint64) {
@@ -161,8 +216,8 @@ func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	actor := ""
-	if u, _, err := s.lookup(r.Context(), id); err == nil {
-		actor = u.identity().Actor()
+	if who, _, err := s.lookup(r.Context(), id); err == nil {
+		actor = who.Actor()
 	}
 	if err := s.sessions.delete(r.Context(), id); err != nil {
 		s.log.Error("logout", zap.Error(err))
@@ -177,7 +232,7 @@ func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) handleMethods(w http.ResponseWriter, _ *http.Request) {
-	m := apiv1.Methods{Password: true, OIDC: s.oidc != nil}
+	m := apiv1.Methods{Password: true, Token: true, OIDC: s.oidc != nil}
 	if m.OIDC {
 		m.OIDCURL = "/auth/oidc/login"
 	}
@@ -191,8 +246,8 @@ func (s *Service) handleMe(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := apiv1.Session{Identity: id}
-	if sid := sessionID(r); sid != "" && id.Kind == auth.KindUser {
-		if u, rec, err := s.lookup(r.Context(), sid); err == nil && u.ID == id.ID {
+	if sid := sessionID(r); sid != "" {
+		if who, rec, err := s.lookup(r.Context(), sid); err == nil && who.Kind == id.Kind && who.ID == id.ID {
 			out.CSRFToken = csrfToken(sid)
 			out.ExpiresAt = &rec.ExpiresAt
 		}

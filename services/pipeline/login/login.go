@@ -43,6 +43,9 @@ type Service struct {
 	throttle *throttle
 	oidc     *oidcLogin // nil without OIDC
 	pub      publisher
+	// tokens verifies the API tokens of token logins and holds a token
+	// session to its token (revoked or expired: the session ends).
+	tokens *auth.TokenStore
 	// dummyHash is compared against when the user is unknown, so that an
 	// unknown name costs what a wrong password costs.
 	dummyHash []byte
@@ -80,6 +83,12 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 	s := &Service{cfg: cfg, log: log.With(zap.String("component", "login")), users: users{ukv}, sessions: sessions{skv},
 		throttle: newThrottle(cfg.MaxFailures, cfg.FailureWindow), dummyHash: dummy, now: time.Now, pub: js,
 		hashSlots: make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))}
+	tokens, err := auth.OpenTokenStore(ctx, js, cfg.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	tokens.Now = func() time.Time { return s.now() }
+	s.tokens = tokens
 	if cfg.OIDC.Enabled() {
 		secret, err := os.ReadFile(cfg.OIDC.ClientSecretFile)
 		if err != nil {
@@ -93,7 +102,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 // Authenticate authenticates r by its session cookie. It returns
 // [auth.ErrNoCredentials] when r has no session cookie,
 // [auth.ErrUnauthenticated] when the session is unknown, ended or its user
-// is gone or disabled, and [auth.ErrForbidden] when r would change
+// is gone or disabled (for a token login: its token revoked or expired), and [auth.ErrForbidden] when r would change
 // something (not GET, HEAD or OPTIONS) and lacks the session's CSRF token;
 // other errors are the store's.
 func (s *Service) Authenticate(r *http.Request) (*auth.Identity, error) {
@@ -101,18 +110,19 @@ func (s *Service) Authenticate(r *http.Request) (*auth.Identity, error) {
 	if id == "" {
 		return nil, auth.ErrNoCredentials
 	}
-	u, _, err := s.lookup(r.Context(), id)
+	who, _, err := s.lookup(r.Context(), id)
 	if err != nil {
 		return nil, err
 	}
 	if !safeMethod(r.Method) && !csrfOK(r, id) {
 		return nil, fmt.Errorf("%w: %s with a session cookie needs the %s header", auth.ErrForbidden, r.Method, CSRFHeader)
 	}
-	return u.identity(), nil
+	return who, nil
 }
 
-// lookup returns the live session id and its user.
-func (s *Service) lookup(ctx context.Context, id string) (*user, *session, error) {
+// lookup returns the identity of the live session id: its user's, or for
+// a token login its token's, read again at every request.
+func (s *Service) lookup(ctx context.Context, id string) (*auth.Identity, *session, error) {
 	rec, err := s.sessions.get(ctx, id)
 	if errors.Is(err, ErrNotFound) {
 		return nil, nil, auth.ErrUnauthenticated
@@ -125,6 +135,19 @@ func (s *Service) lookup(ctx context.Context, id string) (*user, *session, error
 		_ = s.sessions.delete(ctx, id)
 		return nil, nil, fmt.Errorf("%w: session ended", auth.ErrUnauthenticated)
 	}
+	if rec.TokenID != "" {
+		t, err := s.tokens.Get(ctx, rec.TokenID)
+		if errors.Is(err, auth.ErrTokenNotFound) {
+			return nil, nil, fmt.Errorf("%w: token gone", auth.ErrUnauthenticated)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		if st := t.State(s.now()); st != "active" {
+			return nil, nil, fmt.Errorf("%w: token %s is %s", auth.ErrUnauthenticated, t.ID, st)
+		}
+		return t.Identity(), rec, nil
+	}
 	u, _, err := s.users.get(ctx, rec.User)
 	if errors.Is(err, ErrNotFound) {
 		return nil, nil, fmt.Errorf("%w: user gone", auth.ErrUnauthenticated)
@@ -135,20 +158,36 @@ func (s *Service) lookup(ctx context.Context, id string) (*user, *session, error
 	if u.ID != rec.UserID || u.Disabled {
 		return nil, nil, fmt.Errorf("%w: user gone or disabled", auth.ErrUnauthenticated)
 	}
-	return u, rec, nil
+	return u.identity(), rec, nil
 }
 
 // startSession stores a new session of u and sets its cookie on w. It
 // returns the session id.
 func (s *Service) startSession(ctx context.Context, w http.ResponseWriter, r *http.Request, u *user, method string) (string, *session, error) {
+	now := s.now().UTC()
+	return s.storeSession(ctx, w, r, &session{UserID: u.ID, User: u.Name, Method: method, CreatedAt: now, ExpiresAt: now.Add(s.cfg.SessionLifetime)})
+}
+
+// startTokenSession stores a new session of token t, ending with the
+// session lifetime or the token's expiry, whichever comes first, and sets
+// its cookie on w. It returns the session id.
+func (s *Service) startTokenSession(ctx context.Context, w http.ResponseWriter, r *http.Request, t *auth.Token) (string, *session, error) {
+	now := s.now().UTC()
+	end := now.Add(s.cfg.SessionLifetime)
+	if t.ExpiresAt != nil && t.ExpiresAt.Before(end) {
+		end = t.ExpiresAt.UTC()
+	}
+	return s.storeSession(ctx, w, r, &session{TokenID: t.ID, User: t.Name, Method: methodToken, CreatedAt: now, ExpiresAt: end})
+}
+
+// storeSession stores rec under a new session id and sets its cookie on w.
+func (s *Service) storeSession(ctx context.Context, w http.ResponseWriter, r *http.Request, rec *session) (string, *session, error) {
 	// A cookie the browser already had is ended, never reused: a session id
 	// planted before login (fixation) is worth nothing after it.
 	if old := sessionID(r); old != "" {
 		_ = s.sessions.delete(ctx, old)
 	}
-	now := s.now().UTC()
 	id := newSessionID()
-	rec := &session{UserID: u.ID, User: u.Name, Method: method, CreatedAt: now, ExpiresAt: now.Add(s.cfg.SessionLifetime)}
 	if err := s.sessions.put(ctx, id, rec); err != nil {
 		return "", nil, err
 	}
@@ -170,13 +209,14 @@ func (s *Service) cookie(r *http.Request, id string, expires time.Time) *http.Co
 	return c
 }
 
-// Routes are the service's routes for the API's guard to mount: login,
-// logout and OIDC login (public), GET /api/v1/me (any identity) and user
+// Routes are the service's routes for the API's guard to mount: login
+// (password or API token), logout and OIDC login (public), GET /api/v1/me (any identity) and user
 // administration (admin).
 func (s *Service) Routes() []auth.Route {
 	rs := []auth.Route{
 		{Pattern: "GET /api/v1/login", Scope: auth.ScopePublic, Handler: http.HandlerFunc(s.handleMethods)},
 		{Pattern: "POST /api/v1/login", Scope: auth.ScopePublic, Handler: http.HandlerFunc(s.handleLogin)},
+		{Pattern: "POST /api/v1/login/token", Scope: auth.ScopePublic, Handler: http.HandlerFunc(s.handleTokenLogin)},
 		{Pattern: "POST /api/v1/logout", Scope: auth.ScopePublic, Handler: http.HandlerFunc(s.handleLogout)},
 		{Pattern: "GET /api/v1/me", Role: auth.RoleViewer, Scope: auth.ScopeFiltered, Handler: http.HandlerFunc(s.handleMe)},
 		{Pattern: "GET /api/v1/users", Role: auth.RoleAdmin, Scope: auth.ScopeGlobal, Handler: http.HandlerFunc(s.handleListUsers)},

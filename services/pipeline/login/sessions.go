@@ -33,13 +33,17 @@ const (
 const (
 	methodPassword = "password"
 	methodOIDC     = "oidc"
+	methodToken    = "token"
 )
 
 // session is a session as stored in [auth.SessionsBucket], under the hash
-// of its id: the id itself (the cookie's value) is never stored.
+// of its id: the id itself (the cookie's value) is never stored. A token
+// login's session has TokenID (and the token's name as User) instead of a
+// user.
 type session struct {
-	UserID    string    `json:"user_id"`
+	UserID    string    `json:"user_id,omitempty"`
 	User      string    `json:"user"`
+	TokenID   string    `json:"token_id,omitempty"`
 	Method    string    `json:"method"`
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at"`

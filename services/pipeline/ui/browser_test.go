@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -335,5 +336,98 @@ func TestBrowser(t *testing.T) {
 			t.Fatalf("%d reruns of %s by ada among %d runs, want 1", reruns, broken.ID, len(runs))
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestBrowserTokenLogin logs in with API tokens on the login page: a bad
+// token gets the wrong password's message; a viewer token's session sees
+// a live run without the cancel button; after logging out, an operator
+// token's session cancels it. The token never appears in an address.
+func TestBrowserTokenLogin(t *testing.T) {
+	env := pipelinetest.Start(t)
+	apply(t, env, `pipeline:
+  name: slow
+  steps:
+    - name: wait
+      type: docker_run
+      docker_image: busybox
+      command: "echo waiting; sleep 60s"
+`)
+	post := func(path, body string, out any) {
+		t.Helper()
+		resp, err := env.Client.Post(env.Srv.URL+path, "application/json", strings.NewReader(body))
+		if err != nil || resp.StatusCode/100 != 2 {
+			t.Fatalf("POST %s: %v %v", path, resp, err)
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var viewer, operator apiv1.CreatedToken
+	post("/api/v1/tokens", `{"name":"watcher","role":"viewer","pipelines":["slow"]}`, &viewer)
+	post("/api/v1/tokens", `{"name":"deployer","role":"operator"}`, &operator)
+	var run store.Run
+	post("/api/v1/pipelines/slow/runs", `{}`, &run)
+
+	ctx := browser(t)
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	jsErrs := jsErrors(t, ctx)
+	var addresses []string
+	remember := func() { addresses = append(addresses, eval[string](t, ctx, "location.href")) }
+	base := env.Srv.URL
+	do(t, ctx, chromedp.Navigate(base+"/runs/"+run.ID), chromedp.WaitVisible(chromedp.CSS("#token-login")))
+	remember()
+	if n := eval[int](t, ctx, `[...document.querySelectorAll("#token-login input, #token-login button")].filter(e => !(e.labels && e.labels.length) && !(e.tagName === "BUTTON" && e.textContent.trim())).length`); n != 0 {
+		t.Errorf("%d controls of the token form are unlabelled", n)
+	}
+	if w := eval[int](t, ctx, `document.documentElement.scrollWidth`); w > 1280 {
+		t.Errorf("the login page is %d px wide", w)
+	}
+	screenshots(t, ctx, "login-token")
+
+	// A wrong token says what a wrong password says, and stays.
+	do(t, ctx,
+		chromedp.SendKeys(chromedp.CSS(`#token-login input[name="token"]`), "ansf_not-a-real-token"),
+		chromedp.Click(chromedp.CSS(`#token-login button[type="submit"]`)))
+	waitJS(t, ctx, 10*time.Second, `document.querySelector("#token-login-error").textContent.includes("invalid username or password")`)
+
+	// The viewer token: back on the run page, without the cancel button.
+	do(t, ctx,
+		chromedp.SetValue(chromedp.CSS(`#token-login input[name="token"]`), viewer.Secret),
+		chromedp.Click(chromedp.CSS(`#token-login button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#run")))
+	remember()
+	waitJS(t, ctx, 15*time.Second, `document.querySelector('pre.log[data-step="wait"]').textContent.includes("waiting")`)
+	if who := eval[string](t, ctx, `document.querySelector(".who").textContent`); !strings.Contains(who, "token:"+viewer.ID+" (watcher)") {
+		t.Errorf("the frame names %q, want the viewer token", who)
+	}
+	if eval[bool](t, ctx, `!!document.querySelector("#cancel") || !!document.querySelector("#rerun-all")`) {
+		t.Error("a viewer token's session is offered cancel or rerun")
+	}
+	// Its grant is the token's.
+	if body := eval[string](t, ctx, `(() => { const x = new XMLHttpRequest(); x.open("GET", "/api/v1/me", false); x.send();
+		const m = JSON.parse(x.responseText); return m.identity.kind + " " + m.identity.role + " " + m.identity.pipelines.join() })()`); body != "token viewer slow" {
+		t.Errorf("/api/v1/me in the browser: %q, want the viewer token's grant", body)
+	}
+
+	// Log out; the operator token may cancel the run.
+	do(t, ctx, chromedp.Click(chromedp.CSS("#logout")), chromedp.WaitVisible(chromedp.CSS("#token-login")))
+	remember()
+	do(t, ctx, chromedp.Navigate(base+"/login?next=/runs/"+run.ID), chromedp.WaitVisible(chromedp.CSS("#token-login")),
+		chromedp.SendKeys(chromedp.CSS(`#token-login input[name="token"]`), operator.Secret),
+		chromedp.Click(chromedp.CSS(`#token-login button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#cancel")))
+	remember()
+	do(t, ctx, chromedp.Click(chromedp.CSS("#cancel")))
+	waitJS(t, ctx, 20*time.Second, `document.querySelector("#run-status .status").dataset.status === "cancelled"`)
+	for _, a := range addresses {
+		if strings.Contains(a, viewer.Secret) || strings.Contains(a, operator.Secret) || strings.Contains(a, "ansf_") {
+			t.Errorf("a token is in the address %s", a)
+		}
+	}
+	if errs := jsErrs(); len(errs) > 0 {
+		t.Fatalf("JavaScript errors:\n%s", strings.Join(errs, "\n"))
 	}
 }

@@ -184,12 +184,63 @@ func TestBrowserEditor(t *testing.T) {
 	typeInto(t, ctx, config(2, "k8s_config", `fieldset.object[data-field="deployment_spec"] > .field[data-field="replicas"] > input`), "3")
 	choose(t, ctx, config(2, "k8s_config", `.field[data-field="wait"] > select`), "true")
 
+	// The steps' pool and secrets, and the pipeline's settings and a
+	// webhook trigger.
+	if n := eval[int](t, ctx, `document.querySelectorAll('#ed-pools option[value="default"]').length`); n != 1 {
+		t.Errorf("the runs_on field offers %d pools named default (the runners'), want 1", n)
+	}
+	typeInto(t, ctx, field(0, "runs_on"), "fast")
+	if eval[bool](t, ctx, `!!document.querySelector('fieldset.step-form[data-step="0"] > .field[data-field="secrets"]')`) {
+		t.Error("a docker_build step offers secrets, which only docker_run and k8s_exec steps receive")
+	}
+	secrets := fmt.Sprintf(step+`.field[data-field="secrets"] > .rows`, 1)
+	do(t, ctx, chromedp.Click(chromedp.CSS(secrets+` > button.add`)))
+	if !eval[bool](t, ctx, `document.activeElement === document.querySelector(`+js(secrets+` .field[data-field="name"] > input`)+`)`) {
+		t.Error("adding a secret does not focus its name")
+	}
+	typeInto(t, ctx, secrets+` .field[data-field="name"] > input`, "TOKEN")
+	typeInto(t, ctx, secrets+` .field[data-field="env"] > input`, "API_TOKEN")
+	top := func(key, ctl string) string { return `#form > .field[data-field="` + key + `"] > ` + ctl }
+	typeInto(t, ctx, top("timeout", "input"), "30m")
+	typeInto(t, ctx, top("concurrency", "input"), "2")
+	choose(t, ctx, top("cancel_previous", "select"), "true")
+	triggers := top("triggers", ".rows")
+	do(t, ctx, chromedp.Click(chromedp.CSS(triggers+` > button.add`)))
+	trigger := triggers + ` > .row:nth-of-type(1) > fieldset.object > `
+	choose(t, ctx, trigger+`.field[data-field="type"] > select`, "webhook")
+	choose(t, ctx, trigger+`.field[data-field="provider"] > select`, "github")
+	typeInto(t, ctx, trigger+`.field[data-field="secret"] > input`, "hook")
+	do(t, ctx, chromedp.Click(chromedp.CSS(trigger+`.field[data-field="events"] > .rows > button.add`)))
+	choose(t, ctx, trigger+`.field[data-field="events"] > .rows > .row > select`, "push")
+	do(t, ctx, chromedp.Click(chromedp.CSS(trigger+`.field[data-field="branches"] > .rows > button.add`)))
+	typeInto(t, ctx, trigger+`.field[data-field="branches"] > .rows > .row > input`, "main")
+	do(t, ctx, chromedp.Click(chromedp.CSS(triggers+` > button.add`)))
+	cron := triggers + ` > .row:nth-of-type(2) > fieldset.object > `
+	choose(t, ctx, cron+`.field[data-field="type"] > select`, "cron")
+	typeInto(t, ctx, cron+`.field[data-field="schedule"] > input`, "0 3 * * *")
+	typeInto(t, ctx, cron+`.field[data-field="branch"] > input`, "main")
+
 	// The YAML follows the form, in the definitions' key order.
 	wantYAML := `pipeline:
   name: shop
+  timeout: 30m
+  concurrency: 2
+  cancel_previous: true
+  triggers:
+    - type: webhook
+      provider: github
+      secret: hook
+      events:
+        - push
+      branches:
+        - main
+    - type: cron
+      schedule: 0 3 * * *
+      branch: main
   steps:
     - name: build
       type: docker_build
+      runs_on: fast
       docker_image: shop/web
       docker_tag: "1.0"
       docker_registry: hub
@@ -202,6 +253,9 @@ func TestBrowserEditor(t *testing.T) {
         environment:
           MODE: ci
       command: echo testing
+      secrets:
+        - name: TOKEN
+          env: API_TOKEN
     - name: deploy
       type: k8s_deploy
       k8s_cluster: prod
@@ -212,7 +266,16 @@ func TestBrowserEditor(t *testing.T) {
           replicas: 3
         wait: true
 `
-	waitJS(t, ctx, 10*time.Second, `document.querySelector("#yaml").value === `+js(wantYAML))
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		got := eval[string](t, ctx, `document.querySelector("#yaml").value`)
+		if got == wantYAML {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the form wrote\n%s\nwant\n%s", got, wantYAML)
+		}
+		time.Sleep(50 * time.Millisecond) // poll, as waitJS does
+	}
 	waitJS(t, ctx, 10*time.Second, `document.querySelector("#editor").dataset.valid === "true" && document.querySelector("#problems").children.length === 0`)
 	noJSErrors("while building the pipeline")
 
@@ -290,6 +353,13 @@ func TestBrowserEditor(t *testing.T) {
 		time.Duration(rec.Spec.Steps[1].Timeout) != 90*time.Second {
 		t.Fatalf("stored pipeline: version %d, spec %+v", rec.Version, rec.Spec)
 	}
+	if p := rec.Spec; time.Duration(p.Timeout) != 30*time.Minute || p.Concurrency != 2 || !p.CancelPrevious || len(p.Triggers) != 2 ||
+		p.Triggers[0].Type != "webhook" || p.Triggers[0].Provider != "github" || p.Triggers[0].Secret != "hook" ||
+		fmt.Sprint(p.Triggers[0].Events, p.Triggers[0].Branches) != "[push] [main]" ||
+		p.Triggers[1].Type != "cron" || p.Triggers[1].Schedule != "0 3 * * *" || p.Triggers[1].Branch != "main" ||
+		p.Steps[0].RunsOn != "fast" || len(p.Steps[1].Secrets) != 1 || p.Steps[1].Secrets[0].Name != "TOKEN" || p.Steps[1].Secrets[0].Env != "API_TOKEN" {
+		t.Fatalf("the stored pipeline lacks the form's settings: %+v", p)
+	}
 
 	// Edit the YAML by hand: the form follows.
 	do(t, ctx, chromedp.Click(chromedp.CSS("#edit")))
@@ -305,6 +375,18 @@ func TestBrowserEditor(t *testing.T) {
 	do(t, ctx, chromedp.KeyEvent("unit"))
 	waitJS(t, ctx, 10*time.Second, `document.querySelector(`+js(field(1, "name"))+`).value === "unit" &&
 		document.querySelector('fieldset.step-form[data-step="1"] > legend').textContent.includes("unit")`)
+	// The pipeline's settings follow a YAML edit too.
+	for from, to := range map[string]string{"concurrency: 2": "concurrency: 4", "        - main": "        - release/*", "env: API_TOKEN": "env: SHOP_TOKEN"} {
+		_ = eval[bool](t, ctx, `(() => { const ta = document.querySelector("#yaml"); const i = ta.value.indexOf(`+js(from)+`);
+			ta.focus(); ta.setSelectionRange(i, i + `+fmt.Sprint(len(from))+`); return true })()`)
+		do(t, ctx, chromedp.KeyEvent(to))
+	}
+	waitJS(t, ctx, 10*time.Second, `document.querySelector(`+js(top("concurrency", "input"))+`).value === "4" &&
+		document.querySelector(`+js(trigger+`.field[data-field="branches"] > .rows > .row > input`)+`).value === "release/*" &&
+		document.querySelector(`+js(secrets+` .field[data-field="env"] > input`)+`).value === "SHOP_TOKEN" &&
+		document.querySelector(`+js(top("timeout", "input"))+`).value === "30m0s" &&
+		document.querySelector(`+js(cron+`.field[data-field="schedule"] > input`)+`).value === "0 3 * * *" &&
+		document.querySelector(`+js(field(0, "runs_on"))+`).value === "fast"`)
 	if !eval[bool](t, ctx, `document.querySelector('#form > .field[data-field="name"] > input').readOnly`) {
 		t.Error("a saved pipeline's name is editable in the form")
 	}
@@ -325,8 +407,9 @@ func TestBrowserEditor(t *testing.T) {
 	waitJS(t, ctx, 10*time.Second, `document.querySelector(`+js(replicas)+`).value === "7" && document.querySelector(`+js(field(1, "command"))+`).value === "echo imported"`)
 	do(t, ctx, chromedp.Click(chromedp.CSS("#save")))
 	waitJS(t, ctx, 10*time.Second, `location.pathname === "/pipelines/shop" && document.querySelector("h1").textContent.includes("version 2")`)
-	if rec := pipelineRecord(t, env, "shop"); rec.Version != 2 || rec.Spec.Steps[1].Name != "unit" {
-		t.Fatalf("after the second save: version %d, step 2 %q", rec.Version, rec.Spec.Steps[1].Name)
+	if rec := pipelineRecord(t, env, "shop"); rec.Version != 2 || rec.Spec.Steps[1].Name != "unit" || rec.Spec.Concurrency != 4 ||
+		len(rec.Spec.Triggers) != 2 || fmt.Sprint(rec.Spec.Triggers[0].Branches) != "[release/*]" || rec.Spec.Steps[1].Secrets[0].Env != "SHOP_TOKEN" {
+		t.Fatalf("after the second save: version %d, step 2 %q, spec %+v", rec.Version, rec.Spec.Steps[1].Name, rec.Spec)
 	}
 
 	// The versions: a diff of v1 and v2.
@@ -350,7 +433,10 @@ func TestBrowserEditor(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS("#clone")),
 		chromedp.SendKeys(chromedp.CSS(`#clone input[name="name"]`), "shop-copy"),
 		chromedp.Click(chromedp.CSS(`#clone button[type="submit"]`)))
-	waitJS(t, ctx, 10*time.Second, `location.pathname === "/pipelines/shop-copy"`)
+	waitJS(t, ctx, 10*time.Second, `location.pathname === "/pipelines/shop-copy" || document.querySelector("#clone-error").textContent !== ""`)
+	if msg := eval[string](t, ctx, `location.pathname === "/pipelines/shop-copy" ? "" : document.querySelector("#clone-error").textContent`); msg != "" {
+		t.Fatalf("clone: %s", msg)
+	}
 	if rec := pipelineRecord(t, env, "shop-copy"); len(rec.Spec.Steps) != 3 {
 		t.Errorf("the clone has %d steps, want 3", len(rec.Spec.Steps))
 	}

@@ -73,6 +73,20 @@
       $("#login-error").textContent = e.message;
     }
   });
+  // A token login sends the token once, in a JSON body (never in the
+  // address), and gets the same session cookie a password login does.
+  const tokenForm = $("#token-login");
+  if (tokenForm) tokenForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const input = tokenForm.elements.token;
+    try {
+      await api("POST", "/api/v1/login/token", { token: input.value.trim() });
+      input.value = "";
+      location.href = tokenForm.dataset.next || "/pipelines";
+    } catch (e) {
+      $("#token-login-error").textContent = e.message;
+    }
+  });
 
   // --- pipelines: search as you type --------------------------------
   const search = $("#pipeline-search");

@@ -119,6 +119,9 @@
     "continue_on_failure", "secrets"];
   const retryKeys = ["max_retries", "retry_delay_seconds", "backoff", "continue_on_failure"];
   const conditionKeys = ["type", "value", "name"];
+  const triggerKeys = ["type", "provider", "secret", "secret_env", "events", "branches", "tags", "paths", "pull_request", "schedule", "branch"];
+  const pullRequestKeys = ["actions", "forks"];
+  const secretRefKeys = ["name", "env"];
 
   // fieldShape is the emitter's key order of a definition's field.
   function fieldShape(f) {
@@ -136,7 +139,7 @@
   const typeOf = (name) => types.find((t) => t.name === name);
 
   function stepShape(step) {
-    const children = { retry_policy: { keys: retryKeys }, conditions: { items: { keys: conditionKeys } } };
+    const children = { retry_policy: { keys: retryKeys }, conditions: { items: { keys: conditionKeys } }, secrets: { items: { keys: secretRefKeys } } };
     const t = step && typeOf(step.type);
     if (t) children[t.config_key] = fieldShape({ type: "object", fields: t.fields });
     return { keys: stepKeys, children };
@@ -144,7 +147,9 @@
 
   // emit writes the model as a pipeline file.
   function emit(p) {
-    const n = node({ pipeline: p }, { keys: ["pipeline"], children: { pipeline: { keys: pipelineKeys, children: { steps: { items: stepShape } } } } });
+    const n = node({ pipeline: p }, { keys: ["pipeline"], children: { pipeline: { keys: pipelineKeys, children: {
+      triggers: { items: { keys: triggerKeys, children: { pull_request: { keys: pullRequestKeys } } } },
+      steps: { items: stepShape } } } } });
     return n.lines.join("\n") + "\n";
   }
 
@@ -159,7 +164,7 @@
   let errorLines = new Set();
   let seq = 0; // validations sent; only the latest answer counts
   let timer = null;
-  let registries = [], clusters = [];
+  let registries = [], clusters = [], pools = [];
   let uid = 0;
   // dirty is set by every change not yet saved; leaving the page then
   // asks first.
@@ -419,6 +424,14 @@
         if (items.type === "object") {
           const obj = v && typeof v === "object" ? v : (arr[i] = {});
           row.append(objectControl(items, obj, (nv) => { arr[i] = nv || {}; store(); }, (f.key || "item") + " " + (i + 1), null, null, path + "[" + i + "]"));
+        } else if (items.type === "enum") {
+          const want = v === undefined || v === null ? "" : String(v);
+          const s = el("select", { "aria-label": (f.key || "item") + " " + (i + 1), "data-key": f.key, "data-path": path + "[" + i + "]" },
+            el("option", { value: "", text: "pick one" }), ...(items.enum || []).map((x) => el("option", { value: x, text: x })));
+          if (want !== "" && !(items.enum || []).includes(want)) s.append(el("option", { value: want, text: want }));
+          s.value = want;
+          s.addEventListener("change", () => { arr[i] = s.value; store(); changed(); });
+          row.append(s);
         } else {
           const input = el("input", { type: "text", autocomplete: "off", spellcheck: "false", "aria-label": (f.key || "item") + " " + (i + 1), "data-key": f.key, "data-path": path + "[" + i + "]" });
           input.value = v === undefined || v === null ? "" : String(v);
@@ -434,8 +447,9 @@
       add.addEventListener("click", () => {
         arr.push(items.type === "object" ? {} : "");
         draw();
-        const inputs = rows.querySelectorAll("input, select");
-        if (inputs.length) inputs[inputs.length - (items.type === "object" ? (items.fields || []).length : 1)].focus();
+        const last = rows.querySelectorAll(":scope > .row");
+        const first = last.length ? last[last.length - 1].querySelector("input, select") : null;
+        if (first) first.focus();
       });
       rows.append(add);
     };
@@ -484,6 +498,12 @@
       { key: "order", type: "integer", min: 0, help: "Steps of one order run in parallel after every lower order (default: one after another)." },
       { key: "needs", type: "list", items: { type: "string" }, help: "Steps that must end first; with needs, the step waits for them only." },
     ];
+    // runs_on picks the docker pool; a Kubernetes step ignores it, so it is
+    // offered there only when the YAML sets it.
+    if (kind === "docker" || step.runs_on !== undefined) {
+      fs.push({ key: "runs_on", type: "string", datalist: "ed-pools", placeholder: pools.length ? "pick or type a pool" : null,
+        help: "Docker runner pool the step runs on (default: the service's default pool, normally default)." });
+    }
     if (kind === "docker") {
       fs.push(
         { key: "docker_image", type: "string", required: step.type === "docker_build", help: "Image to build, run, push or pull (default: the image an earlier step built)." },
@@ -511,8 +531,42 @@
         { key: "retry_delay_seconds", type: "number", min: 0, help: "Seconds before a retry." },
         { key: "backoff", type: "enum", enum: ["fixed", "exponential"], default: "fixed", help: "Whether the delay doubles with each retry." }] },
       { key: "continue_on_failure", type: "boolean", default: false, label: "allow failure", help: "A failure of this step leaves the run successful." });
+    if (secretTypes.includes(step.type) || step.secrets !== undefined) {
+      fs.push({ key: "secrets", type: "list", help: "Stored secrets the step receives as environment variables (only " + secretTypes.join(" and ") +
+        " steps; the pipeline's own secret of that name, else the global one; never shown in logs or the UI).", items: { type: "object", fields: [
+        { key: "name", type: "string", required: true, help: "The secret's name in the secret store." },
+        { key: "env", type: "string", help: "The environment variable it becomes (default: its name)." }] } });
+    }
     return fs;
   }
+
+  // The step types that may receive secrets (spec.SecretTypes).
+  const secretTypes = ["docker_run", "k8s_exec"];
+
+  // The pipeline's settings after its variables (pkg/spec's Pipeline;
+  // execution_mode is kept from the YAML, not offered).
+  const triggerFields = [
+    { key: "type", type: "enum", required: true, enum: ["webhook", "cron"], help: "webhook: a Git provider's push, tag or pull request; cron: a schedule." },
+    { key: "provider", type: "enum", enum: ["github", "gitlab", "gitea"], help: "The Git provider sending the webhook (webhook, required)." },
+    { key: "secret", type: "string", help: "Name of the webhook's secret in the secret store: the pipeline's own, else the global one (webhook; this or secret_env is required)." },
+    { key: "secret_env", type: "string", placeholder: "ANSFLOW_WEBHOOK_…", help: "Instead of secret: an environment variable of the pipeline service named ANSFLOW_WEBHOOK_… holding the webhook secret (webhook)." },
+    { key: "events", type: "list", items: { type: "enum", enum: ["push", "tag", "pull_request", "merge_request"] }, help: "Events that start a run (webhook; default: push)." },
+    { key: "branches", type: "list", items: { type: "string" }, help: "Branch globs a push or pull request must match, such as main or release/* (webhook; default: every branch)." },
+    { key: "tags", type: "list", items: { type: "string" }, help: "Tag globs a tag event must match (webhook; default: every tag)." },
+    { key: "paths", type: "list", items: { type: "string" }, help: "Path globs one changed file must match (webhook; default: any change)." },
+    { key: "pull_request", type: "object", help: "Which pull request events start a run (webhook).", fields: [
+      { key: "actions", type: "list", items: { type: "enum", enum: ["opened", "synchronize", "reopened", "closed", "merged", "edited", "ready_for_review"] },
+        help: "Actions that start a run (default: opened, synchronize, reopened)." },
+      { key: "forks", type: "enum", enum: ["approve", "ignore", "run"], default: "approve", help: "What a pull request from a fork does: wait for an operator's approval, be ignored, or run; never with secrets." }] },
+    { key: "schedule", type: "string", placeholder: "0 3 * * *", help: "A 5-field cron expression, in UTC (cron, required)." },
+    { key: "branch", type: "string", help: "The branch a scheduled run builds (cron)." },
+  ];
+  const pipelineFields = [
+    { key: "timeout", type: "duration", help: "How long a whole run may take, such as 30m or 2h (default: no limit)." },
+    { key: "concurrency", type: "integer", min: 0, help: "Runs of this pipeline active at once; more wait as queued, oldest first (0 or empty: no limit)." },
+    { key: "cancel_previous", type: "boolean", default: false, label: "cancel previous", help: "A new run cancels the active runs of the same pipeline and branch started before it." },
+    { key: "triggers", type: "list", items: { type: "object", fields: triggerFields }, help: "What starts the pipeline besides a manual trigger: a Git webhook or a schedule." },
+  ];
 
   function stepControl(step, i) {
     const t = typeOf(step.type);
@@ -564,6 +618,9 @@
     model.name, (v) => { model.name = v === undefined ? "" : v; }, "pipeline name", "pipeline.name"));
     frag.append(control({ key: "description", type: "string", help: "One line saying what the pipeline is for." }, model.description, (v) => { if (v === undefined) delete model.description; else model.description = v; }, "description", "pipeline.description"));
     frag.append(control({ key: "variables", type: "map", items: { type: "string" }, help: "Variables with their default values; a trigger may override them." }, model.variables, (v) => { if (v === undefined) delete model.variables; else model.variables = v; }, "variables", "pipeline.variables"));
+    for (const f of pipelineFields) {
+      frag.append(control(f, model[f.key], (v) => { if (v === undefined) delete model[f.key]; else model[f.key] = v; }, f.label || f.key, "pipeline." + f.key));
+    }
     const list = el("div", { id: "steps", class: "steps", "data-path": "pipeline.steps" }, el("h3", { text: "Steps" }));
     model.steps.forEach((s, i) => list.append(stepControl(s, i)));
     frag.append(list);
@@ -584,6 +641,7 @@
     frag.append(el("div", { class: "add-step" }, el("label", { for: "add-type", text: "New step of type" }), pick, add));
     frag.append(el("datalist", { id: "ed-registries" }, ...registries.map((r) => el("option", { value: r.name, label: r.url || r.id }))));
     frag.append(el("datalist", { id: "ed-clusters" }, ...clusters.map((c) => el("option", { value: c.name, label: c.context || c.id }))));
+    frag.append(el("datalist", { id: "ed-pools" }, ...pools.map((p) => el("option", { value: p }))));
     form.replaceChildren(frag);
   }
 
@@ -624,8 +682,8 @@
   // ---- start -------------------------------------------------------
   (async function start() {
     drawGutter();
-    const [t, regs, cls] = await Promise.all([
-      call("GET", "/api/v1/step-types"), call("GET", "/api/v1/registries"), call("GET", "/api/v1/clusters")]);
+    const [t, regs, cls, runners] = await Promise.all([
+      call("GET", "/api/v1/step-types"), call("GET", "/api/v1/registries"), call("GET", "/api/v1/clusters"), call("GET", "/api/v1/runners")]);
     if (!t.ok) {
       form.replaceChildren(el("p", { class: "error", text: "Could not load the step types: " + ((t.data && t.data.error) || t.status) }));
       return;
@@ -635,6 +693,8 @@
     // fields then take a typed name.
     registries = regs.ok ? regs.data : [];
     clusters = cls.ok ? cls.data : [];
+    // The docker pools the runners serve, for runs_on.
+    pools = runners.ok ? [...new Set(runners.data.filter((x) => x.kind === "docker").flatMap((x) => x.pools || []))].sort() : [];
     if (name) {
       await validate("yaml");
     } else {
