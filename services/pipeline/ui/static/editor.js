@@ -113,7 +113,7 @@
   }
 
   // The key orders of the spec (pkg/spec: Pipeline, Step and friends).
-  const pipelineKeys = ["name", "description", "execution_mode", "variables", "timeout", "concurrency", "cancel_previous", "triggers", "steps"];
+  const pipelineKeys = ["name", "description", "execution_mode", "variables", "timeout", "concurrency", "cancel_previous", "repository", "from_repository", "pipeline_file", "triggers", "steps"];
   const stepKeys = ["name", "type", "order", "needs", "runs_on", "docker_image", "docker_tag", "docker_registry", "docker_config",
     "k8s_cluster", "k8s_namespace", "k8s_resource_name", "k8s_config", "command", "conditions", "when", "timeout", "retry_policy",
     "continue_on_failure", "secrets"];
@@ -565,6 +565,9 @@
     { key: "timeout", type: "duration", help: "How long a whole run may take, such as 30m or 2h (default: no limit)." },
     { key: "concurrency", type: "integer", min: 0, help: "Runs of this pipeline active at once; more wait as queued, oldest first (0 or empty: no limit)." },
     { key: "cancel_previous", type: "boolean", default: false, label: "cancel previous", help: "A new run cancels the active runs of the same pipeline and branch started before it." },
+    { key: "repository", type: "string", placeholder: "https://git.example.com/team/app.git", help: "The Git repository runs clone when their trigger names none (cron, a manual trigger); a branch or tag is pinned to its commit when the run is created." },
+    { key: "from_repository", type: "boolean", default: false, label: "steps from the repository", help: "Take the steps, variables and timeout from pipeline_file in the repository at the run's commit." },
+    { key: "pipeline_file", type: "string", placeholder: ".ansflow.yml", help: "The file the steps come from, relative to the repository's root (with steps from the repository; default .ansflow.yml)." },
     { key: "triggers", type: "list", items: { type: "object", fields: triggerFields }, help: "What starts the pipeline besides a manual trigger: a Git webhook or a schedule." },
   ];
 
