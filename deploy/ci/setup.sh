@@ -7,7 +7,9 @@
 #     chromium and fonts-liberation (the web UI's browser tests);
 #   - PostgreSQL for the audit store (services/audit/ci/postgres.sh);
 #   - the local Kubernetes control plane (deploy/cluster/up.sh; its first
-#     build takes 15-30 minutes on 2 cores, then it is cached by version).
+#     build takes 15-30 minutes on 2 cores, then it is cached by version);
+#   - Gitea, the forge of the forge-loop tests (deploy/forge/gitea.sh; built
+#     once per version from the Go module proxy, then cached).
 # Progress goes to stderr; stdout carries only `export` lines.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,3 +40,6 @@ bash services/audit/ci/postgres.sh >&3
 echo "== local Kubernetes control plane"
 out=$(bash deploy/cluster/up.sh) || { echo "cluster failed to start" >&2; exit 1; }
 echo "$out" | tail -n 1 >&3
+
+echo "== Gitea (the forge-loop tests' forge)"
+bash deploy/forge/gitea.sh >&3
