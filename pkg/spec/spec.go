@@ -36,7 +36,10 @@ type Pipeline struct {
 	// pipeline and branch started before it.
 	CancelPrevious bool      `yaml:"cancel_previous,omitempty" json:"cancel_previous,omitempty"`
 	Triggers       []Trigger `yaml:"triggers,omitempty" json:"triggers,omitempty"`
-	Steps          []Step    `yaml:"steps" json:"steps"`
+	// Notify announces finished runs (package notify of the pipeline
+	// service); without rules the server-wide default applies.
+	Notify []NotifyRule `yaml:"notify,omitempty" json:"notify,omitempty"`
+	Steps  []Step       `yaml:"steps" json:"steps"`
 }
 
 // Step is one unit of work executed by a runner.

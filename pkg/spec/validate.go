@@ -104,6 +104,7 @@ func (p *parser) validate(pl *Pipeline) {
 	for i, t := range pl.Triggers {
 		p.validateTrigger(fmt.Sprintf("pipeline.triggers[%d]", i), &t)
 	}
+	p.validateNotify("pipeline.notify", pl.Notify)
 	if len(pl.Steps) == 0 {
 		p.add(p.line("pipeline.steps"), "pipeline.steps", "at least one step is required")
 		return
