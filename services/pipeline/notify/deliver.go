@@ -194,7 +194,11 @@ func sendMail(ctx context.Context, cfg SMTPConfig, password string, rcpts []stri
 			return smtpErr("AUTH", err)
 		}
 	}
-	if err := c.Mail(cfg.From); err != nil {
+	sender, err := mail.ParseAddress(cfg.From)
+	if err != nil {
+		return permanent("--smtp-from %q: %v", cfg.From, err)
+	}
+	if err := c.Mail(sender.Address); err != nil {
 		return smtpErr("MAIL FROM", err)
 	}
 	for _, r := range rcpts {

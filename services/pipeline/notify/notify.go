@@ -135,8 +135,8 @@ type Notifier struct {
 // publishes.
 const Source = "ansflow/pipeline"
 
-// auditSubject is where the audit events go (the API's actions' subject).
-const auditSubject = "ansflow.events.api.action._"
+// AuditSubject is where the audit events go (the API's actions' subject).
+const AuditSubject = "ansflow.events.api.action._"
 
 // Actor is the audit trail's name for the notifier.
 const Actor = "system:notify"
@@ -481,7 +481,7 @@ func (n *Notifier) audit(ctx context.Context, d delivery, desc string, attempt, 
 	e.SetSubject("run/" + d.msg.RunID)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := bus.Publish(ctx, n.js, auditSubject, e); err != nil {
+	if err := bus.Publish(ctx, n.js, AuditSubject, e); err != nil {
 		n.log.Warn("audit notification", zap.String("delivery", d.key), zap.Error(err))
 	}
 }
@@ -495,4 +495,31 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// Deliveries returns the delivery records of run id, by key
+// (<run>.<rule>.<target>: rule p<N> is the pipeline's N-th rule, d<N> the
+// server-wide default's).
+func (n *Notifier) Deliveries(ctx context.Context, id string) (map[string]Record, error) {
+	keys, err := n.kv.ListKeysFiltered(ctx, id+".>")
+	if err != nil {
+		return nil, fmt.Errorf("list deliveries of %s: %w", id, err)
+	}
+	defer keys.Stop()
+	out := map[string]Record{}
+	for k := range keys.Keys() {
+		e, err := n.kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read delivery %s: %w", k, err)
+		}
+		var r Record
+		if err := json.Unmarshal(e.Value(), &r); err != nil {
+			return nil, fmt.Errorf("delivery %s: %w", k, err)
+		}
+		out[k] = r
+	}
+	return out, nil
 }
