@@ -356,6 +356,9 @@ func (n *Notifier) deliver(ctx context.Context, d delivery) error {
 		actx, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
 		status, err := n.send(actx, d)
 		cancel()
+		if err != nil && ctx.Err() != nil {
+			return n.release(d, rev, ctx.Err())
+		}
 		outcome := "delivered"
 		if err != nil {
 			outcome = "error: " + err.Error()
@@ -372,7 +375,7 @@ func (n *Notifier) deliver(ctx context.Context, d delivery) error {
 			break
 		}
 		if err := n.sleep(ctx, n.backoff(attempt)); err != nil {
-			return err // shutting down: the claim lapses and the event comes back
+			return n.release(d, rev, err)
 		}
 	}
 	rec := Record{State: StateDelivered, Owner: n.owner, Attempts: min(attempt, n.cfg.Attempts), At: n.now().UTC()}
@@ -384,6 +387,18 @@ func (n *Notifier) deliver(ctx context.Context, d delivery) error {
 		n.log.Warn("record notification outcome", zap.String("delivery", d.key), zap.Error(err))
 	}
 	return nil
+}
+
+// release gives up this instance's claim of d when it shuts down, so that
+// the completion, which comes back to another instance, is delivered at
+// once instead of after the claim's TTL.
+func (n *Notifier) release(d delivery, rev uint64, cause error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.kv.Delete(ctx, d.key, jetstream.LastRevision(rev)); err != nil {
+		n.log.Warn("release notification claim", zap.String("delivery", d.key), zap.Error(err))
+	}
+	return fmt.Errorf("delivery %s interrupted: %w", d.key, cause)
 }
 
 // send makes one try of d.

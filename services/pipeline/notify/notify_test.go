@@ -264,6 +264,7 @@ type env struct {
 	n       *Notifier
 	secrets *secret.Store
 	logs    *observer.ObservedLogs
+	log     *zap.Logger
 	mu      sync.Mutex
 	audit   []event.Action
 }
@@ -273,6 +274,16 @@ func start(t *testing.T, cfg Config) *env {
 	e := &env{Env: pipelinetest.Start(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	e.init(t)
+	e.n = e.notifier(t, ctx, cfg)
+	return e
+}
+
+// init opens the secret store and records the notifier's audit events
+// and logs.
+func (e *env) init(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
 	kv, err := bus.EnsureKeyValue(ctx, e.NATS.JS, topology.MustBucket(topology.BucketSecrets, 1))
 	if err != nil {
 		t.Fatal(err)
@@ -300,22 +311,28 @@ func start(t *testing.T, cfg Config) *env {
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	core, logs := observer.New(zap.DebugLevel)
-	e.logs = logs
+	e.logs, e.log = logs, zap.New(core)
+}
+
+// notifier starts a notifier (an instance of the pipeline service's)
+// until ctx ends.
+func (e *env) notifier(t *testing.T, ctx context.Context, cfg Config) *Notifier {
+	t.Helper()
 	if cfg.Backoff == 0 {
 		cfg.Backoff = 50 * time.Millisecond
 	}
 	if cfg.ExternalURL == "" {
 		cfg.ExternalURL = "https://ci.example.com/"
 	}
-	e.n, err = New(ctx, cfg, e.NATS.JS, e.Svc.Store, SecretsFunc(func(ctx context.Context, pipeline, name string) (string, error) {
+	n, err := New(ctx, cfg, e.NATS.JS, e.Svc.Store, SecretsFunc(func(ctx context.Context, pipeline, name string) (string, error) {
 		_, v, err := e.secrets.Resolve(ctx, pipeline, name)
 		return string(v), err
-	}), zap.New(core))
+	}), e.log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = e.n.Run(ctx) }()
-	return e
+	go func() { _ = n.Run(ctx) }()
+	return n
 }
 
 func (e *env) setSecret(t *testing.T, pipeline, name, value string) {
@@ -763,4 +780,36 @@ func sorted(s []string) []string {
 		}
 	}
 	return out
+}
+
+// TestAnInstanceStoppingHandsTheDeliveryOver: an instance that stops
+// while it waits to retry gives its claim up, and another instance serving
+// the same consumer delivers the notification.
+func TestAnInstanceStoppingHandsTheDeliveryOver(t *testing.T) {
+	rc := newReceiver(t, hookSecret)
+	rc.fail = []int{500}
+	ctxA, stopA := context.WithCancel(context.Background())
+	defer stopA()
+	e := &env{Env: pipelinetest.Start(t)}
+	e.init(t)
+	e.n = e.notifier(t, ctxA, Config{Backoff: time.Hour})
+	e.setSecret(t, "", "HOOK", hookSecret)
+	e.apply(t, fmt.Sprintf(failingPipeline, rc.srv.URL))
+	r := e.run(t, "api", "", "main")
+	waitFor(t, "the first try", 10*time.Second, func() bool { return len(rc.received()) == 1 })
+	stopA()
+	waitFor(t, "the claim to be given up", 10*time.Second, func() bool {
+		recs, err := e.n.Deliveries(context.Background(), r.ID)
+		return err == nil && len(recs) == 0
+	})
+	ctxB, stopB := context.WithCancel(context.Background())
+	defer stopB()
+	b := e.notifier(t, ctxB, Config{})
+	waitFor(t, "the second instance's delivery", 15*time.Second, func() bool {
+		recs, err := b.Deliveries(context.Background(), r.ID)
+		return err == nil && recs[r.ID+".p0.0"].State == StateDelivered
+	})
+	if got := rc.received(); len(got) != 2 || got[1].payload.Data.RunID != r.ID {
+		t.Errorf("received %+v", got)
+	}
 }
