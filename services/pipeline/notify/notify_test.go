@@ -220,7 +220,10 @@ func (s *mailSession) Data(r io.Reader) error {
 func (s *mailSession) Reset()        { s.cur = mail{authned: s.cur.authned} }
 func (s *mailSession) Logout() error { return nil }
 
-func startMail(t *testing.T) *mailServer {
+func startMail(t *testing.T) *mailServer { return startMailTLS(t, true) }
+
+// startMailTLS starts the mail server, offering STARTTLS when withTLS.
+func startMailTLS(t *testing.T, withTLS bool) *mailServer {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -239,7 +242,11 @@ func startMail(t *testing.T) *mailServer {
 	ms.roots.AddCert(cert)
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) { return &mailSession{srv: ms, conn: c}, nil }))
 	srv.Domain = "localhost"
-	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	if withTLS {
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	} else {
+		srv.AllowInsecureAuth = true
+	}
 	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -812,4 +819,24 @@ func TestAnInstanceStoppingHandsTheDeliveryOver(t *testing.T) {
 	if got := rc.received(); len(got) != 2 || got[1].payload.Data.RunID != r.ID {
 		t.Errorf("received %+v", got)
 	}
+}
+
+// TestNoMailWithoutSTARTTLS: a relay that does not offer STARTTLS gets no
+// message and no password; the delivery fails at once, not retried.
+func TestNoMailWithoutSTARTTLS(t *testing.T) {
+	ms := startMailTLS(t, false)
+	e := start(t, Config{SMTP: SMTPConfig{Addr: ms.addr, From: "ci@example.com", Username: "ansflow", PasswordSecret: "SMTP_PASSWORD"}})
+	e.setSecret(t, "", "SMTP_PASSWORD", smtpPassword)
+	e.apply(t, "pipeline:\n  name: mailed\n  steps:\n    - name: a\n      type: docker_run\n      command: exit 1\n"+
+		"  notify:\n    - when: [always]\n      targets:\n        - type: email\n          to: [dev@example.com]\n")
+	r := e.run(t, "mailed", "", "main")
+	waitFor(t, "the email delivery to fail", 10*time.Second, func() bool { return e.deliveriesDone(r.ID, 1) })
+	rec := e.record(t, r.ID+".p0.0")
+	if rec.State != StateFailed || rec.Attempts != 1 || !strings.Contains(rec.Error, "does not offer STARTTLS") {
+		t.Errorf("record %+v", rec)
+	}
+	if n := len(ms.received()); n != 0 {
+		t.Errorf("%d mails sent in the clear", n)
+	}
+	e.noSecrets(t)
 }
