@@ -25,6 +25,7 @@ import (
 	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
 	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/login"
+	"github.com/ansflow/ansflow/services/pipeline/notify"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
 )
@@ -68,6 +69,9 @@ type stackConfig struct {
 	// SecretsOldKeyFile, when set, holds the previous secrets key, whose
 	// secrets are re-encrypted with the current one at start.
 	SecretsOldKeyFile string
+	// Notify configures notifications of finished runs (the external URL
+	// defaults to the API's address).
+	Notify notify.Config
 }
 
 // stack is the embedded AnsFlow: a nats-server and the services in one
@@ -231,7 +235,7 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 			orc.Clone.CAFile = cfg.CloneCA
 		}
 		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: orc, AdminToken: st.Token, TLS: cfg.TLS, Login: cfg.Login,
-			SecretsKey: key, SecretsOldKey: oldKey}, js, log)
+			SecretsKey: key, SecretsOldKey: oldKey, Notify: cfg.Notify}, js, log)
 		if err != nil {
 			ln.Close()
 			return fail(err)

@@ -151,6 +151,7 @@ func Permissions(pools topology.Pools) map[string]Perms {
 		p.PubAllow = append(p.PubAllow, readStream(s)...)
 	}
 	p.PubAllow = append(p.PubAllow, pullFrom(event.StreamEvents, topology.DurableOrchestrator)...)
+	p.PubAllow = append(p.PubAllow, pullFrom(event.StreamEvents, topology.DurableNotify)...)
 	p.PubAllow = append(p.PubAllow, pullFrom(event.StreamDLQ, topology.DurableDeadRequests)...)
 	for _, b := range topology.Buckets(1) {
 		p.PubAllow = append(p.PubAllow, readStream(topology.KVStream(b.Bucket))...)

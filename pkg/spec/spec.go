@@ -49,7 +49,10 @@ type Pipeline struct {
 	// repository's root (default [DefaultPipelineFile]).
 	PipelineFile string    `yaml:"pipeline_file,omitempty" json:"pipeline_file,omitempty"`
 	Triggers     []Trigger `yaml:"triggers,omitempty" json:"triggers,omitempty"`
-	Steps        []Step    `yaml:"steps" json:"steps"`
+	// Notify announces finished runs (package notify of the pipeline
+	// service); without rules the server-wide default applies.
+	Notify []NotifyRule `yaml:"notify,omitempty" json:"notify,omitempty"`
+	Steps  []Step       `yaml:"steps" json:"steps"`
 }
 
 // DefaultPipelineFile is the file a pipeline with from_repository reads

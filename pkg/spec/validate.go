@@ -116,6 +116,7 @@ func (p *parser) validate(pl *Pipeline) {
 			p.add(p.line("pipeline.pipeline_file"), "pipeline.pipeline_file", "%q: want a path inside the repository, such as .ansflow.yml", pl.PipelineFile)
 		}
 	}
+	p.validateNotify("pipeline.notify", pl.Notify)
 	if len(pl.Steps) == 0 {
 		if !pl.FromRepository {
 			p.add(p.line("pipeline.steps"), "pipeline.steps", "at least one step is required (or from_repository: true to take them from the repository)")

@@ -61,6 +61,10 @@ const (
 	// never a value (package secret). Only the pipeline service may read
 	// or write it.
 	BucketSecrets = "ansflow_secrets"
+	// BucketNotifications records each notification delivery of a run,
+	// by run, rule and target, so that a redelivered run completion does
+	// not notify twice (package notify of the pipeline service).
+	BucketNotifications = "ansflow_notifications"
 )
 
 // ObjectSources is the object store bucket holding uploaded sources.
@@ -83,6 +87,9 @@ const (
 	// the week, not forever. A rerun of an older uploaded run fails with
 	// an error saying its source expired.
 	SourcesTTL = 7 * 24 * time.Hour
+	// NotificationsTTL is how long a delivery record is kept: longer than
+	// the events stream keeps a run's completion.
+	NotificationsTTL = 31 * 24 * time.Hour
 )
 
 // Durable consumers of the pipeline service.
@@ -91,7 +98,15 @@ const (
 	DurableOrchestrator = "pipeline-orchestrator"
 	// DurableDeadRequests reads dead-lettered step requests.
 	DurableDeadRequests = "pipeline-dead-requests"
+	// DurableNotify reads run.completed events to send notifications.
+	DurableNotify = "pipeline-notify"
 )
+
+// NotifySubjects are the subjects the notifier's consumer reads.
+var NotifySubjects = []string{"ansflow.events.run.completed.*"}
+
+// NotifyAckWait is the ack wait of the notifier's consumer.
+const NotifyAckWait = 30 * time.Second
 
 // DefaultLease is a runner's default lease, which is its consumer's
 // AckWait; a runner started with another --lease against a provisioned
@@ -142,7 +157,7 @@ func Buckets(replicas int) []jetstream.KeyValueConfig {
 		kv(BucketSlots, 0), kv(BucketPipelines, 0), kv(BucketVersions, 0), kv(BucketRuns, 0),
 		kv(BucketCatalog, 0), kv(BucketCounters, 0),
 		kv(BucketTokens, 0), kv(BucketUsers, 0), kv(BucketSessions, SessionsTTL),
-		kv(BucketSecrets, 0),
+		kv(BucketSecrets, 0), kv(BucketNotifications, NotificationsTTL),
 	}
 }
 
@@ -228,6 +243,13 @@ func OrchestratorConsumer(concurrency int) Consumer {
 		[]string{"ansflow.events.step.started.*", "ansflow.events.step.completed.*"}, 0, concurrency, false)
 }
 
+// NotifyConsumer is the pipeline service's consumer of run completions,
+// for notifications. It starts at new messages: a deployment that gains
+// notifications does not announce every run the stream still holds.
+func NotifyConsumer(concurrency int) Consumer {
+	return WorkConsumer(event.StreamEvents, DurableNotify, NotifySubjects, NotifyAckWait, concurrency, true)
+}
+
 // DeadRequestsConsumer is the pipeline service's consumer of dead-lettered
 // step requests.
 func DeadRequestsConsumer() Consumer {
@@ -297,7 +319,7 @@ func Consumers(p Pools, lease time.Duration, auditLogs bool) []Consumer {
 	for _, c := range p.K8s {
 		out = append(out, RunnerConsumer(event.KindK8s, c, lease, 0))
 	}
-	out = append(out, OrchestratorConsumer(0), DeadRequestsConsumer())
+	out = append(out, OrchestratorConsumer(0), NotifyConsumer(0), DeadRequestsConsumer())
 	for _, s := range AuditStreams(auditLogs) {
 		out = append(out, AuditConsumer(DefaultAuditPrefix, s, 0, 0))
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/topology"
 	"github.com/ansflow/ansflow/services/pipeline/api"
 	"github.com/ansflow/ansflow/services/pipeline/login"
+	"github.com/ansflow/ansflow/services/pipeline/notify"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/schedule"
 	"github.com/ansflow/ansflow/services/pipeline/store"
@@ -53,6 +54,9 @@ type Config struct {
 	// SecretsOldKey, when set, is the previous secrets key: every secret
 	// still under it is re-encrypted with SecretsKey at start.
 	SecretsOldKey *secret.Key
+	// Notify configures notifications of finished runs; its ExternalURL
+	// defaults to the API's listen address.
+	Notify notify.Config
 }
 
 // Service is the running pipeline service.
@@ -71,6 +75,8 @@ type Service struct {
 	Cron  *schedule.Scheduler
 	// Secrets is the secret store, nil without [Config.SecretsKey].
 	Secrets *secret.Store
+	// Notifier announces finished runs.
+	Notifier *notify.Notifier
 }
 
 // New opens the streams and buckets and builds the service.
@@ -149,6 +155,23 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 			return string(value), nil
 		})
 	}
+	var notifySecrets notify.Secrets
+	if secrets != nil {
+		notifySecrets = notify.SecretsFunc(func(ctx context.Context, pipeline, name string) (string, error) {
+			_, value, err := secrets.Resolve(ctx, pipeline, name)
+			return string(value), err
+		})
+	}
+	if cfg.Notify.ExternalURL == "" {
+		cfg.Notify.ExternalURL = defaultExternalURL(cfg)
+	}
+	if cfg.Notify.Replicas == 0 {
+		cfg.Notify.Replicas = cfg.Replicas
+	}
+	notifier, err := notify.New(ctx, cfg.Notify, js, st, notifySecrets, log)
+	if err != nil {
+		return nil, err
+	}
 	a.Mount(lsvc.Routes()...)
 	pages, err := ui.New(st, orc, log)
 	if err != nil {
@@ -158,7 +181,20 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 	a.Mount(pages.Routes()...)
 	// Webhooks authenticate by their signatures.
 	a.Mount(auth.Route{Pattern: "POST /webhooks/{provider}/{pipeline}", Scope: auth.ScopePublic, Handler: hooks})
-	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched, Tokens: tokens, Login: lsvc, Secrets: secrets}, nil
+	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched, Tokens: tokens, Login: lsvc, Secrets: secrets, Notifier: notifier}, nil
+}
+
+// defaultExternalURL is the API's own address, for links in notifications
+// when no external URL is configured.
+func defaultExternalURL(cfg Config) string {
+	addr := cfg.HTTPAddr
+	if cfg.Listener != nil {
+		addr = cfg.Listener.Addr().String()
+	}
+	if cfg.TLS.Enabled() {
+		return "https://" + addr
+	}
+	return "http://" + addr
 }
 
 // Run serves the orchestrator and the HTTP API until ctx is done.
@@ -173,6 +209,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.Orc.Run(ctx) })
 	g.Go(func() error { return s.Cron.Run(ctx) })
+	g.Go(func() error { return s.Notifier.Run(ctx) })
 	g.Go(func() error { return httpserver.Serve(ctx, "pipeline API", ln, s.API, s.cfg.TLS, s.log) })
 	return g.Wait()
 }

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ansflow/ansflow/pkg/secret"
+	"github.com/ansflow/ansflow/pkg/spec"
+	"github.com/ansflow/ansflow/services/pipeline/notify"
+	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
+)
+
+// TestStackNotifiesWithTheServerDefault starts the embedded stack with the
+// notification flags (a default rules file and an external URL), runs a
+// pipeline without notify: rules that fails on the scripted engine, and
+// checks the default rule's signed webhook arrives with the run's link.
+func TestStackNotifiesWithTheServerDefault(t *testing.T) {
+	useScriptedEngines(t)
+	const hookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+	var mu sync.Mutex
+	var got []notify.Payload
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := notify.Verify(hookSecret, r.Header, body, time.Now(), time.Minute); err != nil {
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		}
+		var p notify.Payload
+		_ = json.Unmarshal(body, &p)
+		mu.Lock()
+		got = append(got, p)
+		mu.Unlock()
+	}))
+	defer rc.Close()
+	defaults := filepath.Join(t.TempDir(), "notify.yaml")
+	if err := os.WriteFile(defaults, fmt.Appendf(nil, "- when: [failure]\n  targets:\n    - type: webhook\n      url: %s/ci\n      secret: CI_HOOK\n", rc.URL), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	nf := notify.RegisterFlags(fs)
+	if err := fs.Parse([]string{"--notify-default-file", defaults, "--external-url", "https://ci.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	ncfg, err := nf.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := startStack(context.Background(), stackConfig{DataDir: t.TempDir(), NATSAddr: "off", Pipeline: true, DockerRunner: true, Notify: ncfg}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.stop)
+	ctx := context.Background()
+	if _, err := st.svc.Secrets.Set(ctx, secret.Scope{}, "CI_HOOK", []byte(hookSecret), secret.Filters{}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	yaml := "pipeline:\n  name: plain\n  steps:\n    - name: unit\n      type: docker_run\n      command: warn FAIL TestX; exit 1\n"
+	p, err := spec.Parse("plain.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.svc.Store.PutPipeline(ctx, p, yaml, "test"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := st.svc.Orc.Trigger(ctx, orchestrator.TriggerRequest{Pipeline: "plain", Git: orchestrator.GitInfo{Branch: "main", Commit: "feedface"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the default rule's notification", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) > 0, fmt.Sprintf("%d received", len(got))
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	d := got[0].Data
+	if d.RunID != r.ID || d.Status != "failed" || d.URL != "https://ci.example.com/runs/"+r.ID || d.Branch != "main" || d.Commit != "feedface" ||
+		len(d.FailedSteps) != 1 || !strings.Contains(d.FailedSteps[0].Stderr, "FAIL TestX") {
+		t.Errorf("payload %+v", d)
+	}
+}
+
+// TestNotifyFlagErrors: a bad default rules file is refused at start with
+// its file, line and field.
+func TestNotifyFlagErrors(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "notify.yaml")
+	if err := os.WriteFile(bad, []byte("- when: [failed]\n  targets: [{type: email, to: [a@b.c]}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--notify-default-file", bad}, bad + `:1: notify[0].when: "failed": want failure, success, recovery, change, always`},
+		{[]string{"--smtp-addr", "smtp.example.com:587"}, "--smtp-addr and --smtp-from go together"},
+		{[]string{"--smtp-addr", "smtp.example.com:587", "--smtp-from", "not an address"}, "--smtp-from"},
+		{[]string{"--smtp-username", "u"}, "--smtp-username and --smtp-password-secret go together"},
+	} {
+		fs := flag.NewFlagSet("up", flag.ContinueOnError)
+		nf := notify.RegisterFlags(fs)
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := nf.Config(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: got %v, want %q", c.args, err, c.want)
+		}
+	}
+}
