@@ -22,7 +22,7 @@ if ! cached; then
   trap 'rm -rf "$work"' EXIT
   cp -r "$src/." "$work/" && chmod -R u+w "$work"
   mkdir -p "$dir"
-  (cd "$work" && CGO_ENABLED=1 go build -trimpath -tags "$tags" \
+  (cd "$work" && CGO_ENABLED=1 go build -tags "$tags" \
     -ldflags "-s -w -X main.Version=${GITEA_VERSION#v}" -o "$dir/gitea.new" .)
   rm -rf "$dir/templates" "$dir/options"
   cp -r "$work/templates" "$work/options" "$dir/"
