@@ -48,6 +48,7 @@ func TestEveryConsumerHasExactlyItsReaders(t *testing.T) {
 		topology.RunnerDurable(event.KindK8s, "c1"):   natsauth.K8sIdentity("c1"),
 		topology.DurableOrchestrator:                  natsauth.Pipeline,
 		topology.DurableDeadRequests:                  natsauth.Pipeline,
+		topology.DurableForgeStatus:                   natsauth.Pipeline,
 	}
 	for _, c := range topology.Consumers(pools, 0, true) {
 		want, ok := owner[c.Config.Durable]

@@ -36,7 +36,22 @@ type Pipeline struct {
 	// pipeline and branch started before it.
 	CancelPrevious bool      `yaml:"cancel_previous,omitempty" json:"cancel_previous,omitempty"`
 	Triggers       []Trigger `yaml:"triggers,omitempty" json:"triggers,omitempty"`
-	Steps          []Step    `yaml:"steps" json:"steps"`
+	// Status configures the commit statuses posted back to the forge for
+	// runs started by its webhooks (nil: the server's defaults).
+	Status *CommitStatus `yaml:"status,omitempty" json:"status,omitempty"`
+	Steps  []Step        `yaml:"steps" json:"steps"`
+}
+
+// CommitStatus configures the commit statuses of a pipeline's webhook runs.
+type CommitStatus struct {
+	// Disabled posts no status for this pipeline's runs.
+	Disabled bool `yaml:"disabled,omitempty" json:"disabled,omitempty"`
+	// Steps posts one status per step as well as the run's (nil: the
+	// server's default).
+	Steps *bool `yaml:"steps,omitempty" json:"steps,omitempty"`
+	// TokenSecret names the stored secret (the pipeline's, else the global
+	// one) holding the forge API token (empty: the server's setting).
+	TokenSecret string `yaml:"token_secret,omitempty" json:"token_secret,omitempty"`
 }
 
 // Step is one unit of work executed by a runner.

@@ -61,6 +61,10 @@ const (
 	// never a value (package secret). Only the pipeline service may read
 	// or write it.
 	BucketSecrets = "ansflow_secrets"
+	// BucketForgeStatus holds the last commit status posted to a forge per
+	// run and status context, so a redelivered event never posts an older
+	// state after a newer one.
+	BucketForgeStatus = "ansflow_forge_status"
 )
 
 // ObjectSources is the object store bucket holding uploaded sources.
@@ -83,6 +87,10 @@ const (
 	// the week, not forever. A rerun of an older uploaded run fails with
 	// an error saying its source expired.
 	SourcesTTL = 7 * 24 * time.Hour
+	// ForgeStatusTTL is how long the forge status bucket remembers what
+	// was posted for a run: longer than the events stream keeps the events
+	// that could be redelivered.
+	ForgeStatusTTL = 31 * 24 * time.Hour
 )
 
 // Durable consumers of the pipeline service.
@@ -91,6 +99,9 @@ const (
 	DurableOrchestrator = "pipeline-orchestrator"
 	// DurableDeadRequests reads dead-lettered step requests.
 	DurableDeadRequests = "pipeline-dead-requests"
+	// DurableForgeStatus reads run.created, step.completed and
+	// run.completed events to post commit statuses to forges.
+	DurableForgeStatus = "pipeline-forge-status"
 )
 
 // DefaultLease is a runner's default lease, which is its consumer's
@@ -142,7 +153,7 @@ func Buckets(replicas int) []jetstream.KeyValueConfig {
 		kv(BucketSlots, 0), kv(BucketPipelines, 0), kv(BucketVersions, 0), kv(BucketRuns, 0),
 		kv(BucketCatalog, 0), kv(BucketCounters, 0),
 		kv(BucketTokens, 0), kv(BucketUsers, 0), kv(BucketSessions, SessionsTTL),
-		kv(BucketSecrets, 0),
+		kv(BucketSecrets, 0), kv(BucketForgeStatus, ForgeStatusTTL),
 	}
 }
 
@@ -228,6 +239,15 @@ func OrchestratorConsumer(concurrency int) Consumer {
 		[]string{"ansflow.events.step.started.*", "ansflow.events.step.completed.*"}, 0, concurrency, false)
 }
 
+// ForgeStatusSubjects are the events the forge status consumer reads.
+var ForgeStatusSubjects = []string{"ansflow.events.run.created.*", "ansflow.events.step.completed.*", "ansflow.events.run.completed.*"}
+
+// ForgeStatusConsumer is the pipeline service's consumer of the run events
+// that commit statuses follow.
+func ForgeStatusConsumer(concurrency int) Consumer {
+	return WorkConsumer(event.StreamEvents, DurableForgeStatus, ForgeStatusSubjects, 0, concurrency, false)
+}
+
 // DeadRequestsConsumer is the pipeline service's consumer of dead-lettered
 // step requests.
 func DeadRequestsConsumer() Consumer {
@@ -297,7 +317,7 @@ func Consumers(p Pools, lease time.Duration, auditLogs bool) []Consumer {
 	for _, c := range p.K8s {
 		out = append(out, RunnerConsumer(event.KindK8s, c, lease, 0))
 	}
-	out = append(out, OrchestratorConsumer(0), DeadRequestsConsumer())
+	out = append(out, OrchestratorConsumer(0), DeadRequestsConsumer(), ForgeStatusConsumer(0))
 	for _, s := range AuditStreams(auditLogs) {
 		out = append(out, AuditConsumer(DefaultAuditPrefix, s, 0, 0))
 	}
