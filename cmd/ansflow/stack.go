@@ -24,6 +24,7 @@ import (
 	auditstore "github.com/ansflow/ansflow/services/audit/store"
 	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
 	"github.com/ansflow/ansflow/services/pipeline/api"
+	"github.com/ansflow/ansflow/services/pipeline/forge"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
@@ -49,6 +50,9 @@ type stackConfig struct {
 	TLS httpserver.TLS
 	// Login configures human login.
 	Login login.Config
+	// Forge configures commit statuses; an empty ExternalURL means the
+	// API's own URL.
+	Forge forge.Config
 	// DockerPolicy is the embedded docker runner's policy (strict when
 	// zero).
 	DockerPolicy dockerpolicy.Policy
@@ -221,8 +225,15 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 				return fail(err)
 			}
 		}
+		if cfg.Forge.ExternalURL == "" {
+			scheme := "http://"
+			if cfg.TLS.Enabled() {
+				scheme = "https://"
+			}
+			cfg.Forge.ExternalURL = scheme + ln.Addr().String()
+		}
 		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: cfg.Orchestrator, AdminToken: st.Token, TLS: cfg.TLS, Login: cfg.Login,
-			SecretsKey: key, SecretsOldKey: oldKey}, js, log)
+			SecretsKey: key, SecretsOldKey: oldKey, Forge: cfg.Forge}, js, log)
 		if err != nil {
 			ln.Close()
 			return fail(err)

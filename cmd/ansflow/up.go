@@ -10,6 +10,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/logging"
 	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
+	"github.com/ansflow/ansflow/services/pipeline/forge"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 )
 
@@ -33,6 +34,7 @@ func cmdUp(ctx context.Context, args []string) error {
 	fs.StringVar(&tlsCfg.CertFile, "tls-cert", os.Getenv("ANSFLOW_TLS_CERT"), "serve the API and webhooks over HTTPS with this certificate (PEM)")
 	fs.StringVar(&tlsCfg.KeyFile, "tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM)")
 	loginCfg := login.RegisterFlags(fs)
+	forgeCfg := forge.RegisterFlags(fs)
 	keyFile := fs.String("secrets-key-file", os.Getenv("ANSFLOW_SECRETS_KEY_FILE"), "the secret store's key (32 bytes, base64); default DATA_DIR/secrets.key, made on first start")
 	oldKeyFile := fs.String("secrets-old-key-file", "", "the previous secrets key, when rotating it: its secrets are re-encrypted with the current key at start")
 	identityFile := fs.String("secrets-identity", os.Getenv("ANSFLOW_SECRETS_IDENTITY"), "the embedded runners' secrets identity; default DATA_DIR/secrets.identity, made on first start")
@@ -52,7 +54,7 @@ func cmdUp(ctx context.Context, args []string) error {
 	}
 	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config, DockerPolicy: pol,
 		DockerRunner: !*noRunners && !*noDocker, K8sRunner: !*noRunners && !*noK8s, Audit: !*noAudit, Pipeline: !*noPipeline,
-		Concurrency: *concurrency, AllowLocalClone: *allowLocalClone, TLS: tlsCfg, Login: *loginCfg, KubeContext: *kubeContext,
+		Concurrency: *concurrency, AllowLocalClone: *allowLocalClone, TLS: tlsCfg, Login: *loginCfg, Forge: *forgeCfg, KubeContext: *kubeContext,
 		SecretsKeyFile: *keyFile, SecretsIdentityFile: *identityFile, SecretsOldKeyFile: *oldKeyFile}, log)
 	if err != nil {
 		return err

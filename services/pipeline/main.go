@@ -20,6 +20,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/pkg/secret"
+	"github.com/ansflow/ansflow/services/pipeline/forge"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
@@ -60,6 +61,7 @@ func run(ctx context.Context) error {
 	flag.Var(&poolKeys, "pool-secrets-key", "KIND/POOL=PUBLIC_KEY: seal that pool's secrets to this key only, not to the keys its runners announce (repeatable; 'ansflow secrets identity FILE' prints a key)")
 	level := flag.String("log-level", env("ANSFLOW_LOG_LEVEL", "info"), "log level")
 	loginCfg := login.RegisterFlags(flag.CommandLine)
+	forgeCfg := forge.RegisterFlags(flag.CommandLine)
 	flag.Parse()
 	adminToken, err := readAdminToken(*adminTokenFile)
 	if err != nil {
@@ -99,7 +101,7 @@ func run(ctx context.Context) error {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
 	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, AdminToken: adminToken, SecretsKey: secretsKey, SecretsOldKey: oldKey,
-		TLS: httpserver.TLS{CertFile: *tlsCert, KeyFile: *tlsKey}, Login: *loginCfg,
+		TLS: httpserver.TLS{CertFile: *tlsCert, KeyFile: *tlsKey}, Login: *loginCfg, Forge: *forgeCfg,
 		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, PoolKeys: poolKeys.keys, Policy: orchestrator.Policy{
 			NoRunnerTimeout: *noRunner, StepTimeout: *stepTimeout, RunTimeout: *runTimeout}}}, js, log)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/topology"
 	"github.com/ansflow/ansflow/services/pipeline/api"
+	"github.com/ansflow/ansflow/services/pipeline/forge"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/schedule"
@@ -53,6 +54,9 @@ type Config struct {
 	// SecretsOldKey, when set, is the previous secrets key: every secret
 	// still under it is re-encrypted with SecretsKey at start.
 	SecretsOldKey *secret.Key
+	// Forge configures the commit statuses posted back to forges for
+	// webhook runs (docs/forges.md); its Replicas default to Replicas.
+	Forge forge.Config
 }
 
 // Service is the running pipeline service.
@@ -71,6 +75,8 @@ type Service struct {
 	Cron  *schedule.Scheduler
 	// Secrets is the secret store, nil without [Config.SecretsKey].
 	Secrets *secret.Store
+	// Forge posts commit statuses of webhook runs.
+	Forge *forge.Reporter
 }
 
 // New opens the streams and buckets and builds the service.
@@ -149,6 +155,17 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 			return string(value), nil
 		})
 	}
+	if cfg.Forge.Replicas == 0 {
+		cfg.Forge.Replicas = cfg.Replicas
+	}
+	var forgeTokens forge.Tokens
+	if secrets != nil {
+		forgeTokens = secrets
+	}
+	statuses, err := forge.New(ctx, cfg.Forge, js, st, forgeTokens, log)
+	if err != nil {
+		return nil, fmt.Errorf("forge statuses: %w", err)
+	}
 	a.Mount(lsvc.Routes()...)
 	pages, err := ui.New(st, orc, log)
 	if err != nil {
@@ -158,7 +175,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 	a.Mount(pages.Routes()...)
 	// Webhooks authenticate by their signatures.
 	a.Mount(auth.Route{Pattern: "POST /webhooks/{provider}/{pipeline}", Scope: auth.ScopePublic, Handler: hooks})
-	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched, Tokens: tokens, Login: lsvc, Secrets: secrets}, nil
+	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched, Tokens: tokens, Login: lsvc, Secrets: secrets, Forge: statuses}, nil
 }
 
 // Run serves the orchestrator and the HTTP API until ctx is done.
@@ -173,6 +190,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.Orc.Run(ctx) })
 	g.Go(func() error { return s.Cron.Run(ctx) })
+	g.Go(func() error { return s.Forge.Run(ctx) })
 	g.Go(func() error { return httpserver.Serve(ctx, "pipeline API", ln, s.API, s.cfg.TLS, s.log) })
 	return g.Wait()
 }
