@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
@@ -167,6 +168,37 @@ type Reporter struct {
 	tokens Tokens
 	log    *zap.Logger
 	cc     bus.ConsumerConfig
+
+	mu    sync.Mutex
+	locks map[string]*runLock
+}
+
+// runLock serialises the handling of one run's events in this instance,
+// so each reads the run after the previous one posted; instances order
+// their posts through the status bucket.
+type runLock struct {
+	sync.Mutex
+	users int
+}
+
+func (r *Reporter) lockRun(id string) func() {
+	r.mu.Lock()
+	l, ok := r.locks[id]
+	if !ok {
+		l = &runLock{}
+		r.locks[id] = l
+	}
+	l.users++
+	r.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		r.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(r.locks, id)
+		}
+		r.mu.Unlock()
+	}
 }
 
 // New opens the status bucket and the durable consumer. tokens may be nil
@@ -188,7 +220,8 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, runs Runs, tok
 	if _, err := bus.EnsureConsumer(ctx, js, cc); err != nil {
 		return nil, err
 	}
-	return &Reporter{cfg: cfg, js: js, kv: kv, runs: runs, tokens: tokens, log: log.Named("forge"), cc: cc}, nil
+	return &Reporter{cfg: cfg, js: js, kv: kv, runs: runs, tokens: tokens, log: log.Named("forge"), cc: cc,
+		locks: map[string]*runLock{}}, nil
 }
 
 // Run consumes run events until ctx is done.
@@ -211,6 +244,7 @@ func (r *Reporter) handle(ctx context.Context, e cloudevents.Event) error {
 	if d.RunID == "" {
 		return bus.Permanent(fmt.Errorf("%s %s names no run", e.Type(), e.ID()))
 	}
+	defer r.lockRun(d.RunID)()
 	run, err := r.runs.GetRun(ctx, d.RunID)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
