@@ -243,9 +243,10 @@ func OrchestratorConsumer(concurrency int) Consumer {
 var ForgeStatusSubjects = []string{"ansflow.events.run.created.*", "ansflow.events.step.completed.*", "ansflow.events.run.completed.*"}
 
 // ForgeStatusConsumer is the pipeline service's consumer of the run events
-// that commit statuses follow.
+// that commit statuses follow. It starts at new events: a deployment that
+// gains it does not post statuses for the runs of the stream's past.
 func ForgeStatusConsumer(concurrency int) Consumer {
-	return WorkConsumer(event.StreamEvents, DurableForgeStatus, ForgeStatusSubjects, 0, concurrency, false)
+	return WorkConsumer(event.StreamEvents, DurableForgeStatus, ForgeStatusSubjects, 0, concurrency, true)
 }
 
 // DeadRequestsConsumer is the pipeline service's consumer of dead-lettered

@@ -72,7 +72,8 @@ type Config struct {
 	Concurrency int
 	// Replicas of the status bucket (default 1).
 	Replicas int
-	// HTTPClient makes the calls (default: a client with CallTimeout).
+	// HTTPClient makes the calls (default: a client with CallTimeout that
+	// follows no redirect).
 	HTTPClient *http.Client
 }
 
@@ -99,7 +100,10 @@ func (c *Config) defaults() {
 		c.Concurrency = 4
 	}
 	if c.HTTPClient == nil {
-		c.HTTPClient = &http.Client{Timeout: c.CallTimeout}
+		// No redirects: GitLab's PRIVATE-TOKEN header would follow one to
+		// another host.
+		c.HTTPClient = &http.Client{Timeout: c.CallTimeout,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 }
 
@@ -215,7 +219,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, runs Runs, tok
 	}
 	c := topology.ForgeStatusConsumer(cfg.Concurrency)
 	cc := bus.ConsumerConfig{Stream: c.Stream, Durable: c.Config.Durable, FilterSubjects: c.Config.FilterSubjects,
-		Concurrency: cfg.Concurrency, DeliverNew: true, MaxDeliver: 5}
+		Concurrency: cfg.Concurrency, DeliverNew: c.Config.DeliverPolicy == jetstream.DeliverNewPolicy, MaxDeliver: 5}
 	// Made now, so that no run created after New returns is missed.
 	if _, err := bus.EnsureConsumer(ctx, js, cc); err != nil {
 		return nil, err
