@@ -16,7 +16,7 @@ func TestCommitStatusSettings(t *testing.T) {
 	}
 	for yaml, want := range map[string]string{
 		"  status:\n    token_secret: \"a b\"\n": `f.yaml:7: pipeline.status.token_secret: "a b": want a secret name`,
-		"  status:\n    step: true\n":           `f.yaml:7: pipeline.status.step: unknown field`,
+		"  status:\n    step: true\n":            `f.yaml:7: pipeline.status.step: unknown field`,
 	} {
 		if _, err := Parse("f.yaml", []byte(head+yaml)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: %v, want %q", yaml, err, want)
