@@ -516,8 +516,37 @@ func (r *Reporter) setter(ctx context.Context, run *store.Run) (Setter, error) {
 	if api == "" {
 		api = run.Trigger.Repo.APIURL
 	}
-	return NewSetter(run.Trigger.Provider, api, strings.TrimSpace(string(token)), r.cfg.HTTPClient)
+	s, err := NewSetter(run.Trigger.Provider, api, strings.TrimSpace(string(token)), r.cfg.HTTPClient)
+	if err != nil {
+		return nil, err
+	}
+	return redacting{s: s, token: strings.TrimSpace(string(token))}, nil
 }
+
+// redacting is a Setter whose errors never show its token, whatever a
+// client or a forge puts in them.
+type redacting struct {
+	s     Setter
+	token string
+}
+
+func (r redacting) SetStatus(ctx context.Context, repo apiv1.ForgeRepo, sha string, st Status) error {
+	err := r.s.SetStatus(ctx, repo, sha, st)
+	if err == nil || r.token == "" || !strings.Contains(err.Error(), r.token) {
+		return err
+	}
+	return &redactedError{msg: strings.ReplaceAll(err.Error(), r.token, "[redacted]"), err: err}
+}
+
+// redactedError is an error with the token cut out of its message; it
+// still unwraps to the original for [Retryable].
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
 
 // post calls setter for st with bounded retries and records the outcome
 // in the bucket and the audit trail.

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
@@ -77,12 +79,18 @@ func (f *fixture) trigger(t *testing.T, pipeline, provider string) *store.Run {
 // [fixture.approve].
 func (f *fixture) triggerHeld(t *testing.T, pipeline, provider string, hold bool) *store.Run {
 	t.Helper()
+	return f.start(t, pipeline, provider, sha, hold)
+}
+
+// start triggers a webhook run of commit.
+func (f *fixture) start(t *testing.T, pipeline, provider, commit string, hold bool) *store.Run {
+	t.Helper()
 	var approval *apiv1.Approval
 	if hold {
 		approval = &apiv1.Approval{Reason: "held by the test"}
 	}
 	r, err := f.env.Svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: pipeline, Approval: approval,
-		Git: orchestrator.GitInfo{Commit: sha, Branch: "main", Untrusted: true},
+		Git: orchestrator.GitInfo{Commit: commit, Branch: "main", Untrusted: true},
 		Trigger: apiv1.Trigger{Kind: "webhook", Provider: provider, Delivery: "d-" + provider, Event: "push",
 			Repo: &apiv1.ForgeRepo{APIURL: f.rc.URL(), Owner: "octo", Name: "hello", ProjectID: 7}}})
 	if err != nil {
@@ -457,5 +465,56 @@ func TestGitHubDeliveryEndsInCommitStatuses(t *testing.T) {
 		if c.Path != "/repos/octo/hello/statuses/"+sha || c.Header.Get("Authorization") != "Bearer "+forgeToken {
 			t.Errorf("call %s %s", c.Method, c.Path)
 		}
+	}
+}
+
+// Two pipeline service instances' reporters share the consumer: every run
+// still ends with its final states last, whichever instance handled which
+// event. (Across instances a pending call overtaken in flight by a later
+// state's may land between two posts of that state; the last one is the
+// final state, which is what this checks.)
+func TestTwoInstancesShareTheStatuses(t *testing.T) {
+	f := setup(t, true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	second, err := forge.New(ctx, forge.Config{ExternalURL: "https://ci.example/", Steps: true, Attempts: 3,
+		Backoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}, f.env.NATS.JS, f.env.Svc.Store, f.env.Svc.Secrets, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = second.Run(ctx) }()
+	f.apply(t, fmt.Sprintf(twoSteps, "echo ok"))
+	const runs = 6
+	var ids []string
+	for i := range runs {
+		commit := fmt.Sprintf("%040x", i+1)
+		r := f.start(t, "app", "gitea", commit, false)
+		ids = append(ids, r.ID)
+	}
+	for _, id := range ids {
+		f.waitRun(t, id)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		byCommit := map[string][]call{}
+		for _, c := range f.rc.Calls() {
+			byCommit[c.Path] = append(byCommit[c.Path], c)
+		}
+		done := len(byCommit) == runs
+		for _, calls := range byCommit {
+			got := states(calls)
+			for _, c := range []string{"ansflow/app", "ansflow/app/build", "ansflow/app/test"} {
+				if l := got[c]; len(l) == 0 || l[len(l)-1] != "success" {
+					done = false
+				}
+			}
+		}
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("statuses of %d commits: %v", len(byCommit), byCommit)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
