@@ -24,6 +24,7 @@ import (
 	auditstore "github.com/ansflow/ansflow/services/audit/store"
 	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
 	"github.com/ansflow/ansflow/services/pipeline/api"
+	"github.com/ansflow/ansflow/services/pipeline/forge"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/notify"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
@@ -54,6 +55,8 @@ type stackConfig struct {
 	TLS httpserver.TLS
 	// Login configures human login.
 	Login login.Config
+	// Forge configures commit statuses.
+	Forge forge.Config
 	// DockerPolicy is the embedded docker runner's policy (strict when
 	// zero).
 	DockerPolicy dockerpolicy.Policy
@@ -69,9 +72,11 @@ type stackConfig struct {
 	// SecretsOldKeyFile, when set, holds the previous secrets key, whose
 	// secrets are re-encrypted with the current one at start.
 	SecretsOldKeyFile string
-	// Notify configures notifications of finished runs (the external URL
-	// defaults to the API's address).
+	// Notify configures notifications of finished runs.
 	Notify notify.Config
+	// ExternalURL is the API's address as users reach it, which
+	// notifications and commit statuses link to (default: the API's own).
+	ExternalURL string
 }
 
 // stack is the embedded AnsFlow: a nats-server and the services in one
@@ -235,7 +240,7 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 			orc.Clone.CAFile = cfg.CloneCA
 		}
 		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: orc, AdminToken: st.Token, TLS: cfg.TLS, Login: cfg.Login,
-			SecretsKey: key, SecretsOldKey: oldKey, Notify: cfg.Notify}, js, log)
+			SecretsKey: key, SecretsOldKey: oldKey, Notify: cfg.Notify, Forge: cfg.Forge, ExternalURL: cfg.ExternalURL}, js, log)
 		if err != nil {
 			ln.Close()
 			return fail(err)

@@ -10,6 +10,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/logging"
 	dockerpolicy "github.com/ansflow/ansflow/services/docker-runner/policy"
+	"github.com/ansflow/ansflow/services/pipeline/forge"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/notify"
 )
@@ -36,6 +37,8 @@ func cmdUp(ctx context.Context, args []string) error {
 	fs.StringVar(&tlsCfg.KeyFile, "tls-key", os.Getenv("ANSFLOW_TLS_KEY"), "the certificate's key (PEM)")
 	loginCfg := login.RegisterFlags(fs)
 	notifyFlags := notify.RegisterFlags(fs)
+	forgeCfg := forge.RegisterFlags(fs)
+	externalURL := fs.String("external-url", os.Getenv("ANSFLOW_EXTERNAL_URL"), "the server's URL as users reach it; notifications and commit statuses link to URL/runs/ID (default: the API's address; env ANSFLOW_EXTERNAL_URL)")
 	keyFile := fs.String("secrets-key-file", os.Getenv("ANSFLOW_SECRETS_KEY_FILE"), "the secret store's key (32 bytes, base64); default DATA_DIR/secrets.key, made on first start")
 	oldKeyFile := fs.String("secrets-old-key-file", "", "the previous secrets key, when rotating it: its secrets are re-encrypted with the current key at start")
 	identityFile := fs.String("secrets-identity", os.Getenv("ANSFLOW_SECRETS_IDENTITY"), "the embedded runners' secrets identity; default DATA_DIR/secrets.identity, made on first start")
@@ -60,7 +63,7 @@ func cmdUp(ctx context.Context, args []string) error {
 	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config, DockerPolicy: pol,
 		DockerRunner: !*noRunners && !*noDocker, K8sRunner: !*noRunners && !*noK8s, Audit: !*noAudit, Pipeline: !*noPipeline,
 		Concurrency: *concurrency, AllowLocalClone: *allowLocalClone, CloneCA: *cloneCA, TLS: tlsCfg, Login: *loginCfg, KubeContext: *kubeContext,
-		SecretsKeyFile: *keyFile, SecretsIdentityFile: *identityFile, SecretsOldKeyFile: *oldKeyFile, Notify: notifyCfg}, log)
+		SecretsKeyFile: *keyFile, SecretsIdentityFile: *identityFile, SecretsOldKeyFile: *oldKeyFile, Notify: notifyCfg, Forge: *forgeCfg, ExternalURL: *externalURL}, log)
 	if err != nil {
 		return err
 	}

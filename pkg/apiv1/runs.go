@@ -89,7 +89,29 @@ type Trigger struct {
 	// Fork marks a run of a pull request from a fork: it gets no secret
 	// whose filters do not allow forks.
 	Fork bool `json:"fork,omitempty"`
+	// Repo is the forge repository a webhook's payload named, which the
+	// run's commit statuses are posted to.
+	Repo *ForgeRepo `json:"repo,omitempty"`
 }
+
+// ForgeRepo names a repository on a forge as its webhook payload gave it.
+// All of it is untrusted input, read from a signed delivery.
+type ForgeRepo struct {
+	// APIURL is the forge's base URL as the payload gave it: GitHub's REST
+	// API root (https://api.github.com/, or https://HOST/api/v3/ for
+	// GitHub Enterprise), or the instance's web root for GitLab and Gitea
+	// (https://gitlab.com/, http://gitea.local:3000/).
+	APIURL string `json:"api_url,omitempty"`
+	// Owner and Name are the repository's owner (user, organisation or
+	// GitLab namespace path) and name.
+	Owner string `json:"owner,omitempty"`
+	Name  string `json:"name,omitempty"`
+	// ProjectID is a GitLab project's numeric id.
+	ProjectID int64 `json:"project_id,omitempty"`
+}
+
+// FullName is owner/name.
+func (r *ForgeRepo) FullName() string { return r.Owner + "/" + r.Name }
 
 // Source locates the run's source tree for runners.
 type Source struct {

@@ -153,6 +153,7 @@ func Permissions(pools topology.Pools) map[string]Perms {
 	p.PubAllow = append(p.PubAllow, pullFrom(event.StreamEvents, topology.DurableOrchestrator)...)
 	p.PubAllow = append(p.PubAllow, pullFrom(event.StreamEvents, topology.DurableNotify)...)
 	p.PubAllow = append(p.PubAllow, pullFrom(event.StreamDLQ, topology.DurableDeadRequests)...)
+	p.PubAllow = append(p.PubAllow, pullFrom(event.StreamEvents, topology.DurableForgeStatus)...)
 	for _, b := range topology.Buckets(1) {
 		p.PubAllow = append(p.PubAllow, readStream(topology.KVStream(b.Bucket))...)
 		p.PubAllow = append(p.PubAllow, writeKV(b.Bucket)...)

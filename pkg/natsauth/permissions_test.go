@@ -49,6 +49,7 @@ func TestEveryConsumerHasExactlyItsReaders(t *testing.T) {
 		topology.DurableOrchestrator:                  natsauth.Pipeline,
 		topology.DurableDeadRequests:                  natsauth.Pipeline,
 		topology.DurableNotify:                        natsauth.Pipeline,
+		topology.DurableForgeStatus:                   natsauth.Pipeline,
 	}
 	for _, c := range topology.Consumers(pools, 0, true) {
 		want, ok := owner[c.Config.Durable]

@@ -52,7 +52,10 @@ type Pipeline struct {
 	// Notify announces finished runs (package notify of the pipeline
 	// service); without rules the server-wide default applies.
 	Notify []NotifyRule `yaml:"notify,omitempty" json:"notify,omitempty"`
-	Steps  []Step       `yaml:"steps" json:"steps"`
+	// Status configures the commit statuses posted back to the forge for
+	// runs started by its webhooks (nil: the server's defaults).
+	Status *CommitStatus `yaml:"status,omitempty" json:"status,omitempty"`
+	Steps  []Step        `yaml:"steps" json:"steps"`
 }
 
 // DefaultPipelineFile is the file a pipeline with from_repository reads
@@ -65,6 +68,18 @@ func (p *Pipeline) File() string {
 		return p.PipelineFile
 	}
 	return DefaultPipelineFile
+}
+
+// CommitStatus configures the commit statuses of a pipeline's webhook runs.
+type CommitStatus struct {
+	// Disabled posts no status for this pipeline's runs.
+	Disabled bool `yaml:"disabled,omitempty" json:"disabled,omitempty"`
+	// Steps posts one status per step as well as the run's (nil: the
+	// server's default).
+	Steps *bool `yaml:"steps,omitempty" json:"steps,omitempty"`
+	// TokenSecret names the stored secret (the pipeline's, else the global
+	// one) holding the forge API token (empty: the server's setting).
+	TokenSecret string `yaml:"token_secret,omitempty" json:"token_secret,omitempty"`
 }
 
 // Step is one unit of work executed by a runner.

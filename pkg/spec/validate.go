@@ -101,6 +101,10 @@ func (p *parser) validate(pl *Pipeline) {
 	if pl.Concurrency < 0 {
 		p.add(p.line("pipeline.concurrency"), "pipeline.concurrency", "%d: want 0 (no limit) or more", pl.Concurrency)
 	}
+	if st := pl.Status; st != nil && st.TokenSecret != "" && !triggerSecretName.MatchString(st.TokenSecret) {
+		p.add(p.line("pipeline.status.token_secret"), "pipeline.status.token_secret",
+			"%q: want a secret name of letters, digits, '_', '.' and '-'", st.TokenSecret)
+	}
 	for i, t := range pl.Triggers {
 		p.validateTrigger(fmt.Sprintf("pipeline.triggers[%d]", i), &t)
 	}

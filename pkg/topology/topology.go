@@ -65,6 +65,11 @@ const (
 	// by run, rule and target, so that a redelivered run completion does
 	// not notify twice (package notify of the pipeline service).
 	BucketNotifications = "ansflow_notifications"
+
+	// BucketForgeStatus holds the last commit status posted to a forge per
+	// run and status context, so a redelivered event never posts an older
+	// state after a newer one.
+	BucketForgeStatus = "ansflow_forge_status"
 )
 
 // ObjectSources is the object store bucket holding uploaded sources.
@@ -90,6 +95,11 @@ const (
 	// NotificationsTTL is how long a delivery record is kept: longer than
 	// the events stream keeps a run's completion.
 	NotificationsTTL = 31 * 24 * time.Hour
+
+	// ForgeStatusTTL is how long the forge status bucket remembers what
+	// was posted for a run: longer than the events stream keeps the events
+	// that could be redelivered.
+	ForgeStatusTTL = 31 * 24 * time.Hour
 )
 
 // Durable consumers of the pipeline service.
@@ -100,6 +110,10 @@ const (
 	DurableDeadRequests = "pipeline-dead-requests"
 	// DurableNotify reads run.completed events to send notifications.
 	DurableNotify = "pipeline-notify"
+
+	// DurableForgeStatus reads run.created, step.completed and
+	// run.completed events to post commit statuses to forges.
+	DurableForgeStatus = "pipeline-forge-status"
 )
 
 // NotifySubjects are the subjects the notifier's consumer reads.
@@ -157,7 +171,7 @@ func Buckets(replicas int) []jetstream.KeyValueConfig {
 		kv(BucketSlots, 0), kv(BucketPipelines, 0), kv(BucketVersions, 0), kv(BucketRuns, 0),
 		kv(BucketCatalog, 0), kv(BucketCounters, 0),
 		kv(BucketTokens, 0), kv(BucketUsers, 0), kv(BucketSessions, SessionsTTL),
-		kv(BucketSecrets, 0), kv(BucketNotifications, NotificationsTTL),
+		kv(BucketSecrets, 0), kv(BucketNotifications, NotificationsTTL), kv(BucketForgeStatus, ForgeStatusTTL),
 	}
 }
 
@@ -250,6 +264,16 @@ func NotifyConsumer(concurrency int) Consumer {
 	return WorkConsumer(event.StreamEvents, DurableNotify, NotifySubjects, NotifyAckWait, concurrency, true)
 }
 
+// ForgeStatusSubjects are the events the forge status consumer reads.
+var ForgeStatusSubjects = []string{"ansflow.events.run.created.*", "ansflow.events.step.completed.*", "ansflow.events.run.completed.*"}
+
+// ForgeStatusConsumer is the pipeline service's consumer of the run events
+// that commit statuses follow. It starts at new events: a deployment that
+// gains it does not post statuses for the runs of the stream's past.
+func ForgeStatusConsumer(concurrency int) Consumer {
+	return WorkConsumer(event.StreamEvents, DurableForgeStatus, ForgeStatusSubjects, 0, concurrency, true)
+}
+
 // DeadRequestsConsumer is the pipeline service's consumer of dead-lettered
 // step requests.
 func DeadRequestsConsumer() Consumer {
@@ -319,7 +343,7 @@ func Consumers(p Pools, lease time.Duration, auditLogs bool) []Consumer {
 	for _, c := range p.K8s {
 		out = append(out, RunnerConsumer(event.KindK8s, c, lease, 0))
 	}
-	out = append(out, OrchestratorConsumer(0), NotifyConsumer(0), DeadRequestsConsumer())
+	out = append(out, OrchestratorConsumer(0), NotifyConsumer(0), DeadRequestsConsumer(), ForgeStatusConsumer(0))
 	for _, s := range AuditStreams(auditLogs) {
 		out = append(out, AuditConsumer(DefaultAuditPrefix, s, 0, 0))
 	}

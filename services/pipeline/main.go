@@ -21,6 +21,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
+	"github.com/ansflow/ansflow/services/pipeline/forge"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/notify"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
@@ -65,6 +66,8 @@ func run(ctx context.Context) error {
 	level := flag.String("log-level", env("ANSFLOW_LOG_LEVEL", "info"), "log level")
 	loginCfg := login.RegisterFlags(flag.CommandLine)
 	notifyFlags := notify.RegisterFlags(flag.CommandLine)
+	forgeCfg := forge.RegisterFlags(flag.CommandLine)
+	externalURL := flag.String("external-url", os.Getenv("ANSFLOW_EXTERNAL_URL"), "the server's URL as users reach it; notifications and commit statuses link to URL/runs/ID (default: the listen address; env ANSFLOW_EXTERNAL_URL)")
 	flag.Parse()
 	notifyCfg, err := notifyFlags.Config()
 	if err != nil {
@@ -108,7 +111,7 @@ func run(ctx context.Context) error {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
 	svc, err := service.New(ctx, service.Config{HTTPAddr: *httpAddr, Replicas: *replicas, AdminToken: adminToken, SecretsKey: secretsKey, SecretsOldKey: oldKey,
-		TLS: httpserver.TLS{CertFile: *tlsCert, KeyFile: *tlsKey}, Login: *loginCfg, Notify: notifyCfg,
+		TLS: httpserver.TLS{CertFile: *tlsCert, KeyFile: *tlsKey}, Login: *loginCfg, Notify: notifyCfg, Forge: *forgeCfg, ExternalURL: *externalURL,
 		Orchestrator: orchestrator.Config{LeaseCheck: *leaseCheck, PoolKeys: poolKeys.keys, Clone: source.CloneOptions{AllowLocal: *allowLocalClone, CAFile: *cloneCA}, Policy: orchestrator.Policy{
 			NoRunnerTimeout: *noRunner, StepTimeout: *stepTimeout, RunTimeout: *runTimeout}}}, js, log)
 	if err != nil {

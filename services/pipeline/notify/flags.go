@@ -15,7 +15,6 @@ import (
 // pipeline service's binary and `ansflow up`; [Flags.Config] turns them
 // into a [Config].
 type Flags struct {
-	ExternalURL        string
 	DefaultFile        string
 	SMTPAddr           string
 	SMTPFrom           string
@@ -25,10 +24,10 @@ type Flags struct {
 }
 
 // RegisterFlags defines the notification flags on fs, with defaults from
-// the environment.
+// the environment. The external URL notifications link to is the
+// service's --external-url ([service.Config].ExternalURL).
 func RegisterFlags(fs *flag.FlagSet) *Flags {
 	f := &Flags{}
-	fs.StringVar(&f.ExternalURL, "external-url", os.Getenv("ANSFLOW_EXTERNAL_URL"), "the server's URL as users reach it; notifications link to URL/runs/ID (default: the listen address; env ANSFLOW_EXTERNAL_URL)")
 	fs.StringVar(&f.DefaultFile, "notify-default-file", os.Getenv("ANSFLOW_NOTIFY_DEFAULT_FILE"), "YAML list of notify rules for pipelines that declare none (env ANSFLOW_NOTIFY_DEFAULT_FILE)")
 	fs.StringVar(&f.SMTPAddr, "smtp-addr", os.Getenv("ANSFLOW_SMTP_ADDR"), "SMTP relay host:port for email notifications, spoken to with STARTTLS (env ANSFLOW_SMTP_ADDR)")
 	fs.StringVar(&f.SMTPFrom, "smtp-from", os.Getenv("ANSFLOW_SMTP_FROM"), "sender address of email notifications (env ANSFLOW_SMTP_FROM)")
@@ -40,7 +39,7 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 
 // Config reads the files the flags name and returns the configuration.
 func (f *Flags) Config() (Config, error) {
-	c := Config{ExternalURL: f.ExternalURL, SMTP: SMTPConfig{Addr: f.SMTPAddr, From: f.SMTPFrom, Username: f.SMTPUsername, PasswordSecret: f.SMTPPasswordSecret}}
+	c := Config{SMTP: SMTPConfig{Addr: f.SMTPAddr, From: f.SMTPFrom, Username: f.SMTPUsername, PasswordSecret: f.SMTPPasswordSecret}}
 	if f.DefaultFile != "" {
 		b, err := os.ReadFile(f.DefaultFile)
 		if err != nil {

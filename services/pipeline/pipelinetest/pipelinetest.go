@@ -47,10 +47,18 @@ func (e *Env) Token(t testing.TB, role auth.Role, pipelines ...string) string {
 	return secret
 }
 
-// Start starts the service, its orchestrator and a scripted docker runner,
-// and waits until the runner's consumer exists. Everything stops when the
-// test ends.
+// Start starts the service, its orchestrator, its commit status reporter
+// and a scripted docker runner, and waits until the runner's consumer
+// exists. Everything stops when the test ends.
 func Start(t testing.TB) *Env {
+	t.Helper()
+	return StartWith(t, nil)
+}
+
+// StartWith is [Start] with configure, when not nil, changing the
+// service's configuration first (such as a secrets key or the forge
+// settings).
+func StartWith(t testing.TB, configure func(*service.Config)) *Env {
 	t.Helper()
 	ns := natstest.Run(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -67,13 +75,18 @@ func Start(t testing.TB) *Env {
 	}
 	nc, js := ns.Connect(t)
 	go func() { _ = runner.New(cfg, nc, js, e.Engine, nil, zap.NewNop()).Run(ctx) }()
-	svc, err := service.New(ctx, service.Config{HTTPAddr: "127.0.0.1:0", AdminToken: admin,
-		Orchestrator: orchestrator.Config{Policy: orchestrator.Policy{NoRunnerTimeout: 5 * time.Second}}}, ns.JS, zap.NewNop())
+	scfg := service.Config{HTTPAddr: "127.0.0.1:0", AdminToken: admin,
+		Orchestrator: orchestrator.Config{Policy: orchestrator.Policy{NoRunnerTimeout: 5 * time.Second}}}
+	if configure != nil {
+		configure(&scfg)
+	}
+	svc, err := service.New(ctx, scfg, ns.JS, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.Svc = svc
 	go func() { _ = svc.Orc.Run(ctx) }()
+	go func() { _ = svc.Forge.Run(ctx) }()
 	e.Srv = httptest.NewServer(svc.API)
 	t.Cleanup(e.Srv.Close)
 	deadline := time.Now().Add(10 * time.Second)

@@ -18,6 +18,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/topology"
 	"github.com/ansflow/ansflow/services/pipeline/api"
+	"github.com/ansflow/ansflow/services/pipeline/forge"
 	"github.com/ansflow/ansflow/services/pipeline/login"
 	"github.com/ansflow/ansflow/services/pipeline/notify"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
@@ -54,9 +55,16 @@ type Config struct {
 	// SecretsOldKey, when set, is the previous secrets key: every secret
 	// still under it is re-encrypted with SecretsKey at start.
 	SecretsOldKey *secret.Key
+	// ExternalURL is the service's address as its users reach it, for the
+	// links of notifications and commit statuses to a run's page (default:
+	// the API's listen address).
+	ExternalURL string
 	// Notify configures notifications of finished runs; its ExternalURL
 	// defaults to the API's listen address.
 	Notify notify.Config
+	// Forge configures the commit statuses posted back to forges for
+	// webhook runs (docs/forges.md); its Replicas default to Replicas.
+	Forge forge.Config
 }
 
 // Service is the running pipeline service.
@@ -77,6 +85,8 @@ type Service struct {
 	Secrets *secret.Store
 	// Notifier announces finished runs.
 	Notifier *notify.Notifier
+	// Forge posts commit statuses of webhook runs.
+	Forge *forge.Reporter
 }
 
 // New opens the streams and buckets and builds the service.
@@ -162,15 +172,27 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 			return string(value), err
 		})
 	}
-	if cfg.Notify.ExternalURL == "" {
-		cfg.Notify.ExternalURL = defaultExternalURL(cfg)
+	if cfg.ExternalURL == "" {
+		cfg.ExternalURL = defaultExternalURL(cfg)
 	}
+	cfg.Notify.ExternalURL, cfg.Forge.ExternalURL = cfg.ExternalURL, cfg.ExternalURL
 	if cfg.Notify.Replicas == 0 {
 		cfg.Notify.Replicas = cfg.Replicas
 	}
 	notifier, err := notify.New(ctx, cfg.Notify, js, st, notifySecrets, log)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Forge.Replicas == 0 {
+		cfg.Forge.Replicas = cfg.Replicas
+	}
+	var forgeTokens forge.Tokens
+	if secrets != nil {
+		forgeTokens = secrets
+	}
+	statuses, err := forge.New(ctx, cfg.Forge, js, st, forgeTokens, log)
+	if err != nil {
+		return nil, fmt.Errorf("forge statuses: %w", err)
 	}
 	a.Mount(lsvc.Routes()...)
 	pages, err := ui.New(st, orc, log)
@@ -181,7 +203,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 	a.Mount(pages.Routes()...)
 	// Webhooks authenticate by their signatures.
 	a.Mount(auth.Route{Pattern: "POST /webhooks/{provider}/{pipeline}", Scope: auth.ScopePublic, Handler: hooks})
-	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched, Tokens: tokens, Login: lsvc, Secrets: secrets, Notifier: notifier}, nil
+	return &Service{cfg: cfg, js: js, log: log, Store: st, Orc: orc, API: a, Hooks: hooks, Cron: sched, Tokens: tokens, Login: lsvc, Secrets: secrets, Notifier: notifier, Forge: statuses}, nil
 }
 
 // defaultExternalURL is the API's own address, for links in notifications
@@ -210,6 +232,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error { return s.Orc.Run(ctx) })
 	g.Go(func() error { return s.Cron.Run(ctx) })
 	g.Go(func() error { return s.Notifier.Run(ctx) })
+	g.Go(func() error { return s.Forge.Run(ctx) })
 	g.Go(func() error { return httpserver.Serve(ctx, "pipeline API", ln, s.API, s.cfg.TLS, s.log) })
 	return g.Wait()
 }

@@ -215,7 +215,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Git: orchestrator.GitInfo{Commit: push.Commit, Branch: push.Branch, Tag: push.Tag, RepoURL: push.RepoURL,
 			Author: push.Author, Message: push.Message, Untrusted: true},
 		Trigger: apiv1.Trigger{Kind: "webhook", Provider: provider, Delivery: delivery, Actor: provider + " delivery " + delivery,
-			Event: push.Event, Fork: push.Fork}}
+			Event: push.Event, Fork: push.Fork, Repo: push.Repo}}
 	if push.RepoURL != "" {
 		req.Source = &apiv1.Source{RepoURL: push.RepoURL, Commit: push.Commit}
 	}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/spec"
 )
 
@@ -31,6 +32,10 @@ type Push struct {
 	Fork bool
 	// HeadRepo names a pull request's head repository.
 	HeadRepo string
+	// Repo is the repository the delivery is about (a pull request's base
+	// repository), where its commit statuses go; nil when the payload
+	// does not name one.
+	Repo *apiv1.ForgeRepo
 }
 
 // prRepo is the part of a GitHub/Gitea pull request branch that names its
@@ -68,11 +73,18 @@ func Parse(provider string, h http.Header, body []byte) (*Push, error) {
 		After       string `json:"after"`
 		CheckoutSHA string `json:"checkout_sha"`
 		Repository  struct {
-			CloneURL string `json:"clone_url"`
-			GitHTTP  string `json:"git_http_url"`
+			CloneURL    string `json:"clone_url"`
+			GitHTTP     string `json:"git_http_url"`
+			FullName    string `json:"full_name"`
+			URL         string `json:"url"`
+			HTMLURL     string `json:"html_url"`
+			StatusesURL string `json:"statuses_url"`
 		} `json:"repository"`
 		Project struct {
-			GitHTTP string `json:"git_http_url"`
+			ID                int64  `json:"id"`
+			GitHTTP           string `json:"git_http_url"`
+			WebURL            string `json:"web_url"`
+			PathWithNamespace string `json:"path_with_namespace"`
 		} `json:"project"`
 		HeadCommit *struct {
 			Message string `json:"message"`
@@ -165,7 +177,59 @@ func Parse(provider string, h http.Header, body []byte) (*Push, error) {
 	if out.Commit == "" || strings.Trim(out.Commit, "0") == "" {
 		return nil, nil // branch deletion
 	}
+	r := p.Repository
+	switch provider {
+	case "gitlab":
+		out.Repo = gitlabRepo(p.Project.ID, p.Project.PathWithNamespace, p.Project.WebURL)
+	case "gitea":
+		out.Repo = ownedRepo(r.FullName, trimSuffix(r.URL, "api/v1/repos/"+r.FullName), trimSuffix(r.HTMLURL, r.FullName))
+	default:
+		api := trimSuffix(r.StatusesURL, "repos/"+r.FullName+"/statuses/{sha}")
+		if api == "" && strings.HasPrefix(r.HTMLURL, "https://github.com/") {
+			api = "https://api.github.com/"
+		}
+		out.Repo = ownedRepo(r.FullName, api)
+	}
 	return out, nil
+}
+
+// ownedRepo is the repository full name (owner/name) at the first of
+// apiURLs that is set; nil unless both are known.
+func ownedRepo(fullName string, apiURLs ...string) *apiv1.ForgeRepo {
+	owner, name, ok := strings.Cut(fullName, "/")
+	if !ok || owner == "" || name == "" || strings.Contains(name, "/") {
+		return nil
+	}
+	for _, u := range apiURLs {
+		if u != "" {
+			return &apiv1.ForgeRepo{APIURL: u, Owner: owner, Name: name}
+		}
+	}
+	return nil
+}
+
+// gitlabRepo is a GitLab project: its id, namespace and name, at the
+// instance serving webURL.
+func gitlabRepo(id int64, path, webURL string) *apiv1.ForgeRepo {
+	i := strings.LastIndex(path, "/")
+	base := trimSuffix(webURL, path)
+	if i <= 0 || i == len(path)-1 || base == "" {
+		return nil
+	}
+	return &apiv1.ForgeRepo{APIURL: base, Owner: path[:i], Name: path[i+1:], ProjectID: id}
+}
+
+// trimSuffix returns s without suffix, or "" when s is not an http(s) URL
+// ending in "/"+suffix.
+func trimSuffix(s, suffix string) string {
+	if suffix == "" || !strings.HasSuffix(s, "/"+suffix) {
+		return ""
+	}
+	base := strings.TrimSuffix(s, suffix)
+	if !strings.HasPrefix(base, "https://") && !strings.HasPrefix(base, "http://") {
+		return ""
+	}
+	return base
 }
 
 // Match reports whether trigger t fires for push p, and why not.

@@ -113,7 +113,7 @@
   }
 
   // The key orders of the spec (pkg/spec: Pipeline, Step and friends).
-  const pipelineKeys = ["name", "description", "execution_mode", "variables", "timeout", "concurrency", "cancel_previous", "repository", "from_repository", "pipeline_file", "triggers", "notify", "steps"];
+  const pipelineKeys = ["name", "description", "execution_mode", "variables", "timeout", "concurrency", "cancel_previous", "repository", "from_repository", "pipeline_file", "triggers", "notify", "status", "steps"];
   const stepKeys = ["name", "type", "order", "needs", "runs_on", "docker_image", "docker_tag", "docker_registry", "docker_config",
     "k8s_cluster", "k8s_namespace", "k8s_resource_name", "k8s_config", "command", "conditions", "when", "timeout", "retry_policy",
     "continue_on_failure", "secrets"];
