@@ -175,7 +175,11 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 	if cfg.ExternalURL == "" {
 		cfg.ExternalURL = defaultExternalURL(cfg)
 	}
-	cfg.Notify.ExternalURL, cfg.Forge.ExternalURL = cfg.ExternalURL, cfg.ExternalURL
+	for _, u := range []*string{&cfg.Notify.ExternalURL, &cfg.Forge.ExternalURL} {
+		if *u == "" {
+			*u = cfg.ExternalURL
+		}
+	}
 	if cfg.Notify.Replicas == 0 {
 		cfg.Notify.Replicas = cfg.Replicas
 	}
