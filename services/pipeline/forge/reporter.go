@@ -3,12 +3,15 @@ package forge
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -72,9 +75,15 @@ type Config struct {
 	Concurrency int
 	// Replicas of the status bucket (default 1).
 	Replicas int
+	// CAFile, when set, is the PEM file of the CAs trusted for the forges'
+	// HTTPS certificates instead of the system's (a forge with a private
+	// CA); it is ignored when HTTPClient is set.
+	CAFile string
 	// HTTPClient makes the calls (default: a client with CallTimeout that
 	// follows no redirect).
 	HTTPClient *http.Client
+	// roots is CAFile's pool, read by Validate.
+	roots *x509.CertPool
 }
 
 func (c *Config) defaults() {
@@ -104,6 +113,11 @@ func (c *Config) defaults() {
 		// another host.
 		c.HTTPClient = &http.Client{Timeout: c.CallTimeout,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		if c.roots != nil {
+			tr := http.DefaultTransport.(*http.Transport).Clone()
+			tr.TLSClientConfig = &tls.Config{RootCAs: c.roots, MinVersion: tls.VersionTLS12}
+			c.HTTPClient.Transport = tr
+		}
 	}
 }
 
@@ -117,6 +131,16 @@ func (c *Config) Validate() error {
 	}
 	if c.TokenSecret != "" && !secret.ValidName(c.TokenSecret) {
 		return fmt.Errorf("forge token secret %q: not a secret name", c.TokenSecret)
+	}
+	if c.CAFile != "" {
+		b, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return fmt.Errorf("forge CA file: %w", err)
+		}
+		c.roots = x509.NewCertPool()
+		if !c.roots.AppendCertsFromPEM(b) {
+			return fmt.Errorf("forge CA file %s: no PEM certificate in it", c.CAFile)
+		}
 	}
 	for p, u := range c.APIURLs {
 		if !known(p) {

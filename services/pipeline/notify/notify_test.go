@@ -3,19 +3,11 @@ package notify_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -23,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -35,6 +25,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/pkg/topology"
 	. "github.com/ansflow/ansflow/services/pipeline/notify"
+	"github.com/ansflow/ansflow/services/pipeline/notify/notifytest"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/pipelinetest"
 	"github.com/ansflow/ansflow/services/pipeline/store"
@@ -157,111 +148,6 @@ func (s *slackReceiver) received() []Slack {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Slack(nil), s.got...)
-}
-
-// mailServer is a real SMTP server (go-smtp) on loopback that offers
-// STARTTLS with a self-signed certificate, requires it before AUTH PLAIN,
-// and records what it receives.
-type mailServer struct {
-	addr  string
-	roots *x509.CertPool
-	mu    sync.Mutex
-	mails []mail
-}
-
-type mail struct {
-	from    string
-	to      []string
-	data    string
-	tls     bool
-	authned bool
-}
-
-type mailSession struct {
-	srv  *mailServer
-	conn *smtp.Conn
-	cur  mail
-}
-
-func (s *mailSession) AuthMechanisms() []string { return []string{sasl.Plain} }
-func (s *mailSession) Auth(string) (sasl.Server, error) {
-	return sasl.NewPlainServer(func(_, user, pass string) error {
-		if user != "ansflow" || pass != smtpPassword {
-			return errors.New("bad credentials")
-		}
-		s.cur.authned = true
-		return nil
-	}), nil
-}
-func (s *mailSession) Mail(from string, _ *smtp.MailOptions) error {
-	if !s.cur.authned {
-		return smtp.ErrAuthRequired
-	}
-	s.cur.from = from
-	return nil
-}
-func (s *mailSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	s.cur.to = append(s.cur.to, to)
-	return nil
-}
-func (s *mailSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	m := s.cur
-	m.data = string(b)
-	_, m.tls = s.conn.TLSConnectionState()
-	s.srv.mu.Lock()
-	s.srv.mails = append(s.srv.mails, m)
-	s.srv.mu.Unlock()
-	return nil
-}
-func (s *mailSession) Reset()        { s.cur = mail{authned: s.cur.authned} }
-func (s *mailSession) Logout() error { return nil }
-
-func startMail(t *testing.T) *mailServer { return startMailTLS(t, true) }
-
-// startMailTLS starts the mail server, offering STARTTLS when withTLS.
-func startMailTLS(t *testing.T, withTLS bool) *mailServer {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"},
-		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true, IsCA: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	ms := &mailServer{roots: x509.NewCertPool()}
-	ms.roots.AddCert(cert)
-	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) { return &mailSession{srv: ms, conn: c}, nil }))
-	srv.Domain = "localhost"
-	if withTLS {
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
-	} else {
-		srv.AllowInsecureAuth = true
-	}
-	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ms.addr = ln.Addr().String()
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close() })
-	return ms
-}
-
-func (ms *mailServer) received() []mail {
-	ms.mu.Lock()
-	defer ms.mu.Unlock()
-	return append([]mail(nil), ms.mails...)
 }
 
 // env is a real pipeline service (orchestrator, store, scripted runner),
@@ -463,9 +349,9 @@ const rulesPipeline = `pipeline:
 // signed with another secret is refused by the receiver, and that no
 // secret reached a log line or the audit trail.
 func TestRulesOnASequenceOfRuns(t *testing.T) {
-	ms := startMail(t)
-	e := start(t, Config{SMTP: SMTPConfig{Addr: ms.addr, From: "AnsFlow <ci@example.com>", Username: "ansflow",
-		PasswordSecret: "SMTP_PASSWORD", TLS: &tls.Config{RootCAs: ms.roots}}})
+	ms := notifytest.StartMail(t, "ansflow", smtpPassword, true)
+	e := start(t, Config{SMTP: SMTPConfig{Addr: ms.Addr, From: "AnsFlow <ci@example.com>", Username: "ansflow",
+		PasswordSecret: "SMTP_PASSWORD", TLS: &tls.Config{RootCAs: ms.Roots}}})
 	rc := newReceiver(t, hookSecret)
 	sl := newSlack(t)
 	e.setSecret(t, "web", "HOOK", hookSecret)
@@ -543,16 +429,16 @@ func TestRulesOnASequenceOfRuns(t *testing.T) {
 	}
 
 	// Email: failure fired on runs 2 and 3, over STARTTLS, authenticated.
-	mails := ms.received()
+	mails := ms.Received()
 	if len(mails) != 2 {
 		t.Fatalf("got %d mails, want 2; audit %+v", len(mails), e.audited())
 	}
 	for _, ml := range mails {
-		if !ml.tls || !ml.authned || ml.from != "ci@example.com" || strings.Join(ml.to, ",") != "dev@example.com,ops@example.com" {
+		if !ml.TLS || !ml.Authenticated || ml.From != "ci@example.com" || strings.Join(ml.To, ",") != "dev@example.com,ops@example.com" {
 			t.Errorf("mail envelope %+v", ml)
 		}
 	}
-	body := mails[0].data
+	body := mails[0].Data
 	for _, want := range []string{"Subject: [AnsFlow] web #2 failed on main (0123456789ab)", "To: dev@example.com, ops@example.com",
 		"Link:     https://ci.example.com/runs/" + runs[1].ID, "Step \"test\" failed with exit code 3", "boom: undefined x", "Commit:   0123456789abcdef"} {
 		if !strings.Contains(body, want) {
@@ -824,8 +710,8 @@ func TestAnInstanceStoppingHandsTheDeliveryOver(t *testing.T) {
 // TestNoMailWithoutSTARTTLS: a relay that does not offer STARTTLS gets no
 // message and no password; the delivery fails at once, not retried.
 func TestNoMailWithoutSTARTTLS(t *testing.T) {
-	ms := startMailTLS(t, false)
-	e := start(t, Config{SMTP: SMTPConfig{Addr: ms.addr, From: "ci@example.com", Username: "ansflow", PasswordSecret: "SMTP_PASSWORD"}})
+	ms := notifytest.StartMail(t, "ansflow", smtpPassword, false)
+	e := start(t, Config{SMTP: SMTPConfig{Addr: ms.Addr, From: "ci@example.com", Username: "ansflow", PasswordSecret: "SMTP_PASSWORD"}})
 	e.setSecret(t, "", "SMTP_PASSWORD", smtpPassword)
 	e.apply(t, "pipeline:\n  name: mailed\n  steps:\n    - name: a\n      type: docker_run\n      command: exit 1\n"+
 		"  notify:\n    - when: [always]\n      targets:\n        - type: email\n          to: [dev@example.com]\n")
@@ -835,7 +721,7 @@ func TestNoMailWithoutSTARTTLS(t *testing.T) {
 	if rec.State != StateFailed || rec.Attempts != 1 || !strings.Contains(rec.Error, "does not offer STARTTLS") {
 		t.Errorf("record %+v", rec)
 	}
-	if n := len(ms.received()); n != 0 {
+	if n := len(ms.Received()); n != 0 {
 		t.Errorf("%d mails sent in the clear", n)
 	}
 	e.noSecrets(t)
