@@ -5,13 +5,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +17,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/notify"
+	"github.com/ansflow/ansflow/services/pipeline/notify/notifytest"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 )
 
@@ -30,21 +28,20 @@ import (
 func TestStackNotifiesWithTheServerDefault(t *testing.T) {
 	useScriptedEngines(t)
 	const hookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-	var mu sync.Mutex
-	var got []notify.Payload
-	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		if err := notify.Verify(hookSecret, r.Header, body, time.Now(), time.Minute); err != nil {
-			http.Error(w, err.Error(), http.StatusUnauthorized)
-			return
+	rc := notifytest.StartReceiver(t, func(h http.Header, body []byte) error {
+		return notify.Verify(hookSecret, h, body, time.Now(), time.Minute)
+	})
+	received := func() []notify.Payload {
+		var out []notify.Payload
+		for _, b := range rc.Bodies() {
+			var p notify.Payload
+			if err := json.Unmarshal(b, &p); err != nil {
+				t.Errorf("payload %s: %v", b, err)
+			}
+			out = append(out, p)
 		}
-		var p notify.Payload
-		_ = json.Unmarshal(body, &p)
-		mu.Lock()
-		got = append(got, p)
-		mu.Unlock()
-	}))
-	defer rc.Close()
+		return out
+	}
 	defaults := filepath.Join(t.TempDir(), "notify.yaml")
 	if err := os.WriteFile(defaults, fmt.Appendf(nil, "- when: [failure]\n  targets:\n    - type: webhook\n      url: %s/ci\n      secret: CI_HOOK\n", rc.URL), 0o600); err != nil {
 		t.Fatal(err)
@@ -80,13 +77,10 @@ func TestStackNotifiesWithTheServerDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "the default rule's notification", func() (bool, string) {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(got) > 0, fmt.Sprintf("%d received", len(got))
+		n := len(rc.Bodies())
+		return n > 0, fmt.Sprintf("%d received", n)
 	})
-	mu.Lock()
-	defer mu.Unlock()
-	d := got[0].Data
+	d := received()[0].Data
 	if d.RunID != r.ID || d.Status != "failed" || d.URL != "https://ci.example.com/runs/"+r.ID || d.Branch != "main" || d.Commit != "feedface" ||
 		len(d.FailedSteps) != 1 || !strings.Contains(d.FailedSteps[0].Stderr, "FAIL TestX") {
 		t.Errorf("payload %+v", d)

@@ -8,8 +8,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-
-	"gopkg.in/yaml.v3"
 )
 
 // Notification conditions of [NotifyRule.When].
@@ -98,19 +96,10 @@ func (r *NotifyRule) Fires(status, prev string) bool {
 // file holding a list in the form of a pipeline's notify: key. Errors name
 // the file, line and field (notify[0].targets[1].url).
 func ParseNotifyRules(file string, data []byte) ([]NotifyRule, error) {
-	p := &parser{file: file, pos: map[string]int{}}
-	if len(data) > MaxFileBytes {
-		return nil, Errors{{File: file, Msg: fmt.Sprintf("file is %d bytes, over the %d limit", len(data), MaxFileBytes)}}
+	p, doc, err := readDocument(file, data)
+	if err != nil || doc == nil {
+		return nil, err
 	}
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		p.yamlErr(err)
-		return nil, p.errs
-	}
-	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
-		return nil, nil
-	}
-	doc := root.Content[0]
 	p.check(doc, reflect.TypeOf([]NotifyRule{}), "notify", 0)
 	var rules []NotifyRule
 	if len(p.errs) == 0 {

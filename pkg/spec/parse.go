@@ -50,22 +50,35 @@ func (es Errors) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-// Parse reads a pipeline file, checks that every field is known, and
-// validates it. A non-nil error is always [Errors] listing every problem.
-func Parse(file string, data []byte) (*Pipeline, error) {
+// readDocument starts parsing a file: it refuses one over [MaxFileBytes]
+// or that is not YAML, and returns the parser and the file's document
+// node (nil for an empty file).
+func readDocument(file string, data []byte) (*parser, *yaml.Node, error) {
 	p := &parser{file: file, pos: map[string]int{}}
 	if len(data) > MaxFileBytes {
-		return nil, Errors{{File: file, Msg: fmt.Sprintf("file is %d bytes, over the %d limit", len(data), MaxFileBytes)}}
+		return nil, nil, Errors{{File: file, Msg: fmt.Sprintf("file is %d bytes, over the %d limit", len(data), MaxFileBytes)}}
 	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		p.yamlErr(err)
-		return nil, p.errs
+		return nil, nil, p.errs
 	}
 	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
+		return p, nil, nil
+	}
+	return p, root.Content[0], nil
+}
+
+// Parse reads a pipeline file, checks that every field is known, and
+// validates it. A non-nil error is always [Errors] listing every problem.
+func Parse(file string, data []byte) (*Pipeline, error) {
+	p, doc, err := readDocument(file, data)
+	if err != nil {
+		return nil, err
+	}
+	if doc == nil {
 		return nil, Errors{{File: file, Line: 1, Msg: "file is empty; want a top-level `pipeline:` mapping"}}
 	}
-	doc := root.Content[0]
 	p.check(doc, reflect.TypeOf(File{}), "", 0)
 	var f File
 	if err := doc.Decode(&f); err != nil {

@@ -6,11 +6,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +20,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/notify"
+	"github.com/ansflow/ansflow/services/pipeline/notify/notifytest"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/service"
 )
@@ -32,21 +30,20 @@ import (
 // signed webhook with the link under the configured external URL.
 func TestTheServiceNotifies(t *testing.T) {
 	const hookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-	var mu sync.Mutex
-	var got []notify.Payload
-	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		if err := notify.Verify(hookSecret, r.Header, body, time.Now(), time.Minute); err != nil {
-			http.Error(w, err.Error(), http.StatusUnauthorized)
-			return
+	rc := notifytest.StartReceiver(t, func(h http.Header, body []byte) error {
+		return notify.Verify(hookSecret, h, body, time.Now(), time.Minute)
+	})
+	received := func() []notify.Payload {
+		var out []notify.Payload
+		for _, b := range rc.Bodies() {
+			var p notify.Payload
+			if err := json.Unmarshal(b, &p); err != nil {
+				t.Errorf("payload %s: %v", b, err)
+			}
+			out = append(out, p)
 		}
-		var p notify.Payload
-		_ = json.Unmarshal(body, &p)
-		mu.Lock()
-		got = append(got, p)
-		mu.Unlock()
-	}))
-	defer rc.Close()
+		return out
+	}
 
 	ns := natstest.Run(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -100,10 +97,7 @@ func TestTheServiceNotifies(t *testing.T) {
 	}
 	deadline = time.Now().Add(15 * time.Second)
 	for {
-		mu.Lock()
-		n := len(got)
-		mu.Unlock()
-		if n > 0 {
+		if len(rc.Bodies()) > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -111,8 +105,7 @@ func TestTheServiceNotifies(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	got := received()
 	if d := got[0].Data; d.RunID != r.ID || d.Status != event.StatusFailed || d.URL != "https://ci.example.com/ansflow/runs/"+r.ID ||
 		len(d.FailedSteps) != 1 || d.FailedSteps[0].ExitCode == nil || *d.FailedSteps[0].ExitCode != 4 {
 		t.Errorf("payload %+v", got[0])
