@@ -48,14 +48,15 @@ func TestStackNotifiesWithTheServerDefault(t *testing.T) {
 	}
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	nf := notify.RegisterFlags(fs)
-	if err := fs.Parse([]string{"--notify-default-file", defaults, "--external-url", "https://ci.example.com"}); err != nil {
+	if err := fs.Parse([]string{"--notify-default-file", defaults}); err != nil {
 		t.Fatal(err)
 	}
 	ncfg, err := nf.Config()
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := startStack(context.Background(), stackConfig{DataDir: t.TempDir(), NATSAddr: "off", Pipeline: true, DockerRunner: true, Notify: ncfg}, zap.NewNop())
+	st, err := startStack(context.Background(), stackConfig{DataDir: t.TempDir(), NATSAddr: "off", Pipeline: true, DockerRunner: true, Notify: ncfg,
+		ExternalURL: "https://ci.example.com"}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
