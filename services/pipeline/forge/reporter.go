@@ -295,7 +295,7 @@ func (r *Reporter) handle(ctx context.Context, e cloudevents.Event) error {
 // them off.
 func wants(run *store.Run) bool {
 	t := run.Trigger
-	if t.Kind != "webhook" || t.Repo == nil || !known(t.Provider) || commitOf(run) == "" {
+	if (t.Kind != "webhook" && t.Kind != "rerun") || t.Repo == nil || !known(t.Provider) || commitOf(run) == "" {
 		return false
 	}
 	return run.Spec == nil || run.Spec.Status == nil || !run.Spec.Status.Disabled

@@ -65,6 +65,29 @@ func TestCancelStopsInFlightStepsAndSkipsTheRest(t *testing.T) {
 	}
 }
 
+// TestARerunKeepsWhatTheForgeSaid: a re-run of a fork's pull request run
+// is still a fork's run (secret filters see Fork), of the same event and
+// repository, so statuses go to the same commit.
+func TestARerunKeepsWhatTheForgeSaid(t *testing.T) {
+	ns := natstest.Run(t)
+	e := startEnv(t, ns, true)
+	e.apply(t, writePipeline(t, "pipeline:\n  name: forked\n  steps:\n    - name: a\n      type: docker_run\n      command: exit 1\n"))
+	repo := &apiv1.ForgeRepo{APIURL: "https://git.example.com/api/v1/repos/o/r", Owner: "o", Name: "r"}
+	run, err := e.svc.Orc.Trigger(context.Background(), orchestrator.TriggerRequest{Pipeline: "forked",
+		Trigger: apiv1.Trigger{Kind: "webhook", Provider: "gitea", Event: "pull_request", Fork: true, Repo: repo}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitRun(t, run.ID, 10*time.Second)
+	re, err := e.svc.Orc.Rerun(context.Background(), run.ID, apiv1.Trigger{Kind: "rerun", Actor: "user:ada"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr := re.Trigger; tr.Kind != "rerun" || tr.Actor != "user:ada" || !tr.Fork || tr.Event != "pull_request" || tr.Provider != "gitea" || tr.Repo == nil || *tr.Repo != *repo {
+		t.Errorf("re-run's trigger %+v lost what the forge said", tr)
+	}
+}
+
 func TestRerunContinuesFromTheFailedStep(t *testing.T) {
 	ns := natstest.Run(t)
 	e := startEnv(t, ns, true)

@@ -372,6 +372,10 @@ func (o *Orchestrator) rerun(ctx context.Context, id string, trig apiv1.Trigger,
 	now := time.Now().UTC()
 	r := *old
 	r.ID, r.BuildNumber, r.Status, r.Error, r.RerunOf = nid.String(), n, event.StatusPending, "", old.ID
+	// A re-run builds what its original built, so it keeps what the forge
+	// said of it: a fork's run stays a fork's (no secret its filters do not
+	// allow forks), and its commit statuses go to the same commit.
+	trig.Provider, trig.Event, trig.Fork, trig.Repo = old.Trigger.Provider, old.Trigger.Event, old.Trigger.Fork, old.Trigger.Repo
 	r.CreatedAt, r.StartedAt, r.FinishedAt, r.CancelRequested, r.Trigger = now, nil, nil, "", trig
 	r.Admitted, r.Deadline = false, nil
 	r.Vars = map[string]apiv1.Var{}
