@@ -193,7 +193,10 @@ func (n *Notifier) Handle(ctx context.Context, e cloudevents.Event) error {
 		return fmt.Errorf("read run %s: %w", rc.RunID, err)
 	}
 	if !r.Terminal() {
-		return bus.Permanent(fmt.Errorf("run %s is %s, not finished", r.ID, r.Status))
+		// The completion is announced after the run's end is written, but
+		// this instance may read the run before its copy shows that write
+		// (a failover, a lagging replica): retried, the event finds it.
+		return fmt.Errorf("run %s reads as %s, not yet finished; retrying", r.ID, r.Status)
 	}
 	rules, prefix := n.cfg.Default, "d"
 	if r.Spec != nil && len(r.Spec.Notify) > 0 {
