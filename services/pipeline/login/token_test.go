@@ -12,7 +12,6 @@ import (
 	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/bus"
-	"github.com/ansflow/ansflow/pkg/event"
 )
 
 // tokenLogin exchanges secret for a session and keeps its CSRF token.
@@ -149,29 +148,7 @@ func TestTokenLoginStartsASessionOfTheTokensGrant(t *testing.T) {
 		"anonymous@127.0.0.1 login.token token denied: unauthenticated: ",
 		"anonymous@127.0.0.1 login.token token denied: unauthenticated: token " + tok.ID + " is expired",
 	}
-	stream, err := js.Stream(ctx, event.StreamEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var records []string
-	eventually(t, 10*time.Second, "the logins reach the events stream", func() bool {
-		records = nil
-		info, err := stream.Info(ctx)
-		if err != nil {
-			return false
-		}
-		for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
-			m, err := stream.GetMsg(ctx, seq)
-			if err != nil {
-				continue
-			}
-			if strings.Contains(string(m.Data), secret) || strings.Contains(string(m.Data), opSecret) {
-				t.Fatalf("an audit record holds a token: %s", m.Data)
-			}
-			records = append(records, describeAction(t, m))
-		}
-		return len(records) >= len(want)
-	})
+	records := auditRecords(t, ctx, js, len(want), secret, opSecret)
 	if len(records) != len(want) {
 		t.Fatalf("audit records:\n%s\nwant:\n%s", strings.Join(records, "\n"), strings.Join(want, "\n"))
 	}
