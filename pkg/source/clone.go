@@ -88,17 +88,32 @@ func CheckRepoURL(repo string, opts CloneOptions) error {
 // credentials nor its configuration. Errors quote git's output with
 // credentials scrubbed ([Scrub]).
 func Clone(ctx context.Context, opts CloneOptions, repo, commit, dir string) error {
-	if err := CheckRepoURL(repo, opts); err != nil {
+	if err := checkClone(repo, commit, opts); err != nil {
 		return err
-	}
-	if strings.HasPrefix(commit, "-") || strings.ContainsAny(commit, " \x00\n") {
-		return fmt.Errorf("clone %s: refusing commit %q that looks like an option", Scrub(repo), commit)
 	}
 	g, err := newGit(repo, opts)
 	if err != nil {
 		return err
 	}
 	defer g.close()
+	return g.clone(ctx, commit, dir)
+}
+
+// checkClone refuses what [Clone] must not pass to git: a repository the
+// policy refuses ([CheckRepoURL]) or a commit that looks like an option.
+func checkClone(repo, commit string, opts CloneOptions) error {
+	if err := CheckRepoURL(repo, opts); err != nil {
+		return err
+	}
+	if strings.HasPrefix(commit, "-") || strings.ContainsAny(commit, " \x00\n") {
+		return fmt.Errorf("clone %s: refusing commit %q that looks like an option", Scrub(repo), commit)
+	}
+	return nil
+}
+
+// clone is [Clone] with g's environment, once the arguments are checked.
+func (g *sandboxedGit) clone(ctx context.Context, commit, dir string) error {
+	repo := g.repo
 	run := func(args ...string) error {
 		_, err := g.run(ctx, args...)
 		return err

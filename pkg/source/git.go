@@ -110,7 +110,7 @@ func ReadFile(ctx context.Context, opts CloneOptions, repo, commit, name string)
 		return nil, fmt.Errorf("read %s: %w", name, err)
 	}
 	defer os.RemoveAll(dir)
-	if err := Clone(ctx, opts, repo, commit, dir); err != nil {
+	if err := checkClone(repo, commit, opts); err != nil {
 		return nil, err
 	}
 	g, err := newGit(repo, opts)
@@ -118,6 +118,9 @@ func ReadFile(ctx context.Context, opts CloneOptions, repo, commit, name string)
 		return nil, err
 	}
 	defer g.close()
+	if err := g.clone(ctx, commit, dir); err != nil {
+		return nil, err
+	}
 	out, err := g.run(ctx, "-C", dir, "ls-tree", "--name-only", "HEAD", "--", clean)
 	if err != nil {
 		return nil, err
