@@ -94,19 +94,32 @@ func (c *Config) Validate() error {
 		c.Concurrency = 2
 	}
 	if c.DefaultTimeout <= 0 {
-		c.DefaultTimeout = time.Hour
+		c.DefaultTimeout = DefaultTimeout
 	}
 	if c.WorkDir == "" {
 		c.WorkDir = os.TempDir()
 	}
 	if c.Lease <= 0 {
-		c.Lease = 30 * time.Second
+		c.Lease = DefaultLease
 	}
 	if c.Heartbeat <= 0 {
-		c.Heartbeat = 5 * time.Second
+		c.Heartbeat = DefaultHeartbeat
 	}
 	return nil
 }
+
+// Defaults of [Config] (DefaultGrace is the runner binaries' default of
+// --grace; a Config without Grace stops its steps at once).
+const (
+	// DefaultTimeout bounds an attempt whose request sets no timeout.
+	DefaultTimeout = time.Hour
+	// DefaultLease is how long a claim stays held without renewal.
+	DefaultLease = 30 * time.Second
+	// DefaultHeartbeat is how often a runner rewrites its presence.
+	DefaultHeartbeat = 5 * time.Second
+	// DefaultGrace is how long running steps may finish after a SIGTERM.
+	DefaultGrace = 30 * time.Second
+)
 
 // DurableName is the durable consumer shared by every runner of kind serving
 // target.

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,7 +26,7 @@ import (
 func TestParseFlags(t *testing.T) {
 	t.Setenv("ANSFLOW_AUDIT_HTTP", "127.0.0.1:9999")
 	t.Setenv("ANSFLOW_AUDIT_RETENTION", "720h")
-	c, err := parseFlags([]string{"--nats", "nats://n:4222", "--data-dir", "/d", "--include-logs"})
+	c, err := parseFlags([]string{"--nats", "nats://n:4222", "--data-dir", "/d", "--include-logs"}, os.LookupEnv, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +35,7 @@ func TestParseFlags(t *testing.T) {
 		t.Fatalf("config %+v", c)
 	}
 	for _, bad := range [][]string{{"--http", "nonsense"}, {"--batch-size", "-3"}, {"--nats", ""}, {"--db", "", "--data-dir", ""}} {
-		if _, err := parseFlags(bad); err == nil {
+		if _, err := parseFlags(bad, os.LookupEnv, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q) = nil error", bad)
 		}
 	}
@@ -48,9 +50,15 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := l.Addr().String()
+	ol, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opsAddr := ol.Addr().String()
 	l.Close()
+	ol.Close()
 	dir := t.TempDir()
-	cfg, err := parseFlags([]string{"--nats", ns.ClientURL(), "--data-dir", dir, "--http", addr, "--log-level", "warn"})
+	cfg, err := parseFlags([]string{"--nats", ns.ClientURL(), "--data-dir", dir, "--http", addr, "--ops-addr", opsAddr, "--log-level", "warn"}, os.LookupEnv, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,6 +134,21 @@ func TestRun(t *testing.T) {
 		t.Fatalf("healthz: %v %v", resp, err)
 	}
 	resp.Body.Close()
+	// Ready, on the API and on the ops listener: NATS, the streams it
+	// records and the tokens bucket, and a writable store.
+	for _, base := range []string{"http://" + addr, "http://" + opsAddr} {
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{"[+]nats ok", "[+]jetstream ok", "[+]store ok"} {
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+				t.Errorf("%s/readyz = %d %q, want 200 with %q", base, resp.StatusCode, body, want)
+			}
+		}
+	}
 	cancel()
 	select {
 	case err := <-done:

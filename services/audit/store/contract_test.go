@@ -104,6 +104,21 @@ func wantBad(t *testing.T, res VerifyResult, seq int64, reason string) {
 
 // runContract runs the behaviour every Store must have.
 func runContract(t *testing.T, b backend) {
+	t.Run("Writable", func(t *testing.T) {
+		s, _ := b.open(t)
+		mustAppend(t, s, recs(1, 3, "w"))
+
+		if err := s.Writable(context.Background()); err != nil {
+			t.Fatalf("Writable on an open store: %v", err)
+		}
+		if res := verify(t, s); !res.OK || res.Records != 3 {
+			t.Fatalf("after Writable: %+v, want the 3 records verified", res)
+		}
+		s.Close()
+		if err := s.Writable(context.Background()); err == nil {
+			t.Fatal("Writable on a closed store = nil")
+		}
+	})
 	t.Run("AppendChains", func(t *testing.T) {
 		s, _ := b.open(t)
 		wantOK(t, verify(t, s), 0)

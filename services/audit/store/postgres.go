@@ -99,6 +99,20 @@ func (p *Postgres) migrate(ctx context.Context) error {
 	return nil
 }
 
+// Writable begins a read-write transaction, updates no row and rolls back:
+// a standby or a read-only database refuses the update.
+func (p *Postgres) Writable(ctx context.Context) error {
+	tx, err := p.pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadWrite})
+	if err != nil {
+		return fmt.Errorf("postgres audit store: begin a write: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // nothing was written
+	if _, err := tx.Exec(ctx, `UPDATE audit_head SET seq = seq WHERE id = 1 AND false`); err != nil {
+		return fmt.Errorf("postgres audit store: write: %w", err)
+	}
+	return nil
+}
+
 // Close closes the connection pool.
 func (p *Postgres) Close() error {
 	p.pool.Close()

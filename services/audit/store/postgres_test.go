@@ -136,3 +136,38 @@ func TestPostgresTwoInstances(t *testing.T) {
 	}
 	wantOK(t, verify(t, a), 105)
 }
+
+// TestPostgresWritableReportsALockedHead: while another session holds the
+// chain head exclusively, Writable fails within its context's deadline.
+func TestPostgresWritableReportsALockedHead(t *testing.T) {
+	dsn := freshSchema(t)
+	ctx := context.Background()
+	s, err := OpenPostgres(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	raw, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	tx, err := raw.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE audit_head IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	if err := s.Writable(wctx); err == nil {
+		t.Fatal("Writable while the head is locked = nil")
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Writable(ctx); err != nil {
+		t.Fatalf("Writable once the lock is released: %v", err)
+	}
+}

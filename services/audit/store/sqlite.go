@@ -115,6 +115,20 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 // Path is the database file.
 func (s *SQLite) Path() string { return s.path }
 
+// Writable begins an immediate (write-locking) transaction, updates no row
+// and rolls back.
+func (s *SQLite) Writable(ctx context.Context) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite audit store %s: begin a write: %w", s.path, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // nothing was written
+	if _, err := tx.ExecContext(ctx, `UPDATE audit_head SET seq = seq WHERE id = 1 AND 0`); err != nil {
+		return fmt.Errorf("sqlite audit store %s: write: %w", s.path, err)
+	}
+	return nil
+}
+
 // Close closes the database.
 func (s *SQLite) Close() error {
 	s.mu.Lock()

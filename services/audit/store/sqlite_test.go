@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // sqliteBackend opens a store in a fresh file; tampering goes through a
@@ -90,5 +91,45 @@ func TestSQLiteNULTamperDetected(t *testing.T) {
 		mustAppend(t, s, recs(1, 6, "r1"))
 		exec(t, edit)
 		wantBad(t, verify(t, s), 4, "edited")
+	}
+}
+
+// TestSQLiteWritableReportsALockedFile: while another connection holds the
+// file's write lock, Writable fails within its context's deadline.
+func TestSQLiteWritableReportsALockedFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.db")
+	ctx := context.Background()
+	s, err := OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	raw, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	conn, err := raw.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := s.Writable(wctx); err == nil {
+		t.Fatal("Writable while another connection holds the write lock = nil")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Writable took %s, want about its 500ms deadline", took)
+	}
+	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Writable(ctx); err != nil {
+		t.Fatalf("Writable once the lock is released: %v", err)
 	}
 }

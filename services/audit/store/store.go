@@ -246,6 +246,11 @@ type Store interface {
 	// checkpoint in its place. It fails with [ErrChainBroken] when the
 	// prefix does not verify.
 	Prune(ctx context.Context, opts PruneOptions) (PruneResult, error)
+	// Writable reports whether the store takes writes now: it begins a
+	// write transaction, makes a write that changes nothing and rolls it
+	// back (a read-only database, a standby or a locked file fail). It
+	// is the audit service's readiness check of its store.
+	Writable(ctx context.Context) error
 	// Close releases the store.
 	Close() error
 }

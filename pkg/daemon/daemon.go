@@ -1,0 +1,182 @@
+// Package daemon is what every separately started AnsFlow service shares in
+// its main: the flags every service reads (NATS address and credentials,
+// logging, the ops listener), one way to turn them into a logger and a NATS
+// connection, the process's exit codes, and the ops HTTP listener that
+// serves /healthz, /readyz and /metrics (see [Ops]).
+//
+// A service main is
+//
+//	func main() { daemon.Main("audit", parseConfig, run) }
+//
+// where parseConfig registers [Common]'s flags beside its own and run calls
+// [Common.Start] for the logger, the connection and the ops listener.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ansflow/ansflow/pkg/envflag"
+	"github.com/ansflow/ansflow/pkg/logging"
+	"github.com/ansflow/ansflow/pkg/natsutil"
+)
+
+// Off is the value of --ops-addr that turns the ops listener off.
+const Off = "off"
+
+// Common is the configuration every service reads the same way, from the
+// same flags and environment variables.
+type Common struct {
+	// NATSURL lists the NATS servers, comma-separated.
+	NATSURL string
+	// NATSCreds is the NATS credentials file ("" for none).
+	NATSCreds string
+	// NATSCA is the PEM file of the CA of the NATS server's certificate;
+	// TLS is required when it is set.
+	NATSCA string
+	// LogLevel is debug, info, warn or error.
+	LogLevel string
+	// LogJSON logs JSON lines instead of text.
+	LogJSON bool
+	// OpsAddr is the ops listener's host:port, or [Off].
+	OpsAddr string
+}
+
+// Defaults are a service's own defaults of [Common]'s flags.
+type Defaults struct {
+	// OpsAddr is the default of --ops-addr; each service has its own
+	// port so that all of them can run on one host.
+	OpsAddr string
+	// LogJSON is the default of --log-json.
+	LogJSON bool
+}
+
+// RegisterFlags registers c's flags on fs, each with its environment
+// variable (read through ev) as its default.
+func (c *Common) RegisterFlags(fs *flag.FlagSet, ev *envflag.Env, d Defaults) {
+	fs.StringVar(&c.NATSURL, "nats", ev.String("ANSFLOW_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated (env ANSFLOW_NATS_URL)")
+	fs.StringVar(&c.NATSCreds, "nats-creds", ev.String("ANSFLOW_NATS_CREDS", ""), "NATS credentials file (env ANSFLOW_NATS_CREDS)")
+	fs.StringVar(&c.NATSCA, "nats-ca", ev.String("ANSFLOW_NATS_CA", ""), "PEM file of the CA of the NATS server's TLS certificate; TLS is required when set (env ANSFLOW_NATS_CA)")
+	fs.StringVar(&c.LogLevel, "log-level", ev.String("ANSFLOW_LOG_LEVEL", "info"), "debug, info, warn or error (env ANSFLOW_LOG_LEVEL)")
+	fs.BoolVar(&c.LogJSON, "log-json", ev.Bool("ANSFLOW_LOG_JSON", d.LogJSON), "log JSON lines instead of text (env ANSFLOW_LOG_JSON)")
+	fs.StringVar(&c.OpsAddr, "ops-addr", ev.String("ANSFLOW_OPS_ADDR", d.OpsAddr), "address of the ops listener serving /healthz, /readyz and /metrics without authentication (keep it off public networks), or off (env ANSFLOW_OPS_ADDR)")
+}
+
+// Validate checks c.
+func (c *Common) Validate() error {
+	if c.NATSURL == "" {
+		return errors.New("no NATS URL: set --nats or ANSFLOW_NATS_URL")
+	}
+	if c.OpsAddr != Off {
+		if _, _, err := net.SplitHostPort(c.OpsAddr); err != nil {
+			return fmt.Errorf("--ops-addr %q: want host:port or off: %w", c.OpsAddr, err)
+		}
+	}
+	return nil
+}
+
+// Process is a started service's shared parts.
+type Process struct {
+	// Log is the service's logger, named after it.
+	Log *zap.Logger
+	// NC is the NATS connection.
+	NC *nats.Conn
+	// JS is the JetStream context of NC.
+	JS jetstream.JetStream
+	// Ops serves /healthz, /readyz and /metrics; add the service's
+	// readiness checks and metrics before [Process.Run].
+	Ops *Ops
+
+	opsAddr string
+}
+
+// Start makes the logger of service, connects to NATS as client (the name
+// the server shows) and prepares the ops listener with the NATS readiness
+// check. The caller closes the process.
+func (c *Common) Start(service, client string) (*Process, error) {
+	log, err := logging.New(c.LogLevel, c.LogJSON)
+	if err != nil {
+		return nil, err
+	}
+	log = log.With(zap.String("service", service))
+	nc, err := natsutil.Connect(natsutil.ConnectOptions{URL: c.NATSURL, Name: client, CredsFile: c.NATSCreds, CAFile: c.NATSCA})
+	if err != nil {
+		log.Sync() //nolint:errcheck // stderr
+		return nil, err
+	}
+	js, err := natsutil.JetStream(nc)
+	if err != nil {
+		nc.Close()
+		log.Sync() //nolint:errcheck // stderr
+		return nil, err
+	}
+	p := &Process{Log: log, NC: nc, JS: js, Ops: NewOps(), opsAddr: c.OpsAddr}
+	p.Ops.Ready("nats", NATSConnected(nc))
+	return p, nil
+}
+
+// Run runs each of parts and the ops listener until ctx is done or one of
+// them fails. A part that returns after ctx is done is a clean stop.
+func (p *Process) Run(ctx context.Context, parts ...func(context.Context) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, part := range parts {
+		g.Go(func() error { return part(gctx) })
+	}
+	if p.opsAddr != Off {
+		g.Go(func() error { return p.Ops.Listen(gctx, p.opsAddr, p.Log) })
+	}
+	err := g.Wait()
+	if err != nil && ctx.Err() != nil {
+		p.Log.Info("shutting down", zap.NamedError("reason", context.Cause(ctx)))
+		return nil
+	}
+	return err
+}
+
+// Close flushes what the connection still holds (acknowledgements sent
+// while stopping), drains it and syncs the log.
+func (p *Process) Close() {
+	if err := p.NC.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		p.Log.Warn("flush NATS connection", zap.Error(err))
+	}
+	if err := p.NC.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		p.Log.Warn("drain NATS connection", zap.Error(err))
+	}
+	p.Log.Sync() //nolint:errcheck // stderr
+}
+
+// Main is a service's main function. parse reads the command line (the
+// arguments after the program name, the environment lookup, where usage
+// goes); run runs the service until its context ends on SIGINT or SIGTERM.
+// It exits 0 after -h, 2 on a configuration error and 1 when run fails,
+// printing the error after the service's name.
+func Main[C any](service string, parse func(args []string, lookup func(string) (string, bool), out io.Writer) (C, error), run func(context.Context, C) error) {
+	cfg, err := parse(os.Args[1:], os.LookupEnv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", service, err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err = run(ctx, cfg)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", service, err)
+		os.Exit(1)
+	}
+}
