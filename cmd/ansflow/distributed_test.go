@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -29,9 +30,9 @@ func freePort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// daemon starts a binary and stops it (SIGTERM, then SIGKILL) when the test
+// startProcess starts a binary and stops it (SIGTERM, then SIGKILL) when the test
 // ends; its output goes to a log file shown on failure.
-func daemon(t *testing.T, name string, args ...string) *exec.Cmd {
+func startProcess(t *testing.T, name string, args ...string) *exec.Cmd {
 	t.Helper()
 	logf, err := os.Create(filepath.Join(t.TempDir(), filepath.Base(name)+".log"))
 	if err != nil {
@@ -60,6 +61,33 @@ func daemon(t *testing.T, name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// waitReady polls base's /readyz until it answers 200 with every line of
+// want, or fails the test after 30 s with the last answer.
+func waitReady(t *testing.T, name, base string, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := 0, ""
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			code, body = resp.StatusCode, string(b)
+			ok := code == http.StatusOK
+			for _, w := range want {
+				ok = ok && strings.Contains(body, w)
+			}
+			if ok {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not ready within 30s: %d %q %v", name, code, body, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // TestDistributedMode runs every service as its own process against a NATS
 // server of its own: the pipeline service, two docker runners sharing the
 // default pool, and the audit service. Steps spread over both runners; a
@@ -78,18 +106,28 @@ func TestDistributedMode(t *testing.T) {
 	}
 	natsAddr, apiAddr, auditAddr := freePort(t), freePort(t), freePort(t)
 	natsURL := "nats://" + natsAddr
-	daemon(t, filepath.Join(bin, "ansflow"), "up", "--no-pipeline", "--no-runners", "--no-audit", "--nats", natsAddr, "--data-dir", t.TempDir())
+	startProcess(t, filepath.Join(bin, "ansflow"), "up", "--no-pipeline", "--no-runners", "--no-audit", "--nats", natsAddr, "--data-dir", t.TempDir())
 	waitTCP(t, natsAddr)
 	adminFile, admin := adminTokenFileFor(t)
-	daemon(t, filepath.Join(bin, "pipeline"), "--nats", natsURL, "--http", apiAddr, "--lease-check", "2s", "--admin-token-file", adminFile)
+	ops := map[string]string{"pipeline": freePort(t), "runner-a": freePort(t), "runner-b": freePort(t), "audit": freePort(t)}
+	startProcess(t, filepath.Join(bin, "pipeline"), "--nats", natsURL, "--http", apiAddr, "--ops-addr", ops["pipeline"], "--lease-check", "2s", "--admin-token-file", adminFile)
 	runners := map[string]*exec.Cmd{}
 	for _, id := range []string{"runner-a", "runner-b"} {
-		runners[id] = daemon(t, filepath.Join(bin, "docker-runner"), "--nats", natsURL, "--pools", "default", "--id", id, "--concurrency", "2",
+		runners[id] = startProcess(t, filepath.Join(bin, "docker-runner"), "--nats", natsURL, "--ops-addr", ops[id], "--pools", "default", "--id", id, "--concurrency", "2",
 			"--lease", "2s", "--work-dir", t.TempDir())
 	}
-	daemon(t, filepath.Join(bin, "audit"), "--nats", natsURL, "--data-dir", t.TempDir(), "--http", auditAddr)
+	startProcess(t, filepath.Join(bin, "audit"), "--nats", natsURL, "--ops-addr", ops["audit"], "--data-dir", t.TempDir(), "--http", auditAddr)
 	waitTCP(t, apiAddr)
 	waitTCP(t, auditAddr)
+	// Every service reports ready on its ops listener with its own checks.
+	for name, want := range map[string][]string{
+		"pipeline": {"[+]nats ok", "[+]jetstream ok"},
+		"runner-a": {"[+]nats ok", "[+]jetstream ok", "[+]docker-engine ok"},
+		"runner-b": {"[+]nats ok", "[+]jetstream ok", "[+]docker-engine ok"},
+		"audit":    {"[+]nats ok", "[+]jetstream ok", "[+]store ok"},
+	} {
+		waitReady(t, name, "http://"+ops[name], want...)
+	}
 
 	c := newClient("http://"+apiAddr, admin)
 	ctx := context.Background()

@@ -206,7 +206,7 @@ func startFaultSuite(t *testing.T) *faultSuite {
 	for i := range 2 {
 		addr := freePort(t)
 		p := newFaultProc(t, logDir, fmt.Sprintf("pipeline-%d", i+1), filepath.Join(bin, "pipeline"),
-			"--nats", natsURLs, "--http", addr, "--replicas", "3", "--lease-check", faultLeaseCheck.String(), "--admin-token-file", adminFile)
+			"--nats", natsURLs, "--http", addr, "--ops-addr", freePort(t), "--replicas", "3", "--lease-check", faultLeaseCheck.String(), "--admin-token-file", adminFile)
 		p.start()
 		s.pipes, s.apis = append(s.pipes, p), append(s.apis, addr)
 		if i == 0 {
@@ -216,7 +216,7 @@ func startFaultSuite(t *testing.T) *faultSuite {
 	s.waitAPI(1)
 	for _, id := range []string{"runner-a", "runner-b"} {
 		p := newFaultProc(t, logDir, id, filepath.Join(bin, "docker-runner"),
-			"--nats", natsURLs, "--pools", "default", "--id", id, "--concurrency", strconv.Itoa(faultSlots),
+			"--nats", natsURLs, "--ops-addr", freePort(t), "--pools", "default", "--id", id, "--concurrency", strconv.Itoa(faultSlots),
 			"--lease", faultLease.String(), "--heartbeat", "1s", "--replicas", "3", "--grace", "1s", "--work-dir", t.TempDir())
 		p.start()
 		s.runners[id] = p
@@ -224,7 +224,7 @@ func startFaultSuite(t *testing.T) *faultSuite {
 	}
 	s.auditAt = freePort(t)
 	s.audit = newFaultProc(t, logDir, "audit", filepath.Join(bin, "audit"),
-		"--nats", natsURLs, "--data-dir", t.TempDir(), "--http", s.auditAt, "--replicas", "3")
+		"--nats", natsURLs, "--ops-addr", freePort(t), "--data-dir", t.TempDir(), "--http", s.auditAt, "--replicas", "3")
 	s.audit.start()
 	waitTCP(t, s.auditAt)
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ansflow/ansflow/pkg/daemon"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/httpserver"
 	"github.com/ansflow/ansflow/pkg/natsutil"
@@ -33,7 +35,10 @@ import (
 
 // stackConfig selects what the embedded stack runs.
 type stackConfig struct {
-	DataDir      string
+	DataDir string
+	// OpsAddr is where the ops listener serves /healthz, /readyz and
+	// /metrics ("" or "off": nowhere).
+	OpsAddr      string
 	HTTPAddr     string // "" picks a free loopback port
 	NATSAddr     string // "off" for in-process only
 	DockerRunner bool
@@ -94,6 +99,9 @@ type stack struct {
 	err        error
 	cancel     context.CancelFunc
 	audit      *audit.Service // nil when the stack runs none
+	// Ops serves the stack's /healthz, /readyz and /metrics when
+	// stackConfig.OpsAddr asks for it.
+	Ops *daemon.Ops
 	// Token is the admin token of DataDir/admin.token, which the pipeline
 	// service accepts; TokenCreated says this start made it.
 	Token        string
@@ -148,7 +156,7 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 	if err != nil {
 		return nil, err
 	}
-	st := &stack{ns: ns, done: make(chan struct{})}
+	st := &stack{ns: ns, done: make(chan struct{}), Ops: daemon.NewOps()}
 	fail := func(err error) (*stack, error) { st.stop(); return nil, err }
 	if cfg.DockerRunner || cfg.K8sRunner {
 		if cfg.SecretsIdentityFile == "" {
@@ -166,6 +174,10 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 	ctx, cancel := context.WithCancel(ctx)
 	st.cancel = cancel
 	g, gctx := errgroup.WithContext(ctx)
+	st.Ops.Ready("nats", daemon.NATSConnected(st.nc))
+	if js, err := natsutil.JetStream(st.nc); err == nil && cfg.Pipeline {
+		st.Ops.Ready("jetstream", daemon.Streams(js, service.Streams()...))
+	}
 
 	for _, kind := range []string{event.KindDocker, event.KindK8s} {
 		if (kind == event.KindDocker && !cfg.DockerRunner) || (kind == event.KindK8s && !cfg.K8sRunner) {
@@ -186,6 +198,9 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 		for _, se := range served {
 			if se.Engine == nil {
 				continue
+			}
+			if p, ok := se.Engine.(pinger); ok {
+				st.Ops.Ready(kind+" engine "+strings.Join(se.Targets, ","), func(ctx context.Context) error { _, err := p.Ping(ctx); return err })
 			}
 			if err := st.startRunner(ctx, gctx, g, conn, kind, se, cfg, log); err != nil {
 				return fail(err)
@@ -264,8 +279,23 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 		}
 		g.Go(func() error { return svc.Run(gctx) })
 	}
+	if cfg.OpsAddr != "" && cfg.OpsAddr != daemon.Off {
+		ln, err := net.Listen("tcp", cfg.OpsAddr)
+		if err != nil {
+			return fail(fmt.Errorf("ops listener on %s: %w", cfg.OpsAddr, err))
+		}
+		g.Go(func() error {
+			return httpserver.Serve(gctx, "ops listener", ln, st.Ops.Handler(), httpserver.TLS{}, log)
+		})
+	}
 	go func() { st.err = g.Wait(); close(st.done) }()
 	return st, nil
+}
+
+// pinger is an engine that can say whether what it drives answers (the
+// Docker Engine, a cluster's API server): the stack's readiness check.
+type pinger interface {
+	Ping(ctx context.Context) (string, error)
 }
 
 // startRunner runs one runner loop for se in the errgroup and waits until

@@ -30,6 +30,7 @@ func cmdUp(ctx context.Context, args []string) error {
 	allowLocalClone := fs.Bool("allow-local-clone", false, "let runs clone file:// URLs and paths on this host (default: https, ssh and git only)")
 	cloneCA := fs.String("clone-ca", os.Getenv("ANSFLOW_CLONE_CA"), "PEM file of the CAs trusted for https:// clones instead of the system's (a forge with a private CA)")
 	level := fs.String("log-level", "info", "log level")
+	opsAddr := fs.String("ops-addr", os.Getenv("ANSFLOW_OPS_ADDR"), "serve /healthz, /readyz and /metrics, unauthenticated, on this address (default off; env ANSFLOW_OPS_ADDR)")
 	policyFlags := dockerpolicy.RegisterFlags(fs, os.LookupEnv)
 	kubeContext := fs.String("kube-context", os.Getenv("ANSFLOW_KUBE_CONTEXT"), "kubeconfig context of cluster \"default\" (default: the current context of an explicitly set $KUBECONFIG, else none)")
 	var tlsCfg httpserver.TLS
@@ -60,7 +61,7 @@ func cmdUp(ctx context.Context, args []string) error {
 	if err != nil {
 		return &usageError{err}
 	}
-	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, NATSAddr: *natsAddr, ConfigFile: *config, DockerPolicy: pol,
+	st, err := startStack(ctx, stackConfig{DataDir: *dataDir, HTTPAddr: *httpAddr, OpsAddr: *opsAddr, NATSAddr: *natsAddr, ConfigFile: *config, DockerPolicy: pol,
 		DockerRunner: !*noRunners && !*noDocker, K8sRunner: !*noRunners && !*noK8s, Audit: !*noAudit, Pipeline: !*noPipeline,
 		Concurrency: *concurrency, AllowLocalClone: *allowLocalClone, CloneCA: *cloneCA, TLS: tlsCfg, Login: *loginCfg, KubeContext: *kubeContext,
 		SecretsKeyFile: *keyFile, SecretsIdentityFile: *identityFile, SecretsOldKeyFile: *oldKeyFile, Notify: notifyCfg, Forge: *forgeCfg, ExternalURL: *externalURL}, log)

@@ -233,3 +233,40 @@ func TestAPanickingOrHangingCheckFailsOnlyItself(t *testing.T) {
 		t.Errorf("/metrics without a handler = %d %q, want 404", code, body)
 	}
 }
+
+// TestHealthcheck asks a real ops listener, as a container health check
+// would, through a wildcard listen address.
+func TestHealthcheck(t *testing.T) {
+	ops := daemon.NewOps()
+	ready := make(chan struct{})
+	ops.Ready("gate", func(context.Context) error {
+		select {
+		case <-ready:
+			return nil
+		default:
+			return errors.New("not yet")
+		}
+	})
+	ln, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: ops.Handler()}
+	go srv.Serve(ln)
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	env := func(k string) (string, bool) { return "0.0.0.0:" + port, k == "ANSFLOW_OPS_ADDR" }
+	if err := daemon.Healthcheck(nil, env); err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "[-]gate failed: not yet") {
+		t.Fatalf("unready: %v, want the 503 and the failed check", err)
+	}
+	close(ready)
+	if err := daemon.Healthcheck(nil, env); err != nil {
+		t.Fatalf("ready: %v", err)
+	}
+	if err := daemon.Healthcheck([]string{"--ops-addr", ":" + port}, nil); err != nil {
+		t.Fatalf("--ops-addr :%s: %v", port, err)
+	}
+	if err := daemon.Healthcheck(nil, func(string) (string, bool) { return "", false }); err == nil {
+		t.Fatal("no address: nil error")
+	}
+}

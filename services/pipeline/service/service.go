@@ -240,3 +240,20 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error { return httpserver.Serve(ctx, "pipeline API", ln, s.API, s.cfg.TLS, s.log) })
 	return g.Wait()
 }
+
+// Streams names what the service cannot work without, for its readiness
+// check: every stream, and the buckets every configuration uses (runs,
+// pipelines and their versions, attempts, API tokens), by the streams they
+// are kept in. Buckets of optional parts (secrets, notifications, commit
+// statuses) are left out: a service configured without them never makes
+// them.
+func Streams() []string {
+	var out []string
+	for _, s := range topology.Streams(1) {
+		out = append(out, s.Name)
+	}
+	for _, b := range []string{topology.BucketRuns, topology.BucketPipelines, topology.BucketVersions, topology.BucketAttempts, topology.BucketTokens} {
+		out = append(out, topology.KVStream(b))
+	}
+	return out
+}
