@@ -3,7 +3,7 @@ MODULES := ./pkg/... ./services/pipeline/... ./services/docker-runner/... ./serv
 BIN     := bin
 GOFLAGS ?=
 
-.PHONY: images build test test-faults test-short bench bench-dispatch fuzz lint demo cluster-up cluster-down clean
+.PHONY: images build test test-faults test-short bench bench-dispatch bench-scale fuzz lint demo cluster-up cluster-down clean
 
 build: ## build ansflow and every service binary into bin/
 	go build -o $(BIN)/ansflow ./cmd/ansflow
@@ -35,6 +35,9 @@ bench: ## run every benchmark and print comparable figures
 
 bench-dispatch: ## orchestration overhead, throughput and the queue only
 	go test -p 1 -run '^$$' -bench 'Dispatch|Throughput|Queue' -timeout 10m ./services/pipeline/orchestrator/
+
+bench-scale: ## throughput and orchestration latency with 1, 2, 4 and 8 runner processes on a 3-node NATS cluster (R3)
+	cd cmd/ansflow && go test -run '^$$' -bench 'ScaleOut' -benchtime 3x -timeout 20m .
 
 FUZZTIME ?= 30s
 fuzz: ## run each fuzz target (webhook verification and parsing, the source unpacker, the spec parser, the templater) for FUZZTIME

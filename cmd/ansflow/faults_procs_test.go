@@ -20,11 +20,13 @@ import (
 // and started again with the same arguments, its output appended to one log
 // file across restarts. It is stopped when the test ends.
 type faultProc struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 	bin  string
 	args []string
 	log  string
+	// env is added to the process's environment.
+	env []string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -32,7 +34,7 @@ type faultProc struct {
 	starts int
 }
 
-func newFaultProc(t *testing.T, logDir, name, bin string, args ...string) *faultProc {
+func newFaultProc(t testing.TB, logDir, name, bin string, args ...string) *faultProc {
 	p := &faultProc{t: t, name: name, bin: bin, args: args, log: filepath.Join(logDir, name+".log")}
 	t.Cleanup(p.stop)
 	return p
@@ -50,6 +52,9 @@ func (p *faultProc) start() {
 	p.starts++
 	fmt.Fprintf(f, "=== faults: start %d of %s at %s\n", p.starts, p.name, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(p.bin, p.args...)
+	if p.env != nil {
+		cmd.Env = append(os.Environ(), p.env...)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -62,6 +67,16 @@ func (p *faultProc) start() {
 		close(done)
 	}()
 	p.cmd, p.done = cmd, done
+}
+
+// pid is the running process's id (0 when it is not running).
+func (p *faultProc) pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
 }
 
 // kill SIGKILLs the process and returns once it is gone, with the moment the
@@ -157,7 +172,7 @@ func (n *natsNode) url() string { return "nats://" + n.client }
 // startNATSCluster starts three clustered nats-server processes with
 // JetStream on loopback, each with its own store directory, and returns once
 // the cluster has a JetStream meta leader.
-func startNATSCluster(t *testing.T, bin, logDir string) []*natsNode {
+func startNATSCluster(t testing.TB, bin, logDir string) []*natsNode {
 	t.Helper()
 	nodes := make([]*natsNode, 3)
 	for i := range nodes {
@@ -236,7 +251,7 @@ func getJSON(url string, out any) error {
 
 // waitFor polls cond every 100ms until it holds, failing the test after d
 // with cond's last explanation.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	if why, ok := pollUntil(d, cond); !ok {
 		t.Fatalf("waited %s for %s: %s", d, what, why)
@@ -261,7 +276,7 @@ func pollUntil(d time.Duration, cond func() (bool, string)) (string, bool) {
 
 // buildFaultBinaries builds the services and nats-server (from the module
 // the workspace already requires) into one directory.
-func buildFaultBinaries(t *testing.T) string {
+func buildFaultBinaries(t testing.TB) string {
 	t.Helper()
 	bin := t.TempDir()
 	cmd := exec.Command("go", "build", "-o", bin+string(filepath.Separator),
