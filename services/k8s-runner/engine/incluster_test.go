@@ -1,19 +1,43 @@
 package engine
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"io/fs"
+	"math/big"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
+
+// testCA returns a self-signed CA certificate in PEM.
+func testCA(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true, BasicConstraintsValid: true,
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
 
 // writeServiceAccount writes a service account directory as the kubelet
 // mounts it.
 func writeServiceAccount(t *testing.T, token, ns string) string {
 	t.Helper()
 	dir := t.TempDir()
-	files := map[string]string{"token": token, "ca.crt": "not parsed before the first request\n"}
+	files := map[string]string{"token": token, "ca.crt": testCA(t)}
 	if ns != "" {
 		files["namespace"] = ns
 	}
