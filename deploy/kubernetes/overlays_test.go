@@ -73,13 +73,16 @@ func TestOverlaysRollOut(t *testing.T) {
 					continue
 				}
 				ri, _ := c.resource(o)
+				var live *unstructured.Unstructured
 				eventually(t, 3*time.Minute, fmt.Sprintf("%s %s rolled out", o.GetKind(), o.GetName()), func() string {
-					live, err := ri.Get(ctx, o.GetName(), metav1.GetOptions{})
-					if err != nil {
+					var err error
+					if live, err = ri.Get(ctx, o.GetName(), metav1.GetOptions{}); err != nil {
 						return err.Error()
 					}
 					return rolledOut(live)
 				})
+				ready, _, _ := unstructured.NestedInt64(live.Object, "status", "readyReplicas")
+				t.Logf("%s %s rolled out: %d ready replicas, generation %d", o.GetKind(), o.GetName(), ready, live.GetGeneration())
 			}
 
 			// Every PodDisruptionBudget sees its replicas healthy.
@@ -129,8 +132,49 @@ func TestOverlaysRollOut(t *testing.T) {
 			if _, err := c.cs.RbacV1().Roles(ns[appsNS]).Get(ctx, runnerSA, metav1.GetOptions{}); err != nil {
 				t.Error(err)
 			}
+
+			// An upgrade whose new pods never become ready leaves the old
+			// ones serving (maxUnavailable 0) and is not rolled out: the
+			// rollout check is not vacuous.
+			if overlay == "production" {
+				upgradeThatNeverBecomesReady(t, ctx, c, find(t, objs, "Deployment", ns[ansflowNS], "pipeline"))
+			}
 		})
 	}
+}
+
+// upgradeThatNeverBecomesReady applies a new image to dep whose pods kwok
+// never marks ready, and checks that the rolling update keeps every old
+// replica ready and that [rolledOut] says it is not done.
+func upgradeThatNeverBecomesReady(t *testing.T, ctx context.Context, c *cluster, dep *unstructured.Unstructured) {
+	t.Helper()
+	up := dep.DeepCopy()
+	containers, _, _ := unstructured.NestedSlice(up.Object, "spec", "template", "spec", "containers")
+	containers[0].(map[string]any)["image"] = "never-ready:1"
+	_ = unstructured.SetNestedSlice(up.Object, containers, "spec", "template", "spec", "containers")
+	c.apply(t, ctx, []*unstructured.Unstructured{up})
+	replicas, _, _ := unstructured.NestedInt64(dep.Object, "spec", "replicas")
+	ri, _ := c.resource(dep)
+	eventually(t, time.Minute, "a surge pod of the upgrade, not ready", func() string {
+		live, err := ri.Get(ctx, dep.GetName(), metav1.GetOptions{})
+		if err != nil {
+			return err.Error()
+		}
+		observed, _, _ := unstructured.NestedInt64(live.Object, "status", "observedGeneration")
+		updated, _, _ := unstructured.NestedInt64(live.Object, "status", "updatedReplicas")
+		ready, _, _ := unstructured.NestedInt64(live.Object, "status", "readyReplicas")
+		unavailable, _, _ := unstructured.NestedInt64(live.Object, "status", "unavailableReplicas")
+		if observed < live.GetGeneration() || updated != 1 || unavailable != 1 {
+			return fmt.Sprintf("observed %d of %d, %d updated, %d unavailable", observed, live.GetGeneration(), updated, unavailable)
+		}
+		if ready != replicas {
+			t.Fatalf("the upgrade took ready replicas to %d of %d", ready, replicas)
+		}
+		if rolledOut(live) == "" {
+			t.Fatal("an upgrade whose new pod is not ready counts as rolled out")
+		}
+		return ""
+	})
 }
 
 // checkBuilt checks what an overlay builds, before it is applied: replica
