@@ -150,6 +150,9 @@ func TestK8sRunnerInCluster(t *testing.T) {
 	if done := deploy(ns[appsNS]); done.Status != event.StatusSucceeded {
 		t.Fatalf("k8s_deploy into %s: %s: %s; runner log:\n%s", ns[appsNS], done.Status, done.Error, logs)
 	}
+	if !strings.Contains(logs.String(), "cluster reachable") {
+		t.Errorf("the runner did not log its cluster; log:\n%s", logs)
+	}
 	d, err := c.cs.AppsV1().Deployments(ns[appsNS]).Get(ctx, "hello", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -164,6 +167,7 @@ func TestK8sRunnerInCluster(t *testing.T) {
 		!strings.Contains(done.Error, denied) {
 		t.Errorf("k8s_deploy into %s: %s: %q; want a failure naming RBAC, %s and the namespace", denied, done.Status, done.Error, sa)
 	}
+	t.Logf("k8s_deploy into %s: %s: %s", denied, done.Status, done.Error)
 	if _, err := c.cs.AppsV1().Deployments(denied).Get(ctx, "hello", metav1.GetOptions{}); err == nil {
 		t.Errorf("a deployment was created in %s", denied)
 	}
