@@ -181,6 +181,12 @@ func (c *cluster) provideVolumes(t *testing.T, ctx context.Context, objs []*unst
 // passes, then fails with its last answer.
 func eventually(t *testing.T, within time.Duration, what string, cond func() string) {
 	t.Helper()
+	eventuallyEvery(t, within, 200*time.Millisecond, what, cond)
+}
+
+// eventuallyEvery is [eventually] polling every interval.
+func eventuallyEvery(t *testing.T, within, interval time.Duration, what string, cond func() string) {
+	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
 		last := cond()
@@ -190,7 +196,7 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() str
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within %s: %s", what, within, last)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
 

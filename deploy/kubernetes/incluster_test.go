@@ -37,7 +37,9 @@ import (
 // server-side apply) and the cluster's CA. A k8s_deploy into the
 // namespace its Role covers succeeds; one into a namespace the runner's
 // cluster entry lets through but no Role covers fails with RBAC's
-// forbidden error naming the service account.
+// forbidden error naming the service account. Then the token rotates as the
+// kubelet rotates it (a new file, the old token revoked) and the runner's
+// steps work again with the new one, without a restart.
 func TestK8sRunnerInCluster(t *testing.T) {
 	c := localCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -62,13 +64,27 @@ func TestK8sRunnerInCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The service account directory the kubelet would mount.
-	expiry := int64(600)
-	tr, err := c.cs.CoreV1().ServiceAccounts(ns[ansflowNS]).CreateToken(ctx, runnerSA,
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry}}, metav1.CreateOptions{})
+	// The service account directory the kubelet would mount. Its first
+	// token is bound to a Secret, as the kubelet's are bound to their pod,
+	// so deleting the Secret revokes it.
+	binding, err := c.cs.CoreV1().Secrets(ns[ansflowNS]).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "first-token-binding"}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	mint := func(bound *corev1.Secret) string {
+		t.Helper()
+		expiry := int64(600)
+		spec := authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry}
+		if bound != nil {
+			spec.BoundObjectRef = &authenticationv1.BoundObjectReference{Kind: "Secret", APIVersion: "v1", Name: bound.Name, UID: bound.UID}
+		}
+		tr, err := c.cs.CoreV1().ServiceAccounts(ns[ansflowNS]).CreateToken(ctx, runnerSA, &authenticationv1.TokenRequest{Spec: spec}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr.Status.Token
+	}
+	first := mint(binding)
 	saDir := t.TempDir()
 	ca := c.rc.CAData
 	if len(ca) == 0 {
@@ -76,7 +92,7 @@ func TestK8sRunnerInCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for name, content := range map[string][]byte{"token": []byte(tr.Status.Token), "ca.crt": ca, "namespace": []byte(ns[ansflowNS])} {
+	for name, content := range map[string][]byte{"token": []byte(first), "ca.crt": ca, "namespace": []byte(ns[ansflowNS])} {
 		if err := os.WriteFile(filepath.Join(saDir, name), content, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -171,6 +187,41 @@ func TestK8sRunnerInCluster(t *testing.T) {
 	if _, err := c.cs.AppsV1().Deployments(denied).Get(ctx, "hello", metav1.GetOptions{}); err == nil {
 		t.Errorf("a deployment was created in %s", denied)
 	}
+
+	// Rotation, as the kubelet does it: a new token replaces the file, the
+	// old one stops working. The runner goes on with the new one once its
+	// transport re-reads the file (client-go: within a minute).
+	rotated := filepath.Join(saDir, "token.new")
+	if err := os.WriteFile(rotated, []byte(mint(nil)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(rotated, filepath.Join(saDir, "token")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cs.CoreV1().Secrets(ns[ansflowNS]).Delete(ctx, binding.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "the first token revoked", func() string {
+		r, err := c.cs.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: first}}, metav1.CreateOptions{})
+		if err != nil {
+			return err.Error()
+		}
+		if r.Status.Authenticated {
+			return "still authenticated"
+		}
+		return ""
+	})
+	revoked := time.Now()
+	var failures int
+	eventuallyEvery(t, 150*time.Second, 2*time.Second, "a k8s_deploy with the rotated token", func() string {
+		done := deploy(ns[appsNS])
+		if done.Status == event.StatusSucceeded {
+			return ""
+		}
+		failures++
+		return fmt.Sprintf("%s: %s", done.Status, done.Error)
+	})
+	t.Logf("after the first token was revoked: %d steps failed, then the rotated token worked %s later", failures, time.Since(revoked).Round(time.Second))
 }
 
 // buildRunner builds the k8s-runner binary from this workspace.
