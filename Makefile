@@ -1,5 +1,5 @@
 # AnsFlow developer targets. Go 1.26; the workspace (go.work) ties the modules.
-MODULES := ./pkg/... ./services/pipeline/... ./services/docker-runner/... ./services/k8s-runner/... ./services/audit/... ./cmd/ansflow/...
+MODULES := ./pkg/... ./services/pipeline/... ./services/docker-runner/... ./services/k8s-runner/... ./services/audit/... ./cmd/ansflow/... ./deploy/kubernetes/...
 BIN     := bin
 GOFLAGS ?=
 
@@ -48,7 +48,7 @@ fuzz: ## run each fuzz target (webhook verification and parsing, the source unpa
 	go test -run '^$$' -fuzz '^FuzzRender$$' -fuzztime $(FUZZTIME) ./pkg/tmpl/
 
 lint: ## gofmt, go vet
-	@out=$$(gofmt -l pkg services cmd); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l pkg services cmd deploy/kubernetes); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet $(MODULES)
 
 demo: build ## the README's main job: a real pipeline on the embedded default

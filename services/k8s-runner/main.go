@@ -126,6 +126,7 @@ func parseConfig(args []string, env func(string) (string, bool), out io.Writer) 
 	clustersFile := fs.String("clusters-file", getenv("ANSFLOW_K8S_CLUSTERS_FILE", ""),
 		"YAML file listing the clusters served, each with its own kubeconfig, context, namespaces and kinds (instead of --clusters; the flags are the defaults of entries that set none) (env ANSFLOW_K8S_CLUSTERS_FILE)")
 	fs.StringVar(&c.Engine.Kubeconfig, "kubeconfig", getenv("ANSFLOW_KUBECONFIG", ""), "kubeconfig file; default $KUBECONFIG, ~/.kube/config, then the in-cluster service account (env ANSFLOW_KUBECONFIG)")
+	fs.StringVar(&c.Engine.ServiceAccountDir, "service-account-dir", getenv("ANSFLOW_K8S_SERVICE_ACCOUNT_DIR", engine.DefaultServiceAccountDir), "service account directory (token, ca.crt, namespace) used in a pod when no kubeconfig is found (env ANSFLOW_K8S_SERVICE_ACCOUNT_DIR)")
 	fs.StringVar(&c.Engine.FieldManager, "field-manager", getenv("ANSFLOW_FIELD_MANAGER", engine.DefaultFieldManager), "server-side apply field manager (env ANSFLOW_FIELD_MANAGER)")
 	fs.DurationVar(&c.Engine.WaitTimeout, "wait-timeout", durEnv("ANSFLOW_K8S_WAIT_TIMEOUT", engine.DefaultWaitTimeout), "bound of a wait whose step sets no timeout (env ANSFLOW_K8S_WAIT_TIMEOUT)")
 	namespaces := fs.String("namespaces", getenv("ANSFLOW_K8S_NAMESPACES", ""), "namespaces (globs) steps may use on every served cluster, comma-separated; default the context's namespace (env ANSFLOW_K8S_NAMESPACES)")

@@ -101,6 +101,10 @@ type Config struct {
 	// Access limits the namespaces and kinds steps may touch (default: the
 	// default namespace and [DefaultKinds]).
 	Access Access
+	// ServiceAccountDir is the directory of the pod's service account
+	// (token, ca.crt, namespace) used when no kubeconfig is found (default
+	// [DefaultServiceAccountDir]); see [InClusterConfig].
+	ServiceAccountDir string
 }
 
 // Validate fills c's defaults; it fails on values that cannot work.
@@ -152,6 +156,20 @@ func New(cfg Config, log *zap.Logger) (*Engine, error) {
 		if cfg.Cluster == "" {
 			cfg.Cluster = rc.Host
 		}
+	} else if cfg.Kubeconfig == "" && cfg.Context == "" && !kubeconfigFound() && inClusterEnv() {
+		// No kubeconfig anywhere, inside a pod: its service account.
+		var ns string
+		var err error
+		rc, ns, err = InClusterConfig(cfg.ServiceAccountDir)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.DefaultNamespace == "" {
+			cfg.DefaultNamespace = ns
+		}
+		if cfg.Cluster == "" {
+			cfg.Cluster = "in-cluster"
+		}
 	} else {
 		rules := clientcmd.NewDefaultClientConfigLoadingRules()
 		if cfg.Kubeconfig != "" {
@@ -159,7 +177,7 @@ func New(cfg Config, log *zap.Logger) (*Engine, error) {
 		}
 		cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: cfg.Context})
 		var err error
-		rc, err = cc.ClientConfig() // falls back to in-cluster when no kubeconfig exists
+		rc, err = cc.ClientConfig()
 		if err != nil {
 			where := "the default kubeconfig ($KUBECONFIG or ~/.kube/config) or the in-cluster service account"
 			if cfg.Kubeconfig != "" {
