@@ -3,7 +3,7 @@ MODULES := ./pkg/... ./services/pipeline/... ./services/docker-runner/... ./serv
 BIN     := bin
 GOFLAGS ?=
 
-.PHONY: images build test test-faults test-short bench bench-dispatch bench-scale fuzz lint demo cluster-up cluster-down clean
+.PHONY: images build test test-alerts test-faults test-short bench bench-dispatch bench-scale fuzz lint demo cluster-up cluster-down clean
 
 build: ## build ansflow and every service binary into bin/
 	go build -o $(BIN)/ansflow ./cmd/ansflow
@@ -16,6 +16,10 @@ test: ## install/start what the tests need (deploy/ci/setup.sh), then run every 
 	go vet $(MODULES)
 	go test -count=1 -run '^$$' $(MODULES) > /dev/null # compile every test binary, in parallel
 	. ./.test-env && go test -count=1 -p 1 -timeout 40m $(MODULES) # then run packages one at a time: they share Docker, the registry port range, PostgreSQL and the cluster
+	$(MAKE) test-alerts
+
+test-alerts: ## check deploy/prometheus/alerts.yaml against pkg/metrics and evaluate each rule (a module outside the workspace: GOWORK=off keeps the Prometheus server's dependency versions out of the services' builds)
+	cd deploy/prometheus && GOWORK=off go vet ./... && GOWORK=off go test -count=1 ./...
 
 test-faults: ## the fault suite alone (docs/reliability.md): SIGKILLs of runners, pipeline instances, audit and NATS nodes under load
 	@command -v busybox >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends busybox-static >/dev/null; }

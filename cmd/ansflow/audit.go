@@ -34,7 +34,7 @@ func startAudit(ctx context.Context, g *errgroup.Group, conn func(string) (*nats
 		st.Close()
 		return nil, err
 	}
-	var acfg audit.Config
+	acfg := audit.Config{Metrics: cfg.Metrics}
 	if err := acfg.Validate(); err != nil {
 		nc.Close()
 		st.Close()

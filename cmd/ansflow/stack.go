@@ -18,6 +18,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/daemon"
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/httpserver"
+	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/secret"
@@ -82,6 +83,10 @@ type stackConfig struct {
 	// ExternalURL is the API's address as users reach it, which
 	// notifications and commit statuses link to (default: the API's own).
 	ExternalURL string
+	// Metrics is the process's metrics, shared by every service of the
+	// stack (default: a new registry with the pipeline label kept); the
+	// stack's Metrics field is the one in use.
+	Metrics *metrics.Metrics
 }
 
 // stack is the embedded AnsFlow: a nats-server and the services in one
@@ -108,6 +113,9 @@ type stack struct {
 	TokenCreated bool
 	// svc is the pipeline service (nil when the stack runs none).
 	svc *service.Service
+	// Metrics is the registry every service of the stack records into;
+	// its Handler serves /metrics.
+	Metrics *metrics.Metrics
 	// identity is the embedded runners' secrets identity; IdentityCreated
 	// and KeyCreated say this start made it and the secrets key.
 	identity        *secret.Identity
@@ -156,7 +164,11 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 	if err != nil {
 		return nil, err
 	}
-	st := &stack{ns: ns, done: make(chan struct{}), Ops: daemon.NewOps()}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New(metrics.Options{PipelineLabel: true})
+	}
+	st := &stack{ns: ns, done: make(chan struct{}), Metrics: cfg.Metrics, Ops: daemon.NewOps()}
+	st.Ops.Metrics(cfg.Metrics.Handler())
 	fail := func(err error) (*stack, error) { st.stop(); return nil, err }
 	if cfg.DockerRunner || cfg.K8sRunner {
 		if cfg.SecretsIdentityFile == "" {
@@ -255,7 +267,8 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 			orc.Clone.CAFile = cfg.CloneCA
 		}
 		svc, err := service.New(ctx, service.Config{Listener: ln, Orchestrator: orc, AdminToken: st.Token, TLS: cfg.TLS, Login: cfg.Login,
-			SecretsKey: key, SecretsOldKey: oldKey, Notify: cfg.Notify, Forge: cfg.Forge, ExternalURL: cfg.ExternalURL}, js, log)
+			SecretsKey: key, SecretsOldKey: oldKey, Notify: cfg.Notify, Forge: cfg.Forge, ExternalURL: cfg.ExternalURL,
+			Metrics: cfg.Metrics}, js, log)
 		if err != nil {
 			ln.Close()
 			return fail(err)
@@ -311,7 +324,7 @@ func (s *stack) startRunner(ctx, gctx context.Context, g *errgroup.Group, conn f
 		return err
 	}
 	rc := runner.Config{Kind: kind, Targets: se.Targets, Concurrency: cfg.Concurrency, WorkDir: filepath.Join(cfg.DataDir, "work"),
-		Identity: s.identity}
+		Identity: s.identity, Metrics: cfg.Metrics}
 	if err := rc.Validate(); err != nil {
 		return err
 	}

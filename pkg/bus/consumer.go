@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/topology"
 )
 
@@ -110,6 +111,9 @@ type ConsumerConfig struct {
 	// finish (and ack) before their context is cancelled too (default 0:
 	// at once).
 	Grace time.Duration
+	// Metrics counts the consumer's redeliveries and dead letters by
+	// stream; nil counts nothing.
+	Metrics *metrics.Metrics
 }
 
 // MaxConcurrency is the largest [ConsumerConfig.Concurrency]: each handler
@@ -309,6 +313,9 @@ func (c *consumer) handle(ctx context.Context, msg jetstream.Msg) {
 		deliveries, seq = int(md.NumDelivered), md.Sequence.Stream
 	}
 	dl := deadLetter{c: c, msg: msg, hb: hb, deliveries: deliveries, seq: seq}
+	if deliveries > 1 {
+		c.cfg.Metrics.Redelivered(c.cfg.Stream)
+	}
 	limited := c.cfg.MaxDeliver > 0
 	if limited && deliveries > c.cfg.MaxDeliver {
 		// The previous delivery was the last one the handler may have, and

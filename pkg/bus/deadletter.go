@@ -99,6 +99,7 @@ func (d deadLetter) send(ctx context.Context, reason string) {
 		_ = msg.Nak()
 		return
 	}
+	d.c.cfg.Metrics.DeadLettered(cfg.Stream)
 	if err := msg.TermWithReason(truncate(reason, 200)); err != nil {
 		log.Warn("term failed; the message will be redelivered and dead-lettered again, deduplicated", zap.Error(err))
 	}

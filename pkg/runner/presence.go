@@ -188,6 +188,34 @@ func (d *Directory) Pool(kind, target string, now time.Time) PoolStatus {
 	return p
 }
 
+// Known sums up, at now, every pool or cluster that a runner the bucket
+// remembers serves, online or not, sorted by kind and target.
+func (d *Directory) Known(now time.Time) []PoolStatus {
+	d.mu.Lock()
+	seen := map[[2]string]bool{}
+	var keys [][2]string
+	for _, ri := range d.runners {
+		for _, p := range ri.Pools {
+			if k := [2]string{ri.Kind, p}; !seen[k] {
+				seen[k] = true
+				keys = append(keys, k)
+			}
+		}
+	}
+	d.mu.Unlock()
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i][0] != keys[j][0] {
+			return keys[i][0] < keys[j][0]
+		}
+		return keys[i][1] < keys[j][1]
+	})
+	out := make([]PoolStatus, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, d.Pool(k[0], k[1], now))
+	}
+	return out
+}
+
 // SecretKeys returns the distinct secrets public keys announced by the
 // runners the bucket remembers serving target of kind, sorted: a secret
 // sealed to all of them opens on whichever runner of the pool claims the

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/topology"
 )
@@ -76,6 +77,10 @@ type Config struct {
 	// the secrets sealed to the pool, whose public key the runner
 	// announces. Without it the runner fails steps that ask for secrets.
 	Identity *secret.Identity
+	// Metrics records queue waits, step durations, this runner's slots
+	// and its consumers' redeliveries and dead letters; nil records
+	// nothing.
+	Metrics *metrics.Metrics
 }
 
 // Validate checks cfg and fills defaults.
@@ -186,6 +191,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { r.heartbeat(gctx, presence); return nil })
 	for _, target := range r.cfg.Targets {
+		r.cfg.Metrics.RunnerSlots(r.cfg.Kind, target, r.cfg.Concurrency, 0)
 		cc := bus.ConsumerConfig{
 			Stream:         event.StreamSteps,
 			Durable:        DurableName(r.cfg.Kind, target),
@@ -194,6 +200,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			AckWait:        r.cfg.Lease,
 			Concurrency:    r.cfg.Concurrency,
 			Grace:          r.cfg.Grace,
+			Metrics:        r.cfg.Metrics,
 		}
 		h := func(ctx context.Context, e cloudevents.Event) error { return r.handle(ctx, e, attempts) }
 		g.Go(func() error { return bus.Consume(gctx, r.js, cc, bus.Chain(h, bus.KnownTypes()), r.log) })
@@ -338,6 +345,9 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 		return r.redelivered(ctx, &req, attempts, key, log)
 	}
 	l := &lease{kv: attempts, key: key, runner: r.cfg.ID, d: r.cfg.Lease, rev: rev}
+	if !req.RequestedAt.IsZero() {
+		r.cfg.Metrics.StepClaimed(r.cfg.Kind, req.Target, time.Since(req.RequestedAt))
+	}
 	if req.Reason == ReasonRunnerLost && req.Attempt > 1 {
 		r.reap(ctx, &req, req.Attempt-1, log)
 	}
@@ -349,6 +359,7 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 		if task != nil {
 			c.StdoutTail, c.StderrTail = task.stdout.Tail(), task.stderr.Tail()
 		}
+		r.cfg.Metrics.StepFinished(req.Type, status, c.FinishedAt.Sub(now))
 		return r.complete(ctx, c, l, log)
 	}
 	if !r.types[req.Type] {
@@ -367,12 +378,14 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 	r.mu.Lock()
 	r.running[runKey] = cancel
 	r.busy[req.Target]++
+	r.cfg.Metrics.RunnerSlots(r.cfg.Kind, req.Target, r.cfg.Concurrency, r.busy[req.Target])
 	r.mu.Unlock()
 	r.busyChanged()
 	defer func() {
 		r.mu.Lock()
 		delete(r.running, runKey)
 		r.busy[req.Target]--
+		r.cfg.Metrics.RunnerSlots(r.cfg.Kind, req.Target, r.cfg.Concurrency, r.busy[req.Target])
 		r.mu.Unlock()
 		r.busyChanged()
 	}()

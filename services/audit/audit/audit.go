@@ -34,6 +34,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ansflow/ansflow/pkg/bus"
+	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/topology"
 	"github.com/ansflow/ansflow/services/audit/store"
 )
@@ -69,6 +70,9 @@ type Config struct {
 	// record was pruned would be recorded again.
 	Retention         time.Duration
 	RetentionInterval time.Duration
+	// Metrics counts the records stored and their ingest lag, and the
+	// redeliveries the consumers see, by stream; nil counts nothing.
+	Metrics *metrics.Metrics
 }
 
 // Validate checks c and fills its defaults.
@@ -274,11 +278,16 @@ func (s *Service) consumeOnce(ctx context.Context, cons jetstream.Consumer, log 
 // consecutive failures before it. It reports whether the batch was stored.
 func (s *Service) flush(ctx context.Context, batch []jetstream.Msg, log *zap.Logger, failures int) bool {
 	recs := make([]store.Record, len(batch))
+	published := make([]time.Time, len(batch))
 	var rejected uint64
 	for i, m := range batch {
 		msg := &message{subject: m.Subject(), header: m.Headers(), data: m.Data(), stored: time.Now().UTC()}
 		if md, err := m.Metadata(); err == nil {
 			msg.stream, msg.streamSeq, msg.stored = md.Stream, md.Sequence.Stream, md.Timestamp.UTC()
+			published[i] = msg.stored
+			if md.NumDelivered > 1 {
+				s.cfg.Metrics.Redelivered(md.Stream)
+			}
 		}
 		recs[i] = s.toRecord(msg)
 		if recs[i].Rejected {
@@ -303,6 +312,16 @@ func (s *Service) flush(ctx context.Context, batch []jetstream.Msg, log *zap.Log
 	}
 	s.stats.stored.Add(uint64(n))
 	s.stats.rejected.Add(rejected)
+	if len(recs) > 0 {
+		// a batch is one stream's (one consumer per stream)
+		s.cfg.Metrics.AuditIngested(recs[0].Stream, n)
+		now := time.Now()
+		for i, r := range recs {
+			if !published[i].IsZero() {
+				s.cfg.Metrics.AuditLag(r.Stream, now.Sub(published[i]))
+			}
+		}
+	}
 	if rejected > 0 {
 		log.Info("stored rejected messages", zap.Uint64("rejected", rejected))
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/topology"
 	"github.com/ansflow/ansflow/services/pipeline/store"
@@ -82,6 +83,9 @@ type Config struct {
 	// HTTPClient makes the calls (default: a client with CallTimeout that
 	// follows no redirect).
 	HTTPClient *http.Client
+	// Metrics counts statuses by forge and outcome (posted, failed), and
+	// the consumer's redeliveries and dead letters; nil counts nothing.
+	Metrics *metrics.Metrics
 	// roots is CAFile's pool, read by Validate.
 	roots *x509.CertPool
 }
@@ -243,7 +247,8 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, runs Runs, tok
 	}
 	c := topology.ForgeStatusConsumer(cfg.Concurrency)
 	cc := bus.ConsumerConfig{Stream: c.Stream, Durable: c.Config.Durable, FilterSubjects: c.Config.FilterSubjects,
-		Concurrency: cfg.Concurrency, DeliverNew: c.Config.DeliverPolicy == jetstream.DeliverNewPolicy, MaxDeliver: 5}
+		Concurrency: cfg.Concurrency, DeliverNew: c.Config.DeliverPolicy == jetstream.DeliverNewPolicy, MaxDeliver: 5,
+		Metrics: cfg.Metrics}
 	// Made now, so that no run created after New returns is missed.
 	if _, err := bus.EnsureConsumer(ctx, js, cc); err != nil {
 		return nil, err
@@ -596,7 +601,9 @@ func (r *Reporter) post(ctx context.Context, run *store.Run, key string, setter 
 	}
 	where := fmt.Sprintf("%s on %s@%s", st.Context, repo.FullName(), short(sha))
 	outcome := fmt.Sprintf("posted %s to %s (%s)", st.State, where, plural(attempts, "attempt"))
+	result := "posted"
 	if err != nil {
+		result = "failed"
 		outcome = fmt.Sprintf("failed: %s %s: %v", st.State, where, err)
 		if attempts > 0 {
 			outcome += fmt.Sprintf(" (%s)", plural(attempts, "attempt"))
@@ -604,6 +611,7 @@ func (r *Reporter) post(ctx context.Context, run *store.Run, key string, setter 
 		r.log.Warn("commit status not posted", zap.String("run_id", run.ID), zap.String("context", st.Context),
 			zap.String("state", string(st.State)), zap.Int("attempts", attempts), zap.Error(err))
 	}
+	r.cfg.Metrics.CommitStatusDelivery(run.Trigger.Provider, result)
 	r.audit(ctx, run, outcome)
 	if e, gerr := r.kv.Get(ctx, key); gerr == nil {
 		var rec record

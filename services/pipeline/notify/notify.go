@@ -32,6 +32,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/pkg/topology"
 	"github.com/ansflow/ansflow/services/pipeline/store"
@@ -72,6 +73,9 @@ type Config struct {
 	Replicas int
 	// HTTPClient sends webhooks (default: a client with Timeout).
 	HTTPClient *http.Client
+	// Metrics counts notifications by channel and outcome, and the
+	// consumer's redeliveries and dead letters; nil counts nothing.
+	Metrics *metrics.Metrics
 }
 
 func (c *Config) defaults() {
@@ -166,7 +170,8 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, runs Runs, sec
 func consumerConfig(cfg Config) bus.ConsumerConfig {
 	c := topology.NotifyConsumer(cfg.Concurrency)
 	return bus.ConsumerConfig{Stream: c.Stream, Durable: c.Config.Durable, FilterSubjects: c.Config.FilterSubjects,
-		AckWait: c.Config.AckWait, Concurrency: cfg.Concurrency, DeliverNew: true, MaxDeliver: 20, RetryDelay: 2 * time.Second}
+		AckWait: c.Config.AckWait, Concurrency: cfg.Concurrency, DeliverNew: true, MaxDeliver: 20, RetryDelay: 2 * time.Second,
+		Metrics: cfg.Metrics}
 }
 
 // Run consumes run completions until ctx is done.
@@ -385,6 +390,7 @@ func (n *Notifier) deliver(ctx context.Context, d delivery) error {
 	if last != nil {
 		rec.State, rec.Error = StateFailed, last.Error()
 	}
+	n.cfg.Metrics.NotificationDelivery(string(d.target.Type), rec.State)
 	b, _ := json.Marshal(rec)
 	if _, err := n.kv.Update(context.WithoutCancel(ctx), d.key, b, rev); err != nil {
 		n.log.Warn("record notification outcome", zap.String("delivery", d.key), zap.Error(err))

@@ -33,6 +33,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/tmpl"
@@ -66,6 +67,11 @@ type Config struct {
 	// itself: resolving a run's branch or tag to its commit and reading a
 	// from_repository pipeline's file (file:// only with AllowLocal).
 	Clone source.CloneOptions
+	// Metrics records runs started and finished, run durations, the
+	// orchestration latency, the pools' queued steps, runners and slots,
+	// and the lifecycle consumer's redeliveries and dead letters; nil
+	// records nothing.
+	Metrics *metrics.Metrics
 }
 
 // PoolKeyID names a pool in [Config.PoolKeys]: "KIND/TARGET".
@@ -98,6 +104,8 @@ type Orchestrator struct {
 	unpublished map[string]*event.StepRequested
 
 	fold folder
+	// queue counts queued steps per pool over every run, for the metrics.
+	queue queueDepth
 
 	secrets SecretStore
 }
@@ -199,6 +207,7 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 		return err
 	}
 	o.pools.Store(dir)
+	o.cfg.Metrics.SetPoolSource(o.poolStats)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		cc := bus.ConsumerConfig{
@@ -211,6 +220,7 @@ func (o *Orchestrator) Run(ctx context.Context) error {
 			Concurrency: o.cfg.Concurrency,
 			MaxDeliver:  10,
 			RetryDelay:  100 * time.Millisecond,
+			Metrics:     o.cfg.Metrics,
 		}
 		return bus.Consume(ctx, o.js, cc, bus.Chain(o.handle, bus.KnownTypes()), o.log)
 	})
@@ -407,9 +417,11 @@ func (o *Orchestrator) start(ctx context.Context, r *store.Run) error {
 	} else if err != nil {
 		return err
 	}
+	o.cfg.Metrics.RunStarted(r.Pipeline)
+	o.queue.observe(r, o.cfg.Policy)
 	o.publish(ctx, event.TypeRunCreated, event.Meta{RunID: r.ID}, "created-"+r.ID, event.RunCreated{RunID: r.ID,
 		Pipeline: r.Pipeline, Version: r.PipelineVersion, BuildNumber: r.BuildNumber, Trigger: r.Trigger.Kind, Actor: r.Trigger.Actor})
-	o.carryOut(ctx, r, cmds)
+	o.carryOut(ctx, r, cmds, time.Time{})
 	if r.Spec.CancelPrevious {
 		o.cancelPrevious(ctx, r)
 	}
@@ -466,8 +478,9 @@ func (o *Orchestrator) handle(ctx context.Context, e cloudevents.Event) error {
 		if err := event.DecodeData(e, &d); err != nil {
 			return bus.Permanent(err)
 		}
+		received := time.Now()
 		o.fold.completing(attemptID(d.RunID, d.StepID, d.Attempt))
-		_, err := o.update(ctx, d.RunID, Completed(d))
+		_, err := o.updateAt(ctx, d.RunID, Completed(d), received)
 		return notFoundIsPermanent(err)
 	}
 	return nil
@@ -484,6 +497,13 @@ func notFoundIsPermanent(err error) error {
 // compare-and-swap (retrying on concurrent changes) and carries out the
 // commands. Every read and write has a deadline.
 func (o *Orchestrator) update(ctx context.Context, id string, in Input) (*store.Run, error) {
+	return o.updateAt(ctx, id, in, time.Time{})
+}
+
+// updateAt is update for an input received at received (a completion),
+// from when the orchestration latency of the requests it makes due is
+// measured; zero measures none.
+func (o *Orchestrator) updateAt(ctx context.Context, id string, in Input, received time.Time) (*store.Run, error) {
 	unlock := o.lockRun(id)
 	defer unlock()
 	for try := 0; ; try++ {
@@ -502,6 +522,7 @@ func (o *Orchestrator) update(ctx context.Context, id string, in Input) (*store.
 			if _, tick := in.(Tick); try == 0 && !tick {
 				continue // decide nothing on a possibly stale cached copy
 			}
+			o.queue.observe(r, o.cfg.Policy)
 			o.setWake(r)
 			return r, nil
 		}
@@ -514,23 +535,28 @@ func (o *Orchestrator) update(ctx context.Context, id string, in Input) (*store.
 		if err != nil {
 			return nil, err
 		}
-		o.carryOut(ctx, r, cmds)
+		o.queue.observe(r, o.cfg.Policy)
+		o.carryOut(ctx, r, cmds, received)
 		return r, nil
 	}
 }
 
 // carryOut executes the commands of a committed decision and re-arms the
-// run's timer.
-func (o *Orchestrator) carryOut(ctx context.Context, r *store.Run, cmds []Command) {
+// run's timer. A decision on a completion received at received (non-zero)
+// records the orchestration latency of each request it publishes.
+func (o *Orchestrator) carryOut(ctx context.Context, r *store.Run, cmds []Command, received time.Time) {
 	for _, c := range cmds {
 		switch {
 		case c.Dispatch != nil:
-			o.dispatch(ctx, r, c.Dispatch)
+			if o.dispatch(ctx, r, c.Dispatch) && !received.IsZero() {
+				o.cfg.Metrics.Orchestrated(time.Since(received))
+			}
 		case c.Cancel != nil:
 			o.publish(ctx, event.TypeStepCancel, event.Meta{RunID: r.ID, StepID: c.Cancel.StepID}, "", c.Cancel)
 		case c.Fence != nil:
 			o.fence(ctx, r.ID, c.Fence)
 		case c.RunDone:
+			o.runFinished(r)
 			o.publish(ctx, event.TypeRunCompleted, event.Meta{RunID: r.ID}, "completed-"+r.ID, event.RunCompleted{
 				RunID: r.ID, Pipeline: r.Pipeline, Status: r.Status, Error: r.Error, FinishedAt: *r.FinishedAt})
 			o.markStopped(ctx, r.ID, r.Status)
@@ -557,13 +583,15 @@ func (o *Orchestrator) fence(ctx context.Context, runID string, f *Fence) {
 // dispatch publishes a step request, retrying transient failures within
 // the I/O deadline. A request that still could not be published is kept
 // and tried again every second by republish while its attempt is current.
-func (o *Orchestrator) dispatch(ctx context.Context, r *store.Run, req *event.StepRequested) {
+// It reports whether the request was published.
+func (o *Orchestrator) dispatch(ctx context.Context, r *store.Run, req *event.StepRequested) bool {
 	if err := o.seal(ctx, r, req); err != nil {
 		o.refuse(ctx, req, err)
-		return
+		return false
 	}
 	var perm *bus.PermanentError
-	if err := o.publishRequest(ctx, req); errors.As(err, &perm) {
+	err := o.publishRequest(ctx, req)
+	if errors.As(err, &perm) {
 		o.log.Error("publish step request", zap.String("run_id", req.RunID), zap.String("step_id", req.StepID), zap.Error(err))
 	} else if err != nil {
 		o.log.Error("publish step request; will try again", zap.String("run_id", req.RunID), zap.String("step_id", req.StepID), zap.Error(err))
@@ -571,6 +599,7 @@ func (o *Orchestrator) dispatch(ctx context.Context, r *store.Run, req *event.St
 		o.unpublished[runner.AttemptKey(req.RunID, req.StepID, req.Attempt)] = req
 		o.mu.Unlock()
 	}
+	return err == nil
 }
 
 // republish tries the requests dispatch could not publish again, every
@@ -727,6 +756,7 @@ func (o *Orchestrator) watch(ctx context.Context) error {
 				o.mu.Lock()
 				delete(o.wakeAt, e.Key())
 				o.mu.Unlock()
+				o.queue.forget(e.Key())
 				continue
 			}
 			if !initial && (o.store.Cached(e.Key()) >= e.Revision() || o.updating(e.Key())) {
@@ -743,6 +773,7 @@ func (o *Orchestrator) watch(ctx context.Context) error {
 				continue
 			}
 			o.store.Observe(r)
+			o.queue.observe(r, o.cfg.Policy)
 			o.setWake(r)
 			if initial && !r.Terminal() {
 				o.recover(ctx, r)

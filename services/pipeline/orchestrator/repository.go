@@ -84,6 +84,8 @@ func (o *Orchestrator) startFailed(ctx context.Context, r *store.Run, cause erro
 	} else if err != nil {
 		return err
 	}
+	o.cfg.Metrics.RunStarted(r.Pipeline)
+	o.runFinished(r)
 	o.publish(ctx, event.TypeRunCreated, event.Meta{RunID: r.ID}, "created-"+r.ID, event.RunCreated{RunID: r.ID,
 		Pipeline: r.Pipeline, Version: r.PipelineVersion, BuildNumber: r.BuildNumber, Trigger: r.Trigger.Kind, Actor: r.Trigger.Actor})
 	o.publish(ctx, event.TypeRunCompleted, event.Meta{RunID: r.ID}, "completed-"+r.ID, event.RunCompleted{

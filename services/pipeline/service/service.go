@@ -14,6 +14,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/httpserver"
+	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/topology"
@@ -65,6 +66,11 @@ type Config struct {
 	// Forge configures the commit statuses posted back to forges for
 	// webhook runs (docs/forges.md); its Replicas default to Replicas.
 	Forge forge.Config
+	// Metrics is the process's metrics, handed to every component (the
+	// orchestrator, webhooks, notifications, commit statuses) whose own
+	// Config names none; nil records nothing. The caller serves
+	// Metrics.Handler on its ops address.
+	Metrics *metrics.Metrics
 }
 
 // Service is the running pipeline service.
@@ -108,6 +114,11 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 	if cfg.Orchestrator.Replicas == 0 {
 		cfg.Orchestrator.Replicas = cfg.Replicas
 	}
+	for _, m := range []**metrics.Metrics{&cfg.Orchestrator.Metrics, &cfg.Notify.Metrics, &cfg.Forge.Metrics} {
+		if *m == nil {
+			*m = cfg.Metrics
+		}
+	}
 	orc, err := orchestrator.New(ctx, cfg.Orchestrator, js, st, log)
 	if err != nil {
 		return nil, err
@@ -116,6 +127,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, log *zap.Logge
 	if err != nil {
 		return nil, err
 	}
+	hooks.Metrics = cfg.Metrics
 	sched, err := schedule.New(ctx, st, orc, js, log)
 	if err != nil {
 		return nil, err

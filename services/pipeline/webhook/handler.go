@@ -19,6 +19,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/store"
@@ -57,6 +58,9 @@ type Handler struct {
 	// Now is the clock signed timestamps are checked against (time.Now by
 	// default).
 	Now func() time.Time
+	// Metrics counts deliveries by provider and outcome (the answer's
+	// status); nil counts nothing.
+	Metrics *metrics.Metrics
 }
 
 // SecretSource resolves the webhook secret a trigger names with `secret:`
@@ -129,6 +133,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	provider, name := r.PathValue("provider"), r.PathValue("pipeline")
 	reply := func(code int, resp apiv1.WebhookResponse) {
 		h.record(r, provider, name, resp)
+		h.Metrics.WebhookDelivery(provider, resp.Status)
 		w.Header().Set("Content-Type", "application/json")
 		if resp.RunURL != "" {
 			w.Header().Set("Location", resp.RunURL)
