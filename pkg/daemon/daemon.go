@@ -32,6 +32,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/envflag"
 	"github.com/ansflow/ansflow/pkg/logging"
+	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/natsutil"
 )
 
@@ -54,6 +55,9 @@ type Common struct {
 	LogJSON bool
 	// OpsAddr is the ops listener's host:port, or [Off].
 	OpsAddr string
+	// MetricsPipelineLabel keeps the pipeline label of the metrics
+	// ([metrics.Options].PipelineLabel).
+	MetricsPipelineLabel bool
 }
 
 // Defaults are a service's own defaults of [Common]'s flags.
@@ -73,6 +77,7 @@ func (c *Common) RegisterFlags(fs *flag.FlagSet, ev *envflag.Env, d Defaults) {
 	fs.StringVar(&c.NATSCA, "nats-ca", ev.String("ANSFLOW_NATS_CA", ""), "PEM file of the CA of the NATS server's TLS certificate; TLS is required when set (env ANSFLOW_NATS_CA)")
 	fs.StringVar(&c.LogLevel, "log-level", ev.String("ANSFLOW_LOG_LEVEL", "info"), "debug, info, warn or error (env ANSFLOW_LOG_LEVEL)")
 	fs.BoolVar(&c.LogJSON, "log-json", ev.Bool("ANSFLOW_LOG_JSON", d.LogJSON), "log JSON lines instead of text (env ANSFLOW_LOG_JSON)")
+	fs.BoolVar(&c.MetricsPipelineLabel, "metrics-pipeline-label", ev.Bool("ANSFLOW_METRICS_PIPELINE_LABEL", true), "label metrics with the pipeline's name; false bounds their cardinality (env ANSFLOW_METRICS_PIPELINE_LABEL)")
 	fs.StringVar(&c.OpsAddr, "ops-addr", ev.String("ANSFLOW_OPS_ADDR", d.OpsAddr), "address of the ops listener serving /healthz, /readyz and /metrics without authentication (keep it off public networks), or off (env ANSFLOW_OPS_ADDR)")
 }
 
@@ -98,8 +103,11 @@ type Process struct {
 	// JS is the JetStream context of NC.
 	JS jetstream.JetStream
 	// Ops serves /healthz, /readyz and /metrics; add the service's
-	// readiness checks and metrics before [Process.Run].
+	// readiness checks before [Process.Run].
 	Ops *Ops
+	// Metrics is the process's registry, served on the ops listener's
+	// /metrics; give it to the service's components.
+	Metrics *metrics.Metrics
 
 	opsAddr string
 }
@@ -124,7 +132,8 @@ func (c *Common) Start(service, client string) (*Process, error) {
 		log.Sync() //nolint:errcheck // stderr
 		return nil, err
 	}
-	p := &Process{Log: log, NC: nc, JS: js, Ops: NewOps(), opsAddr: c.OpsAddr}
+	p := &Process{Log: log, NC: nc, JS: js, Ops: NewOps(), Metrics: metrics.New(metrics.Options{PipelineLabel: c.MetricsPipelineLabel}), opsAddr: c.OpsAddr}
+	p.Ops.Metrics(p.Metrics.Handler())
 	p.Ops.Ready("nats", NATSConnected(nc))
 	return p, nil
 }

@@ -105,6 +105,7 @@ func run(ctx context.Context, cfg *config) error {
 		return err
 	}
 	defer st.Close()
+	cfg.Audit.Metrics = p.Metrics
 	svc := audit.New(cfg.Audit, p.JS, st, log)
 	streams := []string{topology.KVStream(topology.BucketTokens)}
 	streams = append(streams, topology.AuditStreams(cfg.Audit.IncludeLogs)...)

@@ -134,6 +134,7 @@ func run(ctx context.Context, cfg *config) error {
 	if cfg.Source.AllowLocalClone {
 		log.Warn("--allow-local-clone: runs may clone file:// URLs and local paths of this host")
 	}
+	cfg.Runner.Metrics = p.Metrics
 	return p.Run(ctx, runner.New(cfg.Runner, p.NC, p.JS, eng, cfg.Source.Fetcher(p.JS), log).Run)
 }
 

@@ -195,6 +195,7 @@ func run(ctx context.Context, cfg *config) error {
 	if cfg.Source.AllowLocalClone {
 		log.Warn("--allow-local-clone: runs may clone file:// URLs and local paths of this host")
 	}
+	cfg.Runner.Metrics = p.Metrics
 	parts := make([]func(context.Context) error, len(cfg.Clusters))
 	for i, cl := range cfg.Clusters {
 		rc := cfg.Runner

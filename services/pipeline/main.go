@@ -120,6 +120,7 @@ func run(ctx context.Context, cfg *config) error {
 	if cfg.Service.AdminToken == "" {
 		log.Warn("no --admin-token-file: the API accepts only the tokens already in its tokens bucket")
 	}
+	cfg.Service.Metrics = p.Metrics
 	svc, err := service.New(ctx, cfg.Service, p.JS, log)
 	if err != nil {
 		return err
