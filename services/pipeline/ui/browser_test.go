@@ -117,8 +117,10 @@ func eval[T any](t *testing.T, ctx context.Context, expr string) T {
 	return v
 }
 
-// waitJS polls a JavaScript expression in the page until it is true.
-func waitJS(t *testing.T, ctx context.Context, d time.Duration, expr string) {
+// waitJS polls a JavaScript expression in the page until it is true; on
+// the deadline it fails with the page and the values of the show
+// expressions (each evaluating to a string).
+func waitJS(t *testing.T, ctx context.Context, d time.Duration, expr string, show ...string) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -126,8 +128,13 @@ func waitJS(t *testing.T, ctx context.Context, d time.Duration, expr string) {
 			return
 		}
 		if time.Now().After(deadline) {
+			var also strings.Builder
+			for _, e := range show {
+				v, err := chromedp.Run(ctx, chromedp.Evaluate[string](e))
+				fmt.Fprintf(&also, "%s: %q %v\n", e, v, err)
+			}
 			html, _ := chromedp.Run(ctx, chromedp.OuterHTML(chromedp.CSS("main")))
-			t.Fatalf("%s never held; page:\n%.3000s", expr, html)
+			t.Fatalf("%s never held; %spage:\n%.3000s", expr, also.String(), html)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -429,11 +429,15 @@ func TestBrowserEditor(t *testing.T) {
 	}
 
 	// Clone from the editor: the browser goes to the copy.
+	// Typing waits for the editor's start: it draws the form and may
+	// move the focus, which would take the keys from the clone's name.
 	do(t, ctx, chromedp.Navigate(base+"/pipelines/shop/edit"),
+		chromedp.WaitVisible(chromedp.CSS(`#editor[data-ready="true"]`)),
 		chromedp.WaitVisible(chromedp.CSS("#clone")),
 		chromedp.SendKeys(chromedp.CSS(`#clone input[name="name"]`), "shop-copy"),
 		chromedp.Click(chromedp.CSS(`#clone button[type="submit"]`)))
-	waitJS(t, ctx, 10*time.Second, `location.pathname === "/pipelines/shop-copy" || document.querySelector("#clone-error").textContent !== ""`)
+	waitJS(t, ctx, 10*time.Second, `location.pathname === "/pipelines/shop-copy" || document.querySelector("#clone-error").textContent !== ""`,
+		`"clone name: " + document.querySelector('#clone input[name="name"]').value`)
 	if msg := eval[string](t, ctx, `location.pathname === "/pipelines/shop-copy" ? "" : document.querySelector("#clone-error").textContent`); msg != "" {
 		t.Fatalf("clone: %s", msg)
 	}
