@@ -1,6 +1,7 @@
 package store
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 )
@@ -116,6 +117,30 @@ func selectPage(f Filter, after int64, d dialect) (string, []any) {
 	sql := "SELECT " + recordColumns + " FROM audit_records WHERE " + strings.Join(q.where, " AND ") +
 		" ORDER BY seq LIMIT " + strconv.Itoa(f.limit()+1)
 	return sql, q.args
+}
+
+// recordRows is satisfied by *sql.Rows and pgx.Rows.
+type recordRows interface {
+	scanner
+	Next() bool
+	Err() error
+}
+
+// readPage reads the rows of a selectPage query into a Page of at most
+// limit records; the caller closes rows.
+func readPage(rows recordRows, limit int) (Page, error) {
+	recs := make([]Record, 0, min(limit+1, 256))
+	for rows.Next() {
+		var r Record
+		if err := scanRecord(rows, &r); err != nil {
+			return Page{}, fmt.Errorf("query audit records: %w", err)
+		}
+		recs = append(recs, r)
+	}
+	if err := rows.Err(); err != nil {
+		return Page{}, fmt.Errorf("query audit records: %w", err)
+	}
+	return page(recs, limit), nil
 }
 
 // page turns up to limit+1 rows into a Page.

@@ -343,18 +343,7 @@ func (s *SQLite) Query(ctx context.Context, f Filter) (Page, error) {
 		return Page{}, fmt.Errorf("query audit records: %w", err)
 	}
 	defer rows.Close()
-	recs := make([]Record, 0, min(f.limit()+1, 256))
-	for rows.Next() {
-		var r Record
-		if err := scanRecord(rows, &r); err != nil {
-			return Page{}, fmt.Errorf("query audit records: %w", err)
-		}
-		recs = append(recs, r)
-	}
-	if err := rows.Err(); err != nil {
-		return Page{}, fmt.Errorf("query audit records: %w", err)
-	}
-	return page(recs, f.limit()), nil
+	return readPage(rows, f.limit())
 }
 
 // Verify implements [Store.Verify]. It reads one snapshot, so appends may
