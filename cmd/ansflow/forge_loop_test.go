@@ -51,7 +51,7 @@ func newForgeLoop(t *testing.T, extraYAML string) *forgeLoop {
 	st, err := startStack(ctx, stackConfig{DataDir: t.TempDir(), NATSAddr: "off", DockerRunner: true, Pipeline: true, Audit: true,
 		Concurrency: 2, CloneCA: g.CAFile,
 		Forge: forge.Config{CAFile: g.CAFile},
-		Notify: notify.Config{SMTP: notify.SMTPConfig{Addr: f.mail.Addr, From: "ci@example.com", Username: "ansflow",
+		Notify: notify.Config{AllowedHosts: "loopback", SMTP: notify.SMTPConfig{Addr: f.mail.Addr, From: "ci@example.com", Username: "ansflow",
 			PasswordSecret: "SMTP_PASSWORD", TLS: &tls.Config{RootCAs: f.mail.Roots}}}}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)

@@ -48,7 +48,7 @@ func TestStackNotifiesWithTheServerDefault(t *testing.T) {
 	}
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	nf := notify.RegisterFlags(fs)
-	if err := fs.Parse([]string{"--notify-default-file", defaults}); err != nil {
+	if err := fs.Parse([]string{"--notify-default-file", defaults, "--notify-allowed-hosts", "loopback"}); err != nil {
 		t.Fatal(err)
 	}
 	ncfg, err := nf.Config()
@@ -103,6 +103,8 @@ func TestNotifyFlagErrors(t *testing.T) {
 		{[]string{"--smtp-addr", "smtp.example.com:587"}, "--smtp-addr and --smtp-from go together"},
 		{[]string{"--smtp-addr", "smtp.example.com:587", "--smtp-from", "not an address"}, "--smtp-from"},
 		{[]string{"--smtp-username", "u"}, "--smtp-username and --smtp-password-secret go together"},
+		{[]string{"--notify-allowed-hosts", "external,10.0.0.0/33"}, `--notify-allowed-hosts: "10.0.0.0/33": not a CIDR prefix`},
+		{[]string{"--notify-allowed-hosts", "hooks.*.example.com"}, `--notify-allowed-hosts: "hooks.*.example.com": want external, private, loopback`},
 	} {
 		fs := flag.NewFlagSet("up", flag.ContinueOnError)
 		nf := notify.RegisterFlags(fs)

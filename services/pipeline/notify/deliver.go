@@ -114,6 +114,9 @@ func postJSON(ctx context.Context, hc *http.Client, u string, body []byte, heade
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
+		if isHostDenied(err) {
+			return 0, errPermanent{fmt.Errorf("post: %w", err)}
+		}
 		return 0, fmt.Errorf("post: %w", err)
 	}
 	defer resp.Body.Close()

@@ -21,6 +21,7 @@ type Flags struct {
 	SMTPUsername       string
 	SMTPPasswordSecret string
 	SMTPCAFile         string
+	AllowedHosts       string
 }
 
 // RegisterFlags defines the notification flags on fs, with defaults from
@@ -34,12 +35,24 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 	fs.StringVar(&f.SMTPUsername, "smtp-username", os.Getenv("ANSFLOW_SMTP_USERNAME"), "SMTP user name; authenticates with PLAIN after STARTTLS (env ANSFLOW_SMTP_USERNAME)")
 	fs.StringVar(&f.SMTPPasswordSecret, "smtp-password-secret", os.Getenv("ANSFLOW_SMTP_PASSWORD_SECRET"), "name of the global secret holding the SMTP password (env ANSFLOW_SMTP_PASSWORD_SECRET)")
 	fs.StringVar(&f.SMTPCAFile, "smtp-ca-file", os.Getenv("ANSFLOW_SMTP_CA_FILE"), "PEM file of the CA of the SMTP server's certificate (default: the system's; env ANSFLOW_SMTP_CA_FILE)")
+	fs.StringVar(&f.AllowedHosts, "notify-allowed-hosts", envOr("ANSFLOW_NOTIFY_ALLOWED_HOSTS", DefaultAllowedHosts), "hosts webhook and Slack notifications may reach, comma-separated: external (public addresses), private, loopback, *, CIDR prefixes, host names or *.domain (env ANSFLOW_NOTIFY_ALLOWED_HOSTS)")
 	return f
+}
+
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
 }
 
 // Config reads the files the flags name and returns the configuration.
 func (f *Flags) Config() (Config, error) {
-	c := Config{SMTP: SMTPConfig{Addr: f.SMTPAddr, From: f.SMTPFrom, Username: f.SMTPUsername, PasswordSecret: f.SMTPPasswordSecret}}
+	c := Config{SMTP: SMTPConfig{Addr: f.SMTPAddr, From: f.SMTPFrom, Username: f.SMTPUsername, PasswordSecret: f.SMTPPasswordSecret},
+		AllowedHosts: f.AllowedHosts}
+	if _, err := ParseHostPolicy(f.AllowedHosts); err != nil {
+		return c, fmt.Errorf("--notify-allowed-hosts: %w", err)
+	}
 	if f.DefaultFile != "" {
 		b, err := os.ReadFile(f.DefaultFile)
 		if err != nil {

@@ -71,7 +71,11 @@ type Config struct {
 	Concurrency int
 	// Replicas of the deliveries bucket.
 	Replicas int
-	// HTTPClient sends webhooks (default: a client with Timeout).
+	// AllowedHosts is the operator's [HostPolicy] of webhook and Slack
+	// targets, as [ParseHostPolicy] reads it ("": DefaultAllowedHosts).
+	AllowedHosts string
+	// HTTPClient sends webhooks (default: AllowedHosts' client with
+	// Timeout); a client given here replaces the policy's.
 	HTTPClient *http.Client
 	// Metrics counts notifications by channel and outcome, and the
 	// consumer's redeliveries and dead letters; nil counts nothing.
@@ -96,9 +100,6 @@ func (c *Config) defaults() {
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 4
-	}
-	if c.HTTPClient == nil {
-		c.HTTPClient = &http.Client{Timeout: c.Timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 }
 
@@ -154,6 +155,13 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, runs Runs, sec
 		if u, err := url.Parse(cfg.ExternalURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return nil, fmt.Errorf("external URL %q: want http(s)://host[:port][/path]", cfg.ExternalURL)
 		}
+	}
+	hosts, err := ParseHostPolicy(cfg.AllowedHosts)
+	if err != nil {
+		return nil, fmt.Errorf("allowed hosts: %w", err)
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = hosts.Client(cfg.Timeout)
 	}
 	kv, err := bus.EnsureKeyValue(ctx, js, topology.MustBucket(topology.BucketNotifications, cfg.Replicas))
 	if err != nil {

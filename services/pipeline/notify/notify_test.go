@@ -217,6 +217,9 @@ func (e *env) notifier(t *testing.T, ctx context.Context, cfg Config) *Notifier 
 	if cfg.ExternalURL == "" {
 		cfg.ExternalURL = "https://ci.example.com/"
 	}
+	if cfg.AllowedHosts == "" {
+		cfg.AllowedHosts = "loopback" // the receivers are httptest servers
+	}
 	n, err := New(ctx, cfg, e.NATS.JS, e.Svc.Store, SecretsFunc(func(ctx context.Context, pipeline, name string) (string, error) {
 		_, v, err := e.secrets.Resolve(ctx, pipeline, name)
 		return string(v), err
@@ -725,4 +728,31 @@ func TestNoMailWithoutSTARTTLS(t *testing.T) {
 		t.Errorf("%d mails sent in the clear", n)
 	}
 	e.noSecrets(t)
+}
+
+// TestWebhooksKeepToTheAllowedHosts: under the default policy a webhook
+// aimed at the service's own loopback is refused before anything is sent,
+// once (a refusal is not retried), with an error that says why; allowed
+// by name, the same receiver gets it.
+func TestWebhooksKeepToTheAllowedHosts(t *testing.T) {
+	e := start(t, Config{AllowedHosts: DefaultAllowedHosts, Attempts: 3, Backoff: 10 * time.Millisecond})
+	rc := newReceiver(t, hookSecret)
+	e.setSecret(t, "api", "HOOK", hookSecret)
+	e.apply(t, fmt.Sprintf(failingPipeline, rc.srv.URL))
+	r := e.run(t, "api", "", "main")
+	waitFor(t, "the refused delivery", 10*time.Second, func() bool { return e.deliveriesDone(r.ID, 1) })
+	rec := e.record(t, r.ID+".p0.0")
+	if rec.State != StateFailed || rec.Attempts != 1 || !strings.Contains(rec.Error, "is not allowed by --notify-allowed-hosts") {
+		t.Errorf("record %+v", rec)
+	}
+	if n := len(rc.received()); n != 0 {
+		t.Errorf("the receiver got %d requests", n)
+	}
+
+	e = start(t, Config{AllowedHosts: "localhost"})
+	e.setSecret(t, "api", "HOOK", hookSecret)
+	_, port, _ := strings.Cut(strings.TrimPrefix(rc.srv.URL, "http://"), ":")
+	e.apply(t, fmt.Sprintf(failingPipeline, "http://localhost:"+port))
+	e.run(t, "api", "", "main")
+	waitFor(t, "the delivery allowed by name", 10*time.Second, func() bool { return len(rc.received()) == 1 })
 }
