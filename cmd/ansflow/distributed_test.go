@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/auth"
 	"github.com/ansflow/ansflow/services/docker-runner/dockertest"
@@ -106,17 +108,27 @@ func TestDistributedMode(t *testing.T) {
 	}
 	natsAddr, apiAddr, auditAddr := freePort(t), freePort(t), freePort(t)
 	natsURL := "nats://" + natsAddr
-	startProcess(t, filepath.Join(bin, "ansflow"), "up", "--no-pipeline", "--no-runners", "--no-audit", "--nats", natsAddr, "--data-dir", t.TempDir())
+	upDir := t.TempDir()
+	startProcess(t, filepath.Join(bin, "ansflow"), "up", "--no-pipeline", "--no-runners", "--no-audit", "--nats", natsAddr, "--data-dir", upDir)
 	waitTCP(t, natsAddr)
+	// The embedded server's port is no open door: a client without the
+	// data directory's token is refused.
+	if nc, err := nats.Connect(natsURL, nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("ansflow up's NATS port took a client without its token")
+	} else if !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+		t.Fatalf("a client without the token: %v, want an authorization violation", err)
+	}
+	natsToken := filepath.Join(upDir, natsTokenFile)
 	adminFile, admin := adminTokenFileFor(t)
 	ops := map[string]string{"pipeline": freePort(t), "runner-a": freePort(t), "runner-b": freePort(t), "audit": freePort(t)}
-	startProcess(t, filepath.Join(bin, "pipeline"), "--nats", natsURL, "--http", apiAddr, "--ops-addr", ops["pipeline"], "--lease-check", "2s", "--admin-token-file", adminFile)
+	startProcess(t, filepath.Join(bin, "pipeline"), "--nats", natsURL, "--nats-token-file", natsToken, "--http", apiAddr, "--ops-addr", ops["pipeline"], "--lease-check", "2s", "--admin-token-file", adminFile)
 	runners := map[string]*exec.Cmd{}
 	for _, id := range []string{"runner-a", "runner-b"} {
-		runners[id] = startProcess(t, filepath.Join(bin, "docker-runner"), "--nats", natsURL, "--ops-addr", ops[id], "--pools", "default", "--id", id, "--concurrency", "2",
+		runners[id] = startProcess(t, filepath.Join(bin, "docker-runner"), "--nats", natsURL, "--nats-token-file", natsToken, "--ops-addr", ops[id], "--pools", "default", "--id", id, "--concurrency", "2",
 			"--lease", "2s", "--work-dir", t.TempDir())
 	}
-	startProcess(t, filepath.Join(bin, "audit"), "--nats", natsURL, "--ops-addr", ops["audit"], "--data-dir", t.TempDir(), "--http", auditAddr)
+	startProcess(t, filepath.Join(bin, "audit"), "--nats", natsURL, "--nats-token-file", natsToken, "--ops-addr", ops["audit"], "--data-dir", t.TempDir(), "--http", auditAddr)
 	waitTCP(t, apiAddr)
 	waitTCP(t, auditAddr)
 	// Every service reports ready on its ops listener with its own checks.

@@ -160,7 +160,17 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir %s: %w", cfg.DataDir, err)
 	}
-	ns, err := natsutil.StartEmbedded(natsutil.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Listen: cfg.NATSAddr}, log)
+	// A server listening for outside clients asks every client for the
+	// data directory's token; one in the process only needs none.
+	var natsToken string
+	var inProcess []nats.Option
+	if cfg.NATSAddr != "off" {
+		if natsToken, err = ensureNATSToken(cfg.DataDir); err != nil {
+			return nil, err
+		}
+		inProcess = append(inProcess, nats.Token(natsToken))
+	}
+	ns, err := natsutil.StartEmbedded(natsutil.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Listen: cfg.NATSAddr, Token: natsToken}, log)
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +188,7 @@ func startStack(ctx context.Context, cfg stackConfig, log *zap.Logger) (*stack, 
 			return fail(err)
 		}
 	}
-	conn := func(name string) (*nats.Conn, error) { return natsutil.ConnectInProcess(ns, name) }
+	conn := func(name string) (*nats.Conn, error) { return natsutil.ConnectInProcess(ns, name, inProcess...) }
 	st.nc, err = conn("ansflow-cli")
 	if err != nil {
 		return fail(err)

@@ -100,20 +100,48 @@ func ensureAdminToken(dir string) (secret string, created bool, err error) {
 	if !errors.Is(err, fs.ErrNotExist) {
 		return "", false, err
 	}
-	if t, err = auth.NewTokenSecret(); err != nil {
+	return createTokenFile(filepath.Join(dir, adminTokenFile), "admin token")
+}
+
+// natsTokenFile is the file of the data directory holding the token the
+// embedded nats-server of `ansflow up` asks of its clients.
+const natsTokenFile = "nats.token"
+
+// ensureNATSToken returns the NATS token of the data directory dir,
+// making it (mode 0600) on the first start.
+func ensureNATSToken(dir string) (string, error) {
+	path := filepath.Join(dir, natsTokenFile)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if t := strings.TrimSpace(string(b)); t != "" {
+			return t, nil
+		}
+		return "", fmt.Errorf("NATS token: %s is empty", path)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("NATS token: %w", err)
+	}
+	t, _, err := createTokenFile(path, "NATS token")
+	return t, err
+}
+
+// createTokenFile writes a new random token to path (mode 0600), failing
+// if the file exists.
+func createTokenFile(path, what string) (string, bool, error) {
+	t, err := auth.NewTokenSecret()
+	if err != nil {
 		return "", false, err
 	}
-	path := filepath.Join(dir, adminTokenFile)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return "", false, fmt.Errorf("admin token: %w", err)
+		return "", false, fmt.Errorf("%s: %w", what, err)
 	}
 	if _, err := f.WriteString(t + "\n"); err != nil {
 		f.Close()
-		return "", false, fmt.Errorf("admin token: write %s: %w", path, err)
+		return "", false, fmt.Errorf("%s: write %s: %w", what, path, err)
 	}
 	if err := f.Close(); err != nil {
-		return "", false, fmt.Errorf("admin token: write %s: %w", path, err)
+		return "", false, fmt.Errorf("%s: write %s: %w", what, path, err)
 	}
 	return t, true, nil
 }

@@ -19,7 +19,7 @@ func cmdUp(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	dataDir := fs.String("data-dir", defaultDataDir(), "where JetStream and the audit database keep their files")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "API listen address")
-	natsAddr := fs.String("nats", "127.0.0.1:4222", `NATS listen address for outside clients ("off" for none)`)
+	natsAddr := fs.String("nats", "127.0.0.1:4222", `NATS listen address for outside clients, which present the token of DATA_DIR/nats.token ("off" for none)`)
 	config := fs.String("config", "", "registries and clusters file")
 	noRunners := fs.Bool("no-runners", false, "start no runner in this process")
 	noDocker := fs.Bool("no-docker-runner", false, "do not start the docker runner")
@@ -81,7 +81,11 @@ func cmdUp(ctx context.Context, args []string) error {
 	if st.IdentityCreated {
 		fmt.Fprintf(os.Stderr, "ansflow up: created the embedded runners' secrets identity in %s\n", secretsIdentityPath(*dataDir, *identityFile))
 	}
-	fmt.Fprintf(os.Stderr, "ansflow up: API %s, NATS %s, data %s\n", st.URL, st.ns.ClientURL(), *dataDir)
+	nats := "in-process only"
+	if *natsAddr != "off" {
+		nats = st.ns.ClientURL() + " (outside clients: --nats-token-file " + filepath.Join(*dataDir, natsTokenFile) + ")"
+	}
+	fmt.Fprintf(os.Stderr, "ansflow up: API %s, NATS %s, data %s\n", st.URL, nats, *dataDir)
 	select {
 	case <-ctx.Done():
 		return nil

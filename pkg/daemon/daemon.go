@@ -46,6 +46,9 @@ type Common struct {
 	NATSURL string
 	// NATSCreds is the NATS credentials file ("" for none).
 	NATSCreds string
+	// NATSTokenFile is a file holding the NATS server's token ("" for
+	// none), as `ansflow up` writes it; it does not go with NATSCreds.
+	NATSTokenFile string
 	// NATSCA is the PEM file of the CA of the NATS server's certificate;
 	// TLS is required when it is set.
 	NATSCA string
@@ -74,6 +77,7 @@ type Defaults struct {
 func (c *Common) RegisterFlags(fs *flag.FlagSet, ev *envflag.Env, d Defaults) {
 	fs.StringVar(&c.NATSURL, "nats", ev.String("ANSFLOW_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL(s), comma-separated (env ANSFLOW_NATS_URL)")
 	fs.StringVar(&c.NATSCreds, "nats-creds", ev.String("ANSFLOW_NATS_CREDS", ""), "NATS credentials file (env ANSFLOW_NATS_CREDS)")
+	fs.StringVar(&c.NATSTokenFile, "nats-token-file", ev.String("ANSFLOW_NATS_TOKEN_FILE", ""), "file holding the NATS server's token, such as DATA_DIR/nats.token of `ansflow up` (env ANSFLOW_NATS_TOKEN_FILE)")
 	fs.StringVar(&c.NATSCA, "nats-ca", ev.String("ANSFLOW_NATS_CA", ""), "PEM file of the CA of the NATS server's TLS certificate; TLS is required when set (env ANSFLOW_NATS_CA)")
 	fs.StringVar(&c.LogLevel, "log-level", ev.String("ANSFLOW_LOG_LEVEL", "info"), "debug, info, warn or error (env ANSFLOW_LOG_LEVEL)")
 	fs.BoolVar(&c.LogJSON, "log-json", ev.Bool("ANSFLOW_LOG_JSON", d.LogJSON), "log JSON lines instead of text (env ANSFLOW_LOG_JSON)")
@@ -85,6 +89,9 @@ func (c *Common) RegisterFlags(fs *flag.FlagSet, ev *envflag.Env, d Defaults) {
 func (c *Common) Validate() error {
 	if c.NATSURL == "" {
 		return errors.New("no NATS URL: set --nats or ANSFLOW_NATS_URL")
+	}
+	if c.NATSCreds != "" && c.NATSTokenFile != "" {
+		return errors.New("--nats-creds and --nats-token-file: give one")
 	}
 	if c.OpsAddr != Off {
 		if _, _, err := net.SplitHostPort(c.OpsAddr); err != nil {
@@ -121,7 +128,7 @@ func (c *Common) Start(service, client string) (*Process, error) {
 		return nil, err
 	}
 	log = log.With(zap.String("service", service))
-	nc, err := natsutil.Connect(natsutil.ConnectOptions{URL: c.NATSURL, Name: client, CredsFile: c.NATSCreds, CAFile: c.NATSCA})
+	nc, err := natsutil.Connect(natsutil.ConnectOptions{URL: c.NATSURL, Name: client, CredsFile: c.NATSCreds, TokenFile: c.NATSTokenFile, CAFile: c.NATSCA})
 	if err != nil {
 		log.Sync() //nolint:errcheck // stderr
 		return nil, err

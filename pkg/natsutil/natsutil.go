@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -24,6 +25,9 @@ type EmbeddedConfig struct {
 	// Listen is host:port for clients outside the process; "" or port -1
 	// picks a free port, "off" listens on no port.
 	Listen string
+	// Token, when set, is the token every client must present, those in
+	// the process included ([ConnectInProcess] with [nats.Token]).
+	Token string
 }
 
 // StartEmbedded starts a JetStream-enabled nats-server in this process and
@@ -37,6 +41,7 @@ func StartEmbedded(cfg EmbeddedConfig, log *zap.Logger) (*server.Server, error) 
 		NoSigs:             true,
 		MaxPayload:         8 << 20,
 		JetStreamMaxMemory: 256 << 20,
+		Authorization:      cfg.Token,
 	}
 	switch cfg.Listen {
 	case "off":
@@ -113,9 +118,10 @@ func configOptions(path, storeDir, listen string) (*server.Options, error) {
 	return opts, nil
 }
 
-// ConnectInProcess connects to s without a socket when s allows it.
-func ConnectInProcess(s *server.Server, name string) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.InProcessServer(s)}
+// ConnectInProcess connects to s without a socket when s allows it; extra
+// options come last (such as [nats.Token] for a server that wants one).
+func ConnectInProcess(s *server.Server, name string, extra ...nats.Option) (*nats.Conn, error) {
+	opts := append([]nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.InProcessServer(s)}, extra...)
 	nc, err := nats.Connect(s.ClientURL(), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect in-process to nats-server: %w", err)
@@ -132,6 +138,10 @@ type ConnectOptions struct {
 	// CredsFile, when set, is a NATS credentials file (a user JWT and its
 	// seed), as `ansflow secure init` writes.
 	CredsFile string
+	// TokenFile, when set, is a file holding the token the server wants
+	// (as `ansflow up` writes to its data directory's nats.token); it
+	// does not go with CredsFile.
+	TokenFile string
 	// CAFile, when set, is the PEM file of the CA that signed the server's
 	// certificate: the connection then requires TLS and verifies the
 	// server with it.
@@ -197,6 +207,20 @@ func credsClaims(path string) (*jwt.UserClaims, error) {
 func Connect(o ConnectOptions) (*nats.Conn, error) {
 	opts := []nats.Option{nats.Name(o.Name), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second)}
 	prefix := o.InboxPrefix
+	if o.TokenFile != "" {
+		if o.CredsFile != "" {
+			return nil, fmt.Errorf("NATS token file and credentials file: give one")
+		}
+		b, err := os.ReadFile(o.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("read NATS token: %w", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return nil, fmt.Errorf("NATS token file %s is empty", o.TokenFile)
+		}
+		opts = append(opts, nats.Token(tok))
+	}
 	if o.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(o.CredsFile))
 		if prefix == "" {
