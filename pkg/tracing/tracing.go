@@ -22,6 +22,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
@@ -251,4 +252,15 @@ func RecordError(span trace.Span, err error) {
 	}
 	span.RecordError(err)
 	span.SetStatus(codes.Error, err.Error())
+}
+
+// StartSpan starts a span named name of kind with attrs, child of ctx's
+// span. While tracing is off it returns ctx and ctx's (non-recording) span
+// without starting one; callers on hot paths that build attributes check
+// [Enabled] first.
+func StartSpan(ctx context.Context, name string, kind trace.SpanKind, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	if !enabled.Load() {
+		return ctx, trace.SpanFromContext(ctx)
+	}
+	return otel.Tracer(InstrumentationName).Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
 }
