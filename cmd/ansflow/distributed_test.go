@@ -36,11 +36,21 @@ func freePort(t testing.TB) string {
 // ends; its output goes to a log file shown on failure.
 func startProcess(t *testing.T, name string, args ...string) *exec.Cmd {
 	t.Helper()
+	return startProcessEnv(t, nil, name, args...)
+}
+
+// startProcessEnv is [startProcess] with env added to the test's
+// environment.
+func startProcessEnv(t *testing.T, env []string, name string, args ...string) *exec.Cmd {
+	t.Helper()
 	logf, err := os.Create(filepath.Join(t.TempDir(), filepath.Base(name)+".log"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(name, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

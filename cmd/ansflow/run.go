@@ -116,6 +116,11 @@ func cmdRun(ctx context.Context, args []string) error {
 		if err != nil {
 			return &usageError{err}
 		}
+		stopTracing, err := startTracing(log)
+		if err != nil {
+			return &usageError{err}
+		}
+		defer stopTracing()
 		if *dataDir == "" {
 			tmp, err := os.MkdirTemp("", "ansflow-run-")
 			if err != nil {

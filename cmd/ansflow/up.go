@@ -53,6 +53,11 @@ func cmdUp(ctx context.Context, args []string) error {
 	if err != nil {
 		return &usageError{err}
 	}
+	stopTracing, err := startTracing(log)
+	if err != nil {
+		return &usageError{err}
+	}
+	defer stopTracing()
 	pol, err := policyFlags.Policy()
 	if err != nil {
 		return &usageError{err}

@@ -9,7 +9,9 @@
 #   - the local Kubernetes control plane (deploy/cluster/up.sh; its first
 #     build takes 15-30 minutes on 2 cores, then it is cached by version);
 #   - Gitea, the forge of the forge-loop tests (deploy/forge/gitea.sh; built
-#     once per version from the Go module proxy, then cached).
+#     once per version from the Go module proxy, then cached);
+#   - Jaeger, the trace store of the tracing test (deploy/tracing/jaeger.sh;
+#     built once per version from the Go module proxy, then cached).
 # Progress goes to stderr; stdout carries only `export` lines.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,3 +45,6 @@ echo "$out" | tail -n 1 >&3
 
 echo "== Gitea (the forge-loop tests' forge)"
 bash deploy/forge/gitea.sh >&3
+
+echo "== Jaeger (the tracing test's trace store)"
+bash deploy/tracing/jaeger.sh >&3

@@ -29,6 +29,14 @@
 // a retryable error, nak'd at once when the consumer shuts down, or copied
 // to the dead-letter stream and terminated.
 //
+// # Tracing
+//
+// Every published event carries the trace context of its publisher's
+// context as the traceparent and tracestate extension attributes, and
+// [Consume] runs each handler in a consumer span, "consume <noun>.<verb>",
+// child of the context the event carries; both cost nothing while
+// tracing is off (package tracing).
+//
 // # Dead letters
 //
 // A message that cannot be processed (not a CloudEvent, a permanent handler
@@ -64,10 +72,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/tracing"
 )
 
 // Publish sends e on subject with Nats-Msg-Id set to the event id and waits
-// for the stream's acknowledgement.
+// for the stream's acknowledgement. e carries the trace context of ctx
+// ([tracing.Inject]).
 //
 // A transient failure (no stream answering, as before a stream exists or
 // while it has no leader; a lost acknowledgement; a reconnecting
@@ -79,6 +89,7 @@ import (
 // connection) returns at once. The error wraps the last attempt's error
 // and, when retries ran out, ctx's.
 func Publish(ctx context.Context, js jetstream.Publisher, subject string, e cloudevents.Event) error {
+	tracing.Inject(ctx, &e)
 	m, err := event.ToMsg(subject, e)
 	if err != nil {
 		return err
@@ -129,8 +140,10 @@ func publishMsg(ctx context.Context, js jetstream.Publisher, m *nats.Msg, retrya
 // PublishAsync sends e without waiting for the acknowledgement, which the
 // returned future delivers. Unlike [Publish] it does not retry: a caller
 // that must not lose e checks the future and publishes again (the same
-// Nats-Msg-Id deduplicates), or uses Publish.
-func PublishAsync(js jetstream.Publisher, subject string, e cloudevents.Event) (jetstream.PubAckFuture, error) {
+// Nats-Msg-Id deduplicates), or uses Publish. ctx gives only the trace
+// context e carries ([tracing.Inject]).
+func PublishAsync(ctx context.Context, js jetstream.Publisher, subject string, e cloudevents.Event) (jetstream.PubAckFuture, error) {
+	tracing.Inject(ctx, &e)
 	m, err := event.ToMsg(subject, e)
 	if err != nil {
 		return nil, err

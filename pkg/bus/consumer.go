@@ -11,11 +11,14 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/topology"
+	"github.com/ansflow/ansflow/pkg/tracing"
 )
 
 // Handler processes one event. A nil error acknowledges the message; an error
@@ -331,7 +334,10 @@ func (c *consumer) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	hctx, cancel := context.WithCancel(ctx)
+	hctx, span := c.startSpan(hctx, e, msg.Subject(), deliveries)
 	err = c.h(hctx, e)
+	tracing.RecordError(span, err)
+	span.End()
 	cancel()
 	var perm *PermanentError
 	switch {
@@ -353,6 +359,24 @@ func (c *consumer) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(c.cfg.RetryDelay * time.Duration(deliveries))
 	}
 }
+
+// startSpan starts the consumer span of e's handling, child of the trace
+// context e carries; a no-op span while tracing is off.
+func (c *consumer) startSpan(ctx context.Context, e cloudevents.Event, subject string, deliveries int) (context.Context, trace.Span) {
+	if !tracing.Enabled() {
+		return ctx, noopSpan
+	}
+	noun, verb := event.NounVerb(e.Type())
+	m := event.MetaOf(e)
+	return tracing.Tracer().Start(tracing.Extract(ctx, e), "consume "+noun+"."+verb, trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", subject),
+			attribute.String("messaging.consumer.group.name", c.cfg.Durable), attribute.String("messaging.message.id", e.ID()),
+			attribute.Int("messaging.message.delivery_count", deliveries),
+			attribute.String("cloudevents.event_type", e.Type()), attribute.String("cloudevents.event_source", e.Source()),
+			attribute.String("ansflow.run.id", m.RunID), attribute.String("ansflow.step.id", m.StepID), attribute.Int("ansflow.step.attempt", m.Attempt)))
+}
+
+var noopSpan = trace.SpanFromContext(context.Background())
 
 // heartbeat sends in-progress acks for one message until stopped. It is a
 // self-rearming timer rather than a goroutine, so a short handler costs no

@@ -34,6 +34,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/logging"
 	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/natsutil"
+	"github.com/ansflow/ansflow/pkg/tracing"
 )
 
 // Off is the value of --ops-addr that turns the ops listener off.
@@ -117,29 +118,45 @@ type Process struct {
 	Metrics *metrics.Metrics
 
 	opsAddr string
+	// stopTracing flushes and stops the span export [Common.Start] began.
+	stopTracing func(context.Context) error
 }
 
-// Start makes the logger of service, connects to NATS as client (the name
-// the server shows) and prepares the ops listener with the NATS readiness
-// check. The caller closes the process.
+// Start makes the logger of service, starts tracing as "ansflow-"+service
+// from the OTEL_* variables ([tracing.Start]; off unless an OTLP endpoint
+// is set), connects to NATS as client (the name the server shows) and
+// prepares the ops listener with the NATS readiness check. The caller
+// closes the process.
 func (c *Common) Start(service, client string) (*Process, error) {
 	log, err := logging.New(c.LogLevel, c.LogJSON)
 	if err != nil {
 		return nil, err
 	}
 	log = log.With(zap.String("service", service))
-	nc, err := natsutil.Connect(natsutil.ConnectOptions{URL: c.NATSURL, Name: client, CredsFile: c.NATSCreds, TokenFile: c.NATSTokenFile, CAFile: c.NATSCA})
+	stopTracing, err := tracing.Start(context.Background(), "ansflow-"+service)
 	if err != nil {
 		log.Sync() //nolint:errcheck // stderr
 		return nil, err
+	}
+	if tracing.Enabled() {
+		log.Info("tracing: exporting spans over OTLP", zap.String("service_name", "ansflow-"+service))
+	}
+	fail := func(err error) (*Process, error) {
+		_ = stopTracing(context.Background())
+		log.Sync() //nolint:errcheck // stderr
+		return nil, err
+	}
+	nc, err := natsutil.Connect(natsutil.ConnectOptions{URL: c.NATSURL, Name: client, CredsFile: c.NATSCreds, TokenFile: c.NATSTokenFile, CAFile: c.NATSCA})
+	if err != nil {
+		return fail(err)
 	}
 	js, err := natsutil.JetStream(nc)
 	if err != nil {
 		nc.Close()
-		log.Sync() //nolint:errcheck // stderr
-		return nil, err
+		return fail(err)
 	}
-	p := &Process{Log: log, NC: nc, JS: js, Ops: NewOps(), Metrics: metrics.New(metrics.Options{PipelineLabel: c.MetricsPipelineLabel}), opsAddr: c.OpsAddr}
+	p := &Process{Log: log, NC: nc, JS: js, Ops: NewOps(), Metrics: metrics.New(metrics.Options{PipelineLabel: c.MetricsPipelineLabel}), opsAddr: c.OpsAddr,
+		stopTracing: stopTracing}
 	p.Ops.Metrics(p.Metrics.Handler())
 	p.Ops.Ready("nats", NATSConnected(nc))
 	return p, nil
@@ -164,13 +181,21 @@ func (p *Process) Run(ctx context.Context, parts ...func(context.Context) error)
 }
 
 // Close flushes what the connection still holds (acknowledgements sent
-// while stopping), drains it and syncs the log.
+// while stopping), drains it, flushes the spans not exported yet (within 5
+// s) and syncs the log.
 func (p *Process) Close() {
 	if err := p.NC.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		p.Log.Warn("flush NATS connection", zap.Error(err))
 	}
 	if err := p.NC.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		p.Log.Warn("drain NATS connection", zap.Error(err))
+	}
+	if p.stopTracing != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := p.stopTracing(ctx); err != nil {
+			p.Log.Warn("stop tracing", zap.Error(err))
+		}
+		cancel()
 	}
 	p.Log.Sync() //nolint:errcheck // stderr
 }

@@ -13,6 +13,9 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
@@ -21,6 +24,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/secret"
 	"github.com/ansflow/ansflow/pkg/topology"
+	"github.com/ansflow/ansflow/pkg/tracing"
 )
 
 // Buckets shared by runners and the pipeline service.
@@ -326,6 +330,8 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 		return bus.Permanent(fmt.Errorf("step request %s lacks run id, step id or attempt", e.ID()))
 	}
 	log := r.log.With(zap.String("run_id", req.RunID), zap.String("step_id", req.StepID), zap.Int("attempt", req.Attempt))
+	ctx, span := r.startSpan(ctx, &req)
+	defer span.End()
 	r.mu.Lock()
 	stopped, isStopped := r.cancelled[event.Token(req.RunID)]
 	r.mu.Unlock()
@@ -360,6 +366,12 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 			c.StdoutTail, c.StderrTail = task.stdout.Tail(), task.stderr.Tail()
 		}
 		r.cfg.Metrics.StepFinished(req.Type, status, c.FinishedAt.Sub(now))
+		if span.IsRecording() {
+			span.SetAttributes(attribute.String("ansflow.step.status", status))
+			if status != event.StatusSucceeded {
+				span.SetStatus(codes.Error, msg)
+			}
+		}
 		return r.complete(ctx, c, l, log)
 	}
 	if !r.types[req.Type] {
@@ -398,11 +410,11 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 		return bus.Permanent(err)
 	}
 	started.SetID(fmt.Sprintf("started-%s", key))
-	if _, err := bus.PublishAsync(r.js, event.LifecycleSubject(event.TypeStepStarted, req.RunID), started); err != nil {
+	if _, err := bus.PublishAsync(ctx, r.js, event.LifecycleSubject(event.TypeStepStarted, req.RunID), started); err != nil {
 		log.Warn("publish step.started", zap.Error(err))
 	}
 
-	task, workdir := r.newTask(&req, log)
+	task, workdir := r.newTask(ctx, &req, log)
 	defer os.RemoveAll(workdir)
 	if err := r.openSecrets(&req, task); err != nil {
 		stopRenewing()
@@ -451,6 +463,20 @@ func (r *Runner) handle(ctx context.Context, e cloudevents.Event, attempts jetst
 	}
 	log.Info("step did not succeed", zap.String("status", status), zap.String("error", msg))
 	return done(status, exit, outputs, msg, task)
+}
+
+// startSpan starts the span of req's execution, "step.execute", child of
+// ctx's (the consumer span of the request, itself a child of the
+// orchestrator's dispatch); a no-op span while tracing is off.
+func (r *Runner) startSpan(ctx context.Context, req *event.StepRequested) (context.Context, trace.Span) {
+	if !tracing.Enabled() {
+		return ctx, trace.SpanFromContext(ctx)
+	}
+	return tracing.Tracer().Start(ctx, "step.execute", trace.WithAttributes(
+		attribute.String("ansflow.run.id", req.RunID), attribute.String("ansflow.step.id", req.StepID),
+		attribute.Int("ansflow.step.attempt", req.Attempt), attribute.String("ansflow.step.type", req.Type),
+		attribute.String("ansflow.runner.kind", r.cfg.Kind), attribute.String("ansflow.runner.target", req.Target),
+		attribute.String("ansflow.runner.id", r.cfg.ID)))
 }
 
 // renew renews l every third of the lease until the returned stop is
@@ -683,7 +709,9 @@ func (r *Runner) openSecrets(req *event.StepRequested, task *Task) error {
 	return nil
 }
 
-func (r *Runner) newTask(req *event.StepRequested, log *zap.Logger) (*Task, string) {
+// newTask prepares the task of req, whose log chunks carry the trace
+// context of ctx.
+func (r *Runner) newTask(ctx context.Context, req *event.StepRequested, log *zap.Logger) (*Task, string) {
 	m := &Masker{}
 	logs := &pendingLogs{}
 	var seq int
@@ -699,7 +727,7 @@ func (r *Runner) newTask(req *event.StepRequested, log *zap.Logger) (*Task, stri
 			if err != nil {
 				return
 			}
-			f, err := bus.PublishAsync(r.js, event.LogSubject(req.RunID, req.StepID), e)
+			f, err := bus.PublishAsync(ctx, r.js, event.LogSubject(req.RunID, req.StepID), e)
 			if err != nil {
 				log.Warn("publish log chunk", zap.Error(err))
 				return

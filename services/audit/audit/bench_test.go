@@ -35,7 +35,7 @@ func BenchmarkServiceCatchUp(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if _, err := bus.PublishAsync(ns.JS, event.LifecycleSubject(event.TypeStepCompleted, run), e); err != nil {
+			if _, err := bus.PublishAsync(context.Background(), ns.JS, event.LifecycleSubject(event.TypeStepCompleted, run), e); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -143,6 +143,9 @@ func New(cfg Config, log *zap.Logger) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("docker engine config: %w", err)
 	}
+	// The Docker client traces every Engine API call (otelhttp) with the
+	// global TracerProvider, which package tracing sets when tracing is on:
+	// each call is a client span of the step's trace.
 	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
 	if cfg.DockerHost != "" {
 		opts = append(opts, client.WithHost(cfg.DockerHost))

@@ -51,6 +51,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/runner"
 	"github.com/ansflow/ansflow/pkg/spec/steps"
+	"github.com/ansflow/ansflow/pkg/tracing"
 )
 
 // Step types executed by the engine.
@@ -215,6 +216,10 @@ func New(cfg Config, log *zap.Logger) (*Engine, error) {
 	}
 	if rc.UserAgent == "" {
 		rc.UserAgent = "ansflow-k8s-runner"
+	}
+	if tracing.Enabled() {
+		// Each Kubernetes API call is a client span of the step's trace.
+		rc.Wrap(tracing.Transport)
 	}
 	hc, err := rest.HTTPClientFor(rc)
 	if err != nil {

@@ -20,6 +20,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/apiv1"
@@ -29,6 +31,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/spec"
 	"github.com/ansflow/ansflow/pkg/spec/steps"
+	"github.com/ansflow/ansflow/pkg/tracing"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -438,7 +441,14 @@ func (s *Server) triggerRun(w http.ResponseWriter, r *http.Request) {
 		// Otherwise the run clones tb.RepoURL, else the pipeline's
 		// repository, at tb.Commit or the commit tb.Branch or tb.Tag
 		// points at.
-		run, err = s.orc.Trigger(r.Context(), req)
+		ctx, span := tracing.StartSpan(r.Context(), "api.trigger", trace.SpanKindServer,
+			attribute.String("ansflow.pipeline", req.Pipeline), attribute.String("ansflow.trigger.kind", req.Trigger.Kind))
+		run, err = s.orc.Trigger(ctx, req)
+		if err == nil && span.IsRecording() {
+			span.SetAttributes(attribute.String("ansflow.run.id", run.ID))
+		}
+		tracing.RecordError(span, err)
+		span.End()
 	}
 	s.audit(r, "run.trigger", "pipeline/"+r.PathValue("name"), err)
 	if err != nil {

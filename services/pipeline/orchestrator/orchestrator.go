@@ -27,6 +27,8 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
@@ -38,6 +40,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/source"
 	"github.com/ansflow/ansflow/pkg/tmpl"
 	"github.com/ansflow/ansflow/pkg/topology"
+	"github.com/ansflow/ansflow/pkg/tracing"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
 
@@ -264,7 +267,13 @@ type GitInfo struct {
 
 // Trigger creates a run of the latest version of a stored pipeline and
 // dispatches its first steps.
-func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (*store.Run, error) {
+//
+// The run is created in a "run.trigger" span, child of ctx's (the webhook
+// delivery, API request or cron firing), whose trace context the run keeps.
+func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (_ *store.Run, err error) {
+	ctx, span := tracing.StartSpan(ctx, "run.trigger", trace.SpanKindInternal,
+		attribute.String("ansflow.pipeline", req.Pipeline), attribute.String("ansflow.trigger.kind", req.Trigger.Kind))
+	defer func() { tracing.RecordError(span, err); span.End() }()
 	if req.RunID != "" {
 		if r, err := o.store.GetRun(ctx, req.RunID); err == nil {
 			return r, fmt.Errorf("%w: %s", ErrRunExists, req.RunID)
@@ -328,6 +337,10 @@ func (o *Orchestrator) Trigger(ctx context.Context, req TriggerRequest) (*store.
 	r.Vars["build_number"] = apiv1.Var{Value: fmt.Sprint(n)}
 	r.Vars["run_id"] = apiv1.Var{Value: r.ID}
 	r.Vars["pipeline_name"] = apiv1.Var{Value: rec.Name}
+	r.Trace = tracing.TraceParent(ctx)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("ansflow.run.id", r.ID), attribute.Int("ansflow.build_number", n))
+	}
 	if specErr != nil {
 		// The run exists, failed, with the file's errors: the user sees
 		// them where they look for the run (runs get, the UI, the forge).
@@ -360,7 +373,10 @@ func (o *Orchestrator) RerunAll(ctx context.Context, id string, trig apiv1.Trigg
 	return o.rerun(ctx, id, trig, true)
 }
 
-func (o *Orchestrator) rerun(ctx context.Context, id string, trig apiv1.Trigger, all bool) (*store.Run, error) {
+func (o *Orchestrator) rerun(ctx context.Context, id string, trig apiv1.Trigger, all bool) (_ *store.Run, err error) {
+	ctx, span := tracing.StartSpan(ctx, "run.trigger", trace.SpanKindInternal,
+		attribute.String("ansflow.rerun_of", id), attribute.String("ansflow.trigger.kind", trig.Kind))
+	defer func() { tracing.RecordError(span, err); span.End() }()
 	old, err := o.store.GetRun(ctx, id)
 	if err != nil {
 		return nil, err
@@ -382,6 +398,7 @@ func (o *Orchestrator) rerun(ctx context.Context, id string, trig apiv1.Trigger,
 	now := time.Now().UTC()
 	r := *old
 	r.ID, r.BuildNumber, r.Status, r.Error, r.RerunOf = nid.String(), n, event.StatusPending, "", old.ID
+	r.Trace = tracing.TraceParent(ctx)
 	// A re-run builds what its original built, so it keeps what the forge
 	// said of it: a fork's run stays a fork's (no secret its filters do not
 	// allow forks), and its commit statuses go to the same commit.
@@ -544,7 +561,10 @@ func (o *Orchestrator) updateAt(ctx context.Context, id string, in Input, receiv
 // carryOut executes the commands of a committed decision and re-arms the
 // run's timer. A decision on a completion received at received (non-zero)
 // records the orchestration latency of each request it publishes.
+//
+// The events it publishes join the run's trace (r.Trace).
 func (o *Orchestrator) carryOut(ctx context.Context, r *store.Run, cmds []Command, received time.Time) {
+	ctx = tracing.WithTraceParent(ctx, r.Trace)
 	for _, c := range cmds {
 		switch {
 		case c.Dispatch != nil:
@@ -584,7 +604,19 @@ func (o *Orchestrator) fence(ctx context.Context, runID string, f *Fence) {
 // the I/O deadline. A request that still could not be published is kept
 // and tried again every second by republish while its attempt is current.
 // It reports whether the request was published.
+//
+// The request is published in a "step.dispatch" producer span in the run's
+// trace, which the runner's spans of the request descend from.
 func (o *Orchestrator) dispatch(ctx context.Context, r *store.Run, req *event.StepRequested) bool {
+	if tracing.Enabled() {
+		var span trace.Span
+		ctx, span = tracing.StartSpan(tracing.WithTraceParent(ctx, r.Trace), "step.dispatch", trace.SpanKindProducer,
+			attribute.String("ansflow.run.id", req.RunID), attribute.String("ansflow.pipeline", r.Pipeline),
+			attribute.String("ansflow.step.id", req.StepID), attribute.Int("ansflow.step.attempt", req.Attempt),
+			attribute.String("ansflow.step.type", req.Type), attribute.String("ansflow.runner.kind", req.Kind),
+			attribute.String("ansflow.runner.target", req.Target), attribute.String("messaging.destination.name", event.StepRequestedSubject(req.Kind, req.Target)))
+		defer span.End()
+	}
 	if err := o.seal(ctx, r, req); err != nil {
 		o.refuse(ctx, req, err)
 		return false
@@ -632,7 +664,7 @@ func (o *Orchestrator) republish(ctx context.Context) error {
 				continue // cannot tell yet
 			}
 			if current {
-				if err := o.publishRequest(ctx, req); err != nil {
+				if err := o.publishRequest(tracing.WithTraceParent(ctx, r.Trace), req); err != nil {
 					continue
 				}
 			}

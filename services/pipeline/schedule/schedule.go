@@ -17,10 +17,13 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/robfig/cron/v3"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/apiv1"
 	"github.com/ansflow/ansflow/pkg/spec"
+	"github.com/ansflow/ansflow/pkg/tracing"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -133,6 +136,9 @@ func (s *Scheduler) fire(ctx context.Context, p *apiv1.Pipeline, entry int, t sp
 	if s.known(id) {
 		return nil, nil
 	}
+	ctx, span := tracing.StartSpan(ctx, "cron.trigger", trace.SpanKindInternal, attribute.String("ansflow.pipeline", p.Name),
+		attribute.String("ansflow.cron.schedule", t.Schedule), attribute.String("ansflow.run.id", id))
+	defer span.End()
 	run, err := s.orc.Trigger(ctx, orchestrator.TriggerRequest{Pipeline: p.Name, RunID: id,
 		Git:     orchestrator.GitInfo{Branch: t.Branch},
 		Trigger: apiv1.Trigger{Kind: "cron", Actor: "schedule " + t.Schedule}})

@@ -17,6 +17,11 @@ type Run struct {
 	// Admitted is set once a run of a pipeline with a concurrency limit
 	// holds one of its slots; until then it is queued.
 	Admitted bool `json:"admitted,omitempty"`
+	// Trace is the W3C traceparent of the span that created the run
+	// (package tracing), so that the steps any pipeline instance
+	// dispatches later, after a restart too, join the run's trace; empty
+	// while tracing is off.
+	Trace string `json:"trace,omitempty"`
 	// Revision is the key-value revision the run was read at, which an
 	// update must match.
 	Revision uint64 `json:"-"`

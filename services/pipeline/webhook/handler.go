@@ -14,6 +14,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/ansflow/ansflow/pkg/apiv1"
@@ -21,6 +23,7 @@ import (
 	"github.com/ansflow/ansflow/pkg/event"
 	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/spec"
+	"github.com/ansflow/ansflow/pkg/tracing"
 	"github.com/ansflow/ansflow/services/pipeline/orchestrator"
 	"github.com/ansflow/ansflow/services/pipeline/store"
 )
@@ -131,7 +134,17 @@ func RunPath(id string) string { return "/api/v1/runs/" + id }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	provider, name := r.PathValue("provider"), r.PathValue("pipeline")
+	span := trace.SpanFromContext(r.Context())
+	if tracing.Enabled() {
+		var ctx context.Context
+		ctx, span = tracing.Tracer().Start(r.Context(), "webhook.delivery", trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(attribute.String("ansflow.webhook.provider", provider), attribute.String("ansflow.pipeline", name)))
+		defer span.End()
+		r = r.WithContext(ctx)
+	}
 	reply := func(code int, resp apiv1.WebhookResponse) {
+		span.SetAttributes(attribute.Int("http.response.status_code", code), attribute.String("ansflow.webhook.status", resp.Status),
+			attribute.String("ansflow.webhook.delivery", resp.Delivery), attribute.String("ansflow.run.id", resp.RunID))
 		h.record(r, provider, name, resp)
 		h.Metrics.WebhookDelivery(provider, resp.Status)
 		w.Header().Set("Content-Type", "application/json")
@@ -271,7 +284,7 @@ func (h *Handler) record(r *http.Request, provider, pipeline string, resp apiv1.
 		return
 	}
 	e.SetSubject("pipeline/" + pipeline)
-	if _, err := bus.PublishAsync(h.js, "ansflow.events.webhook.received."+event.Token(spec.Slug(pipeline)), e); err != nil {
+	if _, err := bus.PublishAsync(r.Context(), h.js, "ansflow.events.webhook.received."+event.Token(spec.Slug(pipeline)), e); err != nil {
 		h.log.Warn("record webhook", zap.Error(err))
 	}
 }
