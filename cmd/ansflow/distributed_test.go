@@ -77,27 +77,19 @@ func startProcessEnv(t *testing.T, env []string, name string, args ...string) *e
 // want, or fails the test after 30 s with the last answer.
 func waitReady(t *testing.T, name, base string, want ...string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		code, body := 0, ""
+	waitFor(t, 30*time.Second, name+" to be ready", func() (bool, string) {
 		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			code, body = resp.StatusCode, string(b)
-			ok := code == http.StatusOK
-			for _, w := range want {
-				ok = ok && strings.Contains(body, w)
-			}
-			if ok {
-				return
-			}
+		if err != nil {
+			return false, err.Error()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not ready within 30s: %d %q %v", name, code, body, err)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		ok := resp.StatusCode == http.StatusOK
+		for _, w := range want {
+			ok = ok && strings.Contains(string(b), w)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return ok, fmt.Sprintf("%d %q", resp.StatusCode, b)
+	})
 }
 
 // TestDistributedMode runs every service as its own process against a NATS

@@ -79,13 +79,18 @@ func (tf *tokenFlags) resolve(localDefault bool) (string, error) {
 
 // readAdminToken reads dir's admin token.
 func readAdminToken(dir string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(dir, adminTokenFile))
+	return readTokenFile(filepath.Join(dir, adminTokenFile), "admin token")
+}
+
+// readTokenFile reads the token file path, which must not be empty.
+func readTokenFile(path, what string) (string, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("admin token: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	t := strings.TrimSpace(string(b))
 	if t == "" {
-		return "", fmt.Errorf("admin token: %s is empty", filepath.Join(dir, adminTokenFile))
+		return "", fmt.Errorf("%s: %s is empty", what, path)
 	}
 	return t, nil
 }
@@ -93,14 +98,7 @@ func readAdminToken(dir string) (string, error) {
 // ensureAdminToken returns the admin token of the data directory dir,
 // making it (mode 0600) on the first start; created says it did.
 func ensureAdminToken(dir string) (secret string, created bool, err error) {
-	t, err := readAdminToken(dir)
-	if err == nil {
-		return t, false, nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return "", false, err
-	}
-	return createTokenFile(filepath.Join(dir, adminTokenFile), "admin token")
+	return ensureTokenFile(filepath.Join(dir, adminTokenFile), "admin token")
 }
 
 // natsTokenFile is the file of the data directory holding the token the
@@ -110,19 +108,21 @@ const natsTokenFile = "nats.token"
 // ensureNATSToken returns the NATS token of the data directory dir,
 // making it (mode 0600) on the first start.
 func ensureNATSToken(dir string) (string, error) {
-	path := filepath.Join(dir, natsTokenFile)
-	b, err := os.ReadFile(path)
+	t, _, err := ensureTokenFile(filepath.Join(dir, natsTokenFile), "NATS token")
+	return t, err
+}
+
+// ensureTokenFile reads the token file path, or makes it when it does not
+// exist; created says it did.
+func ensureTokenFile(path, what string) (string, bool, error) {
+	t, err := readTokenFile(path, what)
 	if err == nil {
-		if t := strings.TrimSpace(string(b)); t != "" {
-			return t, nil
-		}
-		return "", fmt.Errorf("NATS token: %s is empty", path)
+		return t, false, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("NATS token: %w", err)
+		return "", false, err
 	}
-	t, _, err := createTokenFile(path, "NATS token")
-	return t, err
+	return createTokenFile(path, what)
 }
 
 // createTokenFile writes a new random token to path (mode 0600), failing

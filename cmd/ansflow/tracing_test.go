@@ -180,51 +180,34 @@ func TestTracingAcrossServices(t *testing.T) {
       k8s_resource_name: ansflow-tracing-absent
       k8s_config: {resource_type: deployment}
 `, image)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	waitFor(t, 30*time.Second, "the pipeline to apply", func() (bool, string) {
 		_, err := c.applyPipeline(ctx, "traced.yaml", []byte(yaml))
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-	}
+		return err == nil, fmt.Sprint(err)
+	})
 	run, err := c.trigger(ctx, "traced", apiv1.TriggerBody{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var r *apiv1.Run
-	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	waitFor(t, 90*time.Second, "run "+run.ID+" to end", func() (bool, string) {
 		if r, err = c.getRun(ctx, run.ID); err != nil {
 			t.Fatal(err)
 		}
-		if r.Terminal() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("run still %s after 90s", r.Status)
-		}
-	}
+		return r.Terminal(), r.Status
+	})
 	if r.Status != "succeeded" {
 		t.Fatalf("run %s: %s", r.Status, r.Error)
 	}
 
 	// Poll Jaeger until the run's trace holds every span the test looks
 	// for: spans arrive from three processes, each in its own batches.
-	var last string
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+	waitFor(t, 30*time.Second, "a complete trace of run "+run.ID+" in Jaeger", func() (bool, string) {
 		problems, err := checkRunTrace(query, run.ID)
-		if err == nil && len(problems) == 0 {
-			return
-		}
-		last = strings.Join(problems, "; ")
 		if err != nil {
-			last = err.Error()
+			return false, err.Error()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Jaeger holds no complete trace of run %s within 30s: %s", run.ID, last)
-		}
-	}
+		return len(problems) == 0, strings.Join(problems, "; ")
+	})
 }
 
 // checkRunTrace finds the trace of run runID in Jaeger's query API at

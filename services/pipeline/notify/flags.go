@@ -8,6 +8,7 @@ import (
 	"net/mail"
 	"os"
 
+	"github.com/ansflow/ansflow/pkg/envflag"
 	"github.com/ansflow/ansflow/pkg/spec"
 )
 
@@ -35,15 +36,8 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 	fs.StringVar(&f.SMTPUsername, "smtp-username", os.Getenv("ANSFLOW_SMTP_USERNAME"), "SMTP user name; authenticates with PLAIN after STARTTLS (env ANSFLOW_SMTP_USERNAME)")
 	fs.StringVar(&f.SMTPPasswordSecret, "smtp-password-secret", os.Getenv("ANSFLOW_SMTP_PASSWORD_SECRET"), "name of the global secret holding the SMTP password (env ANSFLOW_SMTP_PASSWORD_SECRET)")
 	fs.StringVar(&f.SMTPCAFile, "smtp-ca-file", os.Getenv("ANSFLOW_SMTP_CA_FILE"), "PEM file of the CA of the SMTP server's certificate (default: the system's; env ANSFLOW_SMTP_CA_FILE)")
-	fs.StringVar(&f.AllowedHosts, "notify-allowed-hosts", envOr("ANSFLOW_NOTIFY_ALLOWED_HOSTS", DefaultAllowedHosts), "hosts webhook and Slack notifications may reach, comma-separated: external (public addresses), private, loopback, *, CIDR prefixes, host names or *.domain (env ANSFLOW_NOTIFY_ALLOWED_HOSTS)")
+	fs.StringVar(&f.AllowedHosts, "notify-allowed-hosts", envflag.New(os.LookupEnv).String("ANSFLOW_NOTIFY_ALLOWED_HOSTS", DefaultAllowedHosts), "hosts webhook and Slack notifications may reach, comma-separated: external (public addresses), private, loopback, *, CIDR prefixes, host names or *.domain (env ANSFLOW_NOTIFY_ALLOWED_HOSTS)")
 	return f
-}
-
-func envOr(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
 }
 
 // Config reads the files the flags name and returns the configuration.
