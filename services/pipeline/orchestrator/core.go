@@ -139,6 +139,19 @@ func Decide(r *store.Run, in Input, env Env) (changed bool, cmds []Command) {
 		return false, nil
 	}
 	d := decision{r: r, env: env}
+	if r.Spec == nil || len(r.Spec.Steps) != len(r.Steps) {
+		// Every decision indexes the spec's steps by the run's step
+		// states: a run whose stored state lost its spec cannot go on,
+		// and it fails rather than stalls.
+		n := 0
+		if r.Spec != nil {
+			n = len(r.Spec.Steps)
+		}
+		msg := fmt.Sprintf("internal error: the run has %d step states but its spec %d steps", len(r.Steps), n)
+		d.stopAll(event.StatusFailed, msg)
+		d.finish(event.StatusFailed, msg)
+		return d.changed, d.cmds
+	}
 	d.apply(in)
 	d.reconcile()
 	return d.changed, d.cmds

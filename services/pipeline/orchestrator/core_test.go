@@ -109,6 +109,17 @@ func TestDecide(t *testing.T) {
 			},
 		},
 		{
+			name: "a run whose spec does not match its steps fails instead of panicking", yaml: twoSteps, pools: busyPool,
+			setup: func(r *store.Run) {
+				queued(r, "build", 1, t0)
+				r.Spec = &spec.Pipeline{Name: r.Spec.Name, FromRepository: true} // the stored pipeline, not the file
+			},
+			in: Tick{}, changed: true, status: event.StatusFailed,
+			steps: map[string]step{"build": {event.StatusFailed, 1, "internal error: the run has 2 step states but its spec 0 steps"},
+				"test": {event.StatusCancelled, 0, ""}},
+			commands: []string{"cancel:build", "done"},
+		},
+		{
 			name: "a busy pool keeps the step queued for as long as it takes", yaml: twoSteps, pools: busyPool, at: 6 * time.Hour,
 			setup: func(r *store.Run) { queued(r, "build", 1, t0) }, in: Tick{},
 			changed: false, status: event.StatusRunning, steps: map[string]step{"build": {event.StatusQueued, 1, ""}},

@@ -231,11 +231,15 @@ func (s *Store) NextBuildNumber(ctx context.Context, pipeline string) (int, erro
 	}
 }
 
-// encodeRun writes r without its spec: the spec is the pipeline version the
-// run uses, stored once in the versions bucket, not in every run write.
+// encodeRun writes r without its spec when the spec is the pipeline version
+// the run uses, stored once in the versions bucket, not in every run write.
+// A from_repository run executes the file it read at its commit, which no
+// version holds, so its spec is written with it.
 func encodeRun(r *Run) ([]byte, error) {
 	c := *r
-	c.Spec = nil
+	if c.Spec == nil || !c.Spec.FromRepository {
+		c.Spec = nil
+	}
 	b, err := json.Marshal(&c)
 	if err != nil {
 		return nil, fmt.Errorf("encode run %s: %w", r.ID, err)
@@ -331,8 +335,9 @@ func (s *Store) DecodeRun(ctx context.Context, e jetstream.KeyValueEntry) (*Run,
 	return &r, s.attachSpec(ctx, &r)
 }
 
-// attachSpec sets r.Spec from the pipeline version the run uses; versions
-// never change, so each is read once.
+// attachSpec sets r.Spec from the pipeline version the run uses, unless the
+// run was stored with its own (from_repository); versions never change, so
+// each is read once.
 func (s *Store) attachSpec(ctx context.Context, r *Run) error {
 	if r.Spec != nil {
 		return nil
