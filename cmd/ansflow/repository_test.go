@@ -120,6 +120,12 @@ func TestRunsTakeTheirSourceAndStepsFromTheRepository(t *testing.T) {
 	if run.Pipeline != "from-repo" || !strings.Contains(run.Steps[0].Logs.Stdout, "hello repo") {
 		t.Errorf("pipeline %q, stdout %q", run.Pipeline, run.Steps[0].Logs.Stdout)
 	}
+	// The run read back from the store (not the orchestrator's cached
+	// copy) keeps the spec it executed, the file's, not the stored
+	// pipeline's, which has no steps.
+	if run.Spec == nil || len(run.Spec.Steps) != 1 || run.Spec.Steps[0].Name != "From the repository" {
+		t.Errorf("the stored run's spec is not the file's: %+v", run.Spec)
+	}
 
 	// An invalid file fails the run before any step, with its errors.
 	run, err = c.trigger(ctx, "from-repo", apiv1.TriggerBody{Branch: "broken"})
