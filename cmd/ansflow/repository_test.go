@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -127,6 +128,17 @@ func TestRunsTakeTheirSourceAndStepsFromTheRepository(t *testing.T) {
 		t.Errorf("the stored run's spec is not the file's: %+v", run.Spec)
 	}
 
+	// Re-running it runs the file's steps again (the re-run starts from
+	// the stored run, so it needs the stored run's spec).
+	var re apiv1.Run
+	if err := c.do(ctx, http.MethodPost, "/api/v1/runs/"+run.ID+"/rerun", "application/json", strings.NewReader(`{"all":true}`), &re); err != nil {
+		t.Fatalf("rerun all: %v", err)
+	}
+	waitRun(t, c, re.ID)
+	if got, _ := c.getRun(ctx, re.ID); got.Status != "succeeded" || len(got.Steps) != 1 || got.Steps[0].Outputs["where"] != "repo" {
+		t.Errorf("re-run of the file's steps: %s %q, steps %+v", got.Status, got.Error, got.Steps)
+	}
+
 	// An invalid file fails the run before any step, with its errors.
 	run, err = c.trigger(ctx, "from-repo", apiv1.TriggerBody{Branch: "broken"})
 	if err != nil {
@@ -138,6 +150,12 @@ func TestRunsTakeTheirSourceAndStepsFromTheRepository(t *testing.T) {
 	code, out := capture(t, "runs", "get", run.ID, "--server", st.URL, "--token", st.Token)
 	if !strings.Contains(out, "docker_bild") {
 		t.Errorf("runs get (exit %d) does not show the file's error:\n%s", code, out)
+	}
+	// Such a run has no step to run again: a re-run is refused, not a
+	// green run of nothing.
+	err = c.do(ctx, http.MethodPost, "/api/v1/runs/"+run.ID+"/rerun", "application/json", strings.NewReader(`{"all":true}`), nil)
+	if err == nil || !strings.Contains(err.Error(), "failed before any step") || !strings.Contains(err.Error(), "400") {
+		t.Errorf("rerun of a run that failed before any step: %v, want a 400 saying why", err)
 	}
 
 	// A tag of a stored pipeline: its commit, not the branch head.

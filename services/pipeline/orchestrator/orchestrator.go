@@ -384,6 +384,12 @@ func (o *Orchestrator) rerun(ctx context.Context, id string, trig apiv1.Trigger,
 	if !old.Terminal() {
 		return nil, fmt.Errorf("%w: run %s is %s; only a finished run can be re-run", ErrInvalid, id, old.Status)
 	}
+	if len(old.Steps) == 0 {
+		// A run that failed before any step (a from_repository file that
+		// does not parse, a missing file) has nothing to run again: its
+		// re-run would "succeed" with no step.
+		return nil, fmt.Errorf("%w: run %s failed before any step (%s); fix that and trigger a new run", ErrInvalid, id, old.Error)
+	}
 	if !all && old.Status == event.StatusSucceeded {
 		return nil, fmt.Errorf("%w: run %s succeeded, so it has no failed step to re-run from; re-run all of it instead", ErrInvalid, id)
 	}
