@@ -135,7 +135,9 @@ func Start(ctx context.Context, service string) (stop func(context.Context) erro
 	if err != nil {
 		return nothing, fmt.Errorf("tracing: resource: %w", err)
 	}
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithSpanProcessor(dropUnparentedClientSpans{sdktrace.NewBatchSpanProcessor(exp)}),
+		sdktrace.WithResource(res))
 	otel.SetTracerProvider(tp)
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
 	enabled.Store(true)
@@ -146,6 +148,22 @@ func Start(ctx context.Context, service string) (stop func(context.Context) erro
 		}
 		return nil
 	}, nil
+}
+
+// dropUnparentedClientSpans passes on every ended span but the client
+// spans of calls made outside any span: the HTTP calls of readiness probes
+// (the Docker Engine's /_ping, an API server's /version) and of background
+// loops such as the Kubernetes client's watches, each of which would
+// otherwise be a trace of one span every few seconds. Calls a step, a
+// trigger or a consumer makes are children of its span and are kept. It
+// filters after sampling, so OTEL_TRACES_SAMPLER still decides the rest.
+type dropUnparentedClientSpans struct{ sdktrace.SpanProcessor }
+
+func (p dropUnparentedClientSpans) OnEnd(s sdktrace.ReadOnlySpan) {
+	if s.SpanKind() == trace.SpanKindClient && !s.Parent().IsValid() {
+		return
+	}
+	p.SpanProcessor.OnEnd(s)
 }
 
 // eventCarrier reads and writes the trace context of a CloudEvent's

@@ -3,6 +3,7 @@ package tracing
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -169,5 +170,38 @@ func TestTransportTracesRequests(t *testing.T) {
 	}
 	if header == "" {
 		t.Fatal("the request carried no traceparent")
+	}
+}
+
+// TestUnparentedClientSpansAreNotExported: the processor Start installs
+// drops client spans of calls made outside any span (a readiness probe's
+// ping) and passes on the rest: a client span under a step's span, a root
+// span of another kind, and a client span whose parent came from an event.
+func TestUnparentedClientSpansAreNotExported(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(dropUnparentedClientSpans{sdktrace.NewSimpleSpanProcessor(exp)}))
+	defer tp.Shutdown(context.Background())
+	tr := tp.Tracer("test")
+	enabled.Store(true) // Inject and Extract carry context only while on
+	defer enabled.Store(false)
+
+	_, ping := tr.Start(context.Background(), "GET /_ping", trace.WithSpanKind(trace.SpanKindClient))
+	ping.End()
+	ctx, step := tr.Start(context.Background(), "step.execute")
+	_, call := tr.Start(ctx, "POST /containers/create", trace.WithSpanKind(trace.SpanKindClient))
+	call.End()
+	step.End()
+	e := newEvent()
+	Inject(ctx, &e)
+	_, remote := tr.Start(Extract(context.Background(), e), "GET /version", trace.WithSpanKind(trace.SpanKindClient))
+	remote.End()
+
+	var got []string
+	for _, s := range exp.GetSpans() {
+		got = append(got, s.Name)
+	}
+	want := []string{"POST /containers/create", "step.execute", "GET /version"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("exported %q, want %q", got, want)
 	}
 }
