@@ -120,10 +120,13 @@ exporters:
 }
 
 // TestTracingAcrossServices runs the distributed mode (the pipeline
-// service, a docker runner and a Kubernetes runner, each its own process)
-// exporting to a real Jaeger, and checks that one run is one trace: from
-// the API trigger through each step's dispatch to its execution by the
-// runner, down to the Docker Engine and Kubernetes API calls.
+// service, a docker runner, a Kubernetes runner and the audit service, each
+// its own process) exporting to a real Jaeger, and checks that one run is
+// one trace: from the API trigger through each step's dispatch to its
+// execution by the runner, down to the Docker Engine and Kubernetes API
+// calls, with the audit service's recording of the run's events in it too;
+// and that the readiness checks' Engine and API server calls, made outside
+// any span, are not traces of their own.
 func TestTracingAcrossServices(t *testing.T) {
 	jaeger := os.Getenv("ANSFLOW_TEST_JAEGER")
 	if jaeger == "" {
@@ -140,6 +143,7 @@ func TestTracingAcrossServices(t *testing.T) {
 	bin := t.TempDir()
 	for _, b := range []struct{ name, pkg string }{
 		{"ansflow", "."}, {"pipeline", "../../services/pipeline"}, {"docker-runner", "../../services/docker-runner"}, {"k8s-runner", "../../services/k8s-runner"},
+		{"audit", "../../services/audit"},
 	} {
 		if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, b.name), b.pkg).CombinedOutput(); err != nil {
 			t.Fatalf("build %s: %v\n%s", b.name, err, out)
@@ -156,12 +160,14 @@ func TestTracingAcrossServices(t *testing.T) {
 	waitTCP(t, natsAddr)
 	env = append(env, "ANSFLOW_NATS_TOKEN_FILE="+filepath.Join(upDir, natsTokenFile))
 	adminFile, admin := adminTokenFileFor(t)
-	ops := map[string]string{"pipeline": freePort(t), "docker-runner": freePort(t), "k8s-runner": freePort(t)}
+	ops := map[string]string{"pipeline": freePort(t), "docker-runner": freePort(t), "k8s-runner": freePort(t), "audit": freePort(t)}
 	startProcessEnv(t, env, filepath.Join(bin, "pipeline"), "--nats", natsURL, "--http", apiAddr, "--ops-addr", ops["pipeline"], "--admin-token-file", adminFile)
 	startProcessEnv(t, env, filepath.Join(bin, "docker-runner"), "--nats", natsURL, "--ops-addr", ops["docker-runner"], "--pools", "default",
 		"--id", "docker-a", "--work-dir", t.TempDir())
 	startProcessEnv(t, env, filepath.Join(bin, "k8s-runner"), "--nats", natsURL, "--ops-addr", ops["k8s-runner"], "--clusters", "default",
 		"--id", "k8s-a", "--work-dir", t.TempDir())
+	startProcessEnv(t, env, filepath.Join(bin, "audit"), "--nats", natsURL, "--ops-addr", ops["audit"], "--data-dir", t.TempDir(),
+		"--http", freePort(t))
 	waitTCP(t, apiAddr)
 	for name := range ops {
 		waitReady(t, name, "http://"+ops[name], "[+]nats ok")
@@ -208,6 +214,24 @@ func TestTracingAcrossServices(t *testing.T) {
 		}
 		return len(problems) == 0, strings.Join(problems, "; ")
 	})
+	// The runners' readiness was checked above (the Engine's /_ping, the
+	// API server's /version) before the run, so those spans were
+	// exported, if at all, before the run's: none is a trace.
+	for _, service := range []string{"ansflow-docker-runner", "ansflow-k8s-runner"} {
+		var found struct {
+			Data []jaegerTrace `json:"data"`
+		}
+		if err := getJSON(query+"/api/traces?service="+service+"&limit=1000&lookback=1h", &found); err != nil {
+			t.Fatal(err)
+		}
+		for _, tr := range found.Data {
+			for _, s := range tr.spans() {
+				if s.parent == "" && s.tags["span.kind"] == "client" {
+					t.Errorf("%s: trace %s is a client span %q made outside any span", service, tr.TraceID, s.op)
+				}
+			}
+		}
+	}
 }
 
 // checkRunTrace finds the trace of run runID in Jaeger's query API at
@@ -238,9 +262,22 @@ func checkRunTrace(query, runID string) ([]string, error) {
 	for _, s := range spans {
 		services[s.service] = true
 	}
-	for _, want := range []string{"ansflow-pipeline", "ansflow-docker-runner", "ansflow-k8s-runner"} {
+	for _, want := range []string{"ansflow-pipeline", "ansflow-docker-runner", "ansflow-k8s-runner", "ansflow-audit"} {
 		if !services[want] {
 			problems = append(problems, "no span of "+want)
+		}
+	}
+	// The audit service stored the step requests the pipeline service
+	// sent and the completions the runners sent, each in this trace.
+	for _, ev := range []string{"step.requested", "step.completed"} {
+		n := 0
+		for _, s := range spans {
+			if s.service == "ansflow-audit" && s.op == "audit.record" && strings.Contains(s.tags["cloudevents.event_type"], "."+ev+".") {
+				n++
+			}
+		}
+		if n < 2 {
+			problems = append(problems, fmt.Sprintf("%d audit.record spans of %s events, want one per step (2)", n, ev))
 		}
 	}
 	isRoot := func(s *span) bool { return s.op == "api.trigger" }

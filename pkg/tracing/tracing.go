@@ -18,6 +18,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -281,4 +282,20 @@ func StartSpan(ctx context.Context, name string, kind trace.SpanKind, attrs ...a
 		return ctx, trace.SpanFromContext(ctx)
 	}
 	return otel.Tracer(InstrumentationName).Start(ctx, name, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
+}
+
+// RecordSpan records a span of kind named name that ran from start to end
+// as a child of parent's span (a remote one from [Extract]), failed when
+// err is not nil. It is for work done for many traces at once, such as
+// storing a batch of events, where each trace gets its own span of the
+// shared work. It records nothing while tracing is off or when parent has
+// no span.
+func RecordSpan(parent context.Context, name string, kind trace.SpanKind, start, end time.Time, err error, attrs ...attribute.KeyValue) {
+	if !enabled.Load() || !trace.SpanContextFromContext(parent).IsValid() {
+		return
+	}
+	_, span := otel.Tracer(InstrumentationName).Start(parent, name, trace.WithSpanKind(kind),
+		trace.WithTimestamp(start), trace.WithAttributes(attrs...))
+	RecordError(span, err)
+	span.End(trace.WithTimestamp(end))
 }

@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -203,5 +205,33 @@ func TestUnparentedClientSpansAreNotExported(t *testing.T) {
 	want := []string{"POST /containers/create", "step.execute", "GET /version"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("exported %q, want %q", got, want)
+	}
+}
+
+// TestRecordSpan: a span of work already done joins the trace of its
+// event's traceparent with the given times and error; without a parent,
+// or while tracing is off, nothing is recorded.
+func TestRecordSpan(t *testing.T) {
+	rec := record(t)
+	ctx, producer := Tracer().Start(context.Background(), "step.dispatch")
+	e := newEvent()
+	Inject(ctx, &e)
+	producer.End()
+	start := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	RecordSpan(Extract(context.Background(), e), "audit.record", trace.SpanKindConsumer, start, start.Add(time.Second), errors.New("store down"))
+	RecordSpan(context.Background(), "orphan", trace.SpanKindConsumer, start, start.Add(time.Second), nil)
+	spans := rec.Ended()
+	if len(spans) != 2 {
+		t.Fatalf("%d spans ended, want step.dispatch and audit.record", len(spans))
+	}
+	s := spans[1]
+	if s.Name() != "audit.record" || s.Parent().SpanID() != producer.SpanContext().SpanID() || s.SpanKind() != trace.SpanKindConsumer ||
+		!s.StartTime().Equal(start) || s.EndTime().Sub(s.StartTime()) != time.Second || s.Status().Code != codes.Error {
+		t.Fatalf("span %s parent %s kind %s %s..%s status %v", s.Name(), s.Parent().SpanID(), s.SpanKind(), s.StartTime(), s.EndTime(), s.Status())
+	}
+	enabled.Store(false)
+	RecordSpan(Extract(context.Background(), e), "off", trace.SpanKindConsumer, start, start, nil)
+	if len(rec.Ended()) != 2 {
+		t.Fatal("a span was recorded while tracing is off")
 	}
 }

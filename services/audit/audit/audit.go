@@ -30,12 +30,15 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/metrics"
 	"github.com/ansflow/ansflow/pkg/topology"
+	"github.com/ansflow/ansflow/pkg/tracing"
 	"github.com/ansflow/ansflow/services/audit/store"
 )
 
@@ -277,11 +280,14 @@ func (s *Service) consumeOnce(ctx context.Context, cons jetstream.Consumer, log 
 // asks for its redelivery after a backoff that grows with the number of
 // consecutive failures before it. It reports whether the batch was stored.
 func (s *Service) flush(ctx context.Context, batch []jetstream.Msg, log *zap.Logger, failures int) bool {
+	began := time.Now()
 	recs := make([]store.Record, len(batch))
+	msgs := make([]*message, len(batch))
 	published := make([]time.Time, len(batch))
 	var rejected uint64
 	for i, m := range batch {
 		msg := &message{subject: m.Subject(), header: m.Headers(), data: m.Data(), stored: time.Now().UTC()}
+		msgs[i] = msg
 		if md, err := m.Metadata(); err == nil {
 			msg.stream, msg.streamSeq, msg.stored = md.Stream, md.Sequence.Stream, md.Timestamp.UTC()
 			published[i] = msg.stored
@@ -300,6 +306,7 @@ func (s *Service) flush(ctx context.Context, batch []jetstream.Msg, log *zap.Log
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	n, err := s.append(sctx, recs, log)
+	traceStored(msgs, recs, began, err)
 	if err != nil {
 		s.stats.failures.Add(1)
 		log.Error("store audit records; they will be redelivered", zap.Int("records", len(recs)), zap.Error(err))
@@ -337,6 +344,26 @@ func (s *Service) flush(ctx context.Context, batch []jetstream.Msg, log *zap.Log
 		}
 	}
 	return true
+}
+
+// traceStored records, in the trace of each event that carries one, an
+// "audit.record" span of the batch's storing, failed when the store failed.
+func traceStored(msgs []*message, recs []store.Record, began time.Time, err error) {
+	if !tracing.Enabled() {
+		return
+	}
+	end := time.Now()
+	for i, m := range msgs {
+		if m.trace == nil {
+			continue
+		}
+		r := recs[i]
+		tracing.RecordSpan(m.trace, "audit.record", trace.SpanKindConsumer, began, end, err,
+			attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", r.Stream),
+			attribute.Int64("ansflow.audit.stream_seq", int64(r.StreamSeq)),
+			attribute.String("cloudevents.event_type", r.Type), attribute.String("cloudevents.event_id", r.ID),
+			attribute.String("ansflow.run.id", r.RunID), attribute.String("ansflow.step.id", r.StepID))
+	}
 }
 
 // append stores recs; if the store refuses a record's content, the others

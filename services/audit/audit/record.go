@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ansflow/ansflow/pkg/bus"
 	"github.com/ansflow/ansflow/pkg/event"
+	"github.com/ansflow/ansflow/pkg/tracing"
 	"github.com/ansflow/ansflow/services/audit/store"
 )
 
@@ -74,6 +76,9 @@ type message struct {
 	subject   string
 	header    nats.Header
 	data      []byte
+	// trace is the event's trace context (its traceparent extension)
+	// while tracing is on, so that storing it is a span of its trace.
+	trace context.Context
 }
 
 // busIdentity is the dedupe key of a message without a usable CloudEvent
@@ -166,6 +171,9 @@ func (s *Service) toRecord(m *message) (rec store.Record) {
 }
 
 func eventRecord(m *message, e cloudevents.Event) store.Record {
+	if tracing.Enabled() {
+		m.trace = tracing.Extract(context.Background(), e)
+	}
 	meta := event.MetaOf(e)
 	var f eventFields
 	if len(m.data) > 0 && m.data[0] == '{' {
