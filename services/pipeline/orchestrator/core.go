@@ -138,7 +138,6 @@ func Decide(r *store.Run, in Input, env Env) (changed bool, cmds []Command) {
 	if r.Terminal() {
 		return false, nil
 	}
-	d := decision{r: r, env: env}
 	if r.Spec == nil || len(r.Spec.Steps) != len(r.Steps) {
 		// Every decision indexes the spec's steps by the run's step
 		// states: a run whose stored state lost its spec cannot go on,
@@ -147,13 +146,28 @@ func Decide(r *store.Run, in Input, env Env) (changed bool, cmds []Command) {
 		if r.Spec != nil {
 			n = len(r.Spec.Steps)
 		}
-		msg := fmt.Sprintf("internal error: the run has %d step states but its spec %d steps", len(r.Steps), n)
-		d.stopAll(event.StatusFailed, msg)
-		d.finish(event.StatusFailed, msg)
-		return d.changed, d.cmds
+		return abortRun(r, env, fmt.Sprintf("internal error: the run has %d step states but its spec %d steps", len(r.Steps), n))
 	}
+	d := decision{r: r, env: env}
 	d.apply(in)
 	d.reconcile()
+	return d.changed, d.cmds
+}
+
+// abortRun fails r, which may be in any state (a decision that panicked
+// left it half changed): its queued and running steps fail with msg and
+// are cancelled, its pending ones are cancelled, and the run ends.
+func abortRun(r *store.Run, env Env, msg string) (changed bool, cmds []Command) {
+	steps := make([]*apiv1.StepState, 0, len(r.Steps))
+	for _, s := range r.Steps {
+		if s != nil {
+			steps = append(steps, s)
+		}
+	}
+	r.Steps = steps
+	d := decision{r: r, env: env}
+	d.stopAll(event.StatusFailed, msg)
+	d.finish(event.StatusFailed, msg)
 	return d.changed, d.cmds
 }
 

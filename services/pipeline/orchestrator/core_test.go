@@ -367,3 +367,40 @@ func TestNextWake(t *testing.T) {
 		t.Errorf("running: wake %v, want its timeout plus grace (%v)", got, want)
 	}
 }
+
+// TestADecisionThatPanicsFailsTheRun: a decision that panics (here on a
+// corrupt step state) fails the run with the panic as its error, cancels
+// what it dispatched and reports the stack, instead of taking the service
+// down with it.
+func TestADecisionThatPanicsFailsTheRun(t *testing.T) {
+	r := newRun(t, twoSteps)
+	queued(r, "build", 1, t0)
+	r.Steps[1] = nil
+	var reported any
+	var stack []byte
+	changed, cmds := decideRecovering(r, Tick{}, Env{Now: t0.Add(time.Minute), Pools: busyPool},
+		func(p any, s []byte) { reported, stack = p, s })
+	if reported == nil || !strings.Contains(string(stack), "decide") {
+		t.Fatalf("panic %v not reported with its stack:\n%s", reported, stack)
+	}
+	if !changed || r.Status != event.StatusFailed || !strings.Contains(r.Error, "internal error deciding the run: runtime error") {
+		t.Fatalf("run changed=%v %s %q", changed, r.Status, r.Error)
+	}
+	if s := r.Step("build"); s == nil || s.Status != event.StatusFailed {
+		t.Fatalf("build step %+v, want failed", s)
+	}
+	var kinds []string
+	for _, c := range cmds {
+		switch {
+		case c.Cancel != nil:
+			kinds = append(kinds, "cancel:"+c.Cancel.StepID)
+		case c.RunDone:
+			kinds = append(kinds, "done")
+		default:
+			kinds = append(kinds, "other")
+		}
+	}
+	if strings.Join(kinds, " ") != "cancel:build done" {
+		t.Fatalf("commands %v, want cancel:build done", kinds)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -432,7 +433,7 @@ func (o *Orchestrator) rerun(ctx context.Context, id string, trig apiv1.Trigger,
 }
 
 func (o *Orchestrator) start(ctx context.Context, r *store.Run) error {
-	_, cmds := Decide(r, Tick{}, o.env())
+	_, cmds := o.decide(r, Tick{})
 	ictx, cancel := context.WithTimeout(ctx, o.cfg.IOTimeout)
 	defer cancel()
 	if err := o.store.CreateRun(ictx, r); errors.Is(err, store.ErrExists) {
@@ -516,6 +517,29 @@ func notFoundIsPermanent(err error) error {
 	return err
 }
 
+// decide is [Decide] for this orchestrator's environment, except that a
+// decision that panics (a bug) fails the run with the panic as its error
+// and logs the stack, the way Argo's controller ends a workflow it cannot
+// operate on: the service keeps serving its other runs, and the run is
+// not retried into the same panic by every instance after every restart.
+func (o *Orchestrator) decide(r *store.Run, in Input) (changed bool, cmds []Command) {
+	env := o.env()
+	return decideRecovering(r, in, env, func(p any, stack []byte) {
+		o.log.Error("deciding a run panicked; the run fails", zap.String("run_id", r.ID),
+			zap.String("panic", fmt.Sprint(p)), zap.ByteString("stack", stack))
+	})
+}
+
+func decideRecovering(r *store.Run, in Input, env Env, report func(p any, stack []byte)) (changed bool, cmds []Command) {
+	defer func() {
+		if p := recover(); p != nil {
+			report(p, debug.Stack())
+			changed, cmds = abortRun(r, env, fmt.Sprintf("internal error deciding the run: %v", p))
+		}
+	}()
+	return Decide(r, in, env)
+}
+
 // update reads the run, lets [Decide] apply in, stores the result with
 // compare-and-swap (retrying on concurrent changes) and carries out the
 // commands. Every read and write has a deadline.
@@ -540,7 +564,7 @@ func (o *Orchestrator) updateAt(ctx context.Context, id string, in Input, receiv
 		if err != nil {
 			return nil, err
 		}
-		changed, cmds := Decide(r, in, o.env())
+		changed, cmds := o.decide(r, in)
 		if !changed {
 			if _, tick := in.(Tick); try == 0 && !tick {
 				continue // decide nothing on a possibly stale cached copy
