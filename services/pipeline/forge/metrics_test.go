@@ -19,10 +19,10 @@ import (
 // TestStatusesAreCountedByForgeAndOutcome posts the statuses of a run
 // through two 500s (each status counts once, posted) and of a run whose
 // forge fails every call (each counts once, failed), with the metrics
-// given to the service, not to the reporter. A run can end before its
-// run.created is handled, and then its pending status is never sent (the
-// reporter posts the latest state only), so the figures are compared with
-// the statuses the forge received.
+// given to the service, not to the reporter. Each run is held for approval
+// until its pending status was sent: a run that ends before its
+// run.created is handled gets only its final status (the reporter posts
+// the latest state), which CI once hit.
 func TestStatusesAreCountedByForgeAndOutcome(t *testing.T) {
 	m := metrics.New(metrics.Options{PipelineLabel: true})
 	rc := newRecorder(t)
@@ -43,42 +43,44 @@ func TestStatusesAreCountedByForgeAndOutcome(t *testing.T) {
 	gh := func(outcome string) metricstest.Labels {
 		return metricstest.Labels{metrics.LabelForge: "github", metrics.LabelOutcome: outcome}
 	}
-	// sent is the distinct states of the calls from the from'th on: the
-	// statuses the reporter sent, each once however often it was retried.
-	sent := func(from int) []string {
-		var out []string
-		for _, st := range states(f.rc.Calls()[from:])["ansflow/app"] {
-			if len(out) == 0 || out[len(out)-1] != st {
-				out = append(out, st)
-			}
-		}
-		return out
+	// run sends a held run's pending status, then lets it run to its end.
+	run := func(pendingCalls int) {
+		t.Helper()
+		from := len(f.rc.Calls())
+		r := f.triggerHeld(t, "app", "github", true)
+		waitFor(t, "the pending status to be sent", func() bool { return len(f.rc.Calls()) >= from+pendingCalls })
+		f.approve(t, r.ID)
+		f.waitRun(t, r.ID)
+		f.waitStates(t, map[string]string{"ansflow/app": "success"})
+		f.drained(t)
 	}
 
 	f.rc.setFail(2, http.StatusInternalServerError)
-	f.waitRun(t, f.trigger(t, "app", "github").ID)
-	f.waitStates(t, map[string]string{"ansflow/app": "success"})
-	f.drained(t)
-	posted := sent(0)
-	metricstest.WaitFor(t, m, metrics.CommitStatusDeliveries, gh("posted"), 10*time.Second, fmt.Sprintf("statuses %v posted", posted),
-		func(s metricstest.Sample) bool { return s.Value == float64(len(posted)) })
+	run(3) // two 500s, then posted
+	metricstest.WaitFor(t, m, metrics.CommitStatusDeliveries, gh("posted"), 10*time.Second, "pending and success posted",
+		func(s metricstest.Sample) bool { return s.Value == 2 })
 	if got := metricstest.Value(t, m, metrics.CommitStatusDeliveries, gh("failed")); got != 0 {
 		t.Errorf("failed statuses = %v after retried 500s, want 0", got)
 	}
 
-	from := len(f.rc.Calls())
 	f.rc.setFail(-1, http.StatusBadGateway)
-	f.waitRun(t, f.trigger(t, "app", "github").ID)
-	f.waitStates(t, map[string]string{"ansflow/app": "success"}) // tried, and refused
-	f.drained(t)
-	failed := sent(from)
-	if calls := states(f.rc.Calls()[from:])["ansflow/app"]; len(calls) != 3*len(failed) {
-		t.Errorf("calls %v for statuses %v, want 3 attempts each", calls, failed)
-	}
-	metricstest.WaitFor(t, m, metrics.CommitStatusDeliveries, gh("failed"), 20*time.Second, fmt.Sprintf("statuses %v failed", failed),
-		func(s metricstest.Sample) bool { return s.Value == float64(len(failed)) })
-	if got := metricstest.Value(t, m, metrics.CommitStatusDeliveries, gh("posted")); got != float64(len(posted)) {
-		t.Errorf("posted statuses = %v, want still %d", got, len(posted))
+	run(3) // three attempts, all refused
+	metricstest.WaitFor(t, m, metrics.CommitStatusDeliveries, gh("failed"), 20*time.Second, "pending and success failed",
+		func(s metricstest.Sample) bool { return s.Value == 2 })
+	if got := metricstest.Value(t, m, metrics.CommitStatusDeliveries, gh("posted")); got != 2 {
+		t.Errorf("posted statuses = %v, want still 2", got)
 	}
 	metricstest.Lint(t, m)
+}
+
+// waitFor polls cond every 10 ms for up to 20 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 20s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
