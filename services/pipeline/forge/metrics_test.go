@@ -43,12 +43,13 @@ func TestStatusesAreCountedByForgeAndOutcome(t *testing.T) {
 	gh := func(outcome string) metricstest.Labels {
 		return metricstest.Labels{metrics.LabelForge: "github", metrics.LabelOutcome: outcome}
 	}
-	// run sends a held run's pending status, then lets it run to its end.
-	run := func(pendingCalls int) {
+	// run sends a held run's pending status (the reporter holds the run
+	// while it retries, so the final status comes after it), then lets
+	// the run end.
+	run := func() {
 		t.Helper()
-		from := len(f.rc.Calls())
 		r := f.triggerHeld(t, "app", "github", true)
-		waitFor(t, "the pending status to be sent", func() bool { return len(f.rc.Calls()) >= from+pendingCalls })
+		f.waitStates(t, map[string]string{"ansflow/app": "pending"})
 		f.approve(t, r.ID)
 		f.waitRun(t, r.ID)
 		f.waitStates(t, map[string]string{"ansflow/app": "success"})
@@ -56,7 +57,7 @@ func TestStatusesAreCountedByForgeAndOutcome(t *testing.T) {
 	}
 
 	f.rc.setFail(2, http.StatusInternalServerError)
-	run(3) // two 500s, then posted
+	run() // two 500s, then posted
 	metricstest.WaitFor(t, m, metrics.CommitStatusDeliveries, gh("posted"), 10*time.Second, "pending and success posted",
 		func(s metricstest.Sample) bool { return s.Value == 2 })
 	if got := metricstest.Value(t, m, metrics.CommitStatusDeliveries, gh("failed")); got != 0 {
@@ -64,23 +65,11 @@ func TestStatusesAreCountedByForgeAndOutcome(t *testing.T) {
 	}
 
 	f.rc.setFail(-1, http.StatusBadGateway)
-	run(3) // three attempts, all refused
+	run() // three attempts each, all refused
 	metricstest.WaitFor(t, m, metrics.CommitStatusDeliveries, gh("failed"), 20*time.Second, "pending and success failed",
 		func(s metricstest.Sample) bool { return s.Value == 2 })
 	if got := metricstest.Value(t, m, metrics.CommitStatusDeliveries, gh("posted")); got != 2 {
 		t.Errorf("posted statuses = %v, want still 2", got)
 	}
 	metricstest.Lint(t, m)
-}
-
-// waitFor polls cond every 10 ms for up to 20 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 20s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
